@@ -1,0 +1,181 @@
+"""Pydantic models of Cartesia's call data: AgentCall and its transcript.
+
+The models follow the public OpenAPI (Cartesia-Version 2025-11-04) and the newer fields of
+2026-03-01. They are lenient where Cartesia is known to vary and strict where the data would
+be unusable:
+
+* unknown fields are kept (``extra="allow"``), never an error;
+* ``null`` lists and maps read as empty;
+* a LogMetric value may be a number or a string (booleans read as ``"true"``/``"false"``);
+* times are RFC 3339 with 0-9 fractional digits and become exact integer nanoseconds;
+* both status vocabularies are accepted, and an unknown status is kept (and not final).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from otelbridge.cartesia.timestamps import parse_rfc3339_ns
+
+# --- status vocabularies ---------------------------------------------------------------
+#: 2025 vocabulary: active|completed|failed|cancelled; 2026-03-01: created|started|completed|failed
+RUNNING_STATUSES: Final = frozenset({"active", "created", "started"})
+FINAL_STATUSES: Final = frozenset({"completed", "failed", "cancelled"})
+KNOWN_STATUSES: Final = RUNNING_STATUSES | FINAL_STATUSES
+
+SPOKEN_ROLES: Final = frozenset({"user", "assistant"})
+SYSTEM_ROLE: Final = "system"
+
+
+def _timestamp(value: object) -> object:
+    if isinstance(value, str):
+        return parse_rfc3339_ns(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value  # already nanoseconds (models built in code)
+    raise ValueError("expected an RFC 3339 timestamp string")
+
+
+def _empty_if_none(value: object) -> object:
+    return [] if value is None else value
+
+
+def _empty_map_if_none(value: object) -> object:
+    return {} if value is None else value
+
+
+def _metric_value(value: object) -> object:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return value
+    raise ValueError("a LogMetric value must be a number or a string")
+
+
+#: RFC 3339 text in, integer Unix nanoseconds out.
+Timestamp = Annotated[int, BeforeValidator(_timestamp)]
+_List = BeforeValidator(_empty_if_none)
+_Map = BeforeValidator(_empty_map_if_none)
+
+
+class CartesiaModel(BaseModel):
+    """Base: keep unknown fields, reject NaN/Infinity, allow building by field name."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, allow_inf_nan=False)
+
+
+class TextChunk(CartesiaModel):
+    text: str = ""
+    start_timestamp: float
+
+
+class ToolCall(CartesiaModel):
+    id: str
+    name: str
+    arguments: Annotated[dict[str, Any], _Map] = Field(default_factory=dict)
+    result: Any = None
+
+
+class LogEvent(CartesiaModel):
+    """A ``log_event`` (also how the Line SDK's LogMessage travels: metadata nests
+    ``level``, ``message`` and ``metadata``)."""
+
+    event: str
+    metadata: Annotated[dict[str, Any], _Map] = Field(default_factory=dict)
+    timestamp: float | None = None
+
+
+class LogMetric(CartesiaModel):
+    name: str
+    value: Annotated[int | float | str, BeforeValidator(_metric_value)]
+    timestamp: float | None = None
+
+
+class TranscriptItem(CartesiaModel):
+    """One transcript entry: a spoken turn (``user``/``assistant``) or a ``system`` item
+    carrying a ``log_event`` or a ``log_metric``. Times are float seconds from call start."""
+
+    role: str
+    text: str | None = None
+    text_chunks: Annotated[list[TextChunk], _List] = Field(default_factory=list)
+    start_timestamp: float
+    end_timestamp: float | None = None
+    end_reason: str | None = None
+    was_interrupted: bool | None = None
+    tool_calls: Annotated[list[ToolCall], _List] = Field(default_factory=list)
+    vad_buffer_ms: int | None = None
+    tts_ttfb: float | None = None
+    stt_ttfb: float | None = None
+    log_event: LogEvent | None = None
+    log_metric: LogMetric | None = None
+
+    @property
+    def is_system(self) -> bool:
+        return self.role == SYSTEM_ROLE
+
+
+class TelephonyParams(CartesiaModel):
+    to: str | None = None
+    from_: str | None = Field(default=None, alias="from")
+    call_sid: str | None = None
+    direction: str | None = None
+    connection_type: str | None = None
+
+
+class AgentCall(CartesiaModel):
+    """A call as returned by ``GET /agents/calls/{id}`` (and inside webhook ``call``)."""
+
+    id: str = Field(min_length=1)
+    agent_id: str = Field(min_length=1)
+    agent_name: str | None = None
+    status: str
+    start_time: Timestamp | None = None
+    end_time: Timestamp | None = None
+    end_reason: str | None = None
+    transcript: Annotated[list[TranscriptItem], _List] = Field(default_factory=list)
+    telephony_params: TelephonyParams | None = None
+    telephony_account_type: str | None = None
+    summary: str | None = None
+    error_message: str | None = None
+    deployment_id: str | None = None
+    deployment_version_id: str | None = None
+    deployment_region: str | None = None
+    metadata: Annotated[dict[str, Any], _Map] = Field(default_factory=dict)
+    zdr_enabled: bool | None = None
+    redacted_at: str | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+class ListCallsResponse(CartesiaModel):
+    """``GET /agents/calls`` page. Calls are kept raw here so that one bad call does not
+    sink the page: validate each with :func:`parse_call`."""
+
+    data: list[dict[str, Any]]
+    next_page: str | None = None
+
+
+def parse_call(payload: object) -> AgentCall:
+    """Validate one call; raises :class:`pydantic.ValidationError`."""
+    return AgentCall.model_validate(payload)
+
+
+__all__ = [
+    "FINAL_STATUSES",
+    "KNOWN_STATUSES",
+    "RUNNING_STATUSES",
+    "AgentCall",
+    "ListCallsResponse",
+    "LogEvent",
+    "LogMetric",
+    "TelephonyParams",
+    "TextChunk",
+    "Timestamp",
+    "ToolCall",
+    "TranscriptItem",
+    "ValidationError",
+    "parse_call",
+]

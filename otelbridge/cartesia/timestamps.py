@@ -1,0 +1,68 @@
+"""RFC 3339 timestamps to exact integer Unix nanoseconds.
+
+Cartesia sends times with 0 to 9 fractional digits (``…40.360473878Z``). ``datetime`` keeps
+only microseconds, so the fraction is parsed as an integer of nanoseconds and never goes
+through a float.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as _dt
+import re
+
+_RFC3339 = re.compile(
+    r"(?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})[Tt ]"
+    r"(?P<hour>\d{2}):(?P<minute>\d{2}):(?P<second>\d{2})"
+    r"(?:\.(?P<fraction>\d+))?"
+    r"(?P<offset>[Zz]|[+-]\d{2}:\d{2})"
+)
+
+_NS_PER_S = 1_000_000_000
+
+
+def parse_rfc3339_ns(text: str) -> int:
+    """Return the Unix time of ``text`` in integer nanoseconds.
+
+    Raises ``ValueError`` with a one-line reason for anything that is not RFC 3339 with
+    at most nine fractional digits and a ``Z`` or ``±HH:MM`` offset.
+    """
+    match = _RFC3339.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(
+            f"not an RFC 3339 timestamp: {text!r} (expected e.g. 2026-04-16T01:08:37.413659Z)"
+        )
+    fraction = match["fraction"] or ""
+    if len(fraction) > 9:
+        raise ValueError(f"more than 9 fractional second digits in {text!r}")
+    year, month, day = int(match["year"]), int(match["month"]), int(match["day"])
+    hour, minute, second = int(match["hour"]), int(match["minute"]), int(match["second"])
+    # Validate the calendar fields (a leap second 60 is allowed by RFC 3339 and rolls over).
+    try:
+        _dt.datetime(year, month, day, hour, minute, min(second, 59))
+    except ValueError as exc:
+        raise ValueError(f"invalid date or time in {text!r}: {exc}") from None
+    if second > 60:
+        raise ValueError(f"invalid seconds in {text!r}")
+    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    offset = match["offset"]
+    if offset not in ("Z", "z"):
+        sign = 1 if offset[0] == "+" else -1
+        off_hours, off_minutes = int(offset[1:3]), int(offset[4:6])
+        if off_hours > 23 or off_minutes > 59:
+            raise ValueError(f"invalid UTC offset in {text!r}")
+        seconds -= sign * (off_hours * 3600 + off_minutes * 60)
+    nanos = int(fraction.ljust(9, "0")) if fraction else 0
+    return seconds * _NS_PER_S + nanos
+
+
+def format_rfc3339_ns(ns: int) -> str:
+    """Format integer Unix nanoseconds as RFC 3339 UTC with nine fractional digits."""
+    seconds, nanos = divmod(ns, _NS_PER_S)
+    base = _dt.datetime.fromtimestamp(seconds, tz=_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{nanos:09d}Z"
+
+
+def offset_to_ns(seconds: float) -> int:
+    """A float offset in seconds (as Cartesia reports turn times) to integer nanoseconds."""
+    return round(seconds * _NS_PER_S)

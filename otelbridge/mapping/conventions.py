@@ -1,0 +1,128 @@
+"""The published vocabulary: every span, event, attribute and metric name otelbridge emits.
+
+``docs/conventions.md`` documents each name with its type, unit and meaning; a test keeps
+the two in step. Renaming anything here is a breaking change of ``CONTRACT_VERSION``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+CONTRACT_VERSION: Final = "1.0.0"
+SCHEMA_URL: Final = f"https://github.com/otelbridge/otelbridge/blob/main/docs/conventions.md#v{CONTRACT_VERSION}"
+INSTRUMENTATION_SCOPE: Final = "otelbridge"
+PROVIDER_NAME: Final = "cartesia"
+
+# --- span names -------------------------------------------------------------------------
+SPAN_CALL: Final = "invoke_agent"  # root; "invoke_agent {agent name}" when the name is known
+SPAN_USER_TURN: Final = "user_turn"
+SPAN_ASSISTANT_TURN: Final = "assistant_turn"
+SPAN_TURN_PREFIX: Final = "turn"  # "turn {role}" for roles other than user/assistant
+SPAN_TOOL: Final = "execute_tool"  # "execute_tool {tool name}"
+
+# --- OTel GenAI attributes (development status upstream) --------------------------------
+GEN_AI_CONVERSATION_ID: Final = "gen_ai.conversation.id"
+GEN_AI_AGENT_ID: Final = "gen_ai.agent.id"
+GEN_AI_AGENT_NAME: Final = "gen_ai.agent.name"
+GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
+GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"
+GEN_AI_TOOL_NAME: Final = "gen_ai.tool.name"
+GEN_AI_TOOL_CALL_ID: Final = "gen_ai.tool.call.id"
+GEN_AI_TOOL_CALL_ARGUMENTS: Final = "gen_ai.tool.call.arguments"
+GEN_AI_TOOL_CALL_RESULT: Final = "gen_ai.tool.call.result"
+GEN_AI_TOOL_TYPE: Final = "gen_ai.tool.type"
+
+OPERATION_INVOKE_AGENT: Final = "invoke_agent"
+OPERATION_EXECUTE_TOOL: Final = "execute_tool"
+OPERATION_USER_TURN: Final = "user_turn"
+OPERATION_ASSISTANT_TURN: Final = "assistant_turn"
+
+# --- call (root span) -------------------------------------------------------------------
+CALL_ID: Final = "cartesia.call.id"
+AGENT_ID: Final = "cartesia.agent.id"
+AGENT_NAME: Final = "cartesia.agent.name"
+CALL_STATUS: Final = "cartesia.call.status"
+CALL_END_REASON: Final = "cartesia.call.end_reason"
+CALL_ERROR_MESSAGE: Final = "cartesia.call.error_message"
+CALL_SUMMARY: Final = "cartesia.call.summary"
+CALL_TURN_COUNT: Final = "cartesia.call.turn_count"
+CALL_METADATA_PREFIX: Final = "cartesia.call.metadata."
+CALL_ZDR_ENABLED: Final = "cartesia.call.zdr_enabled"
+CALL_REDACTED_AT: Final = "cartesia.call.redacted_at"
+DEPLOYMENT_ID: Final = "cartesia.deployment.id"
+DEPLOYMENT_VERSION_ID: Final = "cartesia.deployment.version_id"
+DEPLOYMENT_REGION: Final = "cartesia.deployment.region"
+TELEPHONY_FROM: Final = "cartesia.telephony.from"
+TELEPHONY_TO: Final = "cartesia.telephony.to"
+TELEPHONY_DIRECTION: Final = "cartesia.telephony.direction"
+TELEPHONY_CALL_SID: Final = "cartesia.telephony.call_sid"
+TELEPHONY_CONNECTION_TYPE: Final = "cartesia.telephony.connection_type"
+TELEPHONY_ACCOUNT_TYPE: Final = "cartesia.telephony.account_type"
+
+# --- turns ------------------------------------------------------------------------------
+TURN_ROLE: Final = "cartesia.turn.role"
+TURN_TEXT: Final = "cartesia.turn.text"
+TURN_END_REASON: Final = "cartesia.turn.end_reason"
+TURN_INTERRUPTED: Final = "cartesia.turn.interrupted"
+TURN_VAD_BUFFER_MS: Final = "cartesia.turn.vad_buffer_ms"
+TURN_START_OFFSET: Final = "cartesia.turn.start_offset"
+TTS_TTFB: Final = "cartesia.tts.ttfb"
+STT_TTFB: Final = "cartesia.stt.ttfb"
+
+# --- span events ------------------------------------------------------------------------
+EVENT_TEXT_CHUNK: Final = "cartesia.text_chunk"
+EVENT_TTS_FIRST_BYTE: Final = "cartesia.tts.first_byte"
+EVENT_STT_FIRST_BYTE: Final = "cartesia.stt.first_byte"
+EVENT_LOG_METRIC: Final = "cartesia.log_metric"
+CHUNK_TEXT: Final = "cartesia.text_chunk.text"
+CHUNK_INDEX: Final = "cartesia.text_chunk.index"
+LOG_EVENT: Final = "cartesia.log.event"
+LOG_LEVEL: Final = "cartesia.log.level"
+LOG_MESSAGE: Final = "cartesia.log.message"
+LOG_METADATA_PREFIX: Final = "cartesia.log.metadata."
+LOG_METRIC_NAME: Final = "cartesia.log_metric.name"
+LOG_METRIC_VALUE: Final = "cartesia.log_metric.value"
+
+# --- otelbridge's own markers -----------------------------------------------------------
+TIME_ADJUSTED: Final = "otelbridge.time_adjusted"
+TIME_ADJUSTMENTS: Final = "otelbridge.time_adjustments"
+TRUNCATED: Final = "otelbridge.truncated_attributes"
+CONTRACT: Final = "otelbridge.contract.version"
+ERROR_TYPE: Final = "error.type"
+
+# --- metrics ----------------------------------------------------------------------------
+METRIC_TTS_TTFB: Final = "cartesia.tts.ttfb"
+METRIC_STT_TTFB: Final = "cartesia.stt.ttfb"
+METRIC_CALL_DURATION: Final = "cartesia.call.duration"
+METRIC_TURN_DURATION: Final = "cartesia.turn.duration"
+METRIC_CALLS: Final = "cartesia.calls"
+METRIC_TURNS: Final = "cartesia.turns"
+METRIC_TOOL_CALLS: Final = "cartesia.tool_calls"
+METRIC_LOG_METRIC_PREFIX: Final = "cartesia.log_metric."
+METRIC_LOG_METRIC_OTHER: Final = "cartesia.log_metric.other"
+
+#: TTFB buckets in seconds: 10 ms steps below 100 ms, then resolving 50 ms to 5 s.
+TTFB_BUCKETS_S: Final = (
+    0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75,
+    1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0,
+)  # fmt: skip
+CALL_DURATION_BUCKETS_S: Final = (
+    1.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
+)  # fmt: skip
+TURN_DURATION_BUCKETS_S: Final = (
+    0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0,
+)  # fmt: skip
+#: for LogMetric values whose name ends in ``_ms`` (the Line SDK's ``llm_first_chunk_ms``…)
+LOG_METRIC_MS_BUCKETS: Final = (
+    10.0, 25.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 400.0, 500.0, 750.0,
+    1000.0, 1500.0, 2000.0, 3000.0, 5000.0, 10000.0,
+)  # fmt: skip
+
+METRIC_ATTR_AGENT_ID: Final = AGENT_ID
+METRIC_ATTR_STATUS: Final = CALL_STATUS
+METRIC_ATTR_END_REASON: Final = CALL_END_REASON
+METRIC_ATTR_ROLE: Final = TURN_ROLE
+METRIC_ATTR_INTERRUPTED: Final = TURN_INTERRUPTED
+METRIC_ATTR_TOOL_NAME: Final = GEN_AI_TOOL_NAME
+METRIC_ATTR_LOG_VALUE: Final = LOG_METRIC_VALUE
+METRIC_ATTR_LOG_NAME: Final = LOG_METRIC_NAME

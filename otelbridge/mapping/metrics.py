@@ -1,0 +1,121 @@
+"""A validated call (and its spans) in, metric points out: pure, no I/O, no clock.
+
+Attributes stay low-cardinality: the agent id, and small closed vocabularies (role, status,
+end reason, tool name). Never a call id. The bounds on LogMetric names and string values,
+which need memory across calls, are kept by :class:`otelbridge.delivery.meter.MetricRecorder`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from otelbridge.cartesia.models import AgentCall, LogMetric, TranscriptItem
+from otelbridge.mapping import conventions as c
+from otelbridge.mapping.records import InstrumentKind, MetricPoint, SpanRecord
+from otelbridge.mapping.traces import CallSpans
+
+_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.\-]")
+_MAX_INSTRUMENT_NAME: Final = 255
+
+
+def _point(
+    instrument: str,
+    kind: InstrumentKind,
+    unit: str,
+    description: str,
+    value: float,
+    attributes: dict[str, str | bool | int],
+    span: SpanRecord,
+) -> MetricPoint:
+    return MetricPoint(
+        instrument, kind, unit, description, value, attributes, span.key, span.trace_id, span.span_id
+    )
+
+
+def turn_points(agent_id: str, item: TranscriptItem, spans: list[SpanRecord]) -> list[MetricPoint]:
+    """Points of one spoken turn: ``spans`` is what :func:`map_turn` returned for it."""
+    turn, tools = spans[0], spans[1:]
+    agent = {c.METRIC_ATTR_AGENT_ID: agent_id}
+    points: list[MetricPoint] = []
+    if item.tts_ttfb is not None and item.tts_ttfb >= 0:
+        points.append(_point(c.METRIC_TTS_TTFB, InstrumentKind.HISTOGRAM, "s",
+                             "Text-to-speech time to first byte, as Cartesia reports it",
+                             item.tts_ttfb, agent, turn))  # fmt: skip
+    if item.stt_ttfb is not None and item.stt_ttfb >= 0:
+        points.append(_point(c.METRIC_STT_TTFB, InstrumentKind.HISTOGRAM, "s",
+                             "Speech-to-text time to first byte, as Cartesia reports it",
+                             item.stt_ttfb, agent, turn))  # fmt: skip
+    role = {**agent, c.METRIC_ATTR_ROLE: item.role}
+    points.append(_point(c.METRIC_TURN_DURATION, InstrumentKind.HISTOGRAM, "s",
+                         "Duration of a spoken turn", (turn.end_ns - turn.start_ns) / 1e9,
+                         role, turn))  # fmt: skip
+    interrupted = turn.attributes.get(c.TURN_INTERRUPTED) is True
+    points.append(_point(c.METRIC_TURNS, InstrumentKind.COUNTER, "{turn}", "Spoken turns",
+                         1, {**role, c.METRIC_ATTR_INTERRUPTED: interrupted}, turn))  # fmt: skip
+    for tool in tools:
+        name = str(tool.attributes.get(c.GEN_AI_TOOL_NAME, ""))
+        points.append(_point(c.METRIC_TOOL_CALLS, InstrumentKind.COUNTER, "{call}",
+                             "Tool calls made by agents", 1,
+                             {**agent, c.METRIC_ATTR_TOOL_NAME: name}, tool))  # fmt: skip
+    return points
+
+
+def log_metric_instrument(name: str) -> tuple[str, str]:
+    """(instrument name, unit) for a LogMetric name: ``llm_first_chunk_ms`` ->
+    (``cartesia.log_metric.llm_first_chunk_ms``, ``ms``)."""
+    safe = _UNSAFE.sub("_", name)[: _MAX_INSTRUMENT_NAME - len(c.METRIC_LOG_METRIC_PREFIX)]
+    unit = "1"
+    lowered = safe.lower()
+    if lowered.endswith("_ms"):
+        unit = "ms"
+    elif lowered.endswith(("_s", "_seconds", "_sec")):
+        unit = "s"
+    return c.METRIC_LOG_METRIC_PREFIX + (safe or "unnamed"), unit
+
+
+def log_metric_point(agent_id: str, metric: LogMetric, span: SpanRecord) -> MetricPoint:
+    """Numeric values -> a histogram per name; strings -> a counter per name, value as an
+    attribute (bounded later by the recorder)."""
+    instrument, unit = log_metric_instrument(metric.name)
+    agent: dict[str, str | bool | int] = {c.METRIC_ATTR_AGENT_ID: agent_id}
+    if isinstance(metric.value, str):
+        return _point(instrument, InstrumentKind.COUNTER, "1",
+                      f"LogMetric {metric.name!r} (string values)", 1,
+                      {**agent, c.METRIC_ATTR_LOG_VALUE: metric.value}, span)  # fmt: skip
+    return _point(instrument, InstrumentKind.HISTOGRAM, unit, f"LogMetric {metric.name!r}",
+                  float(metric.value), agent, span)  # fmt: skip
+
+
+def call_level_points(call: AgentCall, root: SpanRecord) -> list[MetricPoint]:
+    """Points of the call itself: only for a final call (one with an outcome)."""
+    if not call.is_final:
+        return []
+    attrs: dict[str, str | bool | int] = {
+        c.METRIC_ATTR_AGENT_ID: call.agent_id,
+        c.METRIC_ATTR_STATUS: call.status,
+        c.METRIC_ATTR_END_REASON: call.end_reason or "unknown",
+    }
+    points = [_point(c.METRIC_CALLS, InstrumentKind.COUNTER, "{call}",
+                     "Calls by outcome", 1, attrs, root)]  # fmt: skip
+    if call.start_time is not None and call.end_time is not None and call.end_time >= call.start_time:
+        points.append(_point(c.METRIC_CALL_DURATION, InstrumentKind.HISTOGRAM, "s",
+                             "Call duration as reported (end_time - start_time)",
+                             (call.end_time - call.start_time) / 1e9,
+                             {c.METRIC_ATTR_AGENT_ID: call.agent_id,
+                              c.METRIC_ATTR_STATUS: call.status}, root))  # fmt: skip
+    return points
+
+
+def map_call_points(call: AgentCall, spans: CallSpans) -> list[MetricPoint]:
+    points = call_level_points(call, spans.root)
+    tools_by_parent: dict[int, list[SpanRecord]] = {}
+    for tool in spans.tools:
+        tools_by_parent.setdefault(tool.parent_span_id or 0, []).append(tool)
+    for index, item in enumerate(call.transcript):
+        turn = spans.by_item.get(index)
+        if turn is not None:
+            points.extend(turn_points(call.agent_id, item, [turn, *tools_by_parent.get(turn.span_id, [])]))
+        elif item.log_metric is not None and index in spans.log_metric_spans:
+            points.append(log_metric_point(call.agent_id, item.log_metric, spans.log_metric_spans[index]))
+    return points

@@ -1,0 +1,414 @@
+"""A validated call in, its spans out: pure, no I/O, no clock.
+
+Shape of a trace (ids from :mod:`otelbridge.mapping.ids`):
+
+    invoke_agent {agent}                      root, call start..end
+    ├── assistant_turn / user_turn            call start + turn offsets; overlap is normal
+    │   ├── events: text chunks, first byte, log events/metrics in progress during the turn
+    │   └── execute_tool {name}               one per tool call, at the turn start
+    └── events: log events/metrics outside any turn
+
+Bad timing never raises: it is clamped, and the span gets ``otelbridge.time_adjusted=true``
+plus ``otelbridge.time_adjustments`` naming each correction. Differences under one
+millisecond (float noise between Cartesia's rounded chunk times and turn times) are clamped
+silently.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from otelbridge.cartesia.models import AgentCall, TranscriptItem
+from otelbridge.cartesia.timestamps import offset_to_ns
+from otelbridge.mapping import conventions as c
+from otelbridge.mapping import ids
+from otelbridge.mapping.policy import AttributeSink, MappingOptions, to_text
+from otelbridge.mapping.records import Attributes, EventRecord, SpanRecord
+
+_TOLERANCE_NS: Final = 1_000_000  # 1 ms
+#: Offsets beyond a day are not a real call; clamped so times stay inside 64 bits.
+MAX_OFFSET_S: Final = 86_400.0
+
+
+class UnplaceableCallError(ValueError):
+    """The call has no start time, no end time and no event time to derive one from."""
+
+
+@dataclass(slots=True)
+class CallContext:
+    """What every span of one call shares. ``start_ns`` is the anchor turn offsets add to."""
+
+    call_id: str
+    agent_id: str
+    agent_name: str | None
+    start_ns: int
+    options: MappingOptions
+    trace_id: int = 0
+    root_span_id: int = 0
+
+    def __post_init__(self) -> None:
+        self.trace_id = ids.trace_id(self.call_id)
+        self.root_span_id = ids.root_span_id(self.call_id)
+
+    def common(self, operation: str) -> Attributes:
+        attrs: Attributes = {
+            c.GEN_AI_CONVERSATION_ID: self.call_id,
+            c.GEN_AI_OPERATION_NAME: operation,
+            c.GEN_AI_PROVIDER_NAME: c.PROVIDER_NAME,
+            c.GEN_AI_AGENT_ID: self.agent_id,
+        }
+        if self.agent_name:
+            attrs[c.GEN_AI_AGENT_NAME] = self.agent_name
+        return attrs
+
+
+@dataclass(slots=True)
+class _Adjustments:
+    reasons: list[str] = field(default_factory=list)
+
+    def note(self, reason: str) -> None:
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+
+    def apply(self, span: SpanRecord) -> None:
+        if self.reasons:
+            span.attributes[c.TIME_ADJUSTED] = True
+            span.attributes[c.TIME_ADJUSTMENTS] = list(self.reasons)
+
+
+def _offset(seconds: float, adjust: _Adjustments, what: str) -> float:
+    if seconds < 0:
+        adjust.note(f"{what}_negative")
+        return 0.0
+    if seconds > MAX_OFFSET_S:
+        adjust.note(f"{what}_out_of_range")
+        return MAX_OFFSET_S
+    return seconds
+
+
+def _clamp(t_ns: int, lo: int, hi: int, adjust: _Adjustments, reason: str) -> tuple[int, bool]:
+    """Clamp into [lo, hi]; note ``reason`` when the move exceeds the tolerance."""
+    if t_ns < lo:
+        moved = lo - t_ns
+        t_ns = lo
+    elif t_ns > hi:
+        moved = t_ns - hi
+        t_ns = hi
+    else:
+        return t_ns, False
+    if moved > _TOLERANCE_NS:
+        adjust.note(reason)
+        return t_ns, True
+    return t_ns, False
+
+
+def turn_span_name(role: str) -> str:
+    if role == "user":
+        return c.SPAN_USER_TURN
+    if role == "assistant":
+        return c.SPAN_ASSISTANT_TURN
+    return f"{c.SPAN_TURN_PREFIX} {role}"
+
+
+def turn_operation(role: str) -> str:
+    return c.OPERATION_USER_TURN if role == "user" else c.OPERATION_ASSISTANT_TURN
+
+
+def map_turn(ctx: CallContext, item: TranscriptItem, occurrence: int = 1) -> list[SpanRecord]:
+    """One spoken turn -> its span (first) and its tool-call spans. Used alike for a turn
+    arriving alone in a ``call_turn`` webhook and for a turn of a whole transcript."""
+    adjust = _Adjustments()
+    start_off = _offset(item.start_timestamp, adjust, "start")
+    if item.end_timestamp is None:
+        adjust.note("end_missing")
+        end_off = start_off
+    else:
+        end_off = _offset(item.end_timestamp, adjust, "end")
+        if end_off < start_off:
+            adjust.note("end_before_start")
+            end_off = start_off
+    start_ns = ctx.start_ns + offset_to_ns(start_off)
+    end_ns = ctx.start_ns + offset_to_ns(end_off)
+
+    key = ids.turn_key(item.role, item.start_timestamp, occurrence)
+    span = SpanRecord(
+        key=key,
+        name=turn_span_name(item.role),
+        trace_id=ctx.trace_id,
+        span_id=ids.span_id(ctx.call_id, key),
+        parent_span_id=ctx.root_span_id,
+        start_ns=start_ns,
+        end_ns=end_ns,
+        attributes=ctx.common(turn_operation(item.role)),
+    )
+    sink = AttributeSink(ctx.options, span.attributes)
+    sink.put(c.TURN_ROLE, item.role)
+    sink.put(c.TURN_START_OFFSET, item.start_timestamp)
+    sink.text(c.TURN_TEXT, item.text)
+    sink.put(c.TURN_END_REASON, item.end_reason)
+    interrupted = item.was_interrupted
+    if interrupted is None and item.end_reason is not None:
+        interrupted = item.end_reason == "interrupted"
+    sink.put(c.TURN_INTERRUPTED, interrupted)
+    sink.put(c.TURN_VAD_BUFFER_MS, item.vad_buffer_ms)
+    sink.put(c.TTS_TTFB, item.tts_ttfb)
+    sink.put(c.STT_TTFB, item.stt_ttfb)
+
+    for index, chunk in enumerate(item.text_chunks):
+        at, moved = _clamp(
+            ctx.start_ns + offset_to_ns(_offset(chunk.start_timestamp, adjust, "text_chunk")),
+            start_ns,
+            end_ns,
+            adjust,
+            "text_chunk_outside_turn",
+        )
+        attrs: Attributes = {c.CHUNK_INDEX: index}
+        event_sink = AttributeSink(ctx.options, attrs)
+        event_sink.text(c.CHUNK_TEXT, chunk.text)
+        if moved:
+            attrs[c.TIME_ADJUSTED] = True
+        span.events.append(EventRecord(c.EVENT_TEXT_CHUNK, at, attrs))
+    for ttfb, name, attr in (
+        (item.tts_ttfb, c.EVENT_TTS_FIRST_BYTE, c.TTS_TTFB),
+        (item.stt_ttfb, c.EVENT_STT_FIRST_BYTE, c.STT_TTFB),
+    ):
+        if ttfb is None:
+            continue
+        at, moved = _clamp(
+            start_ns + offset_to_ns(_offset(ttfb, adjust, "ttfb")),
+            start_ns,
+            end_ns,
+            adjust,
+            "first_byte_after_turn_end",
+        )
+        event_attrs: Attributes = {attr: ttfb}
+        if moved:
+            event_attrs[c.TIME_ADJUSTED] = True
+        span.events.append(EventRecord(name, at, event_attrs))
+    span.events.sort(key=lambda e: e.time_ns)
+    _finish(span, sink, adjust)
+
+    spans = [span]
+    seen_tools: dict[str, int] = {}
+    for tool in item.tool_calls:
+        seen_tools[tool.id] = seen_tools.get(tool.id, 0) + 1
+        key = ids.tool_key(span.key, tool.id, seen_tools[tool.id])
+        spans.append(_tool_span(ctx, span, key, tool.id, tool.name, tool.arguments, tool.result))
+    return spans
+
+
+def _tool_span(
+    ctx: CallContext,
+    turn: SpanRecord,
+    key: str,
+    tool_call_id: str,
+    tool_name: str,
+    arguments: dict[str, Any],
+    result: Any,
+) -> SpanRecord:
+    span = SpanRecord(
+        key=key,
+        name=f"{c.SPAN_TOOL} {tool_name}" if tool_name else c.SPAN_TOOL,
+        trace_id=ctx.trace_id,
+        span_id=ids.span_id(ctx.call_id, key),
+        parent_span_id=turn.span_id,
+        # Cartesia reports no tool timing: the span is an instant at its turn's start.
+        start_ns=turn.start_ns,
+        end_ns=turn.start_ns,
+        attributes=ctx.common(c.OPERATION_EXECUTE_TOOL),
+    )
+    sink = AttributeSink(ctx.options, span.attributes)
+    sink.put(c.GEN_AI_TOOL_NAME, tool_name)
+    sink.put(c.GEN_AI_TOOL_CALL_ID, tool_call_id)
+    sink.put(c.GEN_AI_TOOL_TYPE, "function")
+    sink.put(c.GEN_AI_TOOL_CALL_ARGUMENTS, to_text(arguments))
+    if result is not None:
+        sink.put(c.GEN_AI_TOOL_CALL_RESULT, to_text(result))
+    _finish(span, sink, _Adjustments())
+    return span
+
+
+def _finish(span: SpanRecord, sink: AttributeSink, adjust: _Adjustments) -> None:
+    adjust.apply(span)
+    if sink.truncated:
+        span.attributes[c.TRUNCATED] = list(dict.fromkeys(sink.truncated))
+
+
+def call_anchor(call: AgentCall, fallback_end_ns: int | None = None) -> tuple[int, int, list[str]]:
+    """(start_ns, end_ns, adjustments) of the root span.
+
+    A missing start is derived from the end (or from ``fallback_end_ns``, the time of the
+    event that reported the call) minus the last transcript offset; a missing or early end is
+    stretched to cover the transcript.
+    """
+    adjust = _Adjustments()
+    last_ns = 0
+    for item in call.transcript:
+        for value in (item.start_timestamp, item.end_timestamp):
+            if value is not None and value > 0:
+                last_ns = max(last_ns, offset_to_ns(min(value, MAX_OFFSET_S)))
+    start, end = call.start_time, call.end_time
+    if start is None:
+        if end is None:
+            if fallback_end_ns is None:
+                raise UnplaceableCallError(
+                    f"call {call.id}: no start_time or end_time, so it cannot be placed in time"
+                )
+            end = fallback_end_ns
+            adjust.note("end_from_event_time")
+        start = max(0, end - last_ns)
+        adjust.note("start_derived")
+    if end is None:
+        end = start + last_ns
+        adjust.note("end_missing")
+    elif end < start:
+        end = start + last_ns
+        adjust.note("end_before_start")
+    if start + last_ns > end + _TOLERANCE_NS:
+        end = start + last_ns
+        adjust.note("transcript_after_end")
+    return start, max(end, start + last_ns), adjust.reasons
+
+
+def root_span(ctx: CallContext, call: AgentCall, end_ns: int, adjustments: list[str]) -> SpanRecord:
+    agent_label = call.agent_name or ""
+    span = SpanRecord(
+        key=ids.root_key(),
+        name=f"{c.SPAN_CALL} {agent_label}" if agent_label else c.SPAN_CALL,
+        trace_id=ctx.trace_id,
+        span_id=ctx.root_span_id,
+        parent_span_id=None,
+        start_ns=ctx.start_ns,
+        end_ns=end_ns,
+        attributes=ctx.common(c.OPERATION_INVOKE_AGENT),
+    )
+    sink = AttributeSink(ctx.options, span.attributes)
+    sink.put(c.CALL_ID, call.id)
+    sink.put(c.AGENT_ID, call.agent_id)
+    sink.put(c.AGENT_NAME, call.agent_name)
+    sink.put(c.CALL_STATUS, call.status)
+    sink.put(c.CALL_END_REASON, call.end_reason)
+    sink.put(c.CALL_ERROR_MESSAGE, call.error_message)
+    sink.put(c.CALL_SUMMARY, call.summary)
+    sink.put(c.CALL_TURN_COUNT, sum(1 for t in call.transcript if not t.is_system))
+    sink.put(c.DEPLOYMENT_ID, call.deployment_id)
+    sink.put(c.DEPLOYMENT_VERSION_ID, call.deployment_version_id)
+    sink.put(c.DEPLOYMENT_REGION, call.deployment_region)
+    sink.put(c.CALL_ZDR_ENABLED, call.zdr_enabled)
+    sink.put(c.CALL_REDACTED_AT, call.redacted_at)
+    sink.put(c.TELEPHONY_ACCOUNT_TYPE, call.telephony_account_type)
+    tel = call.telephony_params
+    if tel is not None:
+        sink.phone(c.TELEPHONY_FROM, tel.from_)
+        sink.phone(c.TELEPHONY_TO, tel.to)
+        sink.put(c.TELEPHONY_DIRECTION, tel.direction)
+        sink.put(c.TELEPHONY_CALL_SID, tel.call_sid)
+        sink.put(c.TELEPHONY_CONNECTION_TYPE, tel.connection_type)
+    sink.flatten(c.CALL_METADATA_PREFIX, call.metadata)
+    sink.put(c.CONTRACT, c.CONTRACT_VERSION)
+    if call.status == "failed":
+        span.error = call.error_message or call.end_reason or "call failed"
+        sink.put(c.ERROR_TYPE, call.end_reason or "call_failed")
+    adjust = _Adjustments(list(adjustments))
+    _finish(span, sink, adjust)
+    return span
+
+
+def _log_attributes(ctx: CallContext, item: TranscriptItem) -> tuple[str, float, Attributes]:
+    """(event name, offset seconds, attributes) of a system item's span event."""
+    attrs: Attributes = {}
+    sink = AttributeSink(ctx.options, attrs)
+    if item.log_metric is not None:
+        metric = item.log_metric
+        sink.put(c.LOG_METRIC_NAME, metric.name)
+        sink.put(c.LOG_METRIC_VALUE, metric.value)
+        offset = metric.timestamp if metric.timestamp is not None else item.start_timestamp
+        return c.EVENT_LOG_METRIC, offset, attrs
+    event = item.log_event
+    assert event is not None
+    sink.put(c.LOG_EVENT, event.event)
+    metadata = dict(event.metadata)
+    # LogMessage(name, level, message, metadata) nests level/message/metadata.
+    for key, attr in (("level", c.LOG_LEVEL), ("message", c.LOG_MESSAGE)):
+        if isinstance(metadata.get(key), str):
+            sink.put(attr, metadata.pop(key))
+    nested = metadata.get("metadata")
+    if isinstance(nested, str) and nested.startswith("{"):
+        try:
+            decoded = json.loads(nested)
+        except ValueError:
+            decoded = None
+        if isinstance(decoded, dict):
+            metadata["metadata"] = nested = decoded
+    if isinstance(nested, dict) and (c.LOG_LEVEL in attrs or c.LOG_MESSAGE in attrs):
+        metadata.pop("metadata")
+        metadata = {**nested, **metadata}
+    sink.flatten(c.LOG_METADATA_PREFIX, metadata)
+    if sink.truncated:
+        attrs[c.TRUNCATED] = list(dict.fromkeys(sink.truncated))
+    offset = event.timestamp if event.timestamp is not None else item.start_timestamp
+    return event.event or "cartesia.log_event", offset, attrs
+
+
+def _span_in_progress(turns: list[SpanRecord], at_ns: int, root: SpanRecord) -> SpanRecord:
+    """The turn whose time range holds ``at_ns`` (the latest-started on overlap), else root."""
+    best: SpanRecord | None = None
+    for span in turns:
+        if span.start_ns <= at_ns <= span.end_ns and (best is None or span.start_ns >= best.start_ns):
+            best = span
+    return best if best is not None else root
+
+
+@dataclass(slots=True)
+class CallSpans:
+    root: SpanRecord
+    turns: list[SpanRecord]
+    #: (turn or tool span) per transcript item index, for the metric mapping
+    by_item: dict[int, SpanRecord]
+    tools: list[SpanRecord]
+    #: (log-metric transcript index, span it was attached to)
+    log_metric_spans: dict[int, SpanRecord]
+
+    def all(self) -> list[SpanRecord]:
+        return [self.root, *self.turns, *self.tools]
+
+
+def map_call_spans(
+    call: AgentCall, options: MappingOptions, fallback_end_ns: int | None = None
+) -> CallSpans:
+    start_ns, end_ns, adjustments = call_anchor(call, fallback_end_ns)
+    ctx = CallContext(call.id, call.agent_id, call.agent_name, start_ns, options)
+    root = root_span(ctx, call, end_ns, adjustments)
+    turns: list[SpanRecord] = []
+    tools: list[SpanRecord] = []
+    by_item: dict[int, SpanRecord] = {}
+    occurrences: dict[str, int] = {}
+    for index, item in enumerate(call.transcript):
+        if item.is_system:
+            continue
+        base = ids.turn_key(item.role, item.start_timestamp)
+        occurrences[base] = occurrences.get(base, 0) + 1
+        turn, *turn_tools = map_turn(ctx, item, occurrences[base])
+        turns.append(turn)
+        tools.extend(turn_tools)
+        by_item[index] = turn
+    log_metric_spans: dict[int, SpanRecord] = {}
+    for index, item in enumerate(call.transcript):
+        if not item.is_system or (item.log_event is None and item.log_metric is None):
+            continue
+        name, offset, attrs = _log_attributes(ctx, item)
+        adjust = _Adjustments()
+        at = start_ns + offset_to_ns(_offset(offset, adjust, "log"))
+        at, moved = _clamp(at, root.start_ns, root.end_ns, adjust, "log_outside_call")
+        if moved or adjust.reasons:
+            attrs[c.TIME_ADJUSTED] = True
+        target = _span_in_progress(turns, at, root)
+        target.events.append(EventRecord(name, at, attrs))
+        if item.log_metric is not None:
+            log_metric_spans[index] = target
+    for span in turns:
+        span.events.sort(key=lambda e: e.time_ns)
+    root.events.sort(key=lambda e: e.time_ns)
+    return CallSpans(root, turns, by_item, tools, log_metric_spans)
