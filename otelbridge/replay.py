@@ -115,9 +115,7 @@ class Replay:
 
     # --- delivery --------------------------------------------------------------------------
     def resource(self) -> Resource:
-        return build_resource(
-            self.settings.resolved_service_name(), self.settings.resolved_instance_id()
-        )
+        return build_resource(self.settings.resolved_service_name(), self.settings.resolved_instance_id())
 
     def deliver(self, mapped: list[MappedCall]) -> None:
         if self.exporter == "none":
@@ -202,9 +200,7 @@ class Replay:
         return line + (f"; {', '.join(extras)}" if extras else "")
 
 
-def run_replay(
-    paths: Sequence[Path], settings: Settings, exporter: str, out: TextIO, err: TextIO
-) -> int:
+def run_replay(paths: Sequence[Path], settings: Settings, exporter: str, out: TextIO, err: TextIO) -> int:
     replay = Replay(settings, exporter, out, err)
     for path in paths:
         replay.read(path)

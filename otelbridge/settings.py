@@ -50,9 +50,7 @@ class Settings(BaseSettings):
     transcript_max_chars: int = Field(
         default=DEFAULT_TEXT_MAX_CHARS, ge=1, description="characters kept when truncating"
     )
-    export_phone_numbers: bool = Field(
-        default=False, description="export telephony from/to unmasked"
-    )
+    export_phone_numbers: bool = Field(default=False, description="export telephony from/to unmasked")
     max_attribute_bytes: int = Field(
         default=DEFAULT_MAX_ATTRIBUTE_BYTES,
         ge=64,

@@ -29,9 +29,7 @@ def parse_rfc3339_ns(text: str) -> int:
     """
     match = _RFC3339.fullmatch(text.strip())
     if match is None:
-        raise ValueError(
-            f"not an RFC 3339 timestamp: {text!r} (expected e.g. 2026-04-16T01:08:37.413659Z)"
-        )
+        raise ValueError(f"not an RFC 3339 timestamp: {text!r} (expected e.g. 2026-04-16T01:08:37.413659Z)")
     fraction = match["fraction"] or ""
     if len(fraction) > 9:
         raise ValueError(f"more than 9 fractional second digits in {text!r}")

@@ -26,7 +26,8 @@ def _describe(span: SpanRecord, origin_ns: int) -> str:
     if span.events:
         parts.append(f"{len(span.events)} events")
     if a.get(c.TIME_ADJUSTED):
-        parts.append(f"adjusted({','.join(map(str, a.get(c.TIME_ADJUSTMENTS, [])))})")
+        reasons = a.get(c.TIME_ADJUSTMENTS, [])
+        parts.append(f"adjusted({','.join(reasons) if isinstance(reasons, list) else reasons})")
     text = a.get(c.TURN_TEXT)
     if isinstance(text, str):
         preview = text if len(text) <= _TEXT_PREVIEW else text[: _TEXT_PREVIEW - 1] + "…"

@@ -80,7 +80,7 @@ def span_exporter() -> SpanExporter:
             OTLPSpanExporter as GrpcSpanExporter,
         )
 
-        return GrpcSpanExporter()  # type: ignore[no-any-return]
+        return GrpcSpanExporter()
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     return OTLPSpanExporter()
@@ -89,16 +89,14 @@ def span_exporter() -> SpanExporter:
 def metric_exporter(temporality: Literal["cumulative", "delta"] = "cumulative") -> MetricExporter:
     from opentelemetry.sdk.metrics import Counter, Histogram
 
-    chosen = (
-        AggregationTemporality.DELTA if temporality == "delta" else AggregationTemporality.CUMULATIVE
-    )
-    preferred = {Counter: chosen, Histogram: chosen}
+    chosen = AggregationTemporality.DELTA if temporality == "delta" else AggregationTemporality.CUMULATIVE
+    preferred: dict[type, AggregationTemporality] = {Counter: chosen, Histogram: chosen}
     if protocol("metrics") == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
             OTLPMetricExporter as GrpcMetricExporter,
         )
 
-        return GrpcMetricExporter(preferred_temporality=preferred)  # type: ignore[no-any-return]
+        return GrpcMetricExporter(preferred_temporality=preferred)
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
     return OTLPMetricExporter(preferred_temporality=preferred)

@@ -90,9 +90,7 @@ class MetricRecorder:
         if point.kind is InstrumentKind.HISTOGRAM:
             self._histogram(point).record(point.value, attributes, context=context)
         else:
-            self._counter(name, point.unit, point.description).add(
-                point.value, attributes, context=context
-            )
+            self._counter(name, point.unit, point.description).add(point.value, attributes, context=context)
 
     def _histogram(self, point: MetricPoint) -> Histogram:
         instrument = self._instruments.get(point.instrument)

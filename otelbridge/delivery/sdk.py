@@ -26,9 +26,7 @@ _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _UNSET = Status(StatusCode.UNSET)
 
 
-def build_resource(
-    service_name: str, instance_id: str, extra: Mapping[str, str] | None = None
-) -> Resource:
+def build_resource(service_name: str, instance_id: str, extra: Mapping[str, str] | None = None) -> Resource:
     """A deterministic resource (no detectors): ``extra`` first, then the two we own."""
     attributes: dict[str, str] = dict(extra or {})
     attributes["service.name"] = service_name
@@ -44,9 +42,7 @@ def span_context(trace_id: int, span_id: int) -> SpanContext:
 
 def to_readable_span(record: SpanRecord, resource: Resource) -> ReadableSpan:
     parent = (
-        span_context(record.trace_id, record.parent_span_id)
-        if record.parent_span_id is not None
-        else None
+        span_context(record.trace_id, record.parent_span_id) if record.parent_span_id is not None else None
     )
     status = _UNSET if record.error is None else Status(StatusCode.ERROR, record.error)
     return ReadableSpan(

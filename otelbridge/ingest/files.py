@@ -105,9 +105,7 @@ def _document(document: Any) -> tuple[str, Iterator[Record]]:
             f"call with 'id', or a webhook event with 'type'; found keys: {keys})"
         )
     if isinstance(document, list):
-        return "JSON array", (
-            Record(f"record {i}", _kind(item), item) for i, item in enumerate(document)
-        )
+        return "JSON array", (Record(f"record {i}", _kind(item), item) for i, item in enumerate(document))
     raise InputFileError(
         f"JSON {type(document).__name__} at top level; expected an object, an array or JSON lines"
     )

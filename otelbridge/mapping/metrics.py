@@ -29,14 +29,22 @@ def _point(
     span: SpanRecord,
 ) -> MetricPoint:
     return MetricPoint(
-        instrument, kind, unit, description, value, attributes, span.key, span.trace_id, span.span_id
+        instrument,
+        kind,
+        unit,
+        description,
+        value,
+        attributes,
+        span.key,
+        span.trace_id,
+        span.span_id,
     )
 
 
 def turn_points(agent_id: str, item: TranscriptItem, spans: list[SpanRecord]) -> list[MetricPoint]:
     """Points of one spoken turn: ``spans`` is what :func:`map_turn` returned for it."""
     turn, tools = spans[0], spans[1:]
-    agent = {c.METRIC_ATTR_AGENT_ID: agent_id}
+    agent: dict[str, str | bool | int] = {c.METRIC_ATTR_AGENT_ID: agent_id}
     points: list[MetricPoint] = []
     if item.tts_ttfb is not None and item.tts_ttfb >= 0:
         points.append(_point(c.METRIC_TTS_TTFB, InstrumentKind.HISTOGRAM, "s",

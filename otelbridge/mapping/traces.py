@@ -375,9 +375,7 @@ class CallSpans:
         return [self.root, *self.turns, *self.tools]
 
 
-def map_call_spans(
-    call: AgentCall, options: MappingOptions, fallback_end_ns: int | None = None
-) -> CallSpans:
+def map_call_spans(call: AgentCall, options: MappingOptions, fallback_end_ns: int | None = None) -> CallSpans:
     start_ns, end_ns, adjustments = call_anchor(call, fallback_end_ns)
     ctx = CallContext(call.id, call.agent_id, call.agent_name, start_ns, options)
     root = root_span(ctx, call, end_ns, adjustments)
