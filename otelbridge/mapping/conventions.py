@@ -9,9 +9,6 @@ from __future__ import annotations
 from typing import Final
 
 CONTRACT_VERSION: Final = "1.0.0"
-SCHEMA_URL: Final = (
-    f"https://github.com/otelbridge/otelbridge/blob/main/docs/conventions.md#v{CONTRACT_VERSION}"
-)
 INSTRUMENTATION_SCOPE: Final = "otelbridge"
 PROVIDER_NAME: Final = "cartesia"
 

@@ -16,6 +16,8 @@ from typing import Any, Final
 DEFAULT_SERVICE_NAME: Final = "otelbridge"
 DEFAULT_MAX_ATTRIBUTE_BYTES: Final = 2048
 DEFAULT_TEXT_MAX_CHARS: Final = 256
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
 
 
 class TextPolicy(StrEnum):
@@ -92,6 +94,8 @@ class AttributeSink:
             return
         if isinstance(value, str):
             value = self.cap(key, value)
+        elif isinstance(value, int) and not isinstance(value, bool) and not _INT64_MIN <= value <= _INT64_MAX:
+            value = str(value)  # OTLP ints are 64-bit
         self.attributes[key] = value
 
     def cap(self, key: str, value: str) -> str:

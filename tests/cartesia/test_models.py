@@ -1,0 +1,125 @@
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from otelbridge.cartesia.errors import describe_validation_error
+from otelbridge.cartesia.models import AgentCall, parse_call
+from otelbridge.cartesia.webhooks import parse_webhook_event
+
+SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "cartesia" / "samples"
+
+
+def _call(**extra: object) -> dict[str, object]:
+    return {"id": "ac_1", "agent_id": "agent_1", "status": "completed", **extra}
+
+
+def _problem(payload: object) -> str:
+    with pytest.raises(ValidationError) as info:
+        parse_call(payload)
+    return describe_validation_error(info.value)
+
+
+@pytest.mark.skipif(not SAMPLES.exists(), reason="shared samples not beside the checkout")
+def test_every_sample_validates() -> None:
+    for name in ("list-calls-agent0.json", "list-calls-agent1.json"):
+        for raw in json.loads((SAMPLES / name).read_text())["data"]:
+            assert parse_call(raw).id == raw["id"]
+    for line in (SAMPLES / "webhooks.jsonl").read_text().splitlines():
+        assert parse_webhook_event(json.loads(line)).resolved_call_id
+
+
+def test_times_become_exact_nanoseconds() -> None:
+    call = parse_call(_call(start_time="2026-04-16T01:08:37.413659878Z", end_time=None))
+    assert call.start_time == 1776301717413659878
+    assert call.end_time is None
+
+
+@pytest.mark.parametrize("status", ["active", "completed", "failed", "cancelled", "created", "started"])
+def test_both_status_vocabularies(status: str) -> None:
+    call = parse_call(_call(status=status))
+    assert call.is_final == (status in {"completed", "failed", "cancelled"})
+
+
+def test_unknown_status_is_kept_and_not_final() -> None:
+    call = parse_call(_call(status="paused"))
+    assert call.status == "paused"
+    assert not call.is_final
+
+
+def test_unknown_fields_are_kept_everywhere() -> None:
+    call = parse_call(
+        _call(
+            brand_new=1,
+            telephony_params={"to": "+1", "from": "+2", "sip_header": "x"},
+            transcript=[
+                {"role": "assistant", "start_timestamp": 1, "end_timestamp": 2, "emotion": "calm",
+                 "tool_calls": [{"id": "t", "name": "n", "arguments": {}, "latency_ms": 3}]},
+            ],
+        )
+    )
+    assert call.model_extra == {"brand_new": 1}
+    assert call.telephony_params is not None and call.telephony_params.from_ == "+2"
+    assert call.telephony_params.model_extra == {"sip_header": "x"}
+    assert call.transcript[0].model_extra == {"emotion": "calm"}
+    assert call.transcript[0].tool_calls[0].model_extra == {"latency_ms": 3}
+
+
+def test_nulls_read_as_empty() -> None:
+    call = parse_call(_call(transcript=None, metadata=None))
+    assert call.transcript == [] and call.metadata == {}
+    item = parse_call(_call(transcript=[{"role": "user", "start_timestamp": 0, "end_timestamp": 1,
+                                         "text_chunks": None, "tool_calls": None}])).transcript[0]
+    assert item.text_chunks == [] and item.tool_calls == []
+
+
+@pytest.mark.parametrize(("value", "expected"), [(3, 3), (2.5, 2.5), ("gold", "gold"), (True, "true")])
+def test_log_metric_value_number_or_string(value: object, expected: object) -> None:
+    item = {"role": "system", "start_timestamp": 1, "end_timestamp": 1,
+            "log_metric": {"name": "m", "value": value, "timestamp": 1}}
+    metric = parse_call(_call(transcript=[item])).transcript[0].log_metric
+    assert metric is not None and metric.value == expected
+    assert type(metric.value) is type(expected)
+
+
+def test_log_metric_value_object_is_rejected_naming_the_field() -> None:
+    item = {"role": "system", "start_timestamp": 1, "log_metric": {"name": "m", "value": {"a": 1}}}
+    assert _problem(_call(transcript=[item])).startswith("transcript[0].log_metric.value:")
+
+
+def test_errors_name_the_field_path_on_one_line() -> None:
+    message = _problem(_call(transcript=[{"role": "user", "start_timestamp": "abc"}, {"role": "user"}]))
+    assert "\n" not in message
+    assert "transcript[0].start_timestamp: Input should be a valid number" in message
+    assert "transcript[1].start_timestamp: required field is missing" in message
+
+
+def test_error_messages_never_echo_transcript_text() -> None:
+    message = _problem(_call(transcript=[{"role": "user", "start_timestamp": 0, "text": ["secret words"]}]))
+    assert "secret" not in message
+    assert "transcript[0].text" in message
+
+
+def test_bad_time_names_the_field_and_value() -> None:
+    assert _problem(_call(start_time="2026-13-01T00:00:00Z")).startswith("start_time: invalid date")
+
+
+def test_nan_and_infinity_are_rejected() -> None:
+    item = {"role": "assistant", "start_timestamp": 0, "end_timestamp": 1, "tts_ttfb": float("nan")}
+    assert "transcript[0].tts_ttfb" in _problem(_call(transcript=[item]))
+
+
+def test_required_call_fields() -> None:
+    message = _problem({"id": "", "status": 3})
+    assert "id: String should have at least 1 character" in message
+    assert "agent_id: required field is missing" in message
+    assert "status: Input should be a valid string" in message
+
+
+def test_model_is_the_documented_shape() -> None:
+    assert set(AgentCall.model_fields) >= {
+        "id", "agent_id", "agent_name", "status", "start_time", "end_time", "end_reason",
+        "transcript", "telephony_params", "summary", "error_message", "deployment_id",
+        "deployment_version_id", "deployment_region", "metadata", "zdr_enabled", "redacted_at",
+    }

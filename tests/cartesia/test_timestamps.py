@@ -1,0 +1,55 @@
+import calendar
+
+import pytest
+
+from otelbridge.cartesia.timestamps import format_rfc3339_ns, offset_to_ns, parse_rfc3339_ns
+
+BASE = calendar.timegm((2025, 6, 24, 23, 36, 40, 0, 0, 0)) * 1_000_000_000
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2025-06-24T23:36:40Z", BASE),
+        ("2025-06-24T23:36:40.3Z", BASE + 300_000_000),
+        ("2025-06-24T23:36:40.360473Z", BASE + 360_473_000),
+        # nine digits: exact, no float on the way (fromisoformat would drop the last three)
+        ("2025-06-24T23:36:40.360473878Z", BASE + 360_473_878),
+        ("2025-06-24T23:36:40.000000001z", BASE + 1),
+        ("2025-06-24t23:36:40Z", BASE),
+        ("2025-06-25T01:36:40.5+02:00", BASE + 500_000_000),
+        ("2025-06-24T18:06:40-05:30", BASE),
+        ("2025-06-24 23:36:40Z", BASE),
+    ],
+)
+def test_parses_to_exact_nanoseconds(text: str, expected: int) -> None:
+    assert parse_rfc3339_ns(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("2025-06-24T23:36:40", "not an RFC 3339 timestamp"),  # no offset
+        ("2025-06-24", "not an RFC 3339 timestamp"),
+        ("yesterday", "not an RFC 3339 timestamp"),
+        ("2025-06-24T23:36:40.Z", "not an RFC 3339 timestamp"),
+        ("2025-06-24T23:36:40.1234567890Z", "more than 9 fractional"),
+        ("2025-13-24T23:36:40Z", "invalid date"),
+        ("2025-02-30T23:36:40Z", "invalid date"),
+        ("2025-06-24T24:00:00Z", "invalid date"),
+        ("2025-06-24T23:36:40+25:00", "invalid UTC offset"),
+    ],
+)
+def test_rejects_with_a_reason(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_rfc3339_ns(text)
+
+
+def test_round_trip_format() -> None:
+    ns = parse_rfc3339_ns("2026-04-16T01:08:37.413659123Z")
+    assert format_rfc3339_ns(ns) == "2026-04-16T01:08:37.413659123Z"
+
+
+def test_float_offsets_round_to_nearest_ns() -> None:
+    assert offset_to_ns(10.387875000000001) == 10_387_875_000
+    assert offset_to_ns(0.0) == 0

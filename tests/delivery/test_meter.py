@@ -1,0 +1,57 @@
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
+
+from otelbridge.delivery.meter import MetricRecorder
+from otelbridge.mapping import conventions as c
+from otelbridge.mapping.records import InstrumentKind, MetricPoint
+
+
+def _point(instrument: str, value: float, kind: InstrumentKind = InstrumentKind.HISTOGRAM,
+           unit: str = "s", **attrs: str) -> MetricPoint:
+    return MetricPoint(instrument, kind, unit, "d", value, {c.AGENT_ID: "a", **attrs}, "k", 7, 9)
+
+
+def _collect(points: list[MetricPoint], **kwargs: int) -> tuple[dict[str, list], MetricRecorder]:  # type: ignore[type-arg]
+    reader = InMemoryMetricReader()
+    recorder = MetricRecorder(MeterProvider(metric_readers=[reader]), **kwargs)
+    recorder.record(points)
+    data = reader.get_metrics_data()
+    assert data is not None
+    metrics = {m.name: list(m.data.data_points) for sm in data.resource_metrics[0].scope_metrics
+               for m in sm.metrics}
+    return metrics, recorder
+
+
+def test_ttfb_histogram_buckets_and_exemplar() -> None:
+    metrics, _ = _collect([_point(c.METRIC_TTS_TTFB, 0.18)])
+    (dp,) = metrics[c.METRIC_TTS_TTFB]
+    assert isinstance(dp, HistogramDataPoint)
+    assert tuple(dp.explicit_bounds) == c.TTFB_BUCKETS_S
+    assert dp.count == 1 and dp.sum == 0.18
+    (exemplar,) = dp.exemplars
+    assert (exemplar.trace_id, exemplar.span_id) == (7, 9)
+
+
+def test_ms_log_metrics_get_ms_buckets() -> None:
+    metrics, _ = _collect([_point("cartesia.log_metric.agent_turn_ms", 355.0, unit="ms")])
+    (dp,) = metrics["cartesia.log_metric.agent_turn_ms"]
+    assert isinstance(dp, HistogramDataPoint) and tuple(dp.explicit_bounds) == c.LOG_METRIC_MS_BUCKETS
+
+
+def test_name_bound_folds_into_other() -> None:
+    points = [_point(f"cartesia.log_metric.m{i}", 1.0, unit="1") for i in range(5)]
+    metrics, recorder = _collect(points, max_log_metric_names=3)
+    assert {n for n in metrics if n.startswith("cartesia.log_metric.m")} == {
+        "cartesia.log_metric.m0", "cartesia.log_metric.m1", "cartesia.log_metric.m2"}
+    (other,) = metrics[c.METRIC_LOG_METRIC_OTHER]
+    assert isinstance(other, NumberDataPoint) and other.value == 2
+    assert recorder.folded["name"] == 2
+
+
+def test_string_value_bound() -> None:
+    points = [_point("cartesia.log_metric.tier", 1, InstrumentKind.COUNTER, "1",
+                     **{c.LOG_METRIC_VALUE: v}) for v in ["a", "b", "c", "a", "d"]]
+    metrics, recorder = _collect(points, max_string_values=2)
+    values = {str(dp.attributes[c.LOG_METRIC_VALUE]): dp.value for dp in metrics["cartesia.log_metric.tier"]}
+    assert values == {"a": 2, "b": 1, "other": 2}
+    assert recorder.folded["value"] == 2
