@@ -9,9 +9,7 @@ DOC = (Path(__file__).resolve().parents[1] / "docs" / "conventions.md").read_tex
 
 def _names() -> dict[str, str]:
     return {
-        name: value
-        for name, value in vars(conventions).items()
-        if name.isupper() and isinstance(value, str)
+        name: value for name, value in vars(conventions).items() if name.isupper() and isinstance(value, str)
     }
 
 

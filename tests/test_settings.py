@@ -27,7 +27,10 @@ def test_env_vars_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTELBRIDGE_EXPORT_PHONE_NUMBERS", "true")
     options = load_settings().mapping_options()
     assert (options.text_policy, options.text_max_chars, options.export_phone_numbers) == (
-        TextPolicy.TRUNCATE, 40, True)
+        TextPolicy.TRUNCATE,
+        40,
+        True,
+    )
 
 
 def test_service_name_precedence(monkeypatch: pytest.MonkeyPatch) -> None:

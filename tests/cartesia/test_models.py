@@ -54,8 +54,13 @@ def test_unknown_fields_are_kept_everywhere() -> None:
             brand_new=1,
             telephony_params={"to": "+1", "from": "+2", "sip_header": "x"},
             transcript=[
-                {"role": "assistant", "start_timestamp": 1, "end_timestamp": 2, "emotion": "calm",
-                 "tool_calls": [{"id": "t", "name": "n", "arguments": {}, "latency_ms": 3}]},
+                {
+                    "role": "assistant",
+                    "start_timestamp": 1,
+                    "end_timestamp": 2,
+                    "emotion": "calm",
+                    "tool_calls": [{"id": "t", "name": "n", "arguments": {}, "latency_ms": 3}],
+                },
             ],
         )
     )
@@ -69,15 +74,30 @@ def test_unknown_fields_are_kept_everywhere() -> None:
 def test_nulls_read_as_empty() -> None:
     call = parse_call(_call(transcript=None, metadata=None))
     assert call.transcript == [] and call.metadata == {}
-    item = parse_call(_call(transcript=[{"role": "user", "start_timestamp": 0, "end_timestamp": 1,
-                                         "text_chunks": None, "tool_calls": None}])).transcript[0]
+    item = parse_call(
+        _call(
+            transcript=[
+                {
+                    "role": "user",
+                    "start_timestamp": 0,
+                    "end_timestamp": 1,
+                    "text_chunks": None,
+                    "tool_calls": None,
+                }
+            ]
+        )
+    ).transcript[0]
     assert item.text_chunks == [] and item.tool_calls == []
 
 
 @pytest.mark.parametrize(("value", "expected"), [(3, 3), (2.5, 2.5), ("gold", "gold"), (True, "true")])
 def test_log_metric_value_number_or_string(value: object, expected: object) -> None:
-    item = {"role": "system", "start_timestamp": 1, "end_timestamp": 1,
-            "log_metric": {"name": "m", "value": value, "timestamp": 1}}
+    item = {
+        "role": "system",
+        "start_timestamp": 1,
+        "end_timestamp": 1,
+        "log_metric": {"name": "m", "value": value, "timestamp": 1},
+    }
     metric = parse_call(_call(transcript=[item])).transcript[0].log_metric
     assert metric is not None and metric.value == expected
     assert type(metric.value) is type(expected)
@@ -119,7 +139,21 @@ def test_required_call_fields() -> None:
 
 def test_model_is_the_documented_shape() -> None:
     assert set(AgentCall.model_fields) >= {
-        "id", "agent_id", "agent_name", "status", "start_time", "end_time", "end_reason",
-        "transcript", "telephony_params", "summary", "error_message", "deployment_id",
-        "deployment_version_id", "deployment_region", "metadata", "zdr_enabled", "redacted_at",
+        "id",
+        "agent_id",
+        "agent_name",
+        "status",
+        "start_time",
+        "end_time",
+        "end_reason",
+        "transcript",
+        "telephony_params",
+        "summary",
+        "error_message",
+        "deployment_id",
+        "deployment_version_id",
+        "deployment_region",
+        "metadata",
+        "zdr_enabled",
+        "redacted_at",
     }

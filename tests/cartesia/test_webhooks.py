@@ -44,12 +44,24 @@ def test_unknown_type_is_accepted_without_more_checks() -> None:
 
 
 def test_legacy_shape() -> None:
-    event = parse_webhook_event({
-        "type": "call_completed", "request_id": "MZ49", "agent_id": "agent_demo",
-        "webhook_id": "wh", "timestamp": "2025-06-24T23:36:40.360473878Z",
-        "body": [{"role": "assistant", "text": "Hi", "start_timestamp": 1.175,
-                  "end_timestamp": 10.387875000000001, "tts_ttfb": 0.20372509956359863}],
-    })
+    event = parse_webhook_event(
+        {
+            "type": "call_completed",
+            "request_id": "MZ49",
+            "agent_id": "agent_demo",
+            "webhook_id": "wh",
+            "timestamp": "2025-06-24T23:36:40.360473878Z",
+            "body": [
+                {
+                    "role": "assistant",
+                    "text": "Hi",
+                    "start_timestamp": 1.175,
+                    "end_timestamp": 10.387875000000001,
+                    "tts_ttfb": 0.20372509956359863,
+                }
+            ],
+        }
+    )
     assert event.is_legacy and event.resolved_call_id == "MZ49"
     assert event.legacy_transcript[0].tts_ttfb == 0.20372509956359863
 
@@ -69,10 +81,14 @@ def test_call_turn_bad_body_names_the_field() -> None:
         ({"type": "call_turn", **ENVELOPE}, "turn: required on call_turn events"),
         ({"type": "post_call_analysis", **ENVELOPE}, "analysis: required"),
         ({"type": "call_completed", "agent_id": "a"}, "call_id: missing"),
-        ({"type": "call_completed", "request_id": "r", "timestamp": "2025-01-01T00:00:00Z"},
-         "agent_id: required when the event carries no call object"),
-        ({"type": "call_turn", **ENVELOPE, "turn": {**TURN, "start_timestamp": None}},
-         "turn.start_timestamp: Input should be a valid number"),
+        (
+            {"type": "call_completed", "request_id": "r", "timestamp": "2025-01-01T00:00:00Z"},
+            "agent_id: required when the event carries no call object",
+        ),
+        (
+            {"type": "call_turn", **ENVELOPE, "turn": {**TURN, "start_timestamp": None}},
+            "turn.start_timestamp: Input should be a valid number",
+        ),
         ({"type": "call_completed", **ENVELOPE, "call": {**CALL, "id": 5}}, "call.id: Input should be"),
     ],
 )

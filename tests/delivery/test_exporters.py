@@ -17,7 +17,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_http_protobuf_is_the_default() -> None:
     exporter = exporters.span_exporter()
     assert isinstance(exporter, HttpSpanExporter)
-    exporter.shutdown()
+    exporter.shutdown()  # type: ignore[no-untyped-call]
     assert exporters.endpoint("traces") == "http://localhost:4318/v1/traces"
 
 
@@ -45,6 +45,9 @@ def test_environment_problems_name_each_variable(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")
     problems = exporters.environment_problems()
     assert [p.split("=")[0] for p in problems] == [
-        "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TIMEOUT",
-        "OTEL_EXPORTER_OTLP_COMPRESSION", "OTEL_EXPORTER_OTLP_ENDPOINT"]
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
     assert all("Fix:" in p for p in problems)

@@ -6,8 +6,13 @@ from otelbridge.mapping import conventions as c
 from otelbridge.mapping.records import InstrumentKind, MetricPoint
 
 
-def _point(instrument: str, value: float, kind: InstrumentKind = InstrumentKind.HISTOGRAM,
-           unit: str = "s", **attrs: str) -> MetricPoint:
+def _point(
+    instrument: str,
+    value: float,
+    kind: InstrumentKind = InstrumentKind.HISTOGRAM,
+    unit: str = "s",
+    **attrs: str,
+) -> MetricPoint:
     return MetricPoint(instrument, kind, unit, "d", value, {c.AGENT_ID: "a", **attrs}, "k", 7, 9)
 
 
@@ -17,8 +22,9 @@ def _collect(points: list[MetricPoint], **kwargs: int) -> tuple[dict[str, list],
     recorder.record(points)
     data = reader.get_metrics_data()
     assert data is not None
-    metrics = {m.name: list(m.data.data_points) for sm in data.resource_metrics[0].scope_metrics
-               for m in sm.metrics}
+    metrics = {
+        m.name: list(m.data.data_points) for sm in data.resource_metrics[0].scope_metrics for m in sm.metrics
+    }
     return metrics, recorder
 
 
@@ -42,15 +48,20 @@ def test_name_bound_folds_into_other() -> None:
     points = [_point(f"cartesia.log_metric.m{i}", 1.0, unit="1") for i in range(5)]
     metrics, recorder = _collect(points, max_log_metric_names=3)
     assert {n for n in metrics if n.startswith("cartesia.log_metric.m")} == {
-        "cartesia.log_metric.m0", "cartesia.log_metric.m1", "cartesia.log_metric.m2"}
+        "cartesia.log_metric.m0",
+        "cartesia.log_metric.m1",
+        "cartesia.log_metric.m2",
+    }
     (other,) = metrics[c.METRIC_LOG_METRIC_OTHER]
     assert isinstance(other, NumberDataPoint) and other.value == 2
     assert recorder.folded["name"] == 2
 
 
 def test_string_value_bound() -> None:
-    points = [_point("cartesia.log_metric.tier", 1, InstrumentKind.COUNTER, "1",
-                     **{c.LOG_METRIC_VALUE: v}) for v in ["a", "b", "c", "a", "d"]]
+    points = [
+        _point("cartesia.log_metric.tier", 1, InstrumentKind.COUNTER, "1", **{c.LOG_METRIC_VALUE: v})
+        for v in ["a", "b", "c", "a", "d"]
+    ]
     metrics, recorder = _collect(points, max_string_values=2)
     values = {str(dp.attributes[c.LOG_METRIC_VALUE]): dp.value for dp in metrics["cartesia.log_metric.tier"]}
     assert values == {"a": 2, "b": 1, "other": 2}

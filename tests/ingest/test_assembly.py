@@ -16,14 +16,21 @@ def _turn(role: str, start: float) -> dict[str, Any]:
     return {"role": role, "text": role, "start_timestamp": start, "end_timestamp": start + 1}
 
 
-CALL = {"id": "ac_1", "agent_id": "agent_1", "status": "completed", "start_time": T0,
-        "end_time": "2026-01-01T00:00:10Z"}
+CALL = {
+    "id": "ac_1",
+    "agent_id": "agent_1",
+    "status": "completed",
+    "start_time": T0,
+    "end_time": "2026-01-01T00:00:10Z",
+}
 
 
 def test_turns_the_final_call_missed_are_merged_once() -> None:
     asm = CallAssembler()
     # completed arrives first, with one turn; the turn stream repeats it and adds another
-    asm.add(_ev("call_completed", call_id="ac_1", timestamp=T0, call={**CALL, "transcript": [_turn("user", 1)]}))
+    asm.add(
+        _ev("call_completed", call_id="ac_1", timestamp=T0, call={**CALL, "transcript": [_turn("user", 1)]})
+    )
     asm.add(_ev("call_turn", call_id="ac_1", timestamp=T0, turn=_turn("user", 1.0000001)))
     asm.add(_ev("call_turn", call_id="ac_1", timestamp=T0, turn=_turn("assistant", 2)))
     asm.add(_ev("call_turn", call_id="ac_1", timestamp=T0, turn=_turn("assistant", 2)))  # duplicate
@@ -43,8 +50,15 @@ def test_unknown_types_are_not_taken() -> None:
 def test_legacy_shape_builds_a_call() -> None:
     asm = CallAssembler()
     asm.add(_ev("call_started", request_id="MZ1", timestamp=T0, body=[]))
-    asm.add(_ev("call_failed", request_id="MZ1", timestamp="2026-01-01T00:00:09Z",
-                end_reason="error", body=[_turn("assistant", 1.175)]))
+    asm.add(
+        _ev(
+            "call_failed",
+            request_id="MZ1",
+            timestamp="2026-01-01T00:00:09Z",
+            end_reason="error",
+            body=[_turn("assistant", 1.175)],
+        )
+    )
     (assembled,) = asm.calls()
     call = assembled.call
     assert (call.id, call.agent_id, call.status, call.end_reason) == ("MZ1", "agent_1", "failed", "error")
@@ -54,8 +68,14 @@ def test_legacy_shape_builds_a_call() -> None:
 
 def test_legacy_without_started_derives_the_start_when_mapped() -> None:
     asm = CallAssembler()
-    asm.add(_ev("call_completed", request_id="MZ2", timestamp="2026-01-01T00:00:09Z",
-                body=[_turn("assistant", 3.0)]))
+    asm.add(
+        _ev(
+            "call_completed",
+            request_id="MZ2",
+            timestamp="2026-01-01T00:00:09Z",
+            body=[_turn("assistant", 3.0)],
+        )
+    )
     (assembled,) = asm.calls()
     mapped = map_call(assembled.call, fallback_end_ns=assembled.fallback_end_ns)
     root = mapped.root
@@ -67,7 +87,9 @@ def test_legacy_without_started_derives_the_start_when_mapped() -> None:
 
 def test_richer_end_event_wins_over_a_bare_duplicate() -> None:
     asm = CallAssembler()
-    asm.add(_ev("call_completed", call_id="ac_1", timestamp=T0, call={**CALL, "transcript": [_turn("user", 1)]}))
+    asm.add(
+        _ev("call_completed", call_id="ac_1", timestamp=T0, call={**CALL, "transcript": [_turn("user", 1)]})
+    )
     asm.add(_ev("call_completed", request_id="ac_1", timestamp=T0, body=[]))
     (assembled,) = asm.calls()
     assert len(assembled.call.transcript) == 1 and assembled.call.start_time == T0_NS

@@ -18,18 +18,31 @@ def _write(tmp_path: Path, name: str, content: str) -> Path:
 @pytest.mark.parametrize(
     ("content", "fmt", "labels", "kinds"),
     [
-        (json.dumps({"data": [CALL, CALL], "next_page": None}), "List Calls response",
-         ["data[0]", "data[1]"], [RecordKind.CALL] * 2),
+        (
+            json.dumps({"data": [CALL, CALL], "next_page": None}),
+            "List Calls response",
+            ["data[0]", "data[1]"],
+            [RecordKind.CALL] * 2,
+        ),
         (json.dumps(CALL), "Get Call object", ["the call"], [RecordKind.CALL]),
-        (json.dumps([CALL, EVENT]), "JSON array", ["record 0", "record 1"],
-         [RecordKind.CALL, RecordKind.WEBHOOK]),
+        (
+            json.dumps([CALL, EVENT]),
+            "JSON array",
+            ["record 0", "record 1"],
+            [RecordKind.CALL, RecordKind.WEBHOOK],
+        ),
         (json.dumps(EVENT), "webhook event", ["the event"], [RecordKind.WEBHOOK]),
-        (json.dumps(EVENT) + "\n\n" + json.dumps(EVENT) + "\n", "webhook stream (JSON lines)",
-         ["line 1", "line 3"], [RecordKind.WEBHOOK] * 2),
+        (
+            json.dumps(EVENT) + "\n\n" + json.dumps(EVENT) + "\n",
+            "webhook stream (JSON lines)",
+            ["line 1", "line 3"],
+            [RecordKind.WEBHOOK] * 2,
+        ),
     ],
 )
-def test_detects_the_shape(tmp_path: Path, content: str, fmt: str, labels: list[str],
-                           kinds: list[RecordKind]) -> None:
+def test_detects_the_shape(
+    tmp_path: Path, content: str, fmt: str, labels: list[str], kinds: list[RecordKind]
+) -> None:
     detected, records = read_records(_write(tmp_path, "input.txt", content))
     records_list = list(records)
     assert detected == fmt
@@ -72,6 +85,18 @@ def test_missing_and_directory(tmp_path: Path) -> None:
 
 
 def test_call_hint_for_messages(tmp_path: Path) -> None:
-    _, records = read_records(_write(tmp_path, "f.json", json.dumps([
-        CALL, {"type": "call_completed", "request_id": "MZ1"}, {"type": "x", "call": {"id": "ac_9"}}, 3])))
+    _, records = read_records(
+        _write(
+            tmp_path,
+            "f.json",
+            json.dumps(
+                [
+                    CALL,
+                    {"type": "call_completed", "request_id": "MZ1"},
+                    {"type": "x", "call": {"id": "ac_9"}},
+                    3,
+                ]
+            ),
+        )
+    )
     assert [r.call_hint for r in records] == ["ac_1", "MZ1", "ac_9", None]

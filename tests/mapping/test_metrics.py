@@ -1,22 +1,43 @@
 from otelbridge.cartesia.models import parse_call
-from otelbridge.mapping import conventions as c, map_call
+from otelbridge.mapping import conventions as c
+from otelbridge.mapping import map_call
 from otelbridge.mapping.metrics import log_metric_instrument
 from otelbridge.mapping.records import InstrumentKind
 
 
 def _mapped(status: str = "completed") -> list:  # type: ignore[type-arg]
-    call = parse_call({
-        "id": "ac_1", "agent_id": "agent_1", "status": status, "end_reason": "agent_hangup",
-        "start_time": "2026-01-01T00:00:00Z", "end_time": "2026-01-01T00:00:30.5Z",
-        "transcript": [
-            {"role": "assistant", "start_timestamp": 0.5, "end_timestamp": 2.0, "tts_ttfb": 0.2,
-             "tool_calls": [{"id": "t", "name": "book_slot", "arguments": {}}]},
-            {"role": "user", "start_timestamp": 2.5, "end_timestamp": 3.0, "stt_ttfb": 0.07,
-             "was_interrupted": True},
-            {"role": "system", "start_timestamp": 3, "log_metric": {"name": "llm_first_chunk_ms", "value": 780}},
-            {"role": "system", "start_timestamp": 3, "log_metric": {"name": "tier", "value": "gold"}},
-        ],
-    })
+    call = parse_call(
+        {
+            "id": "ac_1",
+            "agent_id": "agent_1",
+            "status": status,
+            "end_reason": "agent_hangup",
+            "start_time": "2026-01-01T00:00:00Z",
+            "end_time": "2026-01-01T00:00:30.5Z",
+            "transcript": [
+                {
+                    "role": "assistant",
+                    "start_timestamp": 0.5,
+                    "end_timestamp": 2.0,
+                    "tts_ttfb": 0.2,
+                    "tool_calls": [{"id": "t", "name": "book_slot", "arguments": {}}],
+                },
+                {
+                    "role": "user",
+                    "start_timestamp": 2.5,
+                    "end_timestamp": 3.0,
+                    "stt_ttfb": 0.07,
+                    "was_interrupted": True,
+                },
+                {
+                    "role": "system",
+                    "start_timestamp": 3,
+                    "log_metric": {"name": "llm_first_chunk_ms", "value": 780},
+                },
+                {"role": "system", "start_timestamp": 3, "log_metric": {"name": "tier", "value": "gold"}},
+            ],
+        }
+    )
     return map_call(call).points
 
 
@@ -27,8 +48,11 @@ def test_points_of_a_call() -> None:
     assert tts.span_key == "turn:assistant:500"
     assert points[(c.METRIC_STT_TTFB, InstrumentKind.HISTOGRAM)].value == 0.07
     calls = points[(c.METRIC_CALLS, InstrumentKind.COUNTER)]
-    assert calls.attributes == {c.AGENT_ID: "agent_1", c.CALL_STATUS: "completed",
-                                c.CALL_END_REASON: "agent_hangup"}
+    assert calls.attributes == {
+        c.AGENT_ID: "agent_1",
+        c.CALL_STATUS: "completed",
+        c.CALL_END_REASON: "agent_hangup",
+    }
     assert points[(c.METRIC_CALL_DURATION, InstrumentKind.HISTOGRAM)].value == 30.5
     assert points[(c.METRIC_TOOL_CALLS, InstrumentKind.COUNTER)].attributes[c.GEN_AI_TOOL_NAME] == "book_slot"
     ms = points[("cartesia.log_metric.llm_first_chunk_ms", InstrumentKind.HISTOGRAM)]
@@ -40,7 +64,9 @@ def test_points_of_a_call() -> None:
 def test_turn_counter_and_duration() -> None:
     turns = [p for p in _mapped() if p.instrument == c.METRIC_TURNS]
     assert sorted((p.attributes[c.TURN_ROLE], p.attributes[c.TURN_INTERRUPTED]) for p in turns) == [
-        ("assistant", False), ("user", True)]
+        ("assistant", False),
+        ("user", True),
+    ]
     durations = sorted(p.value for p in _mapped() if p.instrument == c.METRIC_TURN_DURATION)
     assert durations == [0.5, 1.5]
 

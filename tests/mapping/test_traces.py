@@ -3,7 +3,8 @@ from typing import Any
 import pytest
 
 from otelbridge.cartesia.models import AgentCall, parse_call
-from otelbridge.mapping import MappingOptions, UnplaceableCallError, conventions as c, ids, map_call
+from otelbridge.mapping import MappingOptions, UnplaceableCallError, ids, map_call
+from otelbridge.mapping import conventions as c
 from otelbridge.mapping.records import MappedCall, SpanRecord
 from otelbridge.mapping.traces import CallContext, map_turn
 
@@ -12,13 +13,26 @@ START_NS = 1776301717_000_000_000
 
 
 def _call(transcript: list[dict[str, Any]], **extra: Any) -> AgentCall:
-    payload = {"id": "ac_1", "agent_id": "agent_1", "agent_name": "Support", "status": "completed",
-               "start_time": START, "end_time": "2026-04-16T01:08:57Z", "transcript": transcript}
+    payload = {
+        "id": "ac_1",
+        "agent_id": "agent_1",
+        "agent_name": "Support",
+        "status": "completed",
+        "start_time": START,
+        "end_time": "2026-04-16T01:08:57Z",
+        "transcript": transcript,
+    }
     return parse_call({**payload, **extra})
 
 
 def _turn(role: str, start: float, end: float | None, **extra: Any) -> dict[str, Any]:
-    return {"role": role, "text": f"{role} at {start}", "start_timestamp": start, "end_timestamp": end, **extra}
+    return {
+        "role": role,
+        "text": f"{role} at {start}",
+        "start_timestamp": start,
+        "end_timestamp": end,
+        **extra,
+    }
 
 
 def _by_name(mapped: MappedCall, name: str) -> list[SpanRecord]:
@@ -26,15 +40,19 @@ def _by_name(mapped: MappedCall, name: str) -> list[SpanRecord]:
 
 
 def test_root_and_turns_with_overlap() -> None:
-    mapped = map_call(_call([
-        _turn("assistant", 0.5, 4.0, tts_ttfb=0.2, end_reason="interrupted"),
-        _turn("user", 3.0, 5.0, stt_ttfb=0.1),  # barges in before the assistant ends
-    ]))
+    mapped = map_call(
+        _call(
+            [
+                _turn("assistant", 0.5, 4.0, tts_ttfb=0.2, end_reason="interrupted"),
+                _turn("user", 3.0, 5.0, stt_ttfb=0.1),  # barges in before the assistant ends
+            ]
+        )
+    )
     root = mapped.root
     assert root is not None and root.name == "invoke_agent Support"
     assert root.start_ns == START_NS and root.end_ns == START_NS + 20_000_000_000
-    assistant, = _by_name(mapped, "assistant_turn")
-    user, = _by_name(mapped, "user_turn")
+    (assistant,) = _by_name(mapped, "assistant_turn")
+    (user,) = _by_name(mapped, "user_turn")
     assert assistant.start_ns == START_NS + 500_000_000 and assistant.end_ns == START_NS + 4_000_000_000
     assert user.start_ns < assistant.end_ns  # overlap kept as reported
     assert assistant.parent_span_id == user.parent_span_id == root.span_id
@@ -50,11 +68,27 @@ def test_root_and_turns_with_overlap() -> None:
 
 
 def test_tool_calls_are_children_of_their_turn() -> None:
-    mapped = map_call(_call([_turn("assistant", 1.0, 2.0, tool_calls=[
-        {"id": "call_9", "name": "lookup_order", "arguments": {"order_id": "42"}, "result": {"ok": True}},
-    ])]))
-    turn, = _by_name(mapped, "assistant_turn")
-    tool, = _by_name(mapped, "execute_tool lookup_order")
+    mapped = map_call(
+        _call(
+            [
+                _turn(
+                    "assistant",
+                    1.0,
+                    2.0,
+                    tool_calls=[
+                        {
+                            "id": "call_9",
+                            "name": "lookup_order",
+                            "arguments": {"order_id": "42"},
+                            "result": {"ok": True},
+                        },
+                    ],
+                )
+            ]
+        )
+    )
+    (turn,) = _by_name(mapped, "assistant_turn")
+    (tool,) = _by_name(mapped, "execute_tool lookup_order")
     assert tool.parent_span_id == turn.span_id
     assert tool.attributes[c.GEN_AI_OPERATION_NAME] == "execute_tool"
     assert tool.attributes[c.GEN_AI_TOOL_CALL_ID] == "call_9"
@@ -64,33 +98,67 @@ def test_tool_calls_are_children_of_their_turn() -> None:
 
 
 def test_log_items_go_to_the_turn_in_progress_else_the_root() -> None:
-    mapped = map_call(_call([
-        _turn("assistant", 1.0, 5.0),
-        _turn("user", 4.0, 6.0),
-        {"role": "system", "start_timestamp": 4.5, "end_timestamp": 4.5,
-         "log_event": {"event": "order_processed", "timestamp": 4.5, "metadata": {
-             "level": "info", "message": "Found order", "metadata": {"order_id": "12345"}}}},
-        {"role": "system", "start_timestamp": 8.0, "end_timestamp": 8.0,
-         "log_metric": {"name": "agent_turn_ms", "value": 355.7, "timestamp": 8.0}},
-    ]))
-    user, = _by_name(mapped, "user_turn")
-    event, = [e for e in user.events if e.name == "order_processed"]  # latest-started wins
+    mapped = map_call(
+        _call(
+            [
+                _turn("assistant", 1.0, 5.0),
+                _turn("user", 4.0, 6.0),
+                {
+                    "role": "system",
+                    "start_timestamp": 4.5,
+                    "end_timestamp": 4.5,
+                    "log_event": {
+                        "event": "order_processed",
+                        "timestamp": 4.5,
+                        "metadata": {
+                            "level": "info",
+                            "message": "Found order",
+                            "metadata": {"order_id": "12345"},
+                        },
+                    },
+                },
+                {
+                    "role": "system",
+                    "start_timestamp": 8.0,
+                    "end_timestamp": 8.0,
+                    "log_metric": {"name": "agent_turn_ms", "value": 355.7, "timestamp": 8.0},
+                },
+            ]
+        )
+    )
+    (user,) = _by_name(mapped, "user_turn")
+    (event,) = [e for e in user.events if e.name == "order_processed"]  # latest-started wins
     assert event.time_ns == START_NS + 4_500_000_000
     assert event.attributes == {
-        c.LOG_EVENT: "order_processed", c.LOG_LEVEL: "info", c.LOG_MESSAGE: "Found order",
+        c.LOG_EVENT: "order_processed",
+        c.LOG_LEVEL: "info",
+        c.LOG_MESSAGE: "Found order",
         c.LOG_METADATA_PREFIX + "order_id": "12345",
     }
     root = mapped.root
     assert root is not None
-    metric_event, = root.events
+    (metric_event,) = root.events
     assert metric_event.name == c.EVENT_LOG_METRIC
     assert metric_event.attributes == {c.LOG_METRIC_NAME: "agent_turn_ms", c.LOG_METRIC_VALUE: 355.7}
     assert not any(s.name.startswith("turn system") for s in mapped.spans)
 
 
 def test_log_message_metadata_as_json_string() -> None:
-    mapped = map_call(_call([{"role": "system", "start_timestamp": 1, "end_timestamp": 1, "log_event": {
-        "event": "x", "metadata": {"level": "error", "message": "m", "metadata": '{"k": "v"}'}}}]))
+    mapped = map_call(
+        _call(
+            [
+                {
+                    "role": "system",
+                    "start_timestamp": 1,
+                    "end_timestamp": 1,
+                    "log_event": {
+                        "event": "x",
+                        "metadata": {"level": "error", "message": "m", "metadata": '{"k": "v"}'},
+                    },
+                }
+            ]
+        )
+    )
     root = mapped.root
     assert root is not None
     assert root.events[0].attributes[c.LOG_METADATA_PREFIX + "k"] == "v"
@@ -107,32 +175,41 @@ def test_failed_call_is_an_error_with_the_message() -> None:
 
 
 def test_bad_timing_is_clamped_and_marked() -> None:
-    mapped = map_call(_call(
-        [
-            _turn("assistant", 2.0, 1.0, text_chunks=[{"text": "early", "start_timestamp": 0.5}]),
-            _turn("user", -1.0, None),
-        ],
-        end_time="2026-04-16T01:08:30Z",  # before the start
-    ))
+    mapped = map_call(
+        _call(
+            [
+                _turn("assistant", 2.0, 1.0, text_chunks=[{"text": "early", "start_timestamp": 0.5}]),
+                _turn("user", -1.0, None),
+            ],
+            end_time="2026-04-16T01:08:30Z",  # before the start
+        )
+    )
     root = mapped.root
     assert root is not None
     assert root.end_ns == START_NS + 2_000_000_000
     assert root.attributes[c.TIME_ADJUSTMENTS] == ["end_before_start"]
-    assistant, = _by_name(mapped, "assistant_turn")
+    (assistant,) = _by_name(mapped, "assistant_turn")
     assert assistant.start_ns == assistant.end_ns == START_NS + 2_000_000_000
     assert assistant.attributes[c.TIME_ADJUSTED] is True
     assert assistant.attributes[c.TIME_ADJUSTMENTS] == ["end_before_start", "text_chunk_outside_turn"]
-    chunk, = assistant.events
+    (chunk,) = assistant.events
     assert chunk.time_ns == assistant.start_ns and chunk.attributes[c.TIME_ADJUSTED] is True
-    user, = _by_name(mapped, "user_turn")
+    (user,) = _by_name(mapped, "user_turn")
     assert user.start_ns == START_NS
     assert user.attributes[c.TIME_ADJUSTMENTS] == ["start_negative", "end_missing"]
 
 
 def test_float_noise_under_a_millisecond_is_not_flagged() -> None:
-    mapped = map_call(_call([_turn("user", 20.231539995271266, 22.0,
-                                   text_chunks=[{"text": "a", "start_timestamp": 20.23153}])]))
-    user, = _by_name(mapped, "user_turn")
+    mapped = map_call(
+        _call(
+            [
+                _turn(
+                    "user", 20.231539995271266, 22.0, text_chunks=[{"text": "a", "start_timestamp": 20.23153}]
+                )
+            ]
+        )
+    )
+    (user,) = _by_name(mapped, "user_turn")
     assert c.TIME_ADJUSTED not in user.attributes
 
 
@@ -148,10 +225,12 @@ def test_call_without_times() -> None:
 
 
 def test_text_policy_and_phone_masking() -> None:
-    call = _call([_turn("user", 1.0, 2.0, text_chunks=[{"text": "secret", "start_timestamp": 1.0}])],
-                 telephony_params={"from": "+14155558245", "to": "agent_x"})
+    call = _call(
+        [_turn("user", 1.0, 2.0, text_chunks=[{"text": "secret", "start_timestamp": 1.0}])],
+        telephony_params={"from": "+14155558245", "to": "agent_x"},
+    )
     dropped = map_call(call, MappingOptions(text_policy=c_text("drop")))
-    user, = _by_name(dropped, "user_turn")
+    (user,) = _by_name(dropped, "user_turn")
     assert c.TURN_TEXT not in user.attributes
     assert all(c.CHUNK_TEXT not in e.attributes for e in user.events)
     root = dropped.root
