@@ -7,6 +7,7 @@ exit status is 0 only when every record was good and everything was delivered.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import TextIO
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExportResult
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace.export import SpanExportResult
 from pydantic import ValidationError
 
@@ -115,7 +116,13 @@ class Replay:
 
     # --- delivery --------------------------------------------------------------------------
     def resource(self) -> Resource:
-        return build_resource(self.settings.resolved_service_name(), self.settings.resolved_instance_id())
+        # OTEL_RESOURCE_ATTRIBUTES, parsed by the SDK's own detector; ours win on conflict.
+        from_env = {str(k): str(v) for k, v in OTELResourceDetector().detect().attributes.items()}
+        # service.name: OTELBRIDGE_SERVICE_NAME > OTEL_SERVICE_NAME > OTEL_RESOURCE_ATTRIBUTES > default
+        name = self.settings.service_name or self.settings.resolved_service_name()
+        if not self.settings.service_name and "OTEL_SERVICE_NAME" not in os.environ:
+            name = from_env.get("service.name", name)
+        return build_resource(name, self.settings.resolved_instance_id(), from_env)
 
     def deliver(self, mapped: list[MappedCall]) -> None:
         if self.exporter == "none":
