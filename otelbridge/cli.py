@@ -44,12 +44,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="otelbridge: %(levelname)s %(name)s: %(message)s")
     overrides = {"exporter": args.exporter} if getattr(args, "exporter", None) else {}
+    problems: list[str] = []
+    settings = None
     try:
         settings = load_settings(**overrides)
-        if settings.exporter == "otlp" and (problems := exporters.environment_problems()):
-            raise SettingsError(problems)
     except SettingsError as exc:
-        sys.stderr.write(f"otelbridge: {exc.render()}\n")
+        problems += exc.problems
+    # List the OTEL_* problems too (all problems at once), unless otlp is known not to be used.
+    if (settings.exporter if settings else args.exporter or "otlp") == "otlp":
+        problems += exporters.environment_problems()
+    if problems or settings is None:
+        sys.stderr.write(f"otelbridge: {SettingsError(problems).render()}\n")
         return EXIT_USAGE
     if args.command == "replay":
         from otelbridge.replay import run_replay

@@ -1,0 +1,174 @@
+"""Bad input and bad surroundings get a clear answer from the real CLI (a subprocess).
+
+One test per situation: a one-line message naming what is wrong and where, the good part
+still exported to a real OTLP receiver, the documented exit status (0 ok, 1 something not
+read or not delivered, 2 bad settings) and never a traceback (checked by ``run_cli``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from otelbridge.cartesia.models import parse_call
+from otelbridge.mapping import ids, map_call
+from tests.support.otlp_receiver import HttpOtlpReceiver
+from tests.test_replay import LIST_CALLS, SAMPLES, WEBHOOKS, run_cli
+
+pytestmark = pytest.mark.skipif(not SAMPLES.exists(), reason="shared samples not beside the checkout")
+
+AGENT0 = LIST_CALLS[0]
+
+
+def agent0_calls() -> list[dict[str, Any]]:
+    calls: list[dict[str, Any]] = json.loads(AGENT0.read_text())["data"]
+    return calls
+
+
+def trace_ids(call_ids: list[str]) -> set[str]:
+    return {ids.trace_id_hex(c) for c in call_ids}
+
+
+def lines_naming(stderr: str, text: str) -> list[str]:
+    return [line for line in stderr.splitlines() if text in line]
+
+
+@pytest.fixture
+def receiver() -> Any:
+    with HttpOtlpReceiver() as r:
+        yield r
+
+
+# --- input files -----------------------------------------------------------------------------
+def test_missing_file(receiver: HttpOtlpReceiver, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.json"
+    run = run_cli("replay", missing, AGENT0, env=receiver.env())
+    assert run.returncode == 1
+    (line,) = lines_naming(run.stderr, str(missing))
+    assert "no such file" in line
+    assert set(receiver.spans_by_trace()) == trace_ids([c["id"] for c in agent0_calls()])
+
+
+def test_file_that_is_not_json(receiver: HttpOtlpReceiver, tmp_path: Path) -> None:
+    bad = tmp_path / "calls.json"
+    bad.write_text("this is not JSON {")
+    run = run_cli("replay", bad, AGENT0, env=receiver.env())
+    assert run.returncode == 1
+    (line,) = lines_naming(run.stderr, str(bad))
+    assert "not JSON" in line
+    assert len(receiver.spans_by_trace()) == len(agent0_calls())
+
+
+def test_json_object_of_unknown_shape(receiver: HttpOtlpReceiver, tmp_path: Path) -> None:
+    odd = tmp_path / "odd.json"
+    odd.write_text(json.dumps({"calls": [], "cursor": None}))
+    run = run_cli("replay", odd, AGENT0, env=receiver.env())
+    assert run.returncode == 1
+    (line,) = lines_naming(run.stderr, str(odd))
+    assert "unknown shape" in line
+    assert "calls, cursor" in line  # the keys it found
+    assert len(receiver.spans_by_trace()) == len(agent0_calls())
+
+
+def test_list_calls_with_one_bad_field(receiver: HttpOtlpReceiver, tmp_path: Path) -> None:
+    page = json.loads(AGENT0.read_text())
+    bad_index = next(i for i, c in enumerate(page["data"]) if len(c["transcript"]) > 1)
+    bad_call = page["data"][bad_index]
+    bad_call["transcript"][1]["start_timestamp"] = "abc"
+    path = tmp_path / "page.json"
+    path.write_text(json.dumps(page))
+
+    run = run_cli("replay", path, env=receiver.env())
+
+    assert run.returncode == 1
+    (line,) = lines_naming(run.stderr, f"data[{bad_index}]")
+    assert str(path) in line
+    assert bad_call["id"] in line
+    assert "transcript[1].start_timestamp" in line
+    assert "abc" not in line  # input values are named by type only
+    good = [c["id"] for c in page["data"] if c["id"] != bad_call["id"]]
+    assert set(receiver.spans_by_trace()) == trace_ids(good)
+
+
+def test_webhook_stream_with_one_broken_line(receiver: HttpOtlpReceiver, tmp_path: Path) -> None:
+    lines = WEBHOOKS.read_text().splitlines()
+    number = next(n for n, line in enumerate(lines, start=1) if '"call_turn"' in line)
+    lines[number - 1] = lines[number - 1][:40]  # cut mid-string
+    path = tmp_path / "hooks.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+
+    run = run_cli("replay", path, env=receiver.env())
+
+    assert run.returncode == 1
+    (line,) = lines_naming(run.stderr, str(path))
+    assert f"line {number}:" in line
+    assert "not JSON" in line
+    assert len(receiver.spans_by_trace()) == 12  # every call, from the other lines
+
+
+# --- the backend -------------------------------------------------------------------------
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def expected_counts() -> tuple[int, int]:
+    """(spans, metric points) of the agent0 sample, by the package's own mapping."""
+    mapped = [map_call(parse_call(c)) for c in agent0_calls()]
+    return sum(len(m.spans) for m in mapped), sum(len(m.points) for m in mapped)
+
+
+def test_backend_down() -> None:
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    run = run_cli(
+        "replay",
+        AGENT0,
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_TIMEOUT": "1"},
+        timeout=20,
+    )
+    spans, points = expected_counts()
+    assert run.returncode == 1
+    (traces,) = lines_naming(run.stderr, "spans were not delivered")
+    assert f"{endpoint}/v1/traces" in traces
+    assert f"{spans} of {spans} spans" in traces
+    (metrics,) = lines_naming(run.stderr, "metric points were not delivered")
+    assert f"{endpoint}/v1/metrics" in metrics
+    assert f"{points} metric points" in metrics
+    assert f"{spans + points} items NOT delivered" in run.stderr
+
+
+def test_backend_answers_400(receiver: HttpOtlpReceiver) -> None:
+    receiver.reject_next(400, "span too old", path="/v1/traces")
+    run = run_cli("replay", AGENT0, env=receiver.env())
+    spans, _ = expected_counts()
+    assert run.returncode == 1
+    assert [(r.path, r.answer) for r in receiver.requests] == [("/v1/traces", 400), ("/v1/metrics", 200)]
+    (line,) = lines_naming(run.stderr, "spans were not delivered")
+    assert f"{receiver.url}/v1/traces" in line
+    assert f"{spans} of {spans}" in line
+
+
+# --- settings ------------------------------------------------------------------------------
+def test_invalid_settings_list_every_problem(receiver: HttpOtlpReceiver) -> None:
+    env = {
+        **receiver.env(),
+        "OTELBRIDGE_TRANSCRIPT_TEXT": "bogus",
+        "OTELBRIDGE_TYPO": "1",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "thrift",
+    }
+    run = run_cli("replay", AGENT0, env=env)
+    assert run.returncode == 2
+    assert "3 problems" in run.stderr
+    problems = [line for line in run.stderr.splitlines() if line.startswith("  - ")]
+    assert len(problems) == 3
+    for variable in ("OTELBRIDGE_TRANSCRIPT_TEXT", "OTELBRIDGE_TYPO", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        (line,) = [p for p in problems if re.match(rf"  - {variable}\b", p)]
+        assert "Fix:" in line
+    assert receiver.requests == []
