@@ -29,12 +29,21 @@ SPOKEN_ROLES: Final = frozenset({"user", "assistant"})
 SYSTEM_ROLE: Final = "system"
 
 
+#: Span times travel as unsigned 64-bit Unix nanoseconds (OTLP fixed64) and most backends hold
+#: them in a signed 64-bit integer: 1970-01-01T00:00:00Z .. 2262-04-11T23:47:16.854775807Z.
+MAX_TIMESTAMP_NS: Final = 2**63 - 1
+
+
 def _timestamp(value: object) -> object:
     if isinstance(value, str):
-        return parse_rfc3339_ns(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value  # already nanoseconds (models built in code)
-    raise ValueError("expected an RFC 3339 timestamp string")
+        ns = parse_rfc3339_ns(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        ns = value  # already nanoseconds (models built in code)
+    else:
+        raise ValueError("expected an RFC 3339 timestamp string")
+    if not 0 <= ns <= MAX_TIMESTAMP_NS:
+        raise ValueError("outside the times a trace can carry (1970-01-01 to 2262-04-11 UTC)")
+    return ns
 
 
 def _empty_if_none(value: object) -> object:

@@ -47,7 +47,9 @@ def span_id(call_id: str, key: str) -> int:
 
 def start_ms(start_timestamp: float) -> int:
     """Seconds from call start -> integer milliseconds, half up on the decimal text."""
-    return int(Decimal(repr(float(start_timestamp))).scaleb(3).quantize(1, ROUND_HALF_UP))
+    # to_integral_value, not quantize: quantize raises InvalidOperation past the context's
+    # 28 digits (an absurd offset like 1e25 must still give a key, not crash the mapping).
+    return int(Decimal(repr(float(start_timestamp))).scaleb(3).to_integral_value(ROUND_HALF_UP))
 
 
 def _occurrence(key: str, occurrence: int) -> str:

@@ -338,7 +338,7 @@ def _log_attributes(ctx: CallContext, item: TranscriptItem) -> tuple[str, float,
     if isinstance(nested, str) and nested.startswith("{"):
         try:
             decoded = json.loads(nested)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than json recurses
             decoded = None
         if isinstance(decoded, dict):
             metadata["metadata"] = nested = decoded
