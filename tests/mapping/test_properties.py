@@ -235,7 +235,9 @@ def _check_trace(call: AgentCall, mapped: MappedCall) -> None:
         children = [t for t in tools if t.parent_span_id == turn.span_id]
         reported = [t.id for t in item.tool_calls]
         assert [t.attributes[c.GEN_AI_TOOL_CALL_ID] for t in children] == reported
-        assert all(t.name.startswith(c.SPAN_TOOL) and t.start_ns == t.end_ns == turn.start_ns for t in children)
+        assert all(
+            t.name.startswith(c.SPAN_TOOL) and t.start_ns == t.end_ns == turn.start_ns for t in children
+        )
     assert (root.error is not None) == (call.status == "failed")
 
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
