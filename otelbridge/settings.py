@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import difflib
 import os
+import tomllib
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from otelbridge.mapping.policy import (
@@ -64,6 +66,86 @@ class Settings(BaseSettings):
         default=20, ge=1, description="distinct values kept per string LogMetric"
     )
 
+    # --- otelbridge serve -------------------------------------------------------------
+    listen_host: str = Field(
+        default="127.0.0.1", description="address the webhook listener binds (0.0.0.0 in containers)"
+    )
+    listen_port: int = Field(default=8080, ge=0, le=65535, description="port of POST /webhooks/cartesia")
+    admin_host: str = Field(
+        default="127.0.0.1", description="address of the admin listener (/healthz, /readyz, /metrics)"
+    )
+    admin_port: int = Field(default=9464, ge=0, le=65535, description="port of the admin listener")
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="X-Webhook-Secret values accepted, comma-separated (several during rotation)",
+    )
+    webhook_secret_file: Path | None = Field(
+        default=None, description="file holding the webhook secret(s), comma- or newline-separated"
+    )
+    allow_unauthenticated: bool = Field(
+        default=False, description="accept webhooks without a secret (serve --allow-unauthenticated)"
+    )
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="largest webhook body accepted, in bytes (413 beyond)",
+    )
+    state_dir: Path = Field(
+        default=Path("otelbridge-state"),
+        description="directory of the SQLite state (inbox, spool, ledger); must be writable",
+    )
+    shutdown_timeout: float = Field(
+        default=10.0, ge=0, description="seconds to drain and flush on SIGTERM/SIGINT"
+    )
+    spool_max_bytes: int = Field(
+        default=1024 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="cap on the spool of unsent OTLP requests, in bytes; oldest dropped beyond",
+    )
+    spool_max_age: float = Field(
+        default=86_400.0, gt=0, description="seconds an unsent request is kept before it is dropped"
+    )
+    retry_initial_backoff: float = Field(
+        default=1.0, gt=0, description="seconds before the first export retry (doubles, with jitter)"
+    )
+    retry_max_backoff: float = Field(default=60.0, gt=0, description="longest wait between export retries")
+    call_timeout: float = Field(
+        default=14_400.0,
+        gt=0,
+        description="seconds without news after which an unfinished call is exported as it stands",
+    )
+    state_retention: float = Field(
+        default=7 * 86_400.0,
+        gt=0,
+        description="seconds the ledger remembers an exported call (re-deliveries stay no-ops)",
+    )
+    log_format: Literal["text", "json"] = Field(default="text", description="text | json log lines")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="debug | info | warning | error"
+    )
+
+    def webhook_secrets(self) -> list[bytes]:
+        """The accepted secrets (empty when none is configured); raises ``SettingsError``
+        when the secret file cannot be read or holds none."""
+        if self.webhook_secret is not None:
+            raw = self.webhook_secret.get_secret_value()
+            where = env_name("webhook_secret")
+        elif self.webhook_secret_file is not None:
+            where = f"{env_name('webhook_secret_file')}={str(self.webhook_secret_file)!r}"
+            try:
+                raw = self.webhook_secret_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise SettingsError(
+                    [f"{where}: cannot read the file ({reason}). Fix: point it at a readable file"]
+                ) from None
+        else:
+            return []
+        secrets = [s.strip() for s in raw.replace("\n", ",").split(",") if s.strip()]
+        if not secrets:
+            raise SettingsError([f"{where}: holds no secret. Fix: put the webhook secret in it"])
+        return [s.encode() for s in secrets]
+
     def mapping_options(self) -> MappingOptions:
         return MappingOptions(
             text_policy=self.transcript_text,
@@ -101,6 +183,10 @@ class SettingsError(Exception):
         return "\n".join(lines)
 
 
+#: fields whose values never appear in messages
+_SECRET_FIELDS = frozenset({"webhook_secret"})
+
+
 def _field_hint(field: str) -> str:
     info = Settings.model_fields[field]
     default = info.default
@@ -120,21 +206,66 @@ def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
     return problems
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Read the settings from the environment; raise :class:`SettingsError` listing every
-    problem. ``overrides`` (from command-line flags) win over the environment."""
+def _read_config_file(path: Path) -> tuple[dict[str, object], list[str]]:
+    """(values, problems) of a TOML config file: keys are the setting names in lower case
+    (``listen_port = 8080``), optionally under an ``[otelbridge]`` table."""
+    where = f"--config {str(path)!r}"
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        return {}, [f"{where}: cannot read the file ({exc.strerror}). Fix: point --config at a TOML file"]
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        return {}, [f"{where}: not valid TOML ({exc}). Fix: correct the file"]
+    table = data.get("otelbridge", data)
+    if not isinstance(table, dict):
+        return {}, [f"{where}: [otelbridge] is not a table. Fix: use key = value lines"]
+    values: dict[str, object] = {}
+    problems = []
+    for key, value in table.items():
+        if key not in Settings.model_fields:
+            close = difflib.get_close_matches(key, sorted(Settings.model_fields), n=1)
+            fix = f"did you mean {close[0]}?" if close else "remove it"
+            problems.append(f"{where}: key {key!r} is not an otelbridge setting. Fix: {fix}")
+        else:
+            values[key] = value
+    return values, problems
+
+
+def load_settings(config_file: Path | None = None, **overrides: object) -> Settings:
+    """Read the settings; raise :class:`SettingsError` listing every problem.
+
+    Precedence: ``overrides`` (command-line flags) > ``OTELBRIDGE_*`` environment variables >
+    the TOML ``config_file`` > defaults."""
     problems = _unknown_variables(os.environ)
+    from_file: dict[str, object] = {}
+    if config_file is not None:
+        from_file, file_problems = _read_config_file(config_file)
+        problems += file_problems
+        from_file = {k: v for k, v in from_file.items() if _getenv_ci(env_name(k)) is None}
+    values = {**from_file, **overrides}
+    if all(f in values or _getenv_ci(env_name(f)) for f in ("webhook_secret", "webhook_secret_file")):
+        problems.append(
+            "OTELBRIDGE_WEBHOOK_SECRET and OTELBRIDGE_WEBHOOK_SECRET_FILE are both set. "
+            "Fix: set only one of them"
+        )
     settings: Settings | None = None
     try:
-        settings = Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**values)  # type: ignore[arg-type]
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
             field = str(error["loc"][0]) if error["loc"] else ""
             if field in Settings.model_fields:
                 name = env_name(field)
-                shown = overrides.get(field, _getenv_ci(name))
+                if field in overrides:
+                    source, shown = f"{name} (command line)", overrides[field]
+                elif field in from_file:
+                    source, shown = f"{name} (config key {field!r})", from_file[field]
+                else:
+                    source, shown = name, _getenv_ci(name)
+                value = "<hidden>" if field in _SECRET_FIELDS else repr(shown)
                 problems.append(
-                    f"{name}={shown!r}: {error['msg']}. Fix: set a valid value or unset it "
+                    f"{source}={value}: {error['msg']}. Fix: set a valid value or unset it "
                     f"({_field_hint(field)})"
                 )
             else:
