@@ -7,7 +7,6 @@ exit status is 0 only when every record was good and everything was delivered.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import TextIO
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExportResult
-from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SpanExportResult
 from pydantic import ValidationError
 
@@ -24,7 +23,8 @@ from otelbridge.cartesia.models import AgentCall, parse_call
 from otelbridge.cartesia.webhooks import parse_webhook_event
 from otelbridge.delivery import console, exporters
 from otelbridge.delivery.meter import MetricRecorder
-from otelbridge.delivery.sdk import build_resource, to_readable_spans
+from otelbridge.delivery.resource import service_resource
+from otelbridge.delivery.sdk import to_readable_spans
 from otelbridge.ingest.assembly import CallAssembler
 from otelbridge.ingest.files import InputFileError, Record, RecordKind, read_records
 from otelbridge.mapping import MappedCall, UnplaceableCallError, map_call
@@ -116,13 +116,7 @@ class Replay:
 
     # --- delivery --------------------------------------------------------------------------
     def resource(self) -> Resource:
-        # OTEL_RESOURCE_ATTRIBUTES, parsed by the SDK's own detector; ours win on conflict.
-        from_env = {str(k): str(v) for k, v in OTELResourceDetector().detect().attributes.items()}
-        # service.name: OTELBRIDGE_SERVICE_NAME > OTEL_SERVICE_NAME > OTEL_RESOURCE_ATTRIBUTES > default
-        name = self.settings.service_name or self.settings.resolved_service_name()
-        if not self.settings.service_name and "OTEL_SERVICE_NAME" not in os.environ:
-            name = from_env.get("service.name", name)
-        return build_resource(name, self.settings.resolved_instance_id(), from_env)
+        return service_resource(self.settings)
 
     def deliver(self, mapped: list[MappedCall]) -> None:
         if self.exporter == "none":

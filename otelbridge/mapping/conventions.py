@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-CONTRACT_VERSION: Final = "1.0.0"
+CONTRACT_VERSION: Final = "1.1.0"
 INSTRUMENTATION_SCOPE: Final = "otelbridge"
 PROVIDER_NAME: Final = "cartesia"
 
@@ -18,6 +18,8 @@ SPAN_USER_TURN: Final = "user_turn"
 SPAN_ASSISTANT_TURN: Final = "assistant_turn"
 SPAN_TURN_PREFIX: Final = "turn"  # "turn {role}" for roles other than user/assistant
 SPAN_TOOL: Final = "execute_tool"  # "execute_tool {tool name}"
+#: a post_call_analysis summary that arrived after the root span was exported (child of the root)
+SPAN_CALL_ANALYSIS: Final = "call_analysis"
 
 # --- OTel GenAI attributes (development status upstream) --------------------------------
 GEN_AI_CONVERSATION_ID: Final = "gen_ai.conversation.id"
@@ -35,6 +37,7 @@ OPERATION_INVOKE_AGENT: Final = "invoke_agent"
 OPERATION_EXECUTE_TOOL: Final = "execute_tool"
 OPERATION_USER_TURN: Final = "user_turn"
 OPERATION_ASSISTANT_TURN: Final = "assistant_turn"
+OPERATION_CALL_ANALYSIS: Final = "call_analysis"
 
 # --- call (root span) -------------------------------------------------------------------
 CALL_ID: Final = "cartesia.call.id"
@@ -125,3 +128,25 @@ METRIC_ATTR_INTERRUPTED: Final = TURN_INTERRUPTED
 METRIC_ATTR_TOOL_NAME: Final = GEN_AI_TOOL_NAME
 METRIC_ATTR_LOG_VALUE: Final = LOG_METRIC_VALUE
 METRIC_ATTR_LOG_NAME: Final = LOG_METRIC_NAME
+
+# --- self-metrics of otelbridge serve (instrumentation scope SELF_SCOPE) -----------------
+SELF_SCOPE: Final = "otelbridge.self"
+SELF_WEBHOOKS: Final = "otelbridge.webhooks"  # {webhook}; type, outcome
+SELF_EVENTS: Final = "otelbridge.events"  # {event}; type
+SELF_PROCESSING_ERRORS: Final = "otelbridge.processing.errors"  # {event}
+SELF_LATE_LOG_ITEMS: Final = "otelbridge.late_log_items"  # {item}
+SELF_SPANS: Final = "otelbridge.spans"  # {span}
+SELF_EXPORT_ATTEMPTS: Final = "otelbridge.export.attempts"  # {request}; signal, outcome
+SELF_EXPORT_REJECTED: Final = "otelbridge.export.rejected"  # {item}; signal
+SELF_DEAD_LETTERS: Final = "otelbridge.export.dead_letters"  # {request}; signal
+SELF_SPOOL_DROPPED: Final = "otelbridge.spool.dropped"  # {request}; signal, reason
+SELF_EXPORT_LAG: Final = "otelbridge.export.lag"  # s
+SELF_SPOOL_DEPTH: Final = "otelbridge.spool.depth"  # {request}; signal
+SELF_SPOOL_BYTES: Final = "otelbridge.spool.size"  # By
+SELF_SPOOL_OLDEST_AGE: Final = "otelbridge.spool.oldest_age"  # s
+SELF_INBOX_DEPTH: Final = "otelbridge.inbox.depth"  # {event}
+SELF_OPEN_CALLS: Final = "otelbridge.calls.open"  # {call}
+SELF_ATTR_TYPE: Final = "type"
+SELF_ATTR_OUTCOME: Final = "outcome"
+SELF_ATTR_SIGNAL: Final = "signal"
+SELF_ATTR_REASON: Final = "reason"

@@ -60,6 +60,10 @@ def root_key() -> str:
     return "root"
 
 
+def analysis_key() -> str:
+    return "analysis"
+
+
 def turn_key(role: str, start_timestamp: float, occurrence: int = 1) -> str:
     return _occurrence(f"turn:{role}:{start_ms(start_timestamp)}", occurrence)
 

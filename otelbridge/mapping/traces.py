@@ -370,6 +370,8 @@ class CallSpans:
     tools: list[SpanRecord]
     #: (log-metric transcript index, span it was attached to)
     log_metric_spans: dict[int, SpanRecord]
+    #: every event made from a system item: (transcript index, span it is on, the event)
+    log_events: list[tuple[int, SpanRecord, EventRecord]] = field(default_factory=list)
 
     def all(self) -> list[SpanRecord]:
         return [self.root, *self.turns, *self.tools]
@@ -393,6 +395,7 @@ def map_call_spans(call: AgentCall, options: MappingOptions, fallback_end_ns: in
         tools.extend(turn_tools)
         by_item[index] = turn
     log_metric_spans: dict[int, SpanRecord] = {}
+    log_events: list[tuple[int, SpanRecord, EventRecord]] = []
     for index, item in enumerate(call.transcript):
         if not item.is_system or (item.log_event is None and item.log_metric is None):
             continue
@@ -403,10 +406,12 @@ def map_call_spans(call: AgentCall, options: MappingOptions, fallback_end_ns: in
         if moved or adjust.reasons:
             attrs[c.TIME_ADJUSTED] = True
         target = _span_in_progress(turns, at, root)
-        target.events.append(EventRecord(name, at, attrs))
+        event = EventRecord(name, at, attrs)
+        target.events.append(event)
+        log_events.append((index, target, event))
         if item.log_metric is not None:
             log_metric_spans[index] = target
     for span in turns:
         span.events.sort(key=lambda e: e.time_ns)
     root.events.sort(key=lambda e: e.time_ns)
-    return CallSpans(root, turns, by_item, tools, log_metric_spans)
+    return CallSpans(root, turns, by_item, tools, log_metric_spans, log_events)

@@ -1,0 +1,177 @@
+"""Spool -> backend: one loop per signal, oldest request first, one request in flight.
+
+* 2xx: the request is deleted; ``partial_success`` rejections are counted and logged.
+* retryable (429, 408, 5xx, connection errors, timeouts; gRPC UNAVAILABLE & co.): the whole
+  signal backs off — ``Retry-After`` when the backend gives one (capped at 15 minutes), else
+  exponential from ``retry_initial_backoff`` to ``retry_max_backoff`` with equal jitter — and
+  the same request is tried again, so order is kept and nothing is skipped.
+* anything else (400, 401, 403, 404, 413…): the request moves to ``dead_letters`` with the
+  status and the backend's message; counted and logged at ERROR.
+
+Deletion happens after the backend's 2xx: a crash between the two re-sends one request on
+restart (backends such as Tempo de-duplicate by span id; see docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+
+from otelbridge.delivery.spool import SIGNALS, Signal, Spool, SpoolEntry
+from otelbridge.delivery.telemetry import SelfMetrics
+from otelbridge.delivery.transport import SendResult, Transport
+from otelbridge.mapping import conventions as c
+from otelbridge.store import Database
+
+log = logging.getLogger("otelbridge.sender")
+
+MAX_RETRY_AFTER_S = 900.0
+
+
+@dataclass(slots=True)
+class SignalState:
+    failures: int = 0
+    last_error: str | None = None
+    retry_at_ns: int = 0
+    heartbeat_ns: int = 0
+    sent: int = 0
+
+
+class Sender:
+    def __init__(
+        self,
+        state: Database,
+        spool: Spool,
+        transport: Transport,
+        metrics: SelfMetrics,
+        *,
+        initial_backoff_s: float,
+        max_backoff_s: float,
+        clock: Callable[[], int] = time.time_ns,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._db, self._spool, self._transport, self._metrics = state, spool, transport, metrics
+        self._initial, self._max = initial_backoff_s, max_backoff_s
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._wake = {s: anyio.Event() for s in SIGNALS}
+        self.states = {s: SignalState(heartbeat_ns=clock()) for s in SIGNALS}
+        self._idle = dict.fromkeys(SIGNALS, True)
+
+    def notify(self) -> None:
+        for event in self._wake.values():
+            event.set()
+
+    def idle(self) -> bool:
+        """True when no loop has anything to send (the spool was empty at its last look)."""
+        return all(self._idle.values())
+
+    def backoff(self, failures: int) -> float:
+        ceiling = min(self._max, self._initial * 2 ** max(0, failures - 1))
+        return float(ceiling / 2 + self._rng.uniform(0, ceiling / 2))
+
+    async def run(self, signal: Signal) -> None:
+        state = self.states[signal]
+        while True:
+            state.heartbeat_ns = self._clock()
+            entry = await anyio.to_thread.run_sync(self._next, signal)
+            if entry is None:
+                self._idle[signal] = True
+                self._wake[signal] = anyio.Event()
+                with anyio.move_on_after(1.0):
+                    await self._wake[signal].wait()
+                continue
+            self._idle[signal] = False
+            result = await anyio.to_thread.run_sync(self._transport.send, signal, entry.body)
+            self._metrics.export_attempts.add(
+                1, {c.SELF_ATTR_SIGNAL: signal, c.SELF_ATTR_OUTCOME: result.outcome}
+            )
+            if result.outcome == "ok":
+                await self._ok(signal, entry, result)
+            elif result.outcome == "retry":
+                await self._retry(signal, entry, result)
+            else:
+                await self._reject(signal, entry, result)
+
+    def _next(self, signal: Signal) -> SpoolEntry | None:
+        with self._db.reading() as conn:
+            return self._spool.next_due(conn, signal)
+
+    async def _ok(self, signal: Signal, entry: SpoolEntry, result: SendResult) -> None:
+        def done() -> None:
+            with self._db.transaction() as conn:
+                self._spool.delete(conn, entry.id)
+
+        await anyio.to_thread.run_sync(done)
+        state = self.states[signal]
+        if state.failures:
+            log.info("%s export recovered after %d failed attempt(s)", signal, state.failures)
+        state.failures, state.last_error, state.retry_at_ns = 0, None, 0
+        state.sent += 1
+        now = self._clock()
+        for end_ns in entry.call_ends:
+            self._metrics.lag.record(max(0.0, (now - end_ns) / 1e9))
+        if result.rejected:
+            self._metrics.export_rejected.add(result.rejected, {c.SELF_ATTR_SIGNAL: signal})
+            log.warning(
+                "%s export: the backend rejected %d of %d item(s): %s",
+                signal,
+                result.rejected,
+                entry.items,
+                result.partial_message or "no reason given",
+            )
+        elif result.partial_message:
+            log.warning("%s export: backend warning: %s", signal, result.partial_message)
+
+    async def _retry(self, signal: Signal, entry: SpoolEntry, result: SendResult) -> None:
+        state = self.states[signal]
+        state.failures += 1
+        state.last_error = f"{result.status}: {result.message}"
+        if result.retry_after is not None:
+            delay = min(max(result.retry_after, 0.0), MAX_RETRY_AFTER_S)
+        else:
+            delay = self.backoff(state.failures)
+        state.retry_at_ns = self._clock() + int(delay * 1e9)
+
+        def retried() -> None:
+            with self._db.transaction() as conn:
+                self._spool.retried(conn, entry.id, state.retry_at_ns)
+
+        await anyio.to_thread.run_sync(retried)
+        level = logging.WARNING if state.failures == 1 or state.failures % 10 == 0 else logging.DEBUG
+        log.log(
+            level,
+            "%s export to %s failed (%s: %s); attempt %d, retrying in %.1fs",
+            signal,
+            self._transport.endpoint(signal),
+            result.status,
+            result.message,
+            state.failures,
+            delay,
+        )
+        deadline = anyio.current_time() + delay
+        while anyio.current_time() < deadline:  # keep the heartbeat fresh while backing off
+            state.heartbeat_ns = self._clock()
+            await anyio.sleep(min(1.0, max(0.0, deadline - anyio.current_time())))
+
+    async def _reject(self, signal: Signal, entry: SpoolEntry, result: SendResult) -> None:
+        def dead() -> None:
+            with self._db.transaction() as conn:
+                self._spool.dead_letter(conn, entry, self._clock(), result.status, result.message)
+
+        await anyio.to_thread.run_sync(dead)
+        self._metrics.dead_letters.add(1, {c.SELF_ATTR_SIGNAL: signal})
+        self.states[signal].last_error = f"{result.status}: {result.message}"
+        log.error(
+            "%s export to %s refused (%s: %s); %d item(s) moved to dead letters",
+            signal,
+            self._transport.endpoint(signal),
+            result.status,
+            result.message,
+            entry.items,
+        )

@@ -1,0 +1,221 @@
+"""One MeterProvider for the call metrics and otelbridge's own: read for OTLP (through the
+spool) and for the Prometheus ``/metrics`` endpoint.
+
+* OTLP: an ``InMemoryMetricReader`` is collected every ``OTEL_METRIC_EXPORT_INTERVAL`` by the
+  daemon, encoded by the SDK's own encoder and spooled like spans, so metrics survive backend
+  outages too. Temporality from ``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE``
+  (``cumulative``, the default, or ``delta``). Exemplars (turn span ids) travel here.
+* Prometheus: the SDK's ``PrometheusMetricReader`` on a registry of our own (always cumulative;
+  no exemplars — the Python exporter does not carry them).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import (
+    Counter,
+    Histogram,
+    MeterProvider,
+    ObservableCounter,
+    ObservableGauge,
+    ObservableUpDownCounter,
+    UpDownCounter,
+)
+from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader, MetricsData
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import CollectorRegistry, generate_latest
+
+from otelbridge import __version__
+from otelbridge.delivery.meter import MetricRecorder
+from otelbridge.mapping import conventions as c
+from otelbridge.mapping.records import MetricPoint
+
+Temporality = Literal["cumulative", "delta"]
+TEMPORALITY_VAR: Final = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"
+INTERVAL_VAR: Final = "OTEL_METRIC_EXPORT_INTERVAL"
+DEFAULT_INTERVAL_MS: Final = 60_000
+LAG_BUCKETS_S: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+def temporality_from_env() -> Temporality:
+    value = os.environ.get(TEMPORALITY_VAR, "").strip().lower()
+    return "delta" if value == "delta" else "cumulative"
+
+
+def interval_from_env() -> float:
+    """Seconds between metric collections (the variable is in milliseconds)."""
+    value = os.environ.get(INTERVAL_VAR, "").strip()
+    return (float(value) if value else DEFAULT_INTERVAL_MS) / 1000.0
+
+
+def environment_problems() -> list[str]:
+    problems = []
+    value = os.environ.get(TEMPORALITY_VAR, "").strip()
+    if value and value.lower() not in ("cumulative", "delta", "lowmemory"):
+        problems.append(f"{TEMPORALITY_VAR}={value!r}: unsupported. Fix: use cumulative or delta")
+    value = os.environ.get(INTERVAL_VAR, "").strip()
+    if value:
+        try:
+            ok = float(value) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            problems.append(
+                f"{INTERVAL_VAR}={value!r}: not a positive number of milliseconds. Fix: e.g. 60000"
+            )
+    return problems
+
+
+@dataclass(slots=True)
+class Gauges:
+    """Values the observable instruments report, refreshed by the daemon's housekeeping."""
+
+    spool_depth: dict[str, int] = field(default_factory=lambda: {"traces": 0, "metrics": 0})
+    spool_bytes: int = 0
+    spool_oldest_age_s: float = 0.0
+    inbox_depth: int = 0
+    open_calls: int = 0
+
+
+class SelfMetrics:
+    """otelbridge's own instruments (names in docs/conventions.md, "Self-metrics")."""
+
+    def __init__(self, provider: MeterProvider, gauges: Gauges) -> None:
+        meter = provider.get_meter(c.SELF_SCOPE, __version__)
+        self.gauges = gauges
+        self.webhooks = meter.create_counter(
+            c.SELF_WEBHOOKS, "{webhook}", "Webhook deliveries by event type and outcome"
+        )
+        self.events = meter.create_counter(
+            c.SELF_EVENTS, "{event}", "Stored webhook events processed into spans, by event type"
+        )
+        self.processing_errors = meter.create_counter(
+            c.SELF_PROCESSING_ERRORS, "{event}", "Stored events skipped because processing failed"
+        )
+        self.late_log_items = meter.create_counter(
+            c.SELF_LATE_LOG_ITEMS,
+            "{item}",
+            "Log items that arrived after their call's root span was exported",
+        )
+        self.spans = meter.create_counter(c.SELF_SPANS, "{span}", "Spans spooled for export")
+        self.export_attempts = meter.create_counter(
+            c.SELF_EXPORT_ATTEMPTS,
+            "{request}",
+            "OTLP export attempts by signal and outcome (ok, retry, reject)",
+        )
+        self.export_rejected = meter.create_counter(
+            c.SELF_EXPORT_REJECTED, "{item}", "Spans or data points the backend rejected in a partial_success"
+        )
+        self.dead_letters = meter.create_counter(
+            c.SELF_DEAD_LETTERS, "{request}", "Requests the backend refused for good, kept in dead_letters"
+        )
+        self.dropped = meter.create_counter(
+            c.SELF_SPOOL_DROPPED,
+            "{request}",
+            "Unsent requests dropped by the spool caps, by reason (size, age)",
+        )
+        self.lag = meter.create_histogram(
+            c.SELF_EXPORT_LAG,
+            "s",
+            "From a call's end to the export of its root span",
+            explicit_bucket_boundaries_advisory=LAG_BUCKETS_S,
+        )
+        meter.create_observable_gauge(
+            c.SELF_SPOOL_DEPTH, [self._spool_depth], "{request}", "Requests waiting in the spool"
+        )
+        meter.create_observable_gauge(
+            c.SELF_SPOOL_BYTES, [lambda _: [Observation(self.gauges.spool_bytes)]], "By", "Bytes in the spool"
+        )
+        meter.create_observable_gauge(
+            c.SELF_SPOOL_OLDEST_AGE,
+            [lambda _: [Observation(self.gauges.spool_oldest_age_s)]],
+            "s",
+            "Age of the oldest request in the spool",
+        )
+        meter.create_observable_gauge(
+            c.SELF_INBOX_DEPTH,
+            [lambda _: [Observation(self.gauges.inbox_depth)]],
+            "{event}",
+            "Stored webhook events not yet processed",
+        )
+        meter.create_observable_gauge(
+            c.SELF_OPEN_CALLS,
+            [lambda _: [Observation(self.gauges.open_calls)]],
+            "{call}",
+            "Calls started but not yet exported whole",
+        )
+
+    def _spool_depth(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(n, {"signal": s}) for s, n in self.gauges.spool_depth.items()]
+
+
+def count_points(data: MetricsData) -> int:
+    return sum(
+        len(m.data.data_points) for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+    )
+
+
+class Telemetry:
+    """The MeterProvider, its two readers, the call-metric recorder and the self-metrics."""
+
+    def __init__(
+        self,
+        resource: Resource,
+        *,
+        temporality: Temporality = "cumulative",
+        max_log_metric_names: int = 50,
+        max_string_values: int = 20,
+    ) -> None:
+        chosen = AggregationTemporality.DELTA if temporality == "delta" else AggregationTemporality.CUMULATIVE
+        self.temporality = temporality
+        instruments: Sequence[type] = (Counter, Histogram, ObservableCounter)
+        preferred = dict.fromkeys(instruments, chosen)
+        preferred |= {
+            UpDownCounter: AggregationTemporality.CUMULATIVE,
+            ObservableUpDownCounter: AggregationTemporality.CUMULATIVE,
+            ObservableGauge: AggregationTemporality.CUMULATIVE,
+        }
+        self.otlp_reader = InMemoryMetricReader(preferred_temporality=preferred)
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.prometheus_reader = PrometheusMetricReader(registry=self.registry)
+        self.provider = MeterProvider(
+            resource=resource, metric_readers=[self.otlp_reader, self.prometheus_reader]
+        )
+        self.recorder = MetricRecorder(
+            self.provider, max_log_metric_names=max_log_metric_names, max_string_values=max_string_values
+        )
+        self.gauges = Gauges()
+        self.self_metrics = SelfMetrics(self.provider, self.gauges)
+        #: the id of the newest stored point recorded into the meter
+        self.recorded_through = 0
+        #: identifies this process's cumulative series in the spool
+        self.epoch = uuid.uuid4().hex
+
+    def record(self, points: Iterable[tuple[int, MetricPoint]]) -> None:
+        for point_id, point in points:
+            self.recorder.record((point,))
+            self.recorded_through = max(self.recorded_through, point_id)
+
+    def collect_otlp(self) -> tuple[bytes, int] | None:
+        """(encoded ExportMetricsServiceRequest, data points), or None when there is nothing."""
+        data = self.otlp_reader.get_metrics_data()
+        if data is None:
+            return None
+        items = count_points(data)
+        if not items:
+            return None
+        return encode_metrics(data).SerializeToString(), items
+
+    def prometheus_text(self) -> bytes:
+        return bytes(generate_latest(self.registry))
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()

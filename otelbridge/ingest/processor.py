@@ -1,0 +1,412 @@
+"""Inbox -> calls -> spool: the streaming assembly of webhook deliveries, exactly once.
+
+:meth:`Processor.process_batch` takes the inbox rows after ``inbox_watermark`` and, in one
+``state.db`` transaction, updates the calls they belong to, spools one OTLP request with every
+new span, records the new span ids in the ledger, stores the new metric points and advances
+the watermark. A crash anywhere leaves either all of it or none of it; re-delivered or
+re-processed events find their spans in the ledger and add nothing.
+
+Per event type (see :mod:`otelbridge.mapping.increments` for the rules):
+
+* ``call_turn`` — once the call's start time (the anchor of turn offsets) is known, the turn
+  and its tool calls go out at once, with their TTFB points. Before that (a turn that beats
+  its ``call_started``) the event waits in ``call_events``.
+* ``call_started`` — sets the anchor and agent name; releases turns that waited.
+* ``call_completed`` / ``call_failed`` — the call is assembled from every event kept for it
+  (:class:`~otelbridge.ingest.assembly.CallAssembler`); the root span and whatever the turn
+  stream missed go out; the call is closed and its kept events deleted.
+* ``post_call_analysis`` — before the root is out, the summary waits and lands on the root;
+  after, it goes out as a ``call_analysis`` span.
+
+A call that hears nothing for ``call_timeout`` is exported as it stands (:meth:`sweep`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_core import from_json
+
+from otelbridge.cartesia.webhooks import (
+    CALL_STARTED,
+    CALL_TURN,
+    END_EVENTS,
+    POST_CALL_ANALYSIS,
+    WebhookEvent,
+    parse_webhook_event,
+)
+from otelbridge.delivery.spool import Dropped, Spool
+from otelbridge.ingest.assembly import CallAssembler
+from otelbridge.ingest.inbox import delete_inbox_through, read_inbox
+from otelbridge.mapping import conventions as c
+from otelbridge.mapping.increments import Increment, analysis_span, call_increment, turn_increment
+from otelbridge.mapping.policy import MappingOptions
+from otelbridge.mapping.records import InstrumentKind, MetricPoint, SpanRecord
+from otelbridge.mapping.traces import CallContext, UnplaceableCallError
+from otelbridge.store import Database, get_meta, set_meta, signed64
+
+log = logging.getLogger("otelbridge.processor")
+
+WATERMARK = "inbox_watermark"
+
+
+@dataclass(slots=True)
+class _Call:
+    call_id: str
+    agent_id: str
+    agent_name: str | None = None
+    start_ns: int | None = None
+    root_exported: bool = False
+    summary_exported: bool = False
+    pending: bool = False
+    last_event_ns: int = 0
+    closed_ns: int | None = None
+    new: bool = True
+
+
+@dataclass(slots=True)
+class BatchResult:
+    events: int = 0
+    spans: int = 0
+    #: (points table id, point) stored by this batch, to record into the meter
+    points: list[tuple[int, MetricPoint]] = field(default_factory=list)
+    calls_closed: int = 0
+    late_log_items: int = 0
+    failed_events: int = 0
+    dropped: Dropped = field(default_factory=Dropped)
+    events_by_type: dict[str, int] = field(default_factory=dict)
+
+
+def point_to_json(point: MetricPoint) -> str:
+    return json.dumps(asdict(point))
+
+
+def point_from_json(text: str) -> MetricPoint:
+    data: dict[str, Any] = json.loads(text)
+    data["kind"] = InstrumentKind(data["kind"])
+    return MetricPoint(**data)
+
+
+class Processor:
+    def __init__(
+        self,
+        state: Database,
+        inbox: Database,
+        spool: Spool,
+        options: MappingOptions,
+        encode_spans: Callable[[list[SpanRecord]], bytes],
+        *,
+        call_timeout_ns: int,
+        retention_ns: int,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._state, self._inbox, self._spool = state, inbox, spool
+        self._options = options
+        self._encode = encode_spans
+        self._call_timeout_ns = call_timeout_ns
+        self._retention_ns = retention_ns
+        self._clock = clock
+
+    # --- batches ------------------------------------------------------------------------
+    def watermark(self) -> int:
+        with self._state.reading() as conn:
+            return int(get_meta(conn, WATERMARK, "0") or 0)
+
+    def process_batch(self, limit: int = 500) -> BatchResult:
+        watermark = self.watermark()
+        rows = read_inbox(self._inbox, watermark, limit)
+        result = BatchResult()
+        if not rows:
+            return result
+        now = self._clock()
+        spans: list[SpanRecord] = []
+        points: list[MetricPoint] = []
+        with self._state.transaction() as conn:
+            for row in rows:
+                result.events += 1
+                increment = self._event(conn, row.body, row.received_ns, result)
+                spans += increment.spans
+                points += increment.points
+                result.late_log_items += increment.late_log_items
+            self._spool_batch(conn, spans, points, now, result)
+            set_meta(conn, WATERMARK, str(rows[-1].id))
+        delete_inbox_through(self._inbox, rows[-1].id)
+        return result
+
+    def sweep(self) -> BatchResult:
+        """Export calls silent for ``call_timeout``; forget calls closed before the retention."""
+        now = self._clock()
+        result = BatchResult()
+        spans: list[SpanRecord] = []
+        points: list[MetricPoint] = []
+        with self._state.transaction() as conn:
+            stale = conn.execute(
+                "SELECT call_id FROM calls WHERE closed_ns IS NULL AND last_event_ns < ? LIMIT 500",
+                (now - self._call_timeout_ns,),
+            ).fetchall()
+            for (call_id,) in stale:
+                call = self._load(conn, call_id)
+                assert call is not None
+                log.info(
+                    "call %s: no news for %ds, exporting it as it stands",
+                    call_id,
+                    self._call_timeout_ns // 1_000_000_000,
+                )
+                increment = self._sync(conn, call, None, with_root=True)
+                self._taken(conn, call, increment, now)
+                self._close(conn, call, now)
+                result.calls_closed += 1
+                spans += increment.spans
+                points += increment.points
+                self._save(conn, call)
+            self._spool_batch(conn, spans, points, now, result)
+            cutoff = now - self._retention_ns
+            old = [
+                r[0]
+                for r in conn.execute("SELECT call_id FROM calls WHERE closed_ns < ? LIMIT 5000", (cutoff,))
+            ]
+            conn.executemany("DELETE FROM ledger WHERE call_id=?", [(o,) for o in old])
+            conn.executemany("DELETE FROM calls WHERE call_id=?", [(o,) for o in old])
+            conn.execute("DELETE FROM dead_letters WHERE failed_ns < ?", (cutoff,))
+            result.dropped = self._spool.enforce_caps(conn, now)
+        return result
+
+    def _spool_batch(
+        self,
+        conn: sqlite3.Connection,
+        spans: list[SpanRecord],
+        points: list[MetricPoint],
+        now: int,
+        result: BatchResult,
+    ) -> None:
+        if spans:
+            call_ends = [s.end_ns for s in spans if s.parent_span_id is None]
+            self._spool.add(conn, "traces", self._encode(spans), len(spans), now, call_ends=call_ends)
+            result.spans += len(spans)
+            dropped = self._spool.enforce_caps(conn, now)
+            for key, counts in dropped.by.items():
+                got = result.dropped.by.setdefault(key, [0, 0])
+                got[0] += counts[0]
+                got[1] += counts[1]
+        for point in points:
+            cur = conn.execute("INSERT INTO points (point) VALUES (?)", (point_to_json(point),))
+            assert cur.lastrowid is not None
+            result.points.append((cur.lastrowid, point))
+
+    # --- one event ------------------------------------------------------------------------
+    def _event(
+        self, conn: sqlite3.Connection, body: bytes, received_ns: int, result: BatchResult
+    ) -> Increment:
+        try:
+            event = parse_webhook_event(from_json(body))
+        except (ValueError, ValidationError) as exc:  # validated on receipt: only a schema change
+            log.error("inbox event skipped: no longer valid (%s)", type(exc).__name__)
+            result.failed_events += 1
+            return Increment()
+        result.events_by_type[event.type] = result.events_by_type.get(event.type, 0) + 1
+        call_id = event.resolved_call_id
+        if call_id is None or not event.is_known:
+            return Increment()
+        conn.execute("SAVEPOINT event")
+        try:
+            increment = self._apply(conn, event, body, call_id, received_ns)
+        except Exception:  # a bug must not wedge the inbox: skip the event, loudly
+            conn.execute("ROLLBACK TO event")
+            conn.execute("RELEASE event")
+            log.exception("call %s: %s event could not be processed and was skipped", call_id, event.type)
+            result.failed_events += 1
+            return Increment()
+        conn.execute("RELEASE event")
+        return increment
+
+    def _apply(
+        self, conn: sqlite3.Connection, event: WebhookEvent, body: bytes, call_id: str, received_ns: int
+    ) -> Increment:
+        call = self._load(conn, call_id) or _Call(call_id, event.agent_id or "unknown")
+        call.last_event_ns = max(call.last_event_ns, received_ns)
+        if event.call is not None:
+            call.agent_name = event.call.agent_name or call.agent_name
+            if event.call.start_time is not None and call.start_ns is None:
+                call.start_ns = event.call.start_time
+        if event.type == CALL_STARTED and event.is_legacy and call.start_ns is None:
+            call.start_ns = event.timestamp
+        closed = call.closed_ns is not None
+        increment = Increment()
+
+        if event.type == CALL_TURN and event.turn is not None:
+            if call.start_ns is not None:
+                increment = turn_increment(self._context(call), event.turn, self._exported(conn, call_id))
+            else:
+                self._keep(conn, call, body)
+        elif event.type == CALL_STARTED:
+            if not closed:
+                self._keep(conn, call, body)
+                if call.pending and call.start_ns is not None:
+                    increment = self._sync(conn, call, None, with_root=False)
+        elif event.type in END_EVENTS:
+            if closed:  # a late or repeated end: only what is still missing
+                increment = self._sync(conn, call, body, with_root=True, kept=False)
+            else:
+                self._keep(conn, call, body)
+                increment = self._sync(conn, call, None, with_root=True)
+                self._close(conn, call, received_ns)
+        elif event.type == POST_CALL_ANALYSIS and event.analysis is not None:
+            summary = event.analysis.summary
+            if not closed:
+                self._keep(conn, call, body)
+            elif summary and not call.summary_exported and call.start_ns is not None:
+                at = event.timestamp if event.timestamp is not None else received_ns
+                span = analysis_span(self._context(call), summary, at)
+                if span.span_id not in self._exported(conn, call_id):
+                    increment = Increment([span])
+                call.summary_exported = True
+
+        self._taken(conn, call, increment, received_ns)
+        self._save(conn, call)
+        return increment
+
+    def _taken(self, conn: sqlite3.Connection, call: _Call, increment: Increment, now: int) -> None:
+        """Ledger the spans of ``increment`` and note what its root settles."""
+        if not increment.spans:
+            return
+        self._ledger(conn, call.call_id, increment.spans, now)
+        root = increment.root
+        if root is not None:
+            call.root_exported = True
+            call.start_ns = call.start_ns if call.start_ns is not None else root.start_ns
+            if c.CALL_SUMMARY in root.attributes:
+                call.summary_exported = True
+
+    def _sync(
+        self, conn: sqlite3.Connection, call: _Call, body: bytes | None, *, with_root: bool, kept: bool = True
+    ) -> Increment:
+        """Assemble the call from its kept events (and ``body``) and take what is missing."""
+        assembler = CallAssembler()
+        bodies = (
+            [
+                r[0]
+                for r in conn.execute(
+                    "SELECT body FROM call_events WHERE call_id=? ORDER BY id", (call.call_id,)
+                )
+            ]
+            if kept
+            else []
+        )
+        if body is not None:
+            bodies.append(body)
+        for raw in bodies:
+            assembler.add(parse_webhook_event(from_json(raw)))
+        assembled = assembler.calls()
+        if not assembled:
+            return Increment()
+        built = assembled[0]
+        try:
+            increment = call_increment(
+                built.call,
+                self._options,
+                self._exported(conn, call.call_id),
+                with_root=with_root,
+                fallback_end_ns=built.fallback_end_ns,
+            )
+        except UnplaceableCallError as exc:
+            log.warning("%s; its spans wait for an event with a time", exc)
+            return Increment()
+        if increment.late_log_items:
+            log.info(
+                "call %s: %d log item(s) arrived after the root span was exported; not exported",
+                call.call_id,
+                increment.late_log_items,
+            )
+        if with_root:
+            call.pending = False
+        return increment
+
+    def _context(self, call: _Call) -> CallContext:
+        assert call.start_ns is not None
+        return CallContext(call.call_id, call.agent_id, call.agent_name, call.start_ns, self._options)
+
+    # --- storage ----------------------------------------------------------------------------
+    @staticmethod
+    def _exported(conn: sqlite3.Connection, call_id: str) -> set[int]:
+        return {
+            r[0] & 0xFFFFFFFFFFFFFFFF
+            for r in conn.execute("SELECT span_id FROM ledger WHERE call_id=?", (call_id,))
+        }
+
+    @staticmethod
+    def _ledger(conn: sqlite3.Connection, call_id: str, spans: list[SpanRecord], now: int) -> None:
+        conn.executemany(
+            "INSERT OR IGNORE INTO ledger (call_id, span_id, exported_ns) VALUES (?, ?, ?)",
+            [(call_id, signed64(s.span_id), now) for s in spans],
+        )
+
+    @staticmethod
+    def _keep(conn: sqlite3.Connection, call: _Call, body: bytes) -> None:
+        conn.execute("INSERT INTO call_events (call_id, body) VALUES (?, ?)", (call.call_id, body))
+        call.pending = True
+
+    @staticmethod
+    def _close(conn: sqlite3.Connection, call: _Call, now: int) -> None:
+        call.closed_ns = now
+        call.pending = False
+        conn.execute("DELETE FROM call_events WHERE call_id=?", (call.call_id,))
+
+    @staticmethod
+    def _load(conn: sqlite3.Connection, call_id: str) -> _Call | None:
+        row = conn.execute(
+            "SELECT agent_id, agent_name, start_ns, root_exported, summary_exported, pending, "
+            "last_event_ns, closed_ns FROM calls WHERE call_id=?",
+            (call_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return _Call(
+            call_id,
+            row[0],
+            row[1],
+            row[2],
+            bool(row[3]),
+            bool(row[4]),
+            bool(row[5]),
+            row[6],
+            row[7],
+            new=False,
+        )
+
+    @staticmethod
+    def _save(conn: sqlite3.Connection, call: _Call) -> None:
+        conn.execute(
+            "INSERT INTO calls (call_id, agent_id, agent_name, start_ns, root_exported, summary_exported, "
+            "pending, last_event_ns, closed_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(call_id) DO UPDATE SET agent_id=excluded.agent_id, agent_name=excluded.agent_name, "
+            "start_ns=excluded.start_ns, root_exported=excluded.root_exported, "
+            "summary_exported=excluded.summary_exported, pending=excluded.pending, "
+            "last_event_ns=excluded.last_event_ns, closed_ns=excluded.closed_ns",
+            (
+                call.call_id,
+                call.agent_id,
+                call.agent_name,
+                call.start_ns,
+                int(call.root_exported),
+                int(call.summary_exported),
+                int(call.pending),
+                call.last_event_ns,
+                call.closed_ns,
+            ),
+        )
+        call.new = False
+
+
+def load_unexported_points(state: Database) -> list[tuple[int, MetricPoint]]:
+    """Points stored but not yet in a spooled metrics request (to re-record after a restart)."""
+    with state.reading() as conn:
+        return [
+            (r[0], point_from_json(r[1])) for r in conn.execute("SELECT id, point FROM points ORDER BY id")
+        ]

@@ -1,0 +1,111 @@
+"""What is still to be exported of a call, given the span ids already exported: pure.
+
+The daemon exports a call piece by piece as webhooks arrive (``call_turn`` spans at once, the
+root at ``call_completed``/``call_failed``) and the ledger remembers every span id it exported.
+Whatever path a call takes — turns streamed one by one, a completion that arrives first, the
+same delivery twice, a List Calls poll of a call webhooks already half exported — the spans
+and points of the call go out exactly once, because every increment here is the mapping of
+everything known about the call minus what the ledger holds.
+
+Rules (docs/conventions.md, "Streaming"):
+
+* A span goes out once: the ledger (``exported``) decides.
+* Metric points follow their span: a point goes out with the span it points at.
+* Log items (``system`` transcript entries) arrive only with a whole call. They go out with the
+  root span, never before it: on their turn when that turn goes out together with the root,
+  otherwise (their turn was streamed earlier) as events of the root span. When the root is
+  already out, they can no longer be placed and are counted as ``late_log_items``.
+* A summary that arrives after the root went out becomes a ``call_analysis`` span, a child of
+  the root at the time of the analysis event (:func:`analysis_span`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+from otelbridge.cartesia.models import AgentCall, TranscriptItem
+from otelbridge.mapping import conventions as c
+from otelbridge.mapping import ids
+from otelbridge.mapping.metrics import map_call_points, turn_points
+from otelbridge.mapping.policy import AttributeSink, MappingOptions
+from otelbridge.mapping.records import MetricPoint, SpanRecord
+from otelbridge.mapping.traces import CallContext, map_call_spans, map_turn
+
+
+@dataclass(slots=True)
+class Increment:
+    spans: list[SpanRecord] = field(default_factory=list)
+    points: list[MetricPoint] = field(default_factory=list)
+    #: log items that could not be placed: their span and the root were already exported
+    late_log_items: int = 0
+
+    @property
+    def root(self) -> SpanRecord | None:
+        return next((s for s in self.spans if s.parent_span_id is None), None)
+
+    def __bool__(self) -> bool:
+        return bool(self.spans or self.points)
+
+
+def call_increment(
+    call: AgentCall,
+    options: MappingOptions,
+    exported: Collection[int],
+    *,
+    with_root: bool,
+    fallback_end_ns: int | None = None,
+) -> Increment:
+    """Everything of ``call`` not yet in ``exported``. Without ``with_root`` the root span, the
+    call-level points and every log item stay back (for the call's end)."""
+    spans = map_call_spans(call, options, fallback_end_ns)
+    root = spans.root
+    root_new = with_root and root.span_id not in exported
+    emit = {s.span_id for s in spans.all() if s.span_id not in exported}
+    if not root_new:
+        emit.discard(root.span_id)
+
+    late = 0
+    for index, target, event in spans.log_events:
+        if root_new and target.span_id in emit:
+            continue  # goes out on its own span, together with the root
+        target.events.remove(event)
+        if root_new:
+            root.events.append(event)
+            if index in spans.log_metric_spans:
+                spans.log_metric_spans[index] = root
+        else:
+            spans.log_metric_spans.pop(index, None)
+            if with_root:
+                late += 1
+    root.events.sort(key=lambda e: e.time_ns)
+
+    points = [p for p in map_call_points(call, spans) if p.span_id in emit]
+    return Increment([s for s in spans.all() if s.span_id in emit], points, late)
+
+
+def turn_increment(ctx: CallContext, item: TranscriptItem, exported: Collection[int]) -> Increment:
+    """One turn of a ``call_turn`` webhook (and its tool calls), minus what is out already."""
+    spans = map_turn(ctx, item)
+    points = turn_points(ctx.agent_id, item, spans)
+    emit = {s.span_id for s in spans if s.span_id not in exported}
+    return Increment([s for s in spans if s.span_id in emit], [p for p in points if p.span_id in emit])
+
+
+def analysis_span(ctx: CallContext, summary: str, at_ns: int) -> SpanRecord:
+    """The summary of a call whose root span is already out: an instant child of the root."""
+    span = SpanRecord(
+        key=ids.analysis_key(),
+        name=c.SPAN_CALL_ANALYSIS,
+        trace_id=ctx.trace_id,
+        span_id=ids.span_id(ctx.call_id, ids.analysis_key()),
+        parent_span_id=ctx.root_span_id,
+        start_ns=at_ns,
+        end_ns=at_ns,
+        attributes=ctx.common(c.OPERATION_CALL_ANALYSIS),
+    )
+    sink = AttributeSink(ctx.options, span.attributes)
+    sink.put(c.CALL_SUMMARY, summary)
+    if sink.truncated:
+        span.attributes[c.TRUNCATED] = list(dict.fromkeys(sink.truncated))
+    return span

@@ -1,0 +1,179 @@
+"""The daemon's durable state: two SQLite files in ``OTELBRIDGE_STATE_DIR``, both in WAL mode
+with ``synchronous=FULL`` (a committed transaction survives ``kill -9`` and power loss).
+
+``inbox.db``
+    Webhook bodies, appended by the receiver (group commits) before it answers 2xx. Its own
+    file so that acknowledging a webhook never waits on the export side's transactions.
+
+``state.db``
+    Everything derived from the inbox, changed together in one transaction per batch: the
+    open calls, the ledger of exported span ids, the spool of encoded OTLP requests, metric
+    points not yet in an exported metrics request, dead letters, and ``inbox_watermark`` (the
+    last inbox id processed), which makes processing exactly-once across the two files.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Final
+
+SCHEMA_VERSION: Final = 1
+
+INBOX_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS inbox (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: the watermark relies on it
+    received_ns INTEGER NOT NULL,
+    event_type  TEXT NOT NULL,
+    call_id     TEXT NOT NULL,
+    body        BLOB NOT NULL
+);
+"""
+
+STATE_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS calls (
+    call_id          TEXT PRIMARY KEY,
+    agent_id         TEXT NOT NULL,
+    agent_name       TEXT,
+    start_ns         INTEGER,            -- the anchor turn offsets add to, once known
+    root_exported    INTEGER NOT NULL DEFAULT 0,
+    summary_exported INTEGER NOT NULL DEFAULT 0,
+    pending          INTEGER NOT NULL DEFAULT 0,   -- events kept in call_events
+    last_event_ns    INTEGER NOT NULL,   -- wall clock of the latest delivery (timeouts)
+    closed_ns        INTEGER             -- when the root went out
+);
+CREATE INDEX IF NOT EXISTS calls_open ON calls (closed_ns, last_event_ns);
+CREATE TABLE IF NOT EXISTS call_events (
+    id      INTEGER PRIMARY KEY,
+    call_id TEXT NOT NULL,
+    body    BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS call_events_call ON call_events (call_id);
+CREATE TABLE IF NOT EXISTS ledger (
+    call_id     TEXT NOT NULL,
+    span_id     INTEGER NOT NULL,          -- signed view of the 64-bit id
+    exported_ns INTEGER NOT NULL,
+    PRIMARY KEY (call_id, span_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS spool (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    signal          TEXT NOT NULL,         -- traces | metrics
+    body            BLOB NOT NULL,         -- serialized Export*ServiceRequest, uncompressed
+    size            INTEGER NOT NULL,
+    items           INTEGER NOT NULL,      -- spans or data points
+    created_ns      INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ns INTEGER NOT NULL DEFAULT 0,
+    call_ends       TEXT,                  -- JSON end times of the calls whose root is inside
+    epoch           TEXT                   -- process that made a metrics request
+);
+CREATE INDEX IF NOT EXISTS spool_signal ON spool (signal, id);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id         INTEGER PRIMARY KEY,
+    signal     TEXT NOT NULL,
+    body       BLOB NOT NULL,
+    items      INTEGER NOT NULL,
+    created_ns INTEGER NOT NULL,
+    failed_ns  INTEGER NOT NULL,
+    status     TEXT NOT NULL,
+    reason     TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS points (
+    id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    point TEXT NOT NULL                    -- JSON MetricPoint, until in a spooled metrics request
+);
+"""
+
+
+class StoreError(Exception):
+    """The state directory or a database in it cannot be used."""
+
+
+def signed64(value: int) -> int:
+    """A 64-bit unsigned id as SQLite's signed INTEGER."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def connect(path: Path, schema: str, *, timeout_s: float = 30.0) -> sqlite3.Connection:
+    """Open (creating) ``path`` in WAL mode with FULL sync; a clear StoreError when it cannot."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=OFF")
+        conn.executescript(schema)
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreError(f"cannot open {path}: {exc}") from None
+    return conn
+
+
+class Database:
+    """One connection, used by one component from worker threads, one call at a time."""
+
+    def __init__(self, path: Path, schema: str) -> None:
+        self.path = path
+        self.conn = connect(path, schema)
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on any exception)."""
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self.conn
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+
+def inbox_path(state_dir: Path) -> Path:
+    return state_dir / "inbox.db"
+
+
+def state_path(state_dir: Path) -> Path:
+    return state_dir / "state.db"
+
+
+def open_inbox(state_dir: Path) -> Database:
+    return Database(inbox_path(state_dir), INBOX_SCHEMA)
+
+
+def open_state(state_dir: Path) -> Database:
+    db = Database(state_path(state_dir), STATE_SCHEMA)
+    with db.transaction() as conn:
+        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) > SCHEMA_VERSION:
+            db.close()
+            raise StoreError(
+                f"{db.path} was written by a newer otelbridge (schema {row[0]} > {SCHEMA_VERSION})"
+            )
+    return db
+
+
+def get_meta(conn: sqlite3.Connection, key: str, default: str | None = None) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+    return default if row is None else str(row[0])
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute(
+        "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value)
+    )
