@@ -9,7 +9,9 @@ is read by the exporter classes themselves.
 from __future__ import annotations
 
 import os
+import re
 from typing import Final, Literal
+from urllib.parse import urlsplit
 
 from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExporter
 from opentelemetry.sdk.trace.export import SpanExporter
@@ -71,6 +73,83 @@ def environment_problems() -> list[str]:
         value = _env(name)
         if value is not None and not value.startswith(("http://", "https://")):
             problems.append(f"{name}={value!r}: not an http(s) URL. Fix: e.g. http://localhost:4318")
+    problems += _more_problems()
+    return problems
+
+
+_SIGNALS: Final[tuple[Signal, ...]] = ("traces", "metrics")
+_PREFIXES: Final = ("OTEL_EXPORTER_OTLP_", "OTEL_EXPORTER_OTLP_TRACES_", "OTEL_EXPORTER_OTLP_METRICS_")
+# One name=value entry as opentelemetry.util.re.parse_env_headers(liberal=True) accepts it; the
+# exporters silently drop (and log, value included) any other.
+_HEADER_ENTRY: Final = re.compile(r"[ \t]*[!#-'*+\-.0-9A-Z^-z|~]+[ \t]*=[ \t]*[ !#-+\--:<-\[\]-~]*[ \t]*")
+_TIMEOUT_MAX_S: Final = 300.0
+
+
+def _more_problems() -> list[str]:
+    """The checks added with the spool transport (TLS files, insecure, headers, paths)."""
+    problems: list[str] = []
+    for name in (f"{prefix}INSECURE" for prefix in _PREFIXES):
+        value = _env(name)
+        if value is not None and value.lower() not in ("true", "false"):
+            problems.append(f"{name}={value!r}: not true or false. Fix: true (plaintext gRPC) or false")
+    for suffix in ("CERTIFICATE", "CLIENT_CERTIFICATE", "CLIENT_KEY"):
+        for name in (f"{prefix}{suffix}" for prefix in _PREFIXES):
+            value = _env(name)
+            if value is not None and not (os.path.isfile(value) and os.access(value, os.R_OK)):
+                problems.append(
+                    f"{name}={value!r}: no readable file there. Fix: the path of a PEM file "
+                    "readable by this process"
+                )
+    reported: set[str] = set()
+    for signal in _SIGNALS:
+        specific = f"OTEL_EXPORTER_OTLP_{signal.upper()}_"
+        key_name = next(
+            (n for n in (f"{specific}CLIENT_KEY", "OTEL_EXPORTER_OTLP_CLIENT_KEY") if _env(n)), None
+        )
+        cert = _env(f"{specific}CLIENT_CERTIFICATE") or _env("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE")
+        if key_name is not None and not cert and key_name not in reported:
+            reported.add(key_name)
+            problems.append(
+                f"{key_name}={_env(key_name)!r}: a client key without a client certificate "
+                f"({signal}). Fix: set OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE (or the per-signal one) too"
+            )
+    for name in (f"{prefix}HEADERS" for prefix in _PREFIXES):
+        value = _env(name)
+        if value is None:
+            continue
+        bad = [
+            str(i)
+            for i, entry in enumerate(value.split(","), 1)
+            if entry.strip() and not _HEADER_ENTRY.fullmatch(entry)
+        ]
+        if bad:  # the value is not shown: headers carry secrets
+            problems.append(
+                f"{name}=<not shown>: entry {', '.join(bad)} is not name=value and would be dropped. "
+                "Fix: comma-separated name=value pairs, e.g. x-api-key=KEY,x-team=TEAM; "
+                "percent-encode commas, quotes, semicolons and backslashes in values"
+            )
+    for name in (f"{prefix}TIMEOUT" for prefix in _PREFIXES):
+        value = _env(name)
+        try:
+            seconds = float(value) if value is not None else None
+        except ValueError:
+            continue  # reported above
+        if seconds is not None and seconds > _TIMEOUT_MAX_S:
+            problems.append(
+                f"{name}={value!r}: Python's OTLP exporters read seconds (the specification says "
+                f"milliseconds); {seconds:g} s looks like milliseconds. Fix: e.g. 10"
+            )
+    for signal in _SIGNALS:
+        name = f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"
+        value = _env(name)
+        if value is None or protocol(signal) == "grpc" or not value.startswith(("http://", "https://")):
+            continue
+        if urlsplit(value).path in ("", "/"):
+            problems.append(
+                f"{name}={value!r}: a per-signal endpoint is used as it is, so {signal} would be "
+                f"posted to '/'. Fix: {value.rstrip('/')}/v1/{signal} (or set OTEL_EXPORTER_OTLP_ENDPOINT, "
+                "which gets the path appended)"
+            )
     return problems
 
 

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 import pytest
 
+from otelbridge.mapping.conventions import CONTRACT_VERSION
 from tests.mapping.golden import (
     INSTANCE_ID,
     SERVICE_NAME,
@@ -191,7 +192,7 @@ def test_structure_of_every_trace(fixture: str) -> None:
         assert trace_id == trace_hex(call_id)
         assert root.span_id == span_hex(call_id, "root")
         assert root.name.startswith("invoke_agent")
-        assert root.attributes["otelbridge.contract.version"] == "1.0.0"
+        assert root.attributes["otelbridge.contract.version"] == CONTRACT_VERSION
         ids = [s.span_id for s in group]
         assert len(set(ids)) == len(ids)
         by_id = {s.span_id: s for s in group}

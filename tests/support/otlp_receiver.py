@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import socket
+import ssl
 import threading
 import time
 import zlib
@@ -252,6 +253,8 @@ class _Server(ThreadingHTTPServer):
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _Handler)
+        if receiver.ssl_context is not None:  # HTTPS: the handshake happens on accept
+            self.socket = receiver.ssl_context.wrap_socket(self.socket, server_side=True)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -333,10 +336,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 class HttpOtlpReceiver(_Store):
     """OTLP/HTTP receiver: ``POST /v1/traces`` and ``/v1/metrics``, protobuf, optionally
-    gzip or deflate. Use as a context manager (or ``start()``/``stop()``)."""
+    gzip or deflate. Use as a context manager (or ``start()``/``stop()``).
 
-    def __init__(self) -> None:
+    With ``ssl_context`` (a server-side context, e.g. one that also requires client
+    certificates) it serves HTTPS and :attr:`url` starts with ``https://``."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         super().__init__()
+        self.ssl_context = ssl_context
         self._answers: deque[HttpAnswer] = deque()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -383,7 +390,8 @@ class HttpOtlpReceiver(_Store):
     @property
     def url(self) -> str:
         """The base URL, as ``OTEL_EXPORTER_OTLP_ENDPOINT`` takes it."""
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "http" if self.ssl_context is None else "https"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
         """Environment variables pointing an OTLP/HTTP exporter here."""
@@ -425,6 +433,11 @@ class HttpOtlpReceiver(_Store):
         with self._lock:
             return len(self._answers)
 
+    def clear_answers(self) -> None:
+        """Forget the scripted answers not used yet: answer 200 from now on (backend recovered)."""
+        with self._lock:
+            self._answers.clear()
+
     def _next_answer(self, path: str) -> HttpAnswer | None:
         with self._lock:
             for index, answer in enumerate(self._answers):
@@ -439,7 +452,12 @@ class HttpOtlpReceiver(_Store):
 class GrpcAnswer:
     """A canned gRPC answer: a status code (with RetryInfo when ``retry_delay_s`` is set), or
     OK with a partial success (``rejected`` spans / data points). ``method`` limits it to
-    one service (:data:`GRPC_TRACES_METHOD` / :data:`GRPC_METRICS_METHOD`)."""
+    one service (:data:`GRPC_TRACES_METHOD` / :data:`GRPC_METRICS_METHOD`).
+
+    The RetryInfo travels as a bare message in the ``google.rpc.retryinfo-bin`` trailer (what
+    the Python SDK's exporter reads); with ``status_details=True`` it travels as the gRPC
+    convention has it instead, inside a google.rpc.Status in ``grpc-status-details-bin``
+    (what the Collector and most servers send)."""
 
     code: grpc.StatusCode = grpc.StatusCode.OK
     details: str = ""
@@ -447,6 +465,7 @@ class GrpcAnswer:
     rejected: int = 0
     message: str = ""
     method: str | None = None
+    status_details: bool = False
 
 
 class _Servicer:
@@ -475,12 +494,19 @@ class _Servicer:
         )
         if not ok:
             assert canned is not None
+            text = canned.details or f"canned {code.name}"
             if canned.retry_delay_s is not None:
                 delay = Duration()
                 delay.FromNanoseconds(int(canned.retry_delay_s * 1e9))
-                info = RetryInfo(retry_delay=delay).SerializeToString()
-                context.set_trailing_metadata((("google.rpc.retryinfo-bin", info),))
-            context.abort(code, canned.details or f"canned {code.name}")
+                retry_info = RetryInfo(retry_delay=delay)
+                if canned.status_details:
+                    status = RpcStatus(code=code.value[0], message=text)
+                    status.details.add().Pack(retry_info)
+                    trailer = ("grpc-status-details-bin", status.SerializeToString())
+                else:
+                    trailer = ("google.rpc.retryinfo-bin", retry_info.SerializeToString())
+                context.set_trailing_metadata((trailer,))
+            context.abort(code, text)
         if canned is not None and canned.rejected:
             return self._response(canned.rejected, canned.message)
         return self._response(0, "")
@@ -511,10 +537,12 @@ class _MetricsServicer(_Servicer, metrics_service_pb2_grpc.MetricsServiceService
 
 
 class GrpcOtlpReceiver(_Store):
-    """OTLP/gRPC receiver (insecure) for TraceService and MetricsService."""
+    """OTLP/gRPC receiver for TraceService and MetricsService: insecure, or TLS with
+    ``server_credentials`` (``grpc.ssl_server_credentials(...)``)."""
 
-    def __init__(self, max_workers: int = 4) -> None:
+    def __init__(self, max_workers: int = 4, server_credentials: Any = None) -> None:
         super().__init__()
+        self._server_credentials = server_credentials
         self._answers: deque[GrpcAnswer] = deque()
         self._max_workers = max_workers
         self._executor: futures.ThreadPoolExecutor | None = None
@@ -530,7 +558,10 @@ class GrpcOtlpReceiver(_Store):
         server = grpc.server(self._executor)
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceServicer(self), server)  # type: ignore[no-untyped-call]
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsServicer(self), server)  # type: ignore[no-untyped-call]
-        self._port = int(server.add_insecure_port("127.0.0.1:0"))
+        if self._server_credentials is None:
+            self._port = int(server.add_insecure_port("127.0.0.1:0"))
+        else:
+            self._port = int(server.add_secure_port("127.0.0.1:0", self._server_credentials))
         if not self._port:
             raise RuntimeError("could not bind a port on 127.0.0.1")
         server.start()
@@ -561,10 +592,14 @@ class GrpcOtlpReceiver(_Store):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "http" if self._server_credentials is None else "https"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
-        """Environment variables pointing an OTLP/gRPC exporter here (plaintext)."""
+        """Environment variables pointing an OTLP/gRPC exporter here (plaintext; with TLS,
+        the certificate variables are the caller's to add)."""
+        if self._server_credentials is not None:
+            return {"OTEL_EXPORTER_OTLP_ENDPOINT": self.url, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
         return {
             "OTEL_EXPORTER_OTLP_ENDPOINT": self.url,
             "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
@@ -598,6 +633,11 @@ class GrpcOtlpReceiver(_Store):
     def pending_answers(self) -> int:
         with self._lock:
             return len(self._answers)
+
+    def clear_answers(self) -> None:
+        """Forget the scripted answers not used yet: answer 200 from now on (backend recovered)."""
+        with self._lock:
+            self._answers.clear()
 
     def _next_answer(self, method: str) -> GrpcAnswer | None:
         with self._lock:

@@ -1,0 +1,810 @@
+"""Send already-encoded OTLP requests and classify the answer.
+
+The daemon's spool holds *serialized* ``ExportTraceServiceRequest`` /
+``ExportMetricsServiceRequest`` bytes (uncompressed). The SDK's exporters cannot send those
+(they take SDK objects, retry internally and ignore ``partial_success``), so this module does:
+one POST (or one unary gRPC call) per :meth:`Transport.send`, no retries of its own, and a
+:class:`SendResult` that says whether to delete the request (``ok``), keep it and back off
+(``retry``) or dead-letter it (``reject``).
+
+Configured by the standard ``OTEL_EXPORTER_OTLP_*`` variables, read as the SDK reads them:
+the per-signal variable (``OTEL_EXPORTER_OTLP_TRACES_*`` / ``..._METRICS_*``) first, then the
+general one. Where the SDK and the specification differ the choices are noted inline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import gzip
+import json
+import math
+import os
+import re
+import ssl
+import sys
+import threading
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, Final, Literal, Protocol, TextIO
+from urllib.parse import urlsplit, urlunsplit
+
+import grpc
+import httpx
+from google.protobuf.message import DecodeError
+from google.rpc.error_details_pb2 import RetryInfo  # type: ignore[import-untyped]
+from google.rpc.status_pb2 import Status as RpcStatus  # type: ignore[import-untyped]
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.util.re import parse_env_headers
+
+from otelbridge import __version__
+from otelbridge.delivery.exporters import Signal
+
+__all__ = [
+    "ConsoleTransport",
+    "DiscardTransport",
+    "OtlpTransport",
+    "SendResult",
+    "Signal",
+    "Transport",
+    "parse_retry_after",
+    "probe",
+    "transport_from_env",
+]
+
+Outcome = Literal["ok", "retry", "reject"]
+
+USER_AGENT: Final = f"otelbridge/{__version__}"
+PROTOBUF: Final = "application/x-protobuf"
+DEFAULT_TIMEOUT_S: Final = 10.0
+DEFAULT_HTTP_ENDPOINT: Final = "http://localhost:4318"
+DEFAULT_GRPC_ENDPOINT: Final = "http://localhost:4317"
+GRPC_METHODS: Final[Mapping[Signal, str]] = {
+    "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    "metrics": "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+}
+MESSAGE_TEXT_LIMIT: Final = 200
+_MAX_RESPONSE_BYTES: Final = 256 * 1024  # an OTLP answer is tiny; never buffer a huge error page
+_RETRY_HTTP: Final = frozenset({408, 429})
+_RETRY_GRPC: Final = frozenset(
+    {
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+_GRPC_STATUS_DETAILS: Final = "grpc-status-details-bin"  # google.rpc.Status (the gRPC convention)
+_GRPC_RETRY_INFO: Final = "google.rpc.retryinfo-bin"  # a bare RetryInfo (what the Python SDK reads)
+# One header entry as opentelemetry.util.re.parse_env_headers(liberal=True) accepts it. Entries
+# that do not match are dropped here, before that function would log them (values included).
+_HEADER_ENTRY = re.compile(r"[ \t]*[!#-'*+\-.0-9A-Z^-z|~]+[ \t]*=[ \t]*[ !#-+\--:<-\[\]-~]*[ \t]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+# --- the result ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What happened to one request. ``status`` is short and stable (``"200"``, ``"503"``,
+    ``"grpc UNAVAILABLE"``, ``"connection error"``, ``"timeout"``); ``message`` is one line for
+    logs (never headers, body text capped); ``retry_after`` the seconds the backend asked for;
+    ``rejected``/``partial_message`` the ``partial_success`` of an accepted request."""
+
+    outcome: Outcome
+    status: str
+    message: str
+    retry_after: float | None = None
+    rejected: int = 0
+    partial_message: str = ""
+
+
+class Transport(Protocol):
+    def send(self, signal: Signal, body: bytes) -> SendResult:
+        """Send one serialized Export*ServiceRequest (uncompressed). Never raises."""
+        ...
+
+    def endpoint(self, signal: Signal) -> str:
+        """Where ``signal`` goes, for logs (no credentials)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def probe(transport: Transport, signal: Signal) -> SendResult:
+    """Send an empty, valid Export*ServiceRequest: harmless, and proves the path works."""
+    empty = ExportTraceServiceRequest() if signal == "traces" else ExportMetricsServiceRequest()
+    return transport.send(signal, empty.SerializeToString())
+
+
+# --- small helpers ------------------------------------------------------------------------
+def _short(text: str, limit: int = MESSAGE_TEXT_LIMIT) -> str:
+    """One line, control characters folded, at most ``limit`` characters."""
+    line = " ".join(_CONTROL.sub(" ", text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _display_url(url: str) -> str:
+    """``url`` without user info, query or fragment (they may carry credentials)."""
+    try:
+        parts = urlsplit(url)
+        if not parts.scheme or not parts.netloc:
+            return url.split("?", 1)[0]
+        host = parts.netloc.rsplit("@", 1)[-1]
+        return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    except ValueError:
+        return "<invalid url>"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """HTTP ``Retry-After``: delta-seconds (integer or decimal) or an HTTP-date.
+
+    A negative, infinite or unparsable value is ``None``; a date in the past is ``0.0``."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max((when - dt.datetime.now(dt.UTC)).total_seconds(), 0.0)
+
+
+def _partial_success(signal: Signal, body: bytes) -> tuple[int, str]:
+    """``(rejected, error_message)`` from an Export*ServiceResponse; ``(0, "")`` if empty or
+    undecodable. A body gzip-compressed without a Content-Encoding header is tolerated."""
+    if not body:
+        return 0, ""
+    if body[:2] == b"\x1f\x8b":
+        try:
+            body = gzip.decompress(body)
+        except (OSError, EOFError, zlib.error):
+            return 0, ""
+    try:
+        if signal == "traces":
+            traces = ExportTraceServiceResponse.FromString(body)
+            return int(traces.partial_success.rejected_spans), traces.partial_success.error_message
+        metrics = ExportMetricsServiceResponse.FromString(body)
+        return int(metrics.partial_success.rejected_data_points), metrics.partial_success.error_message
+    except (DecodeError, ValueError, RuntimeError):
+        return 0, ""
+
+
+def _ok(status: str, signal: Signal, body: bytes) -> SendResult:
+    rejected, partial = _partial_success(signal, body)
+    if rejected or partial:
+        message = f"partial success: {rejected} rejected"
+        if partial:
+            message += f": {_short(partial)}"
+        return SendResult("ok", status, message, None, max(rejected, 0), _short(partial, 1000))
+    return SendResult("ok", status, "accepted")
+
+
+def _error_text(body: bytes, content_type: str) -> str:
+    """A short reason from an HTTP error body: google.rpc.Status, JSON or plain text."""
+    if not body:
+        return ""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if "protobuf" in kind or body[:1] in (b"\x08", b"\x12"):
+        try:
+            status = RpcStatus.FromString(body)
+            if status.message:
+                return _short(str(status.message))
+        except (DecodeError, ValueError, RuntimeError):
+            pass
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"({len(body)} bytes, not text)"
+    if "json" in kind or text.lstrip().startswith("{"):
+        try:
+            decoded = json.loads(text)
+        except ValueError:
+            decoded = None
+        if isinstance(decoded, dict):
+            for key in ("message", "error", "title", "detail"):
+                value = decoded.get(key)
+                if isinstance(value, str) and value.strip():
+                    return _short(value)
+                if isinstance(value, dict) and isinstance(value.get("message"), str):
+                    return _short(value["message"])
+    return _short(text)
+
+
+# --- reading the OTEL_* variables ---------------------------------------------------------
+class _Env:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def get(self, name: str) -> str | None:
+        value = self._environ.get(name)
+        return value.strip() if value and value.strip() else None
+
+    def setting(self, signal: Signal, name: str) -> str | None:
+        """``OTEL_EXPORTER_OTLP_{SIGNAL}_{name}``, else ``OTEL_EXPORTER_OTLP_{name}``."""
+        return self.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_{name}") or self.get(
+            f"OTEL_EXPORTER_OTLP_{name}"
+        )
+
+    def protocol(self, signal: Signal) -> str:
+        value = (self.setting(signal, "PROTOCOL") or "http/protobuf").lower()
+        # Anything but grpc (including an unsupported value, which environment_problems()
+        # reports) is sent as http/protobuf.
+        return "grpc" if value == "grpc" else "http/protobuf"
+
+    def timeout(self, signal: Signal) -> float:
+        raw = self.setting(signal, "TIMEOUT")
+        try:
+            value = float(raw) if raw is not None else DEFAULT_TIMEOUT_S
+        except ValueError:
+            return DEFAULT_TIMEOUT_S
+        return value if math.isfinite(value) and value > 0 else DEFAULT_TIMEOUT_S
+
+    def compression(self, signal: Signal) -> Literal["gzip", "deflate", "none"]:
+        value = (self.setting(signal, "COMPRESSION") or "none").lower()
+        if value == "gzip":
+            return "gzip"
+        if value == "deflate":
+            return "deflate"
+        return "none"
+
+    def headers(self, signal: Signal) -> dict[str, str]:
+        """General headers, then the per-signal ones on top (key by key). Keys lower-cased."""
+        merged: dict[str, str] = {}
+        for name in ("OTEL_EXPORTER_OTLP_HEADERS", f"OTEL_EXPORTER_OTLP_{signal.upper()}_HEADERS"):
+            raw = self.get(name)
+            if raw is None:
+                continue
+            valid = [entry for entry in raw.split(",") if _HEADER_ENTRY.fullmatch(entry)]
+            merged.update(parse_env_headers(",".join(valid), liberal=True))
+        return merged
+
+    def tls(self, signal: Signal) -> _Tls:
+        return _Tls(
+            self.setting(signal, "CERTIFICATE"),
+            self.setting(signal, "CLIENT_CERTIFICATE"),
+            self.setting(signal, "CLIENT_KEY"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Tls:
+    ca_file: str | None = None
+    client_certificate: str | None = None
+    client_key: str | None = None
+
+
+class _ConfigError(Exception):
+    """The request is fine, the transport is not (a TLS file that cannot be used, closed)."""
+
+    def __init__(self, message: str, status: str = "config error") -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# --- OTLP/HTTP ----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _HttpRoute:
+    url: str
+    headers: Mapping[str, str]
+    compression: Literal["gzip", "deflate", "none"]
+    timeout: float
+    tls: _Tls | None  # None for plain http:// (TLS settings do not apply)
+
+
+def _http_route(env: _Env, signal: Signal) -> _HttpRoute:
+    specific = env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+    if specific:
+        url = specific  # verbatim, as the SDK and the specification use it
+    else:
+        base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or DEFAULT_HTTP_ENDPOINT
+        url = f"{base.rstrip('/')}/v1/{signal}"
+    compression = env.compression(signal)
+    headers = {"user-agent": USER_AGENT, **env.headers(signal), "content-type": PROTOBUF}
+    headers.pop("content-encoding", None)
+    if compression != "none":
+        headers["content-encoding"] = compression
+    tls = env.tls(signal) if url.lower().startswith("https://") else None
+    return _HttpRoute(url, headers, compression, env.timeout(signal), tls)
+
+
+def _compress(body: bytes, compression: str) -> bytes:
+    if compression == "gzip":
+        return gzip.compress(body, compresslevel=6, mtime=0)
+    if compression == "deflate":
+        return zlib.compress(body)  # zlib-wrapped, as HTTP "deflate" means and the SDK sends
+    return body
+
+
+def _ssl_context(tls: _Tls) -> ssl.SSLContext:
+    try:
+        if tls.ca_file:
+            context = ssl.create_default_context(cafile=tls.ca_file)
+        else:
+            context = httpx.create_ssl_context()
+        if tls.client_certificate:
+            context.load_cert_chain(tls.client_certificate, tls.client_key or None)
+        elif tls.client_key:
+            raise _ConfigError("CLIENT_KEY is set without CLIENT_CERTIFICATE")
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise _ConfigError(f"cannot load the TLS files: {type(exc).__name__}: {_short(str(exc))}") from exc
+    return context
+
+
+class _HttpSender:
+    """One ``httpx.Client`` per distinct TLS configuration (normally exactly one), created on
+    first use and reused, so connections are kept alive across requests."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: dict[_Tls | None, httpx.Client] = {}
+        self._closed = False
+
+    def _client(self, tls: _Tls | None) -> httpx.Client:
+        with self._lock:
+            if self._closed:
+                raise _ConfigError("transport closed", "closed")
+            client = self._clients.get(tls)
+            if client is None:
+                verify: ssl.SSLContext | bool = True if tls is None else _ssl_context(tls)
+                client = httpx.Client(verify=verify, follow_redirects=False, http2=False)
+                self._clients[tls] = client
+            return client
+
+    def send(self, route: _HttpRoute, signal: Signal, body: bytes) -> SendResult:
+        try:
+            client = self._client(route.tls)
+        except _ConfigError as exc:
+            return SendResult("retry", exc.status, str(exc))
+        data = _compress(body, route.compression)
+        timeout = httpx.Timeout(route.timeout)
+        # A pooled keep-alive connection the server has just closed fails before any answer:
+        # try once more at once (as the SDK does) instead of waiting for the caller's backoff.
+        return self._attempt(client, route, signal, data, timeout, 2)
+
+    def _attempt(
+        self,
+        client: httpx.Client,
+        route: _HttpRoute,
+        signal: Signal,
+        data: bytes,
+        timeout: httpx.Timeout,
+        attempts: int,
+    ) -> SendResult:
+        try:
+            return self._post(client, route, signal, data, timeout)
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            if attempts > 1:
+                return self._attempt(client, route, signal, data, timeout, attempts - 1)
+            return SendResult("retry", "connection error", _exception_text(exc))
+        except httpx.TimeoutException as exc:
+            return SendResult("retry", "timeout", _exception_text(exc))
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            return SendResult("retry", "config error", f"bad endpoint: {_exception_text(exc)}")
+        except httpx.TransportError as exc:
+            return SendResult("retry", "connection error", _exception_text(exc))
+
+    def _post(
+        self, client: httpx.Client, route: _HttpRoute, signal: Signal, data: bytes, timeout: httpx.Timeout
+    ) -> SendResult:
+        request = client.build_request(
+            "POST", route.url, content=data, headers=route.headers, timeout=timeout
+        )
+        response = client.send(request, stream=True)
+        try:
+            answer = _read_capped(response)
+        finally:
+            response.close()
+        code = response.status_code
+        status = str(code)
+        if 200 <= code < 300:
+            return _ok(status, signal, answer)
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        outcome: Outcome = "retry" if code in _RETRY_HTTP or 500 <= code < 600 else "reject"
+        reason = response.reason_phrase or ""
+        text = _error_text(answer, response.headers.get("content-type", ""))
+        if 300 <= code < 400:
+            text = text or "redirect not followed: point the endpoint at the final URL"
+        message = " ".join(part for part in (status, reason) if part)
+        if text:
+            message += f": {text}"
+        return SendResult(outcome, status, message, retry_after)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            with contextlib.suppress(Exception):  # closing is best effort
+                client.close()
+
+
+def _read_capped(response: httpx.Response) -> bytes:
+    """The (decoded) response body, at most ``_MAX_RESPONSE_BYTES``; ``b""`` if it cannot be read
+    (the status line is what matters, and it has arrived)."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= _MAX_RESPONSE_BYTES:
+                break
+    except (httpx.HTTPError, httpx.StreamError, OSError, zlib.error):
+        return b""
+    return b"".join(chunks)[:_MAX_RESPONSE_BYTES]
+
+
+def _exception_text(exc: BaseException) -> str:
+    text = _short(str(exc))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# --- OTLP/gRPC ----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _GrpcRoute:
+    endpoint: str  # as configured, for display
+    target: str  # host:port
+    insecure: bool
+    tls: _Tls
+    metadata: tuple[tuple[str, str | bytes], ...]
+    compression: Literal["gzip", "deflate", "none"]
+    timeout: float
+
+
+def _grpc_route(env: _Env, signal: Signal) -> _GrpcRoute:
+    endpoint = env.setting(signal, "ENDPOINT") or DEFAULT_GRPC_ENDPOINT
+    if "://" in endpoint:
+        parts = urlsplit(endpoint)
+        scheme, target = parts.scheme.lower(), parts.netloc.rsplit("@", 1)[-1]
+    else:
+        scheme, target = "", endpoint.rstrip("/")
+    # The specification: the scheme decides; OTEL_EXPORTER_OTLP[_SIGNAL]_INSECURE only
+    # applies to an endpoint without one (and then defaults to a secure channel).
+    if scheme == "https":
+        insecure = False
+    elif scheme == "http":
+        insecure = True
+    else:
+        insecure = (env.setting(signal, "INSECURE") or "false").lower() == "true"
+    # gRPC wants bytes for "-bin" keys (it base64-encodes them on the wire itself).
+    metadata = tuple(
+        (key, value.encode() if key.endswith("-bin") else value)
+        for key, value in ((k.lower(), v) for k, v in env.headers(signal).items())
+    )
+    return _GrpcRoute(
+        endpoint,
+        target,
+        insecure,
+        env.tls(signal),
+        metadata,
+        env.compression(signal),
+        env.timeout(signal),
+    )
+
+
+_GRPC_COMPRESSION: Final[Mapping[str, Any]] = {
+    "gzip": grpc.Compression.Gzip,
+    "deflate": grpc.Compression.Deflate,
+    "none": grpc.Compression.NoCompression,
+}
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def _read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise _ConfigError(f"cannot read a TLS file: {type(exc).__name__}: {exc.strerror or exc}") from exc
+
+
+def _grpc_retry_delay(trailing: Any) -> float | None:
+    """RetryInfo.retry_delay from the trailing metadata: a google.rpc.Status in
+    ``grpc-status-details-bin`` (the gRPC convention, what the Collector sends) or a bare
+    RetryInfo in ``google.rpc.retryinfo-bin`` (what the Python SDK reads)."""
+    for key, value in trailing or ():
+        if not isinstance(value, bytes):
+            continue
+        try:
+            if key == _GRPC_STATUS_DETAILS:
+                for detail in RpcStatus.FromString(value).details:
+                    if detail.Is(RetryInfo.DESCRIPTOR):
+                        info = RetryInfo()
+                        detail.Unpack(info)
+                        return _duration(info)
+            elif key == _GRPC_RETRY_INFO:
+                return _duration(RetryInfo.FromString(value))
+        except (DecodeError, ValueError, RuntimeError, TypeError):
+            continue
+    return None
+
+
+def _duration(info: Any) -> float | None:
+    if not info.HasField("retry_delay"):
+        return None
+    seconds = float(info.retry_delay.seconds) + float(info.retry_delay.nanos) / 1e9
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+class _GrpcSender:
+    """One channel per (target, security) reused by both signals; closed by :meth:`close`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._channels: dict[tuple[str, bool, _Tls], Any] = {}
+        self._calls: dict[tuple[str, bool, _Tls, str], Callable[..., Any]] = {}
+        self._closed = False
+
+    def _call(self, route: _GrpcRoute, signal: Signal) -> Callable[..., Any]:
+        method = GRPC_METHODS[signal]
+        key = (route.target, route.insecure, route.tls if not route.insecure else _Tls())
+        with self._lock:
+            if self._closed:
+                raise _ConfigError("transport closed", "closed")
+            call = self._calls.get((*key, method))
+            if call is not None:
+                return call
+            channel = self._channels.get(key)
+            if channel is None:
+                channel = self._channel(route)
+                self._channels[key] = channel
+            # The spooled bytes go out as they are: identity serializer, the answer parsed here.
+            new_call: Callable[..., Any] = channel.unary_unary(
+                method, request_serializer=_identity, response_deserializer=_identity
+            )
+            self._calls[(*key, method)] = new_call
+            return new_call
+
+    @staticmethod
+    def _channel(route: _GrpcRoute) -> Any:
+        options = [
+            ("grpc.primary_user_agent", USER_AGENT),
+            # A channel in reconnect backoff fails calls at once: keep that backoff short so
+            # the caller's own retry finds a recovered backend soon.
+            ("grpc.max_reconnect_backoff_ms", 5000),
+        ]
+        if route.insecure:
+            return grpc.insecure_channel(route.target, options=options)
+        tls = route.tls
+        if tls.client_key and not tls.client_certificate:
+            raise _ConfigError("CLIENT_KEY is set without CLIENT_CERTIFICATE")
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read_file(tls.ca_file) if tls.ca_file else None,
+            private_key=_read_file(tls.client_key) if tls.client_key else None,
+            certificate_chain=_read_file(tls.client_certificate) if tls.client_certificate else None,
+        )
+        return grpc.secure_channel(route.target, credentials, options=options)
+
+    def send(self, route: _GrpcRoute, signal: Signal, body: bytes) -> SendResult:
+        try:
+            call = self._call(route, signal)
+        except _ConfigError as exc:
+            return SendResult("retry", exc.status, str(exc))
+        try:
+            answer: bytes = call(
+                body,
+                timeout=route.timeout,
+                metadata=route.metadata,
+                compression=_GRPC_COMPRESSION[route.compression],
+            )
+        except grpc.RpcError as error:
+            return self._classify(error)
+        return _ok("grpc OK", signal, answer if isinstance(answer, bytes) else b"")
+
+    @staticmethod
+    def _classify(error: Any) -> SendResult:
+        code = error.code() if callable(getattr(error, "code", None)) else None
+        name = getattr(code, "name", "UNKNOWN")
+        details = error.details() if callable(getattr(error, "details", None)) else None
+        trailing = error.trailing_metadata() if callable(getattr(error, "trailing_metadata", None)) else None
+        retry_after = _grpc_retry_delay(trailing)
+        # RESOURCE_EXHAUSTED is retryable only when the server says it can recover, by sending
+        # RetryInfo (OTLP specification); without it (e.g. a message over the size limit) it
+        # would be retried forever.
+        retryable = code in _RETRY_GRPC or (
+            code == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after is not None
+        )
+        status = f"grpc {name}"
+        message = status + (f": {_short(str(details))}" if details else "")
+        return SendResult("retry" if retryable else "reject", status, message, retry_after)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            channels, self._channels = list(self._channels.values()), {}
+            self._calls.clear()
+        for channel in channels:
+            with contextlib.suppress(Exception):  # closing is best effort
+                channel.close()
+
+
+# --- the transport --------------------------------------------------------------------------
+class OtlpTransport:
+    """OTLP over HTTP/protobuf or gRPC, chosen per signal. Thread-safe."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        env = _Env(os.environ if environ is None else environ)
+        self._routes: dict[Signal, _HttpRoute | _GrpcRoute] = {}
+        signals: tuple[Signal, ...] = ("traces", "metrics")
+        for signal in signals:
+            grpc_route = env.protocol(signal) == "grpc"
+            self._routes[signal] = _grpc_route(env, signal) if grpc_route else _http_route(env, signal)
+        self._http = _HttpSender()
+        self._grpc = _GrpcSender()
+
+    def protocol(self, signal: Signal) -> Literal["http/protobuf", "grpc"]:
+        return "grpc" if isinstance(self._routes[signal], _GrpcRoute) else "http/protobuf"
+
+    def endpoint(self, signal: Signal) -> str:
+        route = self._routes[signal]
+        if isinstance(route, _GrpcRoute):
+            return _display_url(route.endpoint) if "://" in route.endpoint else route.endpoint
+        return _display_url(route.url)
+
+    def send(self, signal: Signal, body: bytes) -> SendResult:
+        try:
+            route = self._routes[signal]
+            if isinstance(route, _GrpcRoute):
+                return self._grpc.send(route, signal, bytes(body))
+            return self._http.send(route, signal, bytes(body))
+        except Exception as exc:  # the contract: never raise; keep the request
+            return SendResult("retry", "error", f"unexpected {_exception_text(exc)}")
+
+    def close(self) -> None:
+        self._http.close()
+        self._grpc.close()
+
+
+def transport_from_env(environ: Mapping[str, str] | None = None) -> Transport:
+    """The OTLP transport the ``OTEL_EXPORTER_OTLP_*`` variables describe (``os.environ`` by
+    default): per signal, HTTP/protobuf (default) or gRPC by ``..._PROTOCOL``."""
+    return OtlpTransport(environ)
+
+
+# --- console and discard ----------------------------------------------------------------------
+def _json_value(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return [_json_value(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return _json_attributes(value.kvlist_value.values)
+    if kind == "bytes_value":
+        return value.bytes_value.hex()
+    return getattr(value, kind)
+
+
+def _json_attributes(kvs: Iterable[KeyValue]) -> dict[str, Any]:
+    return {kv.key: _json_value(kv.value) for kv in kvs}
+
+
+def _span_lines(body: bytes) -> list[dict[str, Any]]:
+    request = ExportTraceServiceRequest.FromString(body)
+    lines: list[dict[str, Any]] = []
+    for resource_spans in request.resource_spans:
+        service = _json_attributes(resource_spans.resource.attributes).get("service.name")
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                lines.append(
+                    {
+                        "signal": "traces",
+                        "service": service,
+                        "trace_id": span.trace_id.hex(),
+                        "span_id": span.span_id.hex(),
+                        "parent_span_id": span.parent_span_id.hex() or None,
+                        "name": span.name,
+                        "start_ns": span.start_time_unix_nano,
+                        "end_ns": span.end_time_unix_nano,
+                        "attributes": _json_attributes(span.attributes),
+                        "events": len(span.events),
+                    }
+                )
+    return lines
+
+
+def _metric_lines(body: bytes) -> list[dict[str, Any]]:
+    request = ExportMetricsServiceRequest.FromString(body)
+    lines: list[dict[str, Any]] = []
+    for resource_metrics in request.resource_metrics:
+        service = _json_attributes(resource_metrics.resource.attributes).get("service.name")
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                kind = metric.WhichOneof("data")
+                head: dict[str, Any] = {
+                    "signal": "metrics",
+                    "service": service,
+                    "name": metric.name,
+                    "type": kind,
+                    "unit": metric.unit,
+                }
+                if kind in ("gauge", "sum"):
+                    data = metric.gauge if kind == "gauge" else metric.sum
+                    for number in data.data_points:
+                        value_kind = number.WhichOneof("value")
+                        value = getattr(number, value_kind) if value_kind else None
+                        lines.append(
+                            {**head, "value": value, "attributes": _json_attributes(number.attributes)}
+                        )
+                elif kind in ("histogram", "exponential_histogram", "summary"):
+                    points: Any = getattr(metric, kind).data_points
+                    for point in points:
+                        lines.append(
+                            {
+                                **head,
+                                "count": int(point.count),
+                                "sum": float(point.sum),
+                                "attributes": _json_attributes(point.attributes),
+                            }
+                        )
+    return lines
+
+
+class ConsoleTransport:
+    """Writes one JSON line per span or metric data point to ``stream`` (stdout by default)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def endpoint(self, signal: Signal) -> str:
+        return "console"
+
+    def send(self, signal: Signal, body: bytes) -> SendResult:
+        try:
+            lines = _span_lines(body) if signal == "traces" else _metric_lines(body)
+        except (DecodeError, ValueError, RuntimeError) as exc:
+            return SendResult(
+                "reject", "decode error", f"not an OTLP {signal} request: {_exception_text(exc)}"
+            )
+        try:
+            text = "".join(json.dumps(line, ensure_ascii=False, default=str) + "\n" for line in lines)
+            stream = self._stream if self._stream is not None else sys.stdout
+            with self._lock:
+                stream.write(text)
+                stream.flush()
+        except Exception as exc:  # never raise: e.g. a closed pipe
+            return SendResult("retry", "error", f"cannot write: {_exception_text(exc)}")
+        return SendResult("ok", "console", f"{len(lines)} {'spans' if signal == 'traces' else 'points'}")
+
+    def close(self) -> None:
+        """The stream is not ours: it is flushed, not closed."""
+        stream = self._stream if self._stream is not None else sys.stdout
+        with contextlib.suppress(Exception), self._lock:
+            stream.flush()
+
+
+class DiscardTransport:
+    """Accepts and drops everything (``OTELBRIDGE_EXPORTER=none``)."""
+
+    def endpoint(self, signal: Signal) -> str:
+        return "discard"
+
+    def send(self, signal: Signal, body: bytes) -> SendResult:
+        return SendResult("ok", "discarded", f"{len(body)} bytes dropped")
+
+    def close(self) -> None:
+        return None

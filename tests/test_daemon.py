@@ -1,0 +1,295 @@
+"""The daemon in-process: real uvicorn on loopback, real SQLite files, a real OTLP receiver.
+
+(The subprocess tests — kill -9, SIGTERM, startup failures — are in tests/test_serve.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import httpx
+import pytest
+
+from otelbridge.cartesia.webhooks import parse_webhook_event
+from otelbridge.daemon import Daemon, Endpoints
+from otelbridge.ingest.assembly import CallAssembler
+from otelbridge.mapping import conventions as c
+from otelbridge.mapping import map_call
+from otelbridge.settings import Settings, load_settings
+from tests.support.otlp_receiver import HttpOtlpReceiver
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "cartesia" / "samples" / "webhooks.jsonl"
+SECRET = "test-secret-0123"
+
+
+def _events() -> list[dict[str, Any]]:
+    return [json.loads(line) for line in SAMPLES.read_text().splitlines() if line.strip()]
+
+
+def _expected(events: list[dict[str, Any]]) -> set[bytes]:
+    assembler = CallAssembler()
+    for event in events:
+        assembler.add(parse_webhook_event(event))
+    return {
+        s.span_id.to_bytes(8, "big")
+        for built in assembler.calls()
+        for s in map_call(built.call, fallback_end_ns=built.fallback_end_ns).spans
+    }
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith(("OTELBRIDGE_", "OTEL_")) or name.upper().endswith("_PROXY"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "200")
+
+
+def _settings(state_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "state_dir": state_dir,
+        "listen_port": 0,
+        "admin_port": 0,
+        "webhook_secret": SECRET,
+        "retry_initial_backoff": 0.05,
+        "retry_max_backoff": 0.2,
+        "shutdown_timeout": 5.0,
+        "service_instance_id": "test-instance",
+    }
+    values.update(overrides)
+    return load_settings(None, **values)
+
+
+class Running:
+    def __init__(
+        self, daemon: Daemon, endpoints: Endpoints, portal: anyio.from_thread.BlockingPortal
+    ) -> None:
+        self.daemon, self.endpoints, self.portal = daemon, endpoints, portal
+        self.client = httpx.Client(timeout=10)
+
+    def post(self, event: dict[str, Any] | bytes, **headers: str) -> httpx.Response:
+        body = event if isinstance(event, bytes) else json.dumps(event).encode()
+        sent = {"content-type": "application/json", "x-webhook-secret": SECRET} | headers
+        return self.client.post(self.endpoints.webhook_url, content=body, headers=sent)
+
+    def admin(self, path: str) -> httpx.Response:
+        return self.client.get(self.endpoints.admin_url + path)
+
+
+@contextmanager
+def running(settings: Settings) -> Iterator[Running]:
+    with anyio.from_thread.start_blocking_portal() as portal:
+        daemon = Daemon(settings, settings.webhook_secrets())
+        future, endpoints = portal.start_task(daemon.run)
+        run = Running(daemon, endpoints, portal)
+        try:
+            yield run
+        finally:
+            run.client.close()
+            if not future.done():
+                portal.call(daemon.request_stop)
+            future.result(timeout=30)
+
+
+def _post_all(run: Running, events: list[dict[str, Any]], workers: int = 8) -> list[int]:
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda e: run.post(e).status_code, events))
+
+
+def _exactly_once(receiver: HttpOtlpReceiver, expected: set[bytes]) -> None:
+    counts = Counter(s.span_id for s in receiver.spans())
+    assert {k.hex(): n for k, n in counts.items() if n > 1} == {}
+    assert set(counts) == expected
+
+
+def test_concurrent_interleaved_calls_arrive_once_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = _events()
+    expected = _expected(events)
+    with HttpOtlpReceiver() as receiver:
+        for key, value in receiver.env().items():
+            monkeypatch.setenv(key, value)
+        with running(_settings(tmp_path / "state")) as run:
+            assert set(_post_all(run, events)) == {200}
+            assert receiver.wait_until(
+                lambda: len({s.span_id for s in receiver.spans()}) >= len(expected), 15
+            )
+            # metrics: TTFB histograms with exemplars pointing at turn spans
+            assert receiver.wait_until(lambda: c.METRIC_TTS_TTFB in receiver.metric_names(), 10)
+        _exactly_once(receiver, expected)
+        turn_ids = {
+            s.span_id for s in receiver.spans() if s.name in (c.SPAN_USER_TURN, c.SPAN_ASSISTANT_TURN)
+        }
+        exemplar_ids = {
+            e.span_id
+            for m in receiver.metrics_by_name()[c.METRIC_TTS_TTFB]
+            for p in m.histogram.data_points
+            for e in p.exemplars
+        }
+        assert exemplar_ids and exemplar_ids <= turn_ids
+        # resource and self-metrics over OTLP
+        assert receiver.trace_resources()[0]["service.instance.id"] == "test-instance"
+        assert c.SELF_WEBHOOKS in receiver.metric_names()
+
+
+def test_backend_outage_then_recovery_loses_and_doubles_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = _events()
+    expected = _expected(events)
+    with HttpOtlpReceiver() as receiver:
+        for key, value in receiver.env().items():
+            monkeypatch.setenv(key, value)
+        receiver.fail_next(8, status=503, retry_after_s=0)
+        with running(_settings(tmp_path / "state")) as run:
+            assert set(_post_all(run, events)) == {200}
+            assert receiver.wait_until(
+                lambda: len({s.span_id for s in receiver.spans()}) >= len(expected), 20
+            )
+            metrics = run.admin("/metrics").text
+        _exactly_once(receiver, expected)
+        assert receiver.pending_answers == 0
+        assert "otelbridge_export_attempts_total{" in metrics and 'outcome="retry"' in metrics
+
+
+def test_restart_during_an_outage_sends_the_spool_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = _events()
+    expected = _expected(events)
+    with HttpOtlpReceiver() as receiver:
+        for key, value in receiver.env().items():
+            monkeypatch.setenv(key, value)
+        receiver.fail_next(10_000, status=503, retry_after_s=0)
+        with running(_settings(tmp_path / "state", shutdown_timeout=0.5)) as run:
+            assert set(_post_all(run, events)) == {200}
+            time.sleep(0.5)
+            ready = run.admin("/readyz").json()
+            assert ready["status"] == "ready"  # an outage alone: webhooks are still stored
+            assert ready["checks"]["delivery"]["traces"]["failures"] >= 1
+        assert receiver.span_ids() == set()
+        receiver.clear_answers()  # the backend recovers
+        with running(_settings(tmp_path / "state")):
+            assert receiver.wait_until(
+                lambda: len({s.span_id for s in receiver.spans()}) >= len(expected), 20
+            )
+        _exactly_once(receiver, expected)
+
+
+def test_rejected_requests_go_to_dead_letters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    events = _events()
+    with HttpOtlpReceiver() as receiver:
+        for key, value in receiver.env().items():
+            monkeypatch.setenv(key, value)
+        receiver.reject_next(400, "bad span", path="/v1/traces")
+        with running(_settings(tmp_path / "state")) as run:
+            first = next(e for e in events if e["type"] == "call_started")
+            turn = next(e for e in events if e["type"] == "call_turn" and e["call_id"] == first["call_id"])
+            assert run.post(first).status_code == 200
+            assert run.post(turn).status_code == 200
+            assert receiver.wait_until(lambda: receiver.pending_answers == 0, 10)
+            time.sleep(0.3)
+            with run.daemon.state.reading() as conn:
+                dead = conn.execute("SELECT status, reason FROM dead_letters").fetchall()
+            assert dead and dead[0][0] == "400" and "bad span" in dead[0][1]
+            deadline = time.monotonic() + 5
+            while "otelbridge_export_dead_letters_total" not in (text := run.admin("/metrics").text):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            assert "otelbridge_export_dead_letters_total{" in text
+            assert run.admin("/readyz").status_code == 200
+
+
+def test_partial_success_is_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    events = _events()
+    with HttpOtlpReceiver() as receiver:
+        for key, value in receiver.env().items():
+            monkeypatch.setenv(key, value)
+        receiver.partial_success_next(1, "span too old", path="/v1/traces")
+        with running(_settings(tmp_path / "state")) as run:
+            first = next(e for e in events if e["type"] == "call_started")
+            turn = next(e for e in events if e["type"] == "call_turn" and e["call_id"] == first["call_id"])
+            run.post(first)
+            run.post(turn)
+            deadline = time.monotonic() + 5
+            while "otelbridge_export_rejected_total" not in (text := run.admin("/metrics").text):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            assert "otelbridge_export_rejected_total{" in text
+
+
+def test_admin_endpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    events = _events()
+    with HttpOtlpReceiver() as receiver:
+        for key, value in receiver.env().items():
+            monkeypatch.setenv(key, value)
+        with running(_settings(tmp_path / "state")) as run:
+            assert run.admin("/healthz").json() == {"status": "ok"}
+            ready = run.admin("/readyz")
+            assert ready.status_code == 200 and ready.json()["status"] == "ready"
+            _post_all(run, events[:60])
+            assert run.post(events[0], **{"x-webhook-secret": "wrong"}).status_code == 401
+            assert run.post({"type": "call_transferred", "call_id": "x", "agent_id": "a"}).json()[
+                "status"
+            ] == ("ignored")
+            deadline = time.monotonic() + 5
+            while "cartesia_tts_ttfb_seconds_bucket" not in (text := run.admin("/metrics").text):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            assert "otelbridge_webhooks_total{" in text
+            assert 'outcome="unauthorized"' in text and 'outcome="ignored"' in text
+            assert "otelbridge_spool_depth" in text
+            assert run.admin("/nope").status_code == 404
+            assert run.client.post(run.endpoints.admin_url + "/metrics").status_code == 405
+
+
+def test_graceful_stop_drains_everything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    events = _events()
+    expected = _expected(events)
+    with HttpOtlpReceiver() as receiver:
+        for key, value in receiver.env().items():
+            monkeypatch.setenv(key, value)
+        with running(_settings(tmp_path / "state")) as run:
+            assert set(_post_all(run, events)) == {200}
+        # the context exit stopped the daemon: everything already at the receiver
+        _exactly_once(receiver, expected)
+        assert c.METRIC_TURNS in receiver.metric_names()
+
+
+def test_metric_points_are_exported_once_across_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Delta temporality: the sum of cartesia.turns over every export equals the turns sent."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "delta")
+    events = _events()
+    assembler = CallAssembler()
+    for event in events:
+        assembler.add(parse_webhook_event(event))
+    turns = sum(
+        int(p.value)
+        for built in assembler.calls()
+        for p in map_call(built.call, fallback_end_ns=built.fallback_end_ns).points
+        if p.instrument == c.METRIC_TURNS
+    )
+    with HttpOtlpReceiver() as receiver:
+        for key, value in receiver.env().items():
+            monkeypatch.setenv(key, value)
+        with running(_settings(tmp_path / "state")) as run:
+            _post_all(run, events[:80])
+        with running(_settings(tmp_path / "state")) as run:
+            _post_all(run, events[80:])
+        total = sum(
+            p.as_int for m in receiver.metrics_by_name().get(c.METRIC_TURNS, []) for p in m.sum.data_points
+        )
+        assert total == turns
