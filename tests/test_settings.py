@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from otelbridge.mapping.policy import TextPolicy
@@ -68,3 +70,62 @@ def test_every_setting_is_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for field in Settings.model_fields:
         assert f"OTELBRIDGE_{field.upper()}" in readme, field
+
+
+def test_config_file_values_and_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "otelbridge.toml"
+    config.write_text('listen_port = 9000\nadmin_port = 9001\nlog_format = "json"\n')
+    monkeypatch.setenv("OTELBRIDGE_ADMIN_PORT", "9500")
+    s = load_settings(config)
+    assert (s.listen_port, s.admin_port, s.log_format) == (9000, 9500, "json")  # env wins over the file
+    assert load_settings(config, listen_port=1234).listen_port == 1234  # flags win over both
+
+
+def test_config_file_problems_are_listed_with_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "otelbridge.toml"
+    config.write_text('[otelbridge]\nlisten_prot = 9000\nadmin_port = "x"\n')
+    monkeypatch.setenv("OTELBRIDGE_LOG_LEVEL", "loud")
+    with pytest.raises(SettingsError) as info:
+        load_settings(config)
+    text = "\n".join(info.value.problems)
+    assert "'listen_prot' is not an otelbridge setting" in text and "did you mean listen_port?" in text
+    assert "OTELBRIDGE_ADMIN_PORT (config key 'admin_port')='x'" in text
+    assert "OTELBRIDGE_LOG_LEVEL='loud'" in text
+
+
+def test_config_file_unreadable_or_not_toml(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="cannot read the file"):
+        load_settings(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("listen_port = = 1\n")
+    with pytest.raises(SettingsError, match="not valid TOML"):
+        load_settings(bad)
+
+
+def test_webhook_secrets_from_variable_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTELBRIDGE_WEBHOOK_SECRET", " new-secret , old-secret ")
+    assert load_settings().webhook_secrets() == [b"new-secret", b"old-secret"]
+    monkeypatch.delenv("OTELBRIDGE_WEBHOOK_SECRET")
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-file\n")
+    monkeypatch.setenv("OTELBRIDGE_WEBHOOK_SECRET_FILE", str(secret_file))
+    assert load_settings().webhook_secrets() == [b"from-file"]
+    secret_file.write_text("\n")
+    with pytest.raises(SettingsError, match="holds no secret"):
+        load_settings().webhook_secrets()
+    monkeypatch.setenv("OTELBRIDGE_WEBHOOK_SECRET_FILE", str(tmp_path / "nope"))
+    with pytest.raises(SettingsError, match="cannot read the file"):
+        load_settings().webhook_secrets()
+
+
+def test_secret_never_shown_and_both_sources_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTELBRIDGE_WEBHOOK_SECRET", "hunter2-secret")
+    monkeypatch.setenv("OTELBRIDGE_WEBHOOK_SECRET_FILE", "/run/secrets/x")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "set only one of them" in str(info.value)
+    assert "hunter2-secret" not in str(info.value)
+    monkeypatch.delenv("OTELBRIDGE_WEBHOOK_SECRET_FILE")
+    assert "hunter2-secret" not in repr(load_settings())

@@ -1,0 +1,156 @@
+"""The sender loop against scripted transport answers, on a real spool."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from otelbridge.delivery.sender import Sender
+from otelbridge.delivery.spool import Signal, Spool
+from otelbridge.delivery.telemetry import Gauges, SelfMetrics
+from otelbridge.delivery.transport import SendResult
+from otelbridge.store import Database, open_state
+
+
+class ScriptedTransport:
+    """Answers from a script (then ok), recording what it was sent and when."""
+
+    def __init__(self, *answers: SendResult) -> None:
+        self.answers = list(answers)
+        self.sent: list[tuple[Signal, bytes, float]] = []
+        self.lock = threading.Lock()
+
+    def send(self, signal: Signal, body: bytes) -> SendResult:
+        with self.lock:
+            self.sent.append((signal, body, time.monotonic()))
+            return self.answers.pop(0) if self.answers else SendResult("ok", "200", "")
+
+    def endpoint(self, signal: Signal) -> str:
+        return f"scripted/{signal}"
+
+    def close(self) -> None:
+        pass
+
+
+def _sender(db: Database, transport: ScriptedTransport, reader: InMemoryMetricReader) -> Sender:
+    provider = MeterProvider(metric_readers=[reader])
+    return Sender(
+        db,
+        Spool(max_bytes=1 << 20, max_age_ns=1 << 62),
+        transport,
+        SelfMetrics(provider, Gauges()),
+        initial_backoff_s=0.05,
+        max_backoff_s=0.2,
+        rng=random.Random(7),
+    )
+
+
+def _fill(db: Database, *bodies: bytes) -> None:
+    spool = Spool(max_bytes=1 << 20, max_age_ns=1 << 62)
+    with db.transaction() as conn:
+        for body in bodies:
+            spool.add(conn, "traces", body, 1, 0)
+
+
+def _counter(reader: InMemoryMetricReader, name: str) -> dict[tuple[tuple[str, object], ...], float]:
+    data = reader.get_metrics_data()
+    out: dict[tuple[tuple[str, object], ...], float] = {}
+    if data is None:
+        return out
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == name:
+                    for point in metric.data.data_points:
+                        out[tuple(sorted((point.attributes or {}).items()))] = point.value  # type: ignore[union-attr]
+    return out
+
+
+def _run_until(sender: Sender, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sender.run, "traces")
+            with anyio.fail_after(timeout):
+                while not condition():
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+
+
+def _depth(db: Database) -> int:
+    with db.reading() as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM spool").fetchone()[0])
+
+
+def test_retries_in_order_then_delivers_everything_once(tmp_path: Path) -> None:
+    db = open_state(tmp_path)
+    _fill(db, b"1", b"2", b"3")
+    transport = ScriptedTransport(
+        SendResult("retry", "503", "busy", retry_after=0.0),
+        SendResult("retry", "connection error", "refused"),
+    )
+    reader = InMemoryMetricReader()
+    sender = _sender(db, transport, reader)
+    _run_until(sender, lambda: _depth(db) == 0)
+    bodies = [b for _, b, _ in transport.sent]
+    assert bodies == [b"1", b"1", b"1", b"2", b"3"]  # the failed request is retried first; order kept
+    attempts = _counter(reader, "otelbridge.export.attempts")
+    assert attempts[(("outcome", "retry"), ("signal", "traces"))] == 2
+    assert attempts[(("outcome", "ok"), ("signal", "traces"))] == 3
+    db.close()
+
+
+def test_retry_after_is_honoured(tmp_path: Path) -> None:
+    db = open_state(tmp_path)
+    _fill(db, b"1")
+    transport = ScriptedTransport(SendResult("retry", "429", "slow down", retry_after=0.6))
+    sender = _sender(db, transport, InMemoryMetricReader())
+    _run_until(sender, lambda: _depth(db) == 0)
+    (_, _, first), (_, _, second) = transport.sent
+    assert second - first >= 0.55
+    db.close()
+
+
+def test_reject_moves_to_dead_letters_and_goes_on(tmp_path: Path) -> None:
+    db = open_state(tmp_path)
+    _fill(db, b"bad", b"good")
+    transport = ScriptedTransport(SendResult("reject", "400", "invalid span"))
+    reader = InMemoryMetricReader()
+    sender = _sender(db, transport, reader)
+    _run_until(sender, lambda: _depth(db) == 0)
+    assert [b for _, b, _ in transport.sent] == [b"bad", b"good"]
+    with db.reading() as conn:
+        assert conn.execute("SELECT body, status FROM dead_letters").fetchall() == [(b"bad", "400")]
+    assert _counter(reader, "otelbridge.export.dead_letters") == {(("signal", "traces"),): 1}
+    db.close()
+
+
+def test_partial_success_is_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db = open_state(tmp_path)
+    _fill(db, b"1")
+    transport = ScriptedTransport(SendResult("ok", "200", "", rejected=3, partial_message="too old"))
+    reader = InMemoryMetricReader()
+    sender = _sender(db, transport, reader)
+    _run_until(sender, lambda: _depth(db) == 0)
+    assert _counter(reader, "otelbridge.export.rejected") == {(("signal", "traces"),): 3}
+    assert "rejected 3 of 1" in caplog.text and "too old" in caplog.text
+    db.close()
+
+
+def test_backoff_grows_with_jitter_and_is_capped(tmp_path: Path) -> None:
+    db = open_state(tmp_path)
+    sender = _sender(db, ScriptedTransport(), InMemoryMetricReader())
+    delays = [sender.backoff(n) for n in range(1, 8)]
+    assert 0.025 <= delays[0] <= 0.05
+    assert 0.05 <= delays[1] <= 0.1
+    assert all(0.1 <= d <= 0.2 for d in delays[3:])  # capped at retry_max_backoff
+    db.close()

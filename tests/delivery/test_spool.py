@@ -1,0 +1,87 @@
+"""The spool on a real SQLite file: order, caps (counted), dead letters, superseded metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from otelbridge.delivery.spool import Spool
+from otelbridge.store import open_state
+
+S = 1_000_000_000
+
+
+def test_oldest_first_per_signal_and_delete(tmp_path: Path) -> None:
+    db = open_state(tmp_path)
+    spool = Spool(max_bytes=1 << 20, max_age_ns=3600 * S)
+    with db.transaction() as conn:
+        a = spool.add(conn, "traces", b"a", 1, 10, call_ends=[5])
+        spool.add(conn, "metrics", b"m", 2, 11)
+        spool.add(conn, "traces", b"b", 1, 12)
+    with db.transaction() as conn:
+        first = spool.next_due(conn, "traces")
+        assert first is not None and (first.id, first.body, first.call_ends) == (a, b"a", [5])
+        spool.delete(conn, a)
+        second = spool.next_due(conn, "traces")
+        assert second is not None and second.body == b"b"
+        stats = spool.stats(conn)
+    assert stats.depth == {"traces": 1, "metrics": 1} and stats.bytes == 2 and stats.oldest_ns == 11
+    db.close()
+
+
+def test_size_cap_drops_the_oldest_and_counts(tmp_path: Path) -> None:
+    db = open_state(tmp_path)
+    spool = Spool(max_bytes=250, max_age_ns=3600 * S)
+    with db.transaction() as conn:
+        for i in range(5):
+            spool.add(conn, "traces", bytes(100), 3, i)
+        dropped = spool.enforce_caps(conn, 10)
+        left = spool.stats(conn)
+    assert dropped.by == {("traces", "size"): [3, 9]}
+    assert left.depth["traces"] == 2 and left.bytes == 200 and left.oldest_ns == 3
+    db.close()
+
+
+def test_age_cap_drops_old_requests(tmp_path: Path) -> None:
+    db = open_state(tmp_path)
+    spool = Spool(max_bytes=1 << 20, max_age_ns=60 * S)
+    with db.transaction() as conn:
+        spool.add(conn, "metrics", b"old", 4, 0)
+        spool.add(conn, "traces", b"new", 1, 100 * S)
+        dropped = spool.enforce_caps(conn, 100 * S)
+        assert dropped.by == {("metrics", "age"): [1, 4]}
+        assert spool.stats(conn).depth == {"traces": 1, "metrics": 0}
+    db.close()
+
+
+def test_dead_letter_keeps_the_request_and_the_reason(tmp_path: Path) -> None:
+    db = open_state(tmp_path)
+    spool = Spool(max_bytes=1 << 20, max_age_ns=3600 * S)
+    with db.transaction() as conn:
+        spool.add(conn, "traces", b"x", 7, 1)
+        entry = spool.next_due(conn, "traces")
+        assert entry is not None
+        spool.dead_letter(conn, entry, 2, "400", "bad request: span name empty")
+        assert spool.next_due(conn, "traces") is None
+        row = conn.execute("SELECT signal, body, items, status, reason FROM dead_letters").fetchone()
+        assert spool.stats(conn).dead_letters == 1
+    assert (row[0], bytes(row[1]), row[2], row[3], row[4]) == (
+        "traces",
+        b"x",
+        7,
+        "400",
+        "bad request: span name empty",
+    )
+    db.close()
+
+
+def test_newer_cumulative_metrics_supersede_older_of_the_same_process(tmp_path: Path) -> None:
+    db = open_state(tmp_path)
+    spool = Spool(max_bytes=1 << 20, max_age_ns=3600 * S)
+    with db.transaction() as conn:
+        spool.add(conn, "metrics", b"before-restart", 1, 1, epoch="old")
+        spool.add(conn, "metrics", b"1", 1, 2, epoch="now")
+        newest = spool.add(conn, "metrics", b"2", 1, 3, epoch="now")
+        assert spool.supersede_metrics(conn, "now", newest) == 1
+        bodies = [bytes(r[0]) for r in conn.execute("SELECT body FROM spool ORDER BY id")]
+    assert bodies == [b"before-restart", b"2"]  # another process's series is kept
+    db.close()

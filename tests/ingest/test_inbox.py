@@ -1,0 +1,102 @@
+"""The durable inbox on a real SQLite file: acked means committed; group commit; failures."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import anyio
+import pytest
+
+from otelbridge.ingest.inbox import SqliteInbox, delete_inbox_through, inbox_depth, read_inbox
+from otelbridge.ingest.receiver import StoreUnavailable
+from otelbridge.store import inbox_path, open_inbox
+
+
+def _committed_rows(state_dir: Path) -> list[tuple[int, str, str, bytes]]:
+    """Read with a fresh connection: only what is committed is visible."""
+    conn = sqlite3.connect(inbox_path(state_dir))
+    try:
+        return conn.execute("SELECT id, event_type, call_id, body FROM inbox ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def test_append_returns_only_once_committed(tmp_path: Path) -> None:
+    async def main() -> None:
+        inbox = SqliteInbox(open_inbox(tmp_path))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(inbox.run)
+            await inbox.append(b'{"type":"call_turn"}', "call_turn", "call_1")
+            rows = _committed_rows(tmp_path)
+            assert [(r[1], r[2], bytes(r[3])) for r in rows] == [
+                ("call_turn", "call_1", b'{"type":"call_turn"}')
+            ]
+            inbox.close()
+
+    anyio.run(main)
+
+
+def test_concurrent_appends_share_commits(tmp_path: Path) -> None:
+    commits: list[int] = []
+
+    async def main() -> None:
+        inbox = SqliteInbox(open_inbox(tmp_path), on_commit=lambda: commits.append(1))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(inbox.run)
+            async with anyio.create_task_group() as senders:
+                for i in range(300):
+                    senders.start_soon(inbox.append, f'{{"n":{i}}}'.encode(), "call_turn", f"call_{i % 7}")
+            inbox.close()
+        assert inbox.appended == 300
+        assert inbox.commits == len(commits) < 300  # many webhooks per fsync
+
+    anyio.run(main)
+    assert len(_committed_rows(tmp_path)) == 300
+
+
+def test_store_failure_is_store_unavailable(tmp_path: Path) -> None:
+    async def main() -> None:
+        db = open_inbox(tmp_path)
+        inbox = SqliteInbox(db)
+        db.close()  # every write now fails
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(inbox.run)
+            with pytest.raises(StoreUnavailable, match="cannot be written"):
+                await inbox.append(b"{}", "call_turn", "c")
+            assert inbox.last_error is not None
+            inbox.close()
+
+    anyio.run(main)
+
+
+def test_append_after_close_is_store_unavailable(tmp_path: Path) -> None:
+    async def main() -> None:
+        inbox = SqliteInbox(open_inbox(tmp_path))
+        inbox.close()
+        with pytest.raises(StoreUnavailable, match="shutting down"):
+            await inbox.append(b"{}", "call_turn", "c")
+
+    anyio.run(main)
+
+
+def test_read_delete_and_ids_never_reused(tmp_path: Path) -> None:
+    async def main() -> None:
+        inbox = SqliteInbox(open_inbox(tmp_path))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(inbox.run)
+            for i in range(3):
+                await inbox.append(f"{i}".encode(), "call_turn", "c")
+            inbox.close()
+
+    anyio.run(main)
+    db = open_inbox(tmp_path)
+    rows = read_inbox(db, 0, 10)
+    assert [r.body for r in rows] == [b"0", b"1", b"2"]
+    assert inbox_depth(db, rows[0].id) == 2
+    delete_inbox_through(db, rows[-1].id)
+    assert read_inbox(db, 0, 10) == []
+    with db.transaction() as conn:
+        conn.execute("INSERT INTO inbox (received_ns, event_type, call_id, body) VALUES (0, 't', 'c', x'00')")
+    assert read_inbox(db, 0, 10)[0].id > rows[-1].id  # AUTOINCREMENT: the watermark stays valid
+    db.close()
