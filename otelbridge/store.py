@@ -72,6 +72,7 @@ CREATE TABLE IF NOT EXISTS spool (
     epoch           TEXT                   -- process that made a metrics request
 );
 CREATE INDEX IF NOT EXISTS spool_signal ON spool (signal, id);
+CREATE INDEX IF NOT EXISTS spool_created ON spool (created_ns);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id         INTEGER PRIMARY KEY,
     signal     TEXT NOT NULL,
