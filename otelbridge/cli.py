@@ -136,6 +136,15 @@ def _serve(settings: Settings) -> int:
     except (StartupError, StoreError) as exc:
         logging.getLogger("otelbridge").error("cannot start: %s", exc)
         return EXIT_USAGE
+    except BaseExceptionGroup as group:
+        startup = group.subgroup(lambda e: isinstance(e, StartupError | StoreError))
+        if startup is None:
+            raise
+        first: BaseException = startup
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        logging.getLogger("otelbridge").error("cannot start: %s", first)
+        return EXIT_USAGE
     except KeyboardInterrupt:  # a second Ctrl-C during the drain
         return EXIT_FAILED
     return EXIT_OK

@@ -16,12 +16,13 @@ process the inbox, spool a last metrics collection, send until the spool is empt
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,14 +216,18 @@ class Daemon:
                     inbox_done.set()
 
             tg.start_soon(inbox_task)
-            tg.start_soon(self._process_loop)
+            tg.start_soon(_resilient, "processor", self._process_loop)
             for signal_name in SIGNALS:
-                tg.start_soon(self.sender.run, signal_name)
-            tg.start_soon(self._metrics_loop)
-            tg.start_soon(self._housekeeping_loop)
+                tg.start_soon(
+                    _resilient, f"{signal_name} sender", functools.partial(self.sender.run, signal_name)
+                )
+            tg.start_soon(_resilient, "metrics collection", self._metrics_loop)
+            tg.start_soon(_resilient, "housekeeping", self._housekeeping_loop)
             tg.start_soon(serve, self._admin_server, admin_sock, admin_done)
             tg.start_soon(serve, self._webhook_server, webhook_sock, webhook_done)
             while not (self._webhook_server.started and self._admin_server.started):
+                if webhook_done.is_set() or admin_done.is_set():
+                    raise StartupError("a listener stopped while starting; see the log above")
                 await anyio.sleep(0.01)
             log.info(
                 "otelbridge serve: webhooks on %s, admin on %s, state in %s, exporting to %s",
@@ -438,6 +443,18 @@ class Daemon:
         }
         checks["shutdown"] = {"ok": not self._stopping, "reason": "stopping" if self._stopping else "running"}
         return Readiness(all(check["ok"] for check in checks.values()), checks)
+
+
+async def _resilient(name: str, loop: Callable[[], Awaitable[None]]) -> None:
+    """Run ``loop`` forever: an unexpected error (a full disk, a bug) is logged and the loop
+    starts again a second later instead of taking the daemon down. Nothing is lost: every
+    loop works from the durable state."""
+    while True:
+        try:
+            await loop()
+        except Exception:
+            log.exception("the %s loop failed; restarting it in 1s", name)
+            await anyio.sleep(1.0)
 
 
 def _address(sock: socket.socket) -> str:

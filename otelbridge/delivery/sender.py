@@ -9,7 +9,7 @@
   status and the backend's message; counted and logged at ERROR.
 
 Deletion happens after the backend's 2xx: a crash between the two re-sends one request on
-restart (backends such as Tempo de-duplicate by span id; see docs/operations.md).
+restart (backends such as Tempo de-duplicate by span id; README, "Nothing lost").
 """
 
 from __future__ import annotations
