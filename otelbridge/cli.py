@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         problems += exc.problems
     # List the OTEL_* problems too (all problems at once), unless otlp is known not to be used.
-    if (settings.exporter if settings else args.exporter or "otlp") == "otlp":
+    if (settings.exporter if settings else getattr(args, "exporter", None) or "otlp") == "otlp":
         problems += exporters.environment_problems()
     if args.command in ("serve", "check"):
         from otelbridge.delivery.telemetry import environment_problems
