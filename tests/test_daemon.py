@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -293,3 +294,35 @@ def test_metric_points_are_exported_once_across_a_restart(
             p.as_int for m in receiver.metrics_by_name().get(c.METRIC_TURNS, []) for p in m.sum.data_points
         )
         assert total == turns
+
+
+def _copies(events: list[dict[str, Any]], copies: int) -> list[dict[str, Any]]:
+    """The sample calls ``copies`` times over under new call ids, every delivery shuffled in."""
+    out = []
+    for k in range(copies):
+        for event in events:
+            text = json.dumps(event)
+            for call_id in {event[key] for key in ("call_id", "request_id") if key in event}:
+                text = text.replace(f'"{call_id}"', f'"{call_id}-{k}"')
+            out.append(json.loads(text))
+    random.Random(5).shuffle(out)
+    return out
+
+
+def test_many_concurrent_calls_in_any_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """48 calls, 664 deliveries in random order from 16 connections: each span exactly once."""
+    events = _copies(_events(), 4)
+    expected = _expected(events)
+    assert len(expected) > 600
+    with HttpOtlpReceiver() as receiver:
+        for key, value in receiver.env().items():
+            monkeypatch.setenv(key, value)
+        with running(_settings(tmp_path / "state")) as run:
+            assert set(_post_all(run, events, workers=16)) == {200}
+            assert receiver.wait_until(
+                lambda: len({s.span_id for s in receiver.spans()}) >= len(expected), 30
+            )
+            with run.daemon.state.reading() as conn:
+                assert conn.execute("SELECT COUNT(*) FROM calls WHERE closed_ns IS NULL").fetchone()[0] == 0
+        _exactly_once(receiver, expected)
+        assert len(receiver.spans_by_trace()) == 48
