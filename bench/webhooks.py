@@ -1,0 +1,1044 @@
+"""Benchmark: acked ``call_turn`` webhooks per second, ack latency and freshness of ``otelbridge serve``.
+
+    python bench/webhooks.py [-t 2] [-c 32] [-d 10] [--json] [--profile]
+
+Three processes besides this one, all on this machine (on 2 cores they share the CPUs):
+
+* a local OTLP/HTTP receiver (``tests/support/otlp_receiver.py``'s ``HttpOtlpReceiver``, in
+  its own process, answering 200; it notes when each span arrives);
+* the baseline: a bare Starlette app, one ``POST /webhooks/cartesia`` route doing
+  ``await request.json()`` and answering ``{"status": "ok"}``, served by uvicorn with the
+  daemon's options (uvloop, httptools, one worker, no access log, lifespan off);
+* the daemon: ``python -m otelbridge serve`` with a fresh state directory, a webhook secret,
+  ``OTELBRIDGE_LOG_LEVEL=warning``, exporting to the receiver over OTLP/HTTP;
+* a diagnostic (``--skip-ack-only`` skips it): the daemon's own webhook app and durable inbox
+  (group commit, same SQLite settings) on the same uvicorn options, with no processor,
+  sender or telemetry: what the request path costs when nothing else wants the GIL.
+
+Throughput: ``wrk`` (Debian's) runs the same generated Lua script with the same
+threads/connections/duration against the echo, the ack-only diagnostic, then the daemon. Every request is a
+realistic ``call_turn`` body built from the shared samples, with its own (call_id,
+start_timestamp), so the daemon really stores, maps and exports each one as a new turn span;
+the calls are announced beforehand with ``call_started`` (untimed) so that turns map at once.
+Any non-2xx answer fails the run. Ack latency p50/p99 come from wrk's latency histogram
+(``--latency``; wrk is closed-loop, so at saturation these include queueing). After the wrk
+run, *drain* is the time from wrk's end until the last turn span reaches the receiver.
+
+Freshness: a separate paced run (``--fresh-rate`` requests/s for ``--fresh-duration`` s, sent
+with httpx from this process on a fixed schedule by 32 workers with a connection each; how
+late the sender fell behind the schedule is reported), each turn's send time against the
+arrival of its span (matched by span id, ``turn_span_id(call_id, role, start_timestamp)``)
+at the receiver; both clocks are ``CLOCK_MONOTONIC``, which is system-wide on Linux.
+
+``--profile`` samples each server with ``py-spy --gil`` during its wrk run and prints where
+the GIL-holding time goes (by area of the daemon, by function).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TextIO
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT.parent / "shared" / "cartesia" / "samples" / "webhooks.jsonl"
+WEBHOOK_PATH = "/webhooks/cartesia"
+SECRET_HEADER = "X-Webhook-Secret"
+TURN_SPAN_NAMES = ("user_turn", "assistant_turn")
+TURN_SPACING_S = 3.0  # a call's n-th turn starts at FIRST_TURN_S + n * TURN_SPACING_S
+FIRST_TURN_S = 0.5
+GOAL_RATIO = 0.7
+GOAL_FRESH_P50_S = 1.0
+GOAL_FRESH_P99_S = 3.0
+WRK_MARK = "WRKJSON "
+PROFILE_RATE = 200  # py-spy samples per second
+
+
+# --- bodies ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class TurnTemplate:
+    """A ``call_turn`` body as a printf format: ``%s`` is the call id, every ``%.6f`` a time
+    (the turn's start plus ``specs[i]``); the same string works in Lua and in Python."""
+
+    role: str
+    fmt: str
+    #: per placeholder, in order: None for the call id, else the offset from the turn's start
+    specs: tuple[float | None, ...]
+
+    def render(self, call_id: str, start: float) -> str:
+        values: list[object] = [call_id if s is None else start + s for s in self.specs]
+        return self.fmt % tuple(values)
+
+
+_PLACEHOLDER = re.compile(r'"@@(C|T\d+)@@"')
+
+
+def _template(envelope: dict[str, Any], turn: dict[str, Any]) -> TurnTemplate:
+    s0 = float(turn["start_timestamp"])
+    offsets: list[float] = []
+
+    def mark(value: float) -> str:
+        offsets.append(round(float(value) - s0, 6))
+        return f"@@T{len(offsets) - 1}@@"
+
+    turn = json.loads(json.dumps(turn))
+    turn["start_timestamp"] = mark(s0)
+    if turn.get("end_timestamp") is not None:
+        turn["end_timestamp"] = mark(min(float(turn["end_timestamp"]), s0 + TURN_SPACING_S - 0.1))
+    for chunk in turn.get("text_chunks") or []:
+        chunk["start_timestamp"] = mark(chunk["start_timestamp"])
+    body = {
+        "type": "call_turn",
+        "call_id": "@@C@@",
+        "agent_id": envelope["agent_id"],
+        "webhook_id": envelope["webhook_id"],
+        "timestamp": "@@ANCHOR@@",
+        "turn": turn,
+    }
+    text = json.dumps(body, separators=(",", ":")).replace("%", "%%")
+    specs: list[float | None] = []
+
+    def placeholder(match: re.Match[str]) -> str:
+        token = match.group(1)
+        if token == "C":
+            specs.append(None)
+            return '"%s"'
+        specs.append(offsets[int(token[1:])])
+        return "%.6f"
+
+    return TurnTemplate(turn["role"], _PLACEHOLDER.sub(placeholder, text), tuple(specs))
+
+
+@dataclass(frozen=True, slots=True)
+class Corpus:
+    """Turn templates by role and a ``call_started`` body, all from the shared samples."""
+
+    user: tuple[TurnTemplate, ...]
+    assistant: tuple[TurnTemplate, ...]
+    started: dict[str, Any]
+    anchor: str  # every bench call's start_time (RFC 3339)
+
+    @classmethod
+    def load(cls, path: Path = SAMPLES) -> Corpus:
+        from otelbridge.cartesia.timestamps import format_rfc3339_ns
+
+        anchor = format_rfc3339_ns(time.time_ns() - 120 * 1_000_000_000)
+        events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        started = next(e for e in events if e["type"] == "call_started" and e.get("call"))
+        # every turn belongs to a call announced with ``started``'s agent
+        templates = [
+            _template(started, e["turn"]) for e in events if e["type"] == "call_turn" and e.get("turn")
+        ]
+        fix = [
+            TurnTemplate(t.role, t.fmt.replace("@@ANCHOR@@", anchor), t.specs)
+            for t in templates
+            if t.role in ("user", "assistant")
+        ]
+        return cls(
+            tuple(t for t in fix if t.role == "user"),
+            tuple(t for t in fix if t.role == "assistant"),
+            started,
+            anchor,
+        )
+
+    def call_started(self, call_id: str) -> bytes:
+        body = json.loads(json.dumps(self.started))
+        body["call_id"] = body["call"]["id"] = call_id
+        body["timestamp"] = body["call"]["start_time"] = self.anchor
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def turn(self, prefix: str, calls: int, seq: int) -> tuple[bytes, str, str, float]:
+        """The ``seq``-th turn of a run over ``calls`` calls: (body, call id, role, start).
+
+        The Lua script computes exactly this (see :func:`lua_script`)."""
+        call_id = f"{prefix}{seq % calls:06d}"
+        n = seq // calls
+        pool = self.user if n % 2 == 0 else self.assistant
+        template = pool[(n // 2) % len(pool)]
+        start = FIRST_TURN_S + n * TURN_SPACING_S
+        return template.render(call_id, start).encode(), call_id, template.role, float(f"{start:.6f}")
+
+
+def call_ids(prefix: str, calls: int) -> list[str]:
+    return [f"{prefix}{i:06d}" for i in range(calls)]
+
+
+def lua_script(corpus: Corpus, *, prefix: str, calls: int, threads: int, secret: str) -> str:
+    """wrk script: request k of thread t is turn ``seq = k * threads + t`` (see Corpus.turn)."""
+
+    def pool(templates: Sequence[TurnTemplate]) -> str:
+        rows = []
+        for t in templates:
+            assert "]==]" not in t.fmt
+            specs = ", ".join('"c"' if s is None else repr(s) for s in t.specs)
+            rows.append(f"  {{fmt = [==[{t.fmt}]==], specs = {{{specs}}}}},")
+        return "\n".join(rows)
+
+    return f"""-- generated by bench/webhooks.py: realistic call_turn webhooks, each a new turn
+local PREFIX = "{prefix}"
+local NCALLS = {calls}
+local NTHREADS = {threads}
+local FIRST, SPACING = {FIRST_TURN_S!r}, {TURN_SPACING_S!r}
+local user = {{
+{pool(corpus.user)}
+}}
+local assistant = {{
+{pool(corpus.assistant)}
+}}
+local counter = 0
+local created = 0
+
+function setup(thread)
+  thread:set("tid", created)
+  created = created + 1
+end
+
+function init(args)
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+  wrk.headers["{SECRET_HEADER}"] = "{secret}"
+end
+
+function request()
+  local seq = counter * NTHREADS + tid
+  counter = counter + 1
+  local n = math.floor(seq / NCALLS)
+  local call_id = string.format("%s%06d", PREFIX, seq % NCALLS)
+  local templates = (n % 2 == 0) and user or assistant
+  local t = templates[(math.floor(n / 2) % #templates) + 1]
+  local start = FIRST + n * SPACING
+  local values = {{}}
+  for i, s in ipairs(t.specs) do
+    if s == "c" then values[i] = call_id else values[i] = start + s end
+  end
+  return wrk.format(nil, "{WEBHOOK_PATH}", nil, string.format(t.fmt, unpack(values)))
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{WRK_MARK}{{"requests":%.0f,"duration_us":%.0f,"bytes":%.0f,"connect":%.0f,"read":%.0f,' ..
+    '"write":%.0f,"status":%.0f,"timeout":%.0f,"mean_us":%.1f,"p50_us":%.0f,"p90_us":%.0f,' ..
+    '"p99_us":%.0f,"p999_us":%.0f,"max_us":%.0f}}\\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status,
+    e.timeout, latency.mean, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency:percentile(99.9), latency.max))
+end
+"""
+
+
+# --- helper processes (this file, run with --internal) ------------------------------------------
+def run_echo(port: int) -> None:
+    """The baseline: bare Starlette + uvicorn, the daemon's server options."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def echo(request: Request) -> JSONResponse:
+        await request.json()
+        return JSONResponse({"status": "ok"})
+
+    app = Starlette(routes=[Route(WEBHOOK_PATH, echo, methods=["POST"])])
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        server_header=False,
+        log_level="warning",
+        workers=None,
+    )
+
+
+def run_ack_only(port: int, state_dir: Path, secret: str) -> None:
+    """Diagnostic: the daemon's webhook app and durable inbox (group commit, same SQLite
+    settings) on uvicorn with the daemon's options, but no processor, sender or telemetry:
+    what the ack path costs when nothing else competes for the GIL."""
+    import anyio
+    import uvicorn
+
+    from otelbridge.ingest.inbox import SqliteInbox
+    from otelbridge.ingest.receiver import build_webhook_app
+    from otelbridge.store import open_inbox
+
+    async def serve() -> None:
+        inbox = SqliteInbox(open_inbox(state_dir))
+        app = build_webhook_app(inbox=inbox, secrets=[secret.encode()], max_body_bytes=8 * 1024 * 1024)
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            lifespan="off",
+            access_log=False,
+            server_header=False,
+            log_config=None,
+            http="httptools",
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(inbox.run)
+            await uvicorn.Server(config).serve()
+            inbox.close()
+
+    anyio.run(serve, backend_options={"use_uvloop": True})
+
+
+def run_receiver(stdin: TextIO, stdout: TextIO) -> None:
+    """The OTLP/HTTP receiver; notes each span's arrival. Line commands on stdin:
+    ``stats`` -> counts, ``dump`` -> {turn span id: arrival}, ``quit``."""
+    sys.path.insert(0, str(ROOT))
+    from tests.support.otlp_receiver import HttpOtlpReceiver, ReceivedRequest
+
+    class TimingReceiver(HttpOtlpReceiver):
+        """Keeps only what the bench needs (span id -> arrival), not every decoded request."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.guard = threading.Lock()
+            self.turns: dict[str, float] = {}
+            self.n_spans = 0
+            self.n_traces = 0
+            self.n_metrics = 0
+            self.last_turn_at = 0.0
+
+        def _record(self, request: ReceivedRequest, accepted: bool) -> None:
+            from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+            message = request.message
+            with self.guard:
+                if request.signal == "metrics":
+                    self.n_metrics += 1
+                if not (accepted and isinstance(message, ExportTraceServiceRequest)):
+                    return
+                self.n_traces += 1
+                for rs in message.resource_spans:
+                    for ss in rs.scope_spans:
+                        for span in ss.spans:
+                            self.n_spans += 1
+                            if span.name in TURN_SPAN_NAMES:
+                                self.turns.setdefault(span.span_id.hex(), request.received_at)
+                                self.last_turn_at = max(self.last_turn_at, request.received_at)
+
+    receiver = TimingReceiver().start()
+    stdout.write(json.dumps({"url": receiver.url, "pid": os.getpid()}) + "\n")
+    stdout.flush()
+    try:
+        for line in stdin:
+            command = line.strip()
+            with receiver.guard:
+                if command == "stats":
+                    answer: object = {
+                        "turn_spans": len(receiver.turns),
+                        "spans": receiver.n_spans,
+                        "trace_requests": receiver.n_traces,
+                        "metric_requests": receiver.n_metrics,
+                        "last_turn_at": receiver.last_turn_at,
+                    }
+                elif command == "dump":
+                    answer = dict(receiver.turns)
+                else:
+                    break
+            stdout.write(json.dumps(answer) + "\n")
+            stdout.flush()
+    finally:
+        receiver.stop()
+
+
+# --- process management ------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("OTELBRIDGE_", "OTEL_"))}
+    env.update(extra)
+    return env
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen[Any], what: str) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before it was ready")
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.get(url, timeout=1.0)
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} not ready within {timeout}s ({url})")
+
+
+def stop(proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class Receiver:
+    """The receiver process, driven over its stdin/stdout."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--internal", "receiver"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
+        )
+        assert self.proc.stdout is not None
+        hello = json.loads(self.proc.stdout.readline() or "null")
+        if not hello:
+            raise RuntimeError("the OTLP receiver did not start")
+        self.url: str = hello["url"]
+        self.pid: int = self.proc.pid
+
+    def _ask(self, command: str) -> Any:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def stats(self) -> dict[str, Any]:
+        answer: dict[str, Any] = self._ask("stats")
+        return answer
+
+    def arrivals(self) -> dict[str, float]:
+        answer: dict[str, float] = self._ask("dump")
+        return answer
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@contextlib.contextmanager
+def echo_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--internal", "echo", "--port", str(port)])
+    try:
+        url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
+        wait_http(url, 30, proc, "the echo server")
+        yield url, proc
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def ack_only_server(secret: str, state_parent: Path | None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="otelbridge-bench-ack-", dir=state_parent) as state:
+        command = [sys.executable, __file__, "--internal", "ack-only", "--port", str(port), "--state", state]
+        proc = subprocess.Popen(command, env=clean_env(BENCH_WEBHOOK_SECRET=secret))
+        try:
+            url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
+            wait_http(url, 30, proc, "the ack-only server")
+            yield url, proc
+        finally:
+            stop(proc)
+
+
+@contextlib.contextmanager
+def daemon(
+    receiver: Receiver, secret: str, state_parent: Path | None
+) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    port, admin = free_port(), free_port()
+    with tempfile.TemporaryDirectory(prefix="otelbridge-bench-", dir=state_parent) as state:
+        env = clean_env(
+            OTELBRIDGE_STATE_DIR=state,
+            OTELBRIDGE_WEBHOOK_SECRET=secret,
+            OTELBRIDGE_LOG_LEVEL="warning",
+            OTELBRIDGE_LISTEN_PORT=str(port),
+            OTELBRIDGE_ADMIN_PORT=str(admin),
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+            OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        )
+        proc = subprocess.Popen([sys.executable, "-m", "otelbridge", "serve"], env=env, cwd=ROOT)
+        try:
+            wait_http(f"http://127.0.0.1:{admin}/healthz", 60, proc, "otelbridge serve")
+            yield f"http://127.0.0.1:{port}{WEBHOOK_PATH}", proc, Path(state)
+        finally:
+            stop(proc)
+            if proc.returncode not in (0, None):
+                print(f"warning: otelbridge serve exited with {proc.returncode}", file=sys.stderr)
+
+
+# --- load ------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class WrkResult:
+    requests: int
+    duration_s: float
+    rps: float
+    non_2xx: int
+    socket_errors: dict[str, int]
+    latency_ms: dict[str, float]
+    cpu_s: dict[str, float]
+    ended_at: float  # time.monotonic() when wrk returned
+    output: str
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "duration_s": round(self.duration_s, 3),
+            "rps": round(self.rps, 1),
+            "non_2xx": self.non_2xx,
+            "socket_errors": self.socket_errors,
+            "latency_ms": self.latency_ms,
+            "cpu_s": self.cpu_s,
+            "cpu_ms_per_request": {
+                k: round(v * 1000 / max(self.requests, 1), 3) for k, v in self.cpu_s.items()
+            },
+            "wrk_output": self.output,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    threads: int
+    connections: int
+    duration_s: int
+    timeout_s: int
+
+    def args(self) -> list[str]:
+        return [
+            f"-t{self.threads}",
+            f"-c{self.connections}",
+            f"-d{self.duration_s}s",
+            f"--timeout={self.timeout_s}s",
+            "--latency",
+        ]
+
+
+def run_wrk(url: str, script: Path, load: Load, pids: dict[str, int]) -> WrkResult:
+    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    completed = subprocess.run(
+        ["wrk", *load.args(), "-s", str(script), url], capture_output=True, text=True, check=False
+    )
+    ended = time.monotonic()
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = {name: round(cpu_seconds(pid) - cpu0[name], 2) for name, pid in pids.items()}
+    cpu["wrk"] = round(children1.ru_utime + children1.ru_stime - children0.ru_utime - children0.ru_stime, 2)
+    out = completed.stdout
+    if completed.returncode != 0:
+        raise RuntimeError(f"wrk failed ({completed.returncode}): {completed.stderr or out}")
+    mark = next((line for line in out.splitlines() if line.startswith(WRK_MARK)), None)
+    if mark is None:
+        raise RuntimeError(f"wrk printed no summary:\n{out}\n{completed.stderr}")
+    data = json.loads(mark[len(WRK_MARK) :])
+    text_non2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
+    non_2xx = max(int(data["status"]), int(text_non2xx.group(1)) if text_non2xx else 0)
+    duration = data["duration_us"] / 1e6
+    return WrkResult(
+        requests=int(data["requests"]),
+        duration_s=duration,
+        rps=data["requests"] / duration,
+        non_2xx=non_2xx,
+        socket_errors={k: int(data[k]) for k in ("connect", "read", "write", "timeout")},
+        latency_ms={
+            "mean": round(data["mean_us"] / 1000, 3),
+            **{p: round(data[f"{p}_us"] / 1000, 3) for p in ("p50", "p90", "p99", "p999", "max")},
+        },
+        cpu_s=cpu,
+        ended_at=ended,
+        output="\n".join(line for line in out.splitlines() if not line.startswith(WRK_MARK)),
+    )
+
+
+def check_wrk(name: str, result: WrkResult) -> None:
+    if result.non_2xx:
+        raise SystemExit(
+            f"FAILED: {name}: {result.non_2xx} non-2xx responses out of {result.requests}\n{result.output}"
+        )
+    if any(result.socket_errors.values()):
+        print(f"warning: {name}: wrk socket errors {result.socket_errors}", file=sys.stderr)
+
+
+async def post_all(url: str, bodies: Sequence[bytes], secret: str, concurrency: int = 16) -> None:
+    """POST every body (setup, untimed); any non-2xx fails the run."""
+    import httpx
+
+    headers = {"content-type": "application/json", SECRET_HEADER: secret}
+    queue = list(reversed(bodies))
+    async with httpx.AsyncClient(timeout=30) as client:
+
+        async def worker() -> None:
+            while queue:
+                response = await client.post(url, content=queue.pop(), headers=headers)
+                if not response.is_success:
+                    raise SystemExit(f"FAILED: setup POST answered {response.status_code}: {response.text}")
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+@dataclass(slots=True)
+class Sent:
+    span_id: str
+    due_at: float  # when the schedule wanted it sent
+    sent_at: float = 0.0
+    acked_at: float = 0.0
+    status: int = 0
+
+
+async def paced(
+    url: str, corpus: Corpus, secret: str, prefix: str, calls: int, rate: float, seconds: float, senders: int
+) -> list[Sent]:
+    """Turn ``i`` is due at ``start + i / rate``; ``senders`` workers, one connection each,
+    take the turns in order and send each when due (at once when running late), so the
+    rate holds while the server keeps up and nothing queues inside the client when it
+    does not (``due_at`` vs ``sent_at`` shows how late the sender fell)."""
+    import httpx
+
+    from otelbridge.mapping.ids import turn_span_id
+
+    headers = {"content-type": "application/json", SECRET_HEADER: secret}
+    total = int(rate * seconds)
+    sent: list[Sent] = []
+    turns = iter(range(total))
+    limits = httpx.Limits(max_connections=senders, max_keepalive_connections=senders)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        begin = time.monotonic() + 0.1
+
+        async def worker() -> None:
+            for i in turns:
+                body, call_id, role, start = corpus.turn(prefix, calls, i)
+                record = Sent(f"{turn_span_id(call_id, role, start):016x}", begin + i / rate)
+                sent.append(record)
+                delay = record.due_at - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                record.sent_at = time.monotonic()
+                response = await client.post(url, content=body, headers=headers)
+                record.acked_at = time.monotonic()
+                record.status = response.status_code
+
+        await asyncio.gather(*(worker() for _ in range(senders)))
+    bad = [s.status for s in sent if not 200 <= s.status < 300]
+    if bad:
+        raise SystemExit(f"FAILED: freshness run: {len(bad)} non-2xx answers (e.g. {bad[0]})")
+    return sent
+
+
+# --- measurements ---------------------------------------------------------------------------
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def wait_drain(
+    receiver: Receiver, acked: int, ended_at: float, timeout: float, quiet: float = 1.0
+) -> dict[str, Any]:
+    """Wait until the receiver holds >= ``acked`` turn spans and nothing new came for ``quiet`` s."""
+    deadline = time.monotonic() + timeout
+    last_count, last_change = -1, time.monotonic()
+    stats = receiver.stats()
+    while time.monotonic() < deadline:
+        stats = receiver.stats()
+        if stats["turn_spans"] != last_count:
+            last_count, last_change = stats["turn_spans"], time.monotonic()
+        elif stats["turn_spans"] >= acked and time.monotonic() - last_change >= quiet:
+            break
+        time.sleep(0.05)
+    complete = stats["turn_spans"] >= acked
+    return {
+        "complete": complete,
+        "acked_turns": acked,
+        "exported_turns": stats["turn_spans"],
+        "drain_s": round(max(0.0, stats["last_turn_at"] - ended_at), 3) if complete else None,
+        "trace_requests": stats["trace_requests"],
+        "spans": stats["spans"],
+    }
+
+
+def freshness(
+    url: str, receiver: Receiver, corpus: Corpus, secret: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    prefix = "ac_sid_benchfresh"
+    asyncio.run(post_all(url, [corpus.call_started(c) for c in call_ids(prefix, args.fresh_calls)], secret))
+    time.sleep(0.5)
+    sent = asyncio.run(
+        paced(url, corpus, secret, prefix, args.fresh_calls, args.fresh_rate, args.fresh_duration, 32)
+    )
+    wanted = {s.span_id for s in sent}
+    deadline = time.monotonic() + args.drain_timeout
+    arrivals: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        arrivals = receiver.arrivals()
+        if wanted <= arrivals.keys():
+            break
+        time.sleep(0.2)
+    lags = [arrivals[s.span_id] - s.sent_at for s in sent if s.span_id in arrivals]
+    acks = [s.acked_at - s.sent_at for s in sent]
+    late = [s.sent_at - s.due_at for s in sent]
+    missing = len(wanted - arrivals.keys())
+    return {
+        "rate": args.fresh_rate,
+        "seconds": args.fresh_duration,
+        "sent": len(sent),
+        "missing": missing,
+        "freshness_s": {
+            "p50": round(percentile(lags, 50), 3),
+            "p99": round(percentile(lags, 99), 3),
+            "max": round(max(lags, default=float("nan")), 3),
+            "mean": round(statistics.fmean(lags), 3) if lags else None,
+        },
+        "ack_ms": {
+            "p50": round(percentile(acks, 50) * 1000, 2),
+            "p99": round(percentile(acks, 99) * 1000, 2),
+            "max": round(max(acks, default=float("nan")) * 1000, 2),
+        },
+        "sender_late_s": {"p99": round(percentile(late, 99), 3), "max": round(max(late, default=0.0), 3)},
+        "meets_goal": bool(lags)
+        and not missing
+        and percentile(lags, 50) <= GOAL_FRESH_P50_S
+        and percentile(lags, 99) <= GOAL_FRESH_P99_S,
+    }
+
+
+# --- profiling --------------------------------------------------------------------------------
+def start_profiler(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
+    spy = shutil.which("py-spy")
+    if spy is None:
+        print("warning: --profile needs py-spy (pip install py-spy); not profiling", file=sys.stderr)
+        return None
+    return subprocess.Popen(
+        [
+            *(spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", str(PROFILE_RATE)),
+            *("--format", "raw", "--gil", "--nonblocking", "--output", str(out)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+#: where a sampled stack belongs: the first area one of whose markers is in the stack
+PROFILE_AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("webhook handler: secret, JSON, schema validation, append", ("_WebhookReceiver",)),
+    ("inbox group commit (INSERT + COMMIT)", ("SqliteInbox._write",)),
+    ("processor: OTLP encoding of the batch's spans", ("Daemon.__init__.<locals>.encode",)),
+    ("processor: parse, map, ledger, calls (per event)", ("Processor._event",)),
+    ("processor: spool write, points, watermark, inbox delete", ("Processor.",)),
+    ("sender: spool read, HTTP export, delete", ("Sender.",)),
+    ("self-telemetry (meter, points)", ("elemetry",)),
+    ("housekeeping gauges", ("_refresh_gauges",)),
+    ("HTTP server: uvicorn + Starlette (parse, route, respond)", ("httptools_impl", "starlette/")),
+    ("hand-off to worker threads (anyio to_thread)", ("run_sync_in_worker_thread", "WorkerThread")),
+)
+
+
+def summarize_profile(path: Path, seconds: float, rate: int, top: int = 20) -> dict[str, Any]:
+    """Collapsed stacks (py-spy --format raw --gil) -> share of the GIL-holding samples per
+    area of the daemon, per function (inclusive) and per leaf function (self)."""
+    inclusive: dict[str, int] = {}
+    leaf: dict[str, int] = {}
+    areas: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        area = next(
+            (label for label, markers in PROFILE_AREAS if any(m in stack for m in markers)),
+            "event loop, other",
+        )
+        areas[area] = areas.get(area, 0) + count
+        names = [
+            re.sub(r" \(/.*?/(otelbridge|site-packages|python3\.\d+)/", " (", frame)
+            for frame in stack.split(";")[1:]
+        ]
+        for name in dict.fromkeys(names):
+            inclusive[name] = inclusive.get(name, 0) + count
+        if names:
+            leaf[names[-1]] = leaf.get(names[-1], 0) + count
+
+    def table(counts: dict[str, int], limit: int = top) -> list[tuple[str, float]]:
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+        return [(name, round(100 * n / max(total, 1), 1)) for name, n in ranked]
+
+    return {
+        "samples": total,
+        "gil_busy": round(total / max(seconds * rate, 1), 2),
+        "areas": table(areas, len(areas)),
+        "inclusive": table(inclusive),
+        "self": table(leaf),
+        "raw": str(path),
+    }
+
+
+# --- the run ---------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Report:
+    load: Load
+    environment: dict[str, Any]
+    echo: WrkResult | None = None
+    daemon: WrkResult | None = None
+    ack_only: WrkResult | None = None
+    drain: dict[str, Any] = field(default_factory=dict)
+    fresh: dict[str, Any] = field(default_factory=dict)
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        assert self.echo is not None
+        assert self.daemon is not None
+        ratio = self.daemon.rps / self.echo.rps
+        return {
+            "load": {
+                "tool": "wrk",
+                "threads": self.load.threads,
+                "connections": self.load.connections,
+                "duration_s": self.load.duration_s,
+                "command": f"wrk {' '.join(self.load.args())} -s SCRIPT URL",
+            },
+            "echo": self.echo.summary(),
+            "daemon": self.daemon.summary(),
+            "ack_only": self.ack_only.summary() if self.ack_only else None,
+            "ratio": round(ratio, 3),
+            "ratio_ack_only": round(self.ack_only.rps / self.echo.rps, 3) if self.ack_only else None,
+            "goal_ratio": GOAL_RATIO,
+            "meets_ratio_goal": ratio >= GOAL_RATIO,
+            "drain": self.drain,
+            "freshness": self.fresh,
+            "goal_freshness_s": {"p50": GOAL_FRESH_P50_S, "p99": GOAL_FRESH_P99_S},
+            "profiles": self.profiles,
+            "environment": self.environment,
+        }
+
+
+def environment(state_parent: Path | None) -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.M)
+    mem = re.search(r"^MemTotal:\s*(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
+    where = state_parent or Path(tempfile.gettempdir())
+    fs = subprocess.run(["stat", "-f", "-c", "%T", str(where)], capture_output=True, text=True, check=False)
+    versions = {}
+    for package in ("uvicorn", "starlette", "uvloop", "httptools", "httpx", "opentelemetry-sdk"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
+    return {
+        "cpu_model": model.group(1).strip() if model else platform.processor(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(int(mem.group(1)) / 2**20, 1) if mem else None,
+        "kernel": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "python": platform.python_version(),
+        "wrk": (wrk.stdout or wrk.stderr).splitlines()[0].strip() if (wrk.stdout or wrk.stderr) else "?",
+        "state_dir_parent": str(where),
+        "state_fs": fs.stdout.strip(),
+        "packages": versions,
+    }
+
+
+def wrk_round(
+    name: str, url: str, script: Path, pids: dict[str, int], args: argparse.Namespace, report: Report
+) -> WrkResult:
+    """One wrk run; with ``--profile``, py-spy samples ``pids["server"]`` meanwhile."""
+    load = report.load
+    log(f"{name}: wrk {' '.join(load.args())} against {url}")
+    profiler, out = None, Path(tempfile.gettempdir()) / f"otelbridge-bench-{name}.pyspy.txt"
+    if args.profile:
+        out.unlink(missing_ok=True)
+        profiler = start_profiler(pids["server"], load.duration_s, out)
+    result = run_wrk(url, script, load, pids)
+    if profiler is not None:
+        profiler.wait()
+        if out.exists():
+            report.profiles[name] = summarize_profile(out, load.duration_s, PROFILE_RATE)
+    check_wrk(name, result)
+    log(f"{name}: {result.rps:,.0f} req/s acked")
+    return result
+
+
+def run(args: argparse.Namespace) -> Report:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: apt-get install -y wrk")
+    report = Report(
+        Load(args.threads, args.connections, args.duration, args.timeout), environment(args.state_parent)
+    )
+    corpus = Corpus.load()
+    secret = secrets.token_urlsafe(24)
+    prefix = "ac_sid_benchload"
+    with tempfile.TemporaryDirectory(prefix="otelbridge-bench-wrk-") as tmp:
+        script = Path(tmp) / "call_turn.lua"
+        script.write_text(
+            lua_script(corpus, prefix=prefix, calls=args.calls, threads=args.threads, secret=secret)
+        )
+        receiver = Receiver()
+        try:
+            log(f"OTLP receiver at {receiver.url} (pid {receiver.pid})")
+            with echo_server() as (url, proc):
+                report.echo = wrk_round("echo", url, script, {"server": proc.pid}, args, report)
+            if not args.skip_ack_only:
+                with ack_only_server(secret, args.state_parent) as (url, proc):
+                    report.ack_only = wrk_round("ack-only", url, script, {"server": proc.pid}, args, report)
+            with daemon(receiver, secret, args.state_parent) as (url, proc, _state):
+                log(f"daemon: announcing {args.calls} calls (call_started, untimed)")
+                asyncio.run(
+                    post_all(url, [corpus.call_started(c) for c in call_ids(prefix, args.calls)], secret)
+                )
+                time.sleep(1.0)  # let the processor take the announcements before the load
+                pids = {"server": proc.pid, "receiver": receiver.pid}
+                report.daemon = wrk_round("daemon", url, script, pids, args, report)
+                report.drain = wait_drain(
+                    receiver, report.daemon.requests, report.daemon.ended_at, args.drain_timeout
+                )
+                log(f"daemon: drain {report.drain}")
+                if args.fresh_duration > 0:
+                    log(f"freshness: {args.fresh_rate:g} req/s for {args.fresh_duration:g}s")
+                    report.fresh = freshness(url, receiver, corpus, secret, args)
+        finally:
+            receiver.close()
+    if not report.drain.get("complete"):
+        raise SystemExit(f"FAILED: not every acked turn was exported: {report.drain}")
+    return report
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def render(data: dict[str, Any]) -> str:
+    e, d, env = data["echo"], data["daemon"], data["environment"]
+    fresh, drain, ack_ratio = data["freshness"], data["drain"], data["ratio_ack_only"]
+    lines = [
+        f"machine: {env['cpu_model']}, {env['cores']} cores, Python {env['python']}, {env['wrk']}",
+        f"load: {data['load']['command']} (same script for both)",
+        "",
+        f"{'server':<8} {'acked/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'requests':>9}   CPU s",
+    ]
+    rows = [("echo", e), ("daemon", d)] + ([("ack-only", data["ack_only"])] if data["ack_only"] else [])
+    for name, r in rows:
+        lat = r["latency_ms"]
+        cpu = ", ".join(f"{k} {v:g}" for k, v in r["cpu_s"].items())
+        lines.append(
+            f"{name:<8} {r['rps']:>9,.0f} {lat['p50']:>8.2f} {lat['p99']:>8.2f} {lat['max']:>8.1f} "
+            f"{r['requests']:>9,}   {cpu}"
+        )
+    lines += [
+        "",
+        f"ratio daemon/echo: {data['ratio']:.2f} (goal >= {data['goal_ratio']}: "
+        f"{'met' if data['meets_ratio_goal'] else 'NOT met'})",
+        *(
+            [f"diagnostic, ack path alone (webhook app + inbox, no processor) / echo: {ack_ratio:.2f}"]
+            if ack_ratio is not None
+            else []
+        ),
+        f"drain after wrk: {drain.get('drain_s')} s ({drain.get('exported_turns')} turn spans exported for "
+        f"{drain.get('acked_turns')} acked; {drain.get('trace_requests')} OTLP trace requests)",
+    ]
+    if fresh:
+        f = fresh["freshness_s"]
+        lines.append(
+            f"freshness at {fresh['rate']:g} req/s x {fresh['seconds']:g}s: p50 {f['p50']:.3f} s, "
+            f"p99 {f['p99']:.3f} s, max {f['max']:.3f} s (goal <= {GOAL_FRESH_P50_S:g} s / "
+            f"{GOAL_FRESH_P99_S:g} s: {'met' if fresh['meets_goal'] else 'NOT met'}); "
+            f"ack p50 {fresh['ack_ms']['p50']} ms, p99 {fresh['ack_ms']['p99']} ms; "
+            f"missing {fresh['missing']}"
+        )
+    for name, profile in data["profiles"].items():
+        lines += [
+            "",
+            f"py-spy --gil profile of {name} during wrk: {profile['samples']} samples, GIL held "
+            f"{profile['gil_busy']:.0%} of the time ({profile['raw']}); shares of GIL-holding samples:",
+        ]
+        for title in ("areas", "inclusive", "self"):
+            lines.append(f"  {title}:")
+            lines += [f"    {share:5.1f}%  {name}" for name, share in profile[title]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("-t", "--threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument("-c", "--connections", type=int, default=32, help="wrk connections (default 32)")
+    parser.add_argument("-d", "--duration", type=int, default=10, help="seconds of each wrk run (default 10)")
+    parser.add_argument("--timeout", type=int, default=10, help="wrk request timeout, s (default 10)")
+    parser.add_argument(
+        "--calls", type=int, default=1000, help="calls the wrk turns spread over (default 1000)"
+    )
+    parser.add_argument("--fresh-rate", type=float, default=200, help="freshness run req/s (default 200)")
+    parser.add_argument("--fresh-duration", type=float, default=10, help="freshness run seconds; 0 skips it")
+    parser.add_argument(
+        "--fresh-calls", type=int, default=100, help="calls of the freshness run (default 100)"
+    )
+    parser.add_argument("--drain-timeout", type=float, default=120, help="longest wait for export, s")
+    parser.add_argument(
+        "--state-parent", type=Path, help="where the daemon's temp state dir goes (default TMPDIR)"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="sample each server with py-spy --gil during its wrk run"
+    )
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--skip-ack-only", action="store_true", help="skip the diagnostic run of the ack path alone"
+    )
+    parser.add_argument("--internal", choices=("echo", "receiver", "ack-only"), help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.internal == "echo":
+        run_echo(args.port)
+        return 0
+    if args.internal == "ack-only":
+        run_ack_only(args.port, args.state, os.environ["BENCH_WEBHOOK_SECRET"])
+        return 0
+    if args.internal == "receiver":
+        run_receiver(sys.stdin, sys.stdout)
+        return 0
+    data = run(args).as_dict()
+    print(json.dumps(data, indent=2) if args.json else render(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
