@@ -125,9 +125,10 @@ def _secret_problems(settings: Settings) -> list[str]:
 def _serve(settings: Settings) -> int:
     import anyio
 
-    from otelbridge.daemon import StartupError, serve
+    from otelbridge.daemon import serve
     from otelbridge.logs import configure_logging
     from otelbridge.store import StoreError
+    from otelbridge.web import StartupError
 
     secrets = settings.webhook_secrets()
     configure_logging(settings.log_format, settings.log_level, secrets=[s.decode() for s in secrets])
@@ -151,8 +152,8 @@ def _serve(settings: Settings) -> int:
 
 
 def _check(settings: Settings) -> int:
-    from otelbridge.daemon import make_transport
     from otelbridge.delivery.transport import probe
+    from otelbridge.pipeline import make_transport
     from otelbridge.store import StoreError, open_inbox, open_state
 
     out = sys.stdout

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from otelbridge.ingest.assembly import CallAssembler
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping import map_call
 from otelbridge.settings import Settings, load_settings
+from otelbridge.store import state_path
 from tests.support.otlp_receiver import HttpOtlpReceiver
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "cartesia" / "samples" / "webhooks.jsonl"
@@ -82,6 +84,15 @@ class Running:
         body = event if isinstance(event, bytes) else json.dumps(event).encode()
         sent = {"content-type": "application/json", "x-webhook-secret": SECRET} | headers
         return self.client.post(self.endpoints.webhook_url, content=body, headers=sent)
+
+    @contextmanager
+    def state(self) -> Iterator[sqlite3.Connection]:
+        """A read connection to the pipeline's state.db."""
+        conn = sqlite3.connect(state_path(self.daemon.settings.state_dir))
+        try:
+            yield conn
+        finally:
+            conn.close()
 
     def admin(self, path: str) -> httpx.Response:
         return self.client.get(self.endpoints.admin_url + path)
@@ -201,7 +212,7 @@ def test_rejected_requests_go_to_dead_letters(tmp_path: Path, monkeypatch: pytes
             assert run.post(turn).status_code == 200
             assert receiver.wait_until(lambda: receiver.pending_answers == 0, 10)
             time.sleep(0.3)
-            with run.daemon.state.reading() as conn:
+            with run.state() as conn:
                 dead = conn.execute("SELECT status, reason FROM dead_letters").fetchall()
             assert dead and dead[0][0] == "400" and "bad span" in dead[0][1]
             deadline = time.monotonic() + 5
@@ -245,7 +256,8 @@ def test_admin_endpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
                 "status"
             ] == ("ignored")
             deadline = time.monotonic() + 5
-            while "cartesia_tts_ttfb_seconds_bucket" not in (text := run.admin("/metrics").text):
+            wanted = ("cartesia_tts_ttfb_seconds_bucket", 'outcome="unauthorized"', 'outcome="ignored"')
+            while not all(w in (text := run.admin("/metrics").text) for w in wanted):
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
             assert "otelbridge_webhooks_total{" in text
@@ -322,7 +334,7 @@ def test_many_concurrent_calls_in_any_order(tmp_path: Path, monkeypatch: pytest.
             assert receiver.wait_until(
                 lambda: len({s.span_id for s in receiver.spans()}) >= len(expected), 30
             )
-            with run.daemon.state.reading() as conn:
+            with run.state() as conn:
                 assert conn.execute("SELECT COUNT(*) FROM calls WHERE closed_ns IS NULL").fetchone()[0] == 0
         _exactly_once(receiver, expected)
         assert len(receiver.spans_by_trace()) == 48

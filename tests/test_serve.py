@@ -481,6 +481,14 @@ def test_json_logs_are_json_and_never_show_the_secret(
 
 
 # --- 8. admin endpoints ---------------------------------------------------------------------------
+def _accepted(metrics_text: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics_text.splitlines()
+        if line.startswith("otelbridge_webhooks_total{") and 'outcome="accepted"' in line
+    )
+
+
 def test_metrics_and_health_on_the_admin_port(
     daemons: Daemons,
     receiver: HttpOtlpReceiver,
@@ -496,17 +504,18 @@ def test_metrics_and_health_on_the_admin_port(
         assert client.get(f"{daemon.admin_url}/healthz").status_code == 200
         ready = client.get(f"{daemon.admin_url}/readyz")
         assert ready.status_code == 200 and ready.json()["status"] == "ready"
-        text = client.get(f"{daemon.admin_url}/metrics").text
+        # webhook counts reach the admin side (the pipeline process) within a second or two
+        deadline = time.monotonic() + 5
+        while True:
+            text = client.get(f"{daemon.admin_url}/metrics").text
+            if _accepted(text) == len(deliveries) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
     for name in (
         "otelbridge_webhooks_total",
         "cartesia_tts_ttfb_seconds_bucket",
         "otelbridge_export_attempts_total",
     ):
         assert name in text, f"{name} missing from /metrics:\n{text[:3000]}"
-    accepted = [
-        line
-        for line in text.splitlines()
-        if line.startswith("otelbridge_webhooks_total{") and 'outcome="accepted"' in line
-    ]
-    assert sum(float(line.rsplit(" ", 1)[1]) for line in accepted) == len(deliveries)
+    assert _accepted(text) == len(deliveries)
     stop_gracefully(daemon)

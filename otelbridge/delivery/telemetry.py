@@ -91,9 +91,6 @@ class SelfMetrics:
     def __init__(self, provider: MeterProvider, gauges: Gauges) -> None:
         meter = provider.get_meter(c.SELF_SCOPE, __version__)
         self.gauges = gauges
-        self.webhooks = meter.create_counter(
-            c.SELF_WEBHOOKS, "{webhook}", "Webhook deliveries by event type and outcome"
-        )
         self.events = meter.create_counter(
             c.SELF_EVENTS, "{event}", "Stored webhook events processed into spans, by event type"
         )

@@ -1,0 +1,417 @@
+"""The export side of ``otelbridge serve``, in its own process: ``python -m otelbridge.pipeline``.
+
+Why a second process: the webhook side must acknowledge thousands of webhooks a second, and
+mapping, encoding, metric recording and exporting are CPU work that would share one GIL with
+it (measured in docs/benchmarks.md). The two processes share nothing but the SQLite files:
+
+    main process (otelbridge.daemon)          pipeline process (this module)
+    webhook listener -> inbox.db  ──────────► Processor -> state.db (calls, ledger, spool, points)
+                      stdin: config, wakes,    Sender per signal -> OTLP
+                      webhook counts, health   Telemetry (meter) -> spooled OTLP metrics, /metrics
+                                               admin listener (/healthz, /readyz, /metrics)
+
+Protocol on stdin, one line each: the first line is the JSON config; then ``w`` (new inbox
+rows), ``c {json}`` (cumulative webhook counts by type and outcome), ``h {json}`` (the webhook
+side's health), ``stop`` (drain within the shutdown timeout, then exit 0). End of input without
+``stop`` means the main process is gone (``kill -9``): exit at once — everything is durable,
+and the next start carries on. ``pipeline.lock`` in the state directory keeps a second pipeline
+from running on the same files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import json
+import logging
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.resources import Resource
+
+from otelbridge import __version__
+from otelbridge.admin import Readiness, build_admin_app
+from otelbridge.delivery.sdk import encode_trace_request, to_readable_spans
+from otelbridge.delivery.sender import Sender
+from otelbridge.delivery.spool import SIGNALS, Spool
+from otelbridge.delivery.telemetry import Telemetry, interval_from_env, temporality_from_env
+from otelbridge.delivery.transport import ConsoleTransport, DiscardTransport, Transport, transport_from_env
+from otelbridge.ingest.inbox import inbox_depth
+from otelbridge.ingest.processor import WATERMARK, BatchResult, Processor, load_unexported_points
+from otelbridge.logs import configure_logging
+from otelbridge.mapping import conventions as c
+from otelbridge.mapping.records import SpanRecord
+from otelbridge.settings import Settings
+from otelbridge.store import Database, get_meta, open_inbox, open_state
+from otelbridge.web import address, quiet_server
+
+log = logging.getLogger("otelbridge.pipeline")
+
+SWEEP_INTERVAL_S = 30.0
+HOUSEKEEPING_INTERVAL_S = 2.0
+#: delivery counts as stuck when a sender loop has not looked at the spool for this long
+STUCK_AFTER_NS = 60 * 1_000_000_000
+#: the webhook side counts as gone when it has not reported for this long
+WEBHOOK_SILENT_NS = 10 * 1_000_000_000
+LOCK_WAIT_S = 30.0
+
+
+def make_transport(settings: Settings) -> Transport:
+    if settings.exporter == "console":
+        return ConsoleTransport()
+    if settings.exporter == "none":
+        return DiscardTransport()
+    return transport_from_env()
+
+
+@dataclass(slots=True)
+class WebhookSide:
+    """What the main process last reported."""
+
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    inbox_error: str | None = None
+    stopping: bool = False
+    heard_ns: int = field(default_factory=time.time_ns)
+
+
+@contextlib.contextmanager
+def pipeline_lock(state_dir: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """Exclusive ``pipeline.lock``: waits for a pipeline orphaned by a ``kill -9`` to exit."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with (state_dir / "pipeline.lock").open("a") as f:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"another pipeline holds {state_dir / 'pipeline.lock'}") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, resource: Resource, *, transport: Transport | None = None) -> None:
+        self.settings = settings
+        self.state: Database = open_state(settings.state_dir)
+        self._inbox = open_inbox(settings.state_dir)
+        self.spool = Spool(max_bytes=settings.spool_max_bytes, max_age_ns=int(settings.spool_max_age * 1e9))
+        self.telemetry = Telemetry(
+            resource,
+            temporality=temporality_from_env(),
+            max_log_metric_names=settings.log_metric_max_names,
+            max_string_values=settings.log_metric_max_values,
+        )
+        self.metrics = self.telemetry.self_metrics
+        self.webhooks = WebhookSide()
+        self.telemetry.provider.get_meter(c.SELF_SCOPE, __version__).create_observable_counter(
+            c.SELF_WEBHOOKS,
+            [self._webhook_counts],
+            "{webhook}",
+            "Webhook deliveries by event type and outcome",
+        )
+
+        def encode(spans: list[SpanRecord]) -> bytes:
+            return bytes(encode_trace_request(to_readable_spans(spans, resource)).SerializeToString())
+
+        self.processor = Processor(
+            self.state,
+            self._inbox,
+            self.spool,
+            settings.mapping_options(),
+            encode,
+            call_timeout_ns=int(settings.call_timeout * 1e9),
+            retention_ns=int(settings.state_retention * 1e9),
+        )
+        self.transport = transport or make_transport(settings)
+        self.sender = Sender(
+            self.state,
+            self.spool,
+            self.transport,
+            self.metrics,
+            initial_backoff_s=settings.retry_initial_backoff,
+            max_backoff_s=settings.retry_max_backoff,
+        )
+        self.wake = anyio.Event()
+        self.stopping = False
+
+    def _webhook_counts(self, _: CallbackOptions) -> list[Observation]:
+        return [
+            Observation(n, {c.SELF_ATTR_TYPE: t, c.SELF_ATTR_OUTCOME: o})
+            for (t, o), n in self.webhooks.counts.items()
+        ]
+
+    def export_target(self) -> str:
+        if self.settings.exporter != "otlp":
+            return self.settings.exporter
+        return ", ".join(f"{sig} {self.transport.endpoint(sig)}" for sig in SIGNALS)
+
+    def close(self) -> None:
+        self.telemetry.shutdown()
+        self.transport.close()
+        for db in (self.state, self._inbox):
+            db.close()
+
+    # --- loops ---------------------------------------------------------------------------------
+    async def run_loops(self, tg: anyio.abc.TaskGroup) -> None:
+        # Points stored but not yet in a spooled metrics request (a crash or kill -9 before
+        # the last collection): record them again, once.
+        self.telemetry.record(await anyio.to_thread.run_sync(load_unexported_points, self.state))
+        tg.start_soon(resilient, "processor", self._process_loop)
+        for signal_name in SIGNALS:
+            tg.start_soon(resilient, f"{signal_name} sender", functools.partial(self.sender.run, signal_name))
+        tg.start_soon(resilient, "metrics collection", self._metrics_loop)
+        tg.start_soon(resilient, "housekeeping", self._housekeeping_loop)
+
+    async def _process_loop(self) -> None:
+        next_sweep = anyio.current_time() + SWEEP_INTERVAL_S
+        while True:
+            self.wake = anyio.Event()
+            await self.process_all()
+            if anyio.current_time() >= next_sweep:
+                self._account(await anyio.to_thread.run_sync(self.processor.sweep))
+                next_sweep = anyio.current_time() + SWEEP_INTERVAL_S
+            with anyio.move_on_after(0.5):
+                await self.wake.wait()
+
+    async def process_all(self) -> None:
+        while True:
+            result = await anyio.to_thread.run_sync(self.processor.process_batch)
+            self._account(result)
+            if not result.events:
+                return
+
+    def _account(self, result: BatchResult) -> None:
+        self.telemetry.record(result.points)
+        for event_type, count in result.events_by_type.items():
+            self.metrics.events.add(count, {c.SELF_ATTR_TYPE: event_type})
+        if result.spans:
+            self.metrics.spans.add(result.spans)
+            self.sender.notify()
+        if result.failed_events:
+            self.metrics.processing_errors.add(result.failed_events)
+        if result.late_log_items:
+            self.metrics.late_log_items.add(result.late_log_items)
+        for (signal_name, reason), (requests, items) in result.dropped.by.items():
+            self.metrics.dropped.add(requests, {c.SELF_ATTR_SIGNAL: signal_name, c.SELF_ATTR_REASON: reason})
+            log.error(
+                "SPOOL CAP REACHED: dropped %d unsent %s request(s) (%d item(s)) because of their %s; "
+                "raise OTELBRIDGE_SPOOL_MAX_%s or fix the backend",
+                requests, signal_name, items, reason, "BYTES" if reason == "size" else "AGE",
+            )  # fmt: skip
+
+    async def _metrics_loop(self) -> None:
+        interval = interval_from_env()
+        while True:
+            await anyio.sleep(interval)
+            await self.collect_metrics()
+
+    async def collect_metrics(self) -> None:
+        through = self.telemetry.recorded_through
+        collected = self.telemetry.collect_otlp()
+        if collected is None:
+            return
+        body, items = collected
+        epoch = self.telemetry.epoch
+        cumulative = self.telemetry.temporality == "cumulative"
+
+        def spool_it() -> None:
+            now = time.time_ns()
+            with self.state.transaction() as conn:
+                newest = self.spool.add(conn, "metrics", body, items, now, epoch=epoch)
+                if cumulative:
+                    self.spool.supersede_metrics(conn, epoch, newest)
+                conn.execute("DELETE FROM points WHERE id <= ?", (through,))
+
+        await anyio.to_thread.run_sync(spool_it)
+        self.sender.notify()
+
+    async def _housekeeping_loop(self) -> None:
+        while True:
+            await anyio.to_thread.run_sync(self._refresh_gauges)
+            await anyio.sleep(HOUSEKEEPING_INTERVAL_S)
+
+    def _refresh_gauges(self) -> None:
+        gauges = self.telemetry.gauges
+        with self.state.reading() as conn:
+            stats = self.spool.stats(conn)
+            gauges.open_calls = int(
+                conn.execute("SELECT COUNT(*) FROM calls WHERE closed_ns IS NULL").fetchone()[0]
+            )
+            watermark = int(get_meta(conn, WATERMARK, "0") or 0)
+        gauges.spool_depth = dict(stats.depth)
+        gauges.spool_bytes = stats.bytes
+        oldest = stats.oldest_ns
+        gauges.spool_oldest_age_s = 0.0 if oldest is None else max(0.0, (time.time_ns() - oldest) / 1e9)
+        gauges.inbox_depth = inbox_depth(self._inbox, watermark)
+
+    def spool_depth(self) -> dict[str, int]:
+        with self.state.reading() as conn:
+            return self.spool.stats(conn).depth
+
+    async def drain(self, timeout_s: float) -> None:
+        """Process what is stored, spool a last metrics collection, send for ``timeout_s``."""
+        started = time.monotonic()
+        await self.process_all()
+        await self.collect_metrics()
+        self.sender.notify()
+        with anyio.move_on_after(max(0.0, timeout_s - (time.monotonic() - started))):
+            while sum((await anyio.to_thread.run_sync(self.spool_depth)).values()):
+                await anyio.sleep(0.05)
+        left = await anyio.to_thread.run_sync(self.spool_depth)
+        if sum(left.values()):
+            log.warning(
+                "stopping with %d trace and %d metrics request(s) unsent; they are kept in %s and sent "
+                "at the next start", left["traces"], left["metrics"], self.settings.state_dir,
+            )  # fmt: skip
+        else:
+            log.info("stopped: everything received was exported")
+
+    # --- admin ------------------------------------------------------------------------------------
+    async def metrics_text(self) -> bytes:
+        return await anyio.to_thread.run_sync(self.telemetry.prometheus_text)
+
+    async def readiness(self) -> Readiness:
+        checks: dict[str, dict[str, Any]] = {}
+
+        def probe() -> str | None:
+            try:
+                for db in (self._inbox, self.state):
+                    with db.transaction():
+                        pass
+            except Exception as exc:
+                return f"{type(exc).__name__}: {exc}"
+            return None
+
+        with anyio.move_on_after(2.0) as scope:
+            problem = await anyio.to_thread.run_sync(probe, abandon_on_cancel=True)
+        if scope.cancelled_caught:
+            problem = "a write transaction did not start within 2s"
+        if problem is None and self.webhooks.inbox_error:
+            problem = self.webhooks.inbox_error
+        checks["state_store"] = {"ok": problem is None, "reason": problem or "writable"}
+        now = time.time_ns()
+        silent = now - self.webhooks.heard_ns > WEBHOOK_SILENT_NS
+        checks["webhooks"] = {
+            "ok": not silent,
+            "reason": "the webhook listener has not reported for 10s" if silent else "listening",
+        }
+        stalled = [sig for sig, st in self.sender.states.items() if now - st.heartbeat_ns > STUCK_AFTER_NS]
+        delivery: dict[str, Any] = {
+            "ok": not stalled,
+            "reason": f"the {', '.join(stalled)} delivery loop has not run for 60s" if stalled else "running",
+        }
+        for sig, st in self.sender.states.items():
+            delivery[sig] = {"failures": st.failures, "last_error": st.last_error}
+        checks["delivery"] = delivery
+        gauges = self.telemetry.gauges
+        full = gauges.spool_bytes >= 0.9 * self.settings.spool_max_bytes
+        checks["spool"] = {
+            "ok": not full,
+            "reason": "over 90% of OTELBRIDGE_SPOOL_MAX_BYTES" if full else "room left",
+            "requests": sum(gauges.spool_depth.values()),
+            "bytes": gauges.spool_bytes,
+            "oldest_age_s": round(gauges.spool_oldest_age_s, 3),
+        }
+        stopping = self.stopping or self.webhooks.stopping
+        checks["shutdown"] = {"ok": not stopping, "reason": "stopping" if stopping else "running"}
+        return Readiness(all(check["ok"] for check in checks.values()), checks)
+
+    # --- the main process's messages ---------------------------------------------------------------
+    def take(self, line: str) -> bool:
+        """Apply one stdin line; False for ``stop``."""
+        kind, _, payload = line.strip().partition(" ")
+        if kind == "w":
+            self.wake.set()
+        elif kind == "c":
+            self.webhooks.counts = {(t, o): n for t, o, n in json.loads(payload)}
+            self.webhooks.heard_ns = time.time_ns()
+        elif kind == "h":
+            health = json.loads(payload)
+            self.webhooks.inbox_error = health.get("inbox_error")
+            self.webhooks.stopping = bool(health.get("stopping"))
+            self.webhooks.heard_ns = time.time_ns()
+        elif kind == "stop":
+            return False
+        return True
+
+
+async def resilient(name: str, loop: Callable[[], Awaitable[None]]) -> None:
+    """Run ``loop`` forever: an unexpected error (a full disk, a bug) is logged and the loop
+    starts again a second later instead of taking the daemon down. Nothing is lost: every
+    loop works from the durable state."""
+    while True:
+        try:
+            await loop()
+        except Exception:
+            log.exception("the %s loop failed; restarting it in 1s", name)
+            await anyio.sleep(1.0)
+
+
+async def run_pipeline() -> int:
+    async with anyio.wrap_file(sys.stdin.buffer) as stdin:
+        config = json.loads(await stdin.readline())
+        settings = Settings(**config["settings"])
+        configure_logging(settings.log_format, settings.log_level)
+        admin_sock = socket.socket(fileno=config["admin_fd"])
+        with await anyio.to_thread.run_sync(pipeline_lock, settings.state_dir):
+            pipeline = Pipeline(settings, Resource(config["resource"]))
+            try:
+                return await _serve(pipeline, admin_sock, stdin)
+            finally:
+                pipeline.close()
+
+
+async def _serve(pipeline: Pipeline, admin_sock: socket.socket, stdin: anyio.AsyncFile[bytes]) -> int:
+    admin = quiet_server(build_admin_app(pipeline.readiness, pipeline.metrics_text))
+    async with anyio.create_task_group() as tg:
+        await pipeline.run_loops(tg)
+        admin_done = anyio.Event()
+
+        async def serve_admin() -> None:
+            try:
+                await admin.serve(sockets=[admin_sock])
+            finally:
+                admin_done.set()
+
+        tg.start_soon(serve_admin)
+        log.info("pipeline: exporting to %s; admin on %s", pipeline.export_target(), address(admin_sock))
+        orderly = False
+        while line := await stdin.readline():
+            if not pipeline.take(line.decode()):
+                orderly = True
+                break
+        if orderly:
+            pipeline.stopping = True
+            await pipeline.drain(pipeline.settings.shutdown_timeout)
+            admin.should_exit = True
+            with anyio.move_on_after(5):
+                await admin_done.wait()
+        else:
+            log.warning("the webhook side is gone: stopping at once (everything stored is kept)")
+        tg.cancel_scope.cancel()
+    return 0
+
+
+def main() -> int:
+    try:
+        return anyio.run(run_pipeline, backend_options={"use_uvloop": True})
+    except KeyboardInterrupt:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

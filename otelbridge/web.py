@@ -1,0 +1,65 @@
+"""Listening sockets and uvicorn servers, as both processes of ``otelbridge serve`` use them."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+from starlette.types import ASGIApp
+
+
+class StartupError(Exception):
+    """otelbridge serve cannot start: the message names the setting and the fix."""
+
+
+def bind(host: str, port: int, setting: str) -> socket.socket:
+    """Bind the listening socket ourselves: a clear message instead of uvicorn's exit, and a
+    socket the pipeline process can inherit."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(
+            f"{setting}: cannot resolve {host!r} ({exc.strerror}). Fix: use an IP address"
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(
+            f"{setting}: cannot listen on {host}:{port} ({exc.strerror}). "
+            "Fix: choose a free port or stop what uses it"
+        ) from None
+    sock.setblocking(False)
+    return sock
+
+
+def address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the daemon owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def quiet_server(app: ASGIApp) -> QuietServer:
+    config = uvicorn.Config(
+        app,
+        lifespan="off",
+        access_log=False,
+        server_header=False,
+        log_config=None,
+        timeout_graceful_shutdown=5,
+        http="httptools",
+    )
+    return QuietServer(config)
