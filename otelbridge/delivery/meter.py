@@ -11,6 +11,7 @@ so that exemplars point at the turn. Bounds that need memory across calls live h
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Final
 
 from opentelemetry import trace
@@ -60,7 +61,17 @@ class MetricRecorder:
         self.folded: dict[str, int] = {"name": 0, "value": 0}
 
     def record(self, points: Iterable[MetricPoint]) -> None:
+        """Record ``points``; counter points of one series are summed first (one SDK call
+        instead of many; the exemplar is the series' last point)."""
+        sums: dict[tuple[str, tuple[tuple[str, str | bool | int], ...]], MetricPoint] = {}
         for point in points:
+            if point.kind is InstrumentKind.HISTOGRAM:
+                self._record(point)
+                continue
+            key = (point.instrument, tuple(sorted(point.attributes.items())))
+            seen = sums.get(key)
+            sums[key] = point if seen is None else replace(point, value=seen.value + point.value)
+        for point in sums.values():
             self._record(point)
 
     def _record(self, point: MetricPoint) -> None:

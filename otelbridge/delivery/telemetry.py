@@ -197,9 +197,10 @@ class Telemetry:
         self.epoch = uuid.uuid4().hex
 
     def record(self, points: Iterable[tuple[int, MetricPoint]]) -> None:
-        for point_id, point in points:
-            self.recorder.record((point,))
-            self.recorded_through = max(self.recorded_through, point_id)
+        batch = list(points)
+        self.recorder.record(point for _, point in batch)
+        if batch:
+            self.recorded_through = max(self.recorded_through, *(point_id for point_id, _ in batch))
 
     def collect_otlp(self) -> tuple[bytes, int] | None:
         """(encoded ExportMetricsServiceRequest, data points), or None when there is nothing."""

@@ -34,6 +34,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import from_json
 
+from otelbridge.cartesia.models import TranscriptItem
 from otelbridge.cartesia.webhooks import (
     CALL_STARTED,
     CALL_TURN,
@@ -46,6 +47,7 @@ from otelbridge.delivery.spool import Dropped, Spool
 from otelbridge.ingest.assembly import CallAssembler
 from otelbridge.ingest.inbox import delete_inbox_through, read_inbox
 from otelbridge.mapping import conventions as c
+from otelbridge.mapping import ids
 from otelbridge.mapping.increments import Increment, analysis_span, call_increment, turn_increment
 from otelbridge.mapping.policy import MappingOptions
 from otelbridge.mapping.records import InstrumentKind, MetricPoint, SpanRecord
@@ -242,7 +244,9 @@ class Processor:
 
         if event.type == CALL_TURN and event.turn is not None:
             if call.start_ns is not None:
-                increment = turn_increment(self._context(call), event.turn, self._exported(conn, call_id))
+                increment = turn_increment(
+                    self._context(call), event.turn, self._exported_of(conn, call_id, event.turn)
+                )
             else:
                 self._keep(conn, call, body)
         elif event.type == CALL_STARTED:
@@ -339,6 +343,19 @@ class Processor:
             r[0] & 0xFFFFFFFFFFFFFFFF
             for r in conn.execute("SELECT span_id FROM ledger WHERE call_id=?", (call_id,))
         }
+
+    def _exported_of(self, conn: sqlite3.Connection, call_id: str, item: TranscriptItem) -> set[int]:
+        """The ledger entries of one turn's span ids only (a turn webhook of a long call must not
+        read the call's whole ledger)."""
+        keys = [ids.turn_key(item.role, item.start_timestamp)]
+        keys += [ids.tool_key(keys[0], t.id) for t in item.tool_calls]
+        wanted = [signed64(ids.span_id(call_id, k)) for k in keys]
+        marks = ",".join("?" * len(wanted))
+        rows = conn.execute(
+            f"SELECT span_id FROM ledger WHERE call_id=? AND span_id IN ({marks})",  # noqa: S608 - placeholders only
+            (call_id, *wanted),
+        )
+        return {r[0] & 0xFFFFFFFFFFFFFFFF for r in rows}
 
     @staticmethod
     def _ledger(conn: sqlite3.Connection, call_id: str, spans: list[SpanRecord], now: int) -> None:
