@@ -10,14 +10,13 @@ webhooks and at rest a single webhook waits for one commit only.
 from __future__ import annotations
 
 import logging
-import math
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from otelbridge.ingest.receiver import StoreUnavailable
 from otelbridge.store import Database
@@ -45,51 +44,51 @@ class SqliteInbox:
     def __init__(self, db: Database, *, on_commit: Callable[[], None] = lambda: None) -> None:
         self._db = db
         self._on_commit = on_commit
-        send: MemoryObjectSendStream[_Pending]
-        receive: MemoryObjectReceiveStream[_Pending]
-        send, receive = anyio.create_memory_object_stream[_Pending](max_buffer_size=math.inf)
-        self._send, self._receive = send, receive
+        self._queue: deque[_Pending] = deque()
+        self._wake = anyio.Event()
+        self._closed = False
         self.last_error: str | None = None
         self.commits = 0
         self.appended = 0
 
     async def append(self, body: bytes, event_type: str, call_id: str) -> None:
+        if self._closed:
+            raise StoreUnavailable("otelbridge is shutting down")
         pending = _Pending((time.time_ns(), event_type, call_id, body))
-        try:
-            self._send.send_nowait(pending)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise StoreUnavailable("otelbridge is shutting down") from None
+        self._queue.append(pending)
+        self._wake.set()
         await pending.done.wait()
         if pending.error is not None:
             raise StoreUnavailable(pending.error)
 
     def close(self) -> None:
         """No more appends; :meth:`run` returns once everything queued is committed."""
-        self._send.close()
+        self._closed = True
+        self._wake.set()
 
     async def run(self) -> None:
-        async with self._receive:
-            async for first in self._receive:
-                batch = [first]
-                while len(batch) < MAX_BATCH:
-                    try:
-                        batch.append(self._receive.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                error: str | None = None
-                try:
-                    await anyio.to_thread.run_sync(self._write, [p.row for p in batch])
-                except (sqlite3.Error, OSError) as exc:
-                    error = f"the state store cannot be written ({type(exc).__name__}: {exc})"
-                    log.error("inbox commit of %d webhook(s) failed: %s", len(batch), error)
-                self.last_error = error
-                for pending in batch:
-                    pending.error = error
-                    pending.done.set()
-                if error is None:
-                    self.commits += 1
-                    self.appended += len(batch)
-                    self._on_commit()
+        while True:
+            if not self._queue:
+                if self._closed:
+                    return
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                continue
+            batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
+            error: str | None = None
+            try:
+                await anyio.to_thread.run_sync(self._write, [p.row for p in batch])
+            except (sqlite3.Error, OSError) as exc:
+                error = f"the state store cannot be written ({type(exc).__name__}: {exc})"
+                log.error("inbox commit of %d webhook(s) failed: %s", len(batch), error)
+            self.last_error = error
+            for pending in batch:
+                pending.error = error
+                pending.done.set()
+            if error is None:
+                self.commits += 1
+                self.appended += len(batch)
+                self._on_commit()
 
     def _write(self, rows: list[tuple[int, str, str, bytes]]) -> None:
         with self._db.transaction() as conn:
