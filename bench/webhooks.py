@@ -1,6 +1,6 @@
 """Benchmark: acked ``call_turn`` webhooks per second, ack latency and freshness of ``otelbridge serve``.
 
-    python bench/webhooks.py [-t 2] [-c 32] [-d 10] [--json] [--profile]
+    python bench/webhooks.py [-t 2] [-c 32] [-d 10] [--json] [--profile] [--only ack-only]
 
 Three processes besides this one, all on this machine (on 2 cores they share the CPUs):
 
@@ -32,6 +32,9 @@ at the receiver; both clocks are ``CLOCK_MONOTONIC``, which is system-wide on Li
 
 ``--profile`` samples each server with ``py-spy --gil`` during its wrk run and prints where
 the GIL-holding time goes (by area of the daemon, by function).
+
+``--only ack-only`` is the quick mode for work on the request path: the echo and the ack-only
+diagnostic only (no receiver, daemon, drain or freshness run), their ratio from the same run.
 """
 
 from __future__ import annotations
@@ -830,8 +833,7 @@ class Report:
 
     def as_dict(self) -> dict[str, Any]:
         assert self.echo is not None
-        assert self.daemon is not None
-        ratio = self.daemon.rps / self.echo.rps
+        ratio = self.daemon.rps / self.echo.rps if self.daemon else None
         return {
             "load": {
                 "tool": "wrk",
@@ -841,12 +843,12 @@ class Report:
                 "command": f"wrk {' '.join(self.load.args())} -s SCRIPT URL",
             },
             "echo": self.echo.summary(),
-            "daemon": self.daemon.summary(),
+            "daemon": self.daemon.summary() if self.daemon else None,
             "ack_only": self.ack_only.summary() if self.ack_only else None,
-            "ratio": round(ratio, 3),
+            "ratio": round(ratio, 3) if ratio is not None else None,
             "ratio_ack_only": round(self.ack_only.rps / self.echo.rps, 3) if self.ack_only else None,
             "goal_ratio": GOAL_RATIO,
-            "meets_ratio_goal": ratio >= GOAL_RATIO,
+            "meets_ratio_goal": ratio >= GOAL_RATIO if ratio is not None else None,
             "drain": self.drain,
             "freshness": self.fresh,
             "goal_freshness_s": {"p50": GOAL_FRESH_P50_S, "p99": GOAL_FRESH_P99_S},
@@ -913,14 +915,16 @@ def run(args: argparse.Namespace) -> Report:
         script.write_text(
             lua_script(corpus, prefix=prefix, calls=args.calls, threads=args.threads, secret=secret)
         )
+        with echo_server() as (url, proc):
+            report.echo = wrk_round("echo", url, script, {"server": proc.pid}, args, report)
+        if not args.skip_ack_only:
+            with ack_only_server(secret, args.state_parent) as (url, proc):
+                report.ack_only = wrk_round("ack-only", url, script, {"server": proc.pid}, args, report)
+        if args.only == "ack-only":
+            return report
         receiver = Receiver()
         try:
             log(f"OTLP receiver at {receiver.url} (pid {receiver.pid})")
-            with echo_server() as (url, proc):
-                report.echo = wrk_round("echo", url, script, {"server": proc.pid}, args, report)
-            if not args.skip_ack_only:
-                with ack_only_server(secret, args.state_parent) as (url, proc):
-                    report.ack_only = wrk_round("ack-only", url, script, {"server": proc.pid}, args, report)
             with daemon(receiver, secret, args.state_parent) as (url, proc, _state):
                 log(f"daemon: announcing {args.calls} calls (call_started, untimed)")
                 asyncio.run(
@@ -948,42 +952,55 @@ def log(message: str) -> None:
 
 
 def render(data: dict[str, Any]) -> str:
-    e, d, env = data["echo"], data["daemon"], data["environment"]
-    fresh, drain, ack_ratio = data["freshness"], data["drain"], data["ratio_ack_only"]
+    e, d, a, env = data["echo"], data["daemon"], data["ack_only"], data["environment"]
     lines = [
         f"machine: {env['cpu_model']}, {env['cores']} cores, Python {env['python']}, {env['wrk']}",
         f"load: {data['load']['command']} (same script for both)",
         "",
-        f"{'server':<8} {'acked/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'requests':>9}   CPU s",
+        f"{'server':<8} {'acked/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'requests':>9}"
+        + ("" if d else f" {'ms CPU/req':>10}")
+        + "   CPU s",
     ]
-    rows = [("echo", e), ("daemon", d)] + ([("ack-only", data["ack_only"])] if data["ack_only"] else [])
+    rows = [("echo", e)] + ([("daemon", d)] if d else []) + ([("ack-only", a)] if a else [])
     for name, r in rows:
         lat = r["latency_ms"]
         cpu = ", ".join(f"{k} {v:g}" for k, v in r["cpu_s"].items())
         lines.append(
             f"{name:<8} {r['rps']:>9,.0f} {lat['p50']:>8.2f} {lat['p99']:>8.2f} {lat['max']:>8.1f} "
-            f"{r['requests']:>9,}   {cpu}"
+            f"{r['requests']:>9,}"
+            + ("" if d else f" {r['cpu_ms_per_request']['server']:>10.3f}")
+            + f"   {cpu}"
         )
-    lines += [
-        "",
-        f"ratio daemon/echo: {data['ratio']:.2f} (goal >= {data['goal_ratio']}: "
-        f"{'met' if data['meets_ratio_goal'] else 'NOT met'})",
-        *(
-            [f"diagnostic, ack path alone (webhook app + inbox, no processor) / echo: {ack_ratio:.2f}"]
-            if ack_ratio is not None
-            else []
-        ),
-        f"drain after wrk: {drain.get('drain_s')} s ({drain.get('exported_turns')} turn spans exported for "
-        f"{drain.get('acked_turns')} acked; {drain.get('trace_requests')} OTLP trace requests)",
-    ]
-    if fresh:
-        f = fresh["freshness_s"]
+    lines.append("")
+    if d:
+        fresh, drain = data["freshness"], data["drain"]
+        lines += [
+            f"ratio daemon/echo: {data['ratio']:.2f} (goal >= {data['goal_ratio']}: "
+            f"{'met' if data['meets_ratio_goal'] else 'NOT met'})",
+            *(
+                [
+                    "diagnostic, ack path alone (webhook app + inbox, no processor) / echo: "
+                    f"{data['ratio_ack_only']:.2f}"
+                ]
+                if a
+                else []
+            ),
+            f"drain after wrk: {drain.get('drain_s')} s ({drain.get('exported_turns')} turn spans exported "
+            f"for {drain.get('acked_turns')} acked; {drain.get('trace_requests')} OTLP trace requests)",
+        ]
+        if fresh:
+            f = fresh["freshness_s"]
+            lines.append(
+                f"freshness at {fresh['rate']:g} req/s x {fresh['seconds']:g}s: p50 {f['p50']:.3f} s, "
+                f"p99 {f['p99']:.3f} s, max {f['max']:.3f} s (goal <= {GOAL_FRESH_P50_S:g} s / "
+                f"{GOAL_FRESH_P99_S:g} s: {'met' if fresh['meets_goal'] else 'NOT met'}); "
+                f"ack p50 {fresh['ack_ms']['p50']} ms, p99 {fresh['ack_ms']['p99']} ms; "
+                f"missing {fresh['missing']}"
+            )
+    else:  # --only ack-only
         lines.append(
-            f"freshness at {fresh['rate']:g} req/s x {fresh['seconds']:g}s: p50 {f['p50']:.3f} s, "
-            f"p99 {f['p99']:.3f} s, max {f['max']:.3f} s (goal <= {GOAL_FRESH_P50_S:g} s / "
-            f"{GOAL_FRESH_P99_S:g} s: {'met' if fresh['meets_goal'] else 'NOT met'}); "
-            f"ack p50 {fresh['ack_ms']['p50']} ms, p99 {fresh['ack_ms']['p99']} ms; "
-            f"missing {fresh['missing']}"
+            f"ratio ack-only/echo (the request path alone): {data['ratio_ack_only']:.2f} "
+            f"(goal for the daemon >= {data['goal_ratio']})"
         )
     for name, profile in data["profiles"].items():
         lines += [
@@ -1022,10 +1039,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip-ack-only", action="store_true", help="skip the diagnostic run of the ack path alone"
     )
+    parser.add_argument(
+        "--only",
+        choices=("ack-only",),
+        help="ack-only: run only the echo and the ack-only diagnostic (quick, for the request path)",
+    )
     parser.add_argument("--internal", choices=("echo", "receiver", "ack-only"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.only == "ack-only" and args.skip_ack_only:
+        parser.error("--only ack-only and --skip-ack-only exclude each other")
     if args.internal == "echo":
         run_echo(args.port)
         return 0

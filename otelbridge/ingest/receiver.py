@@ -1,4 +1,4 @@
-"""The Starlette app behind ``POST /webhooks/cartesia``: check, validate, store durably, answer.
+"""The ASGI app behind ``POST /webhooks/cartesia``: check, validate, store durably, answer.
 
 The request path does only cheap work, cheapest first, and nothing that exports:
 
@@ -19,27 +19,31 @@ exception is logged here with its traceback and answered with a fixed 500 messag
 ``on_outcome(type, outcome)`` is called exactly once per request (the self-metric
 ``otelbridge.webhooks{type,outcome}``); ``type`` is one of :data:`KNOWN_EVENT_TYPES` or
 ``"unknown"``, so that a client cannot grow the metric's cardinality.
+
+This is the hot path of ``otelbridge serve``, so the app is a plain ASGI callable (the ASGI
+spec is the contract; uvicorn parses HTTP): headers come from ``scope["headers"]``, the body
+from ``receive()``, the answer goes out as two ``send()`` messages, with the JSON of the
+fixed answers encoded once. It runs on asyncio (uvicorn): past ``store_timeout`` the waiting
+request task is cancelled as :func:`asyncio.timeout` would, by one timer shared by all
+requests instead of a cancel scope (or timer) per request.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import hmac
+import json
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import aclosing
-from dataclasses import dataclass, field
-from typing import Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
-import anyio
 from pydantic import ValidationError
 from pydantic_core import from_json
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otelbridge.cartesia.errors import describe_validation_error
 from otelbridge.cartesia.webhooks import KNOWN_EVENT_TYPES, parse_webhook_event
@@ -68,6 +72,7 @@ DEFAULT_STORE_TIMEOUT_S: Final = 10.0
 INTERNAL_ERROR_MESSAGE: Final = "internal error; see otelbridge's log"
 
 _MAX_ECHO = 64  # longest client-supplied token (type, media type) repeated in a message
+_MAX_MEDIA_TYPES = 64  # distinct Content-Type values whose verdict is remembered
 
 
 class StoreUnavailable(Exception):
@@ -122,22 +127,120 @@ _LOG_LEVEL: Final[Mapping[Outcome, int]] = {
     "error": logging.ERROR,
 }
 
+# --- headers (ASGI: lower-case names, bytes) ---------------------------------------------
+_SECRET: Final = SECRET_HEADER.lower().encode()
+_CONTENT_TYPE: Final = b"content-type"
+_CONTENT_LENGTH: Final = b"content-length"
+_TRANSFER_ENCODING: Final = b"transfer-encoding"
+_JSON_TYPE: Final = (_CONTENT_TYPE, b"application/json")
+_CLOSE: Final = (b"connection", b"close")
+_RETRY_AFTER: Final = (b"retry-after", str(RETRY_AFTER_S).encode())
+_ALLOW_POST: Final = (b"allow", b"POST")
 
-@dataclass(slots=True)
+
 class _Answer:
-    outcome: Outcome
-    message: str = ""
-    #: extra detail for the log line only (never sent to the caller)
-    detail: str = ""
-    headers: dict[str, str] = field(default_factory=dict)
-    exc: BaseException | None = None
+    """What to answer: the outcome, its one-line message, extra response headers, and
+    for the log only: ``detail`` (never sent to the caller) and the exception."""
+
+    __slots__ = ("detail", "exc", "headers", "message", "outcome")
+
+    def __init__(
+        self,
+        outcome: Outcome,
+        message: str = "",
+        *,
+        detail: str = "",
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+        exc: BaseException | None = None,
+    ) -> None:
+        self.outcome: Outcome = outcome
+        self.message = message
+        self.detail = detail
+        self.headers = headers
+        self.exc = exc
 
 
-@dataclass(slots=True)
-class _RequestState:
-    event_type: str = UNKNOWN_TYPE
-    call_id: str | None = None
-    body_complete: bool = False
+_ACCEPTED: Final = _Answer("accepted")
+_ACCEPTED_BODY: Final = b'{"status":"accepted"}'
+_ACCEPTED_HEADERS: Final = ((_CONTENT_LENGTH, str(len(_ACCEPTED_BODY)).encode()), _JSON_TYPE)
+_NO_SECRET: Final = _Answer("unauthorized", f"missing {SECRET_HEADER} header")
+_BAD_SECRET: Final = _Answer("unauthorized", f"{SECRET_HEADER} does not match any configured secret")
+
+
+@functools.lru_cache(maxsize=256)
+def _encode(outcome: Outcome, message: str) -> bytes:
+    """The JSON body of an answer (as Starlette's JSONResponse renders it); the fixed
+    answers are encoded once."""
+    content: dict[str, str]
+    if outcome == "accepted":
+        return _ACCEPTED_BODY
+    if outcome == "ignored":
+        content = {"status": "ignored", "message": message}
+    else:
+        content = {"error": "internal" if outcome == "error" else outcome, "message": message}
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+class _ClientDisconnect(Exception):
+    """The client went away before the whole body arrived."""
+
+
+class _Wait:
+    """One task waiting for the inbox: cancelled (``expired``) unless ``done`` by ``when``."""
+
+    __slots__ = ("done", "expired", "task", "when")
+
+    def __init__(self, task: asyncio.Task[Any], when: float) -> None:
+        self.task = task
+        self.when = when
+        self.done = False
+        self.expired = False
+
+
+class _Deadlines:
+    """Cancels each task still waiting ``timeout`` seconds after :meth:`start`, with one
+    timer for all of them (a timer per request costs more than the rest of the wait).
+
+    Every wait has the same timeout, so deadlines come in the order the waits started: a
+    FIFO queue whose head expires next, one timer armed for the head. Finished waits are
+    dropped from the head as new ones start, so the queue holds about what is in flight (a
+    stuck head holds those behind it until it expires: at most ``timeout`` x the rate).
+    Meant for one event loop at a time (a new loop starts afresh).
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._waits: deque[_Wait] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, task: asyncio.Task[Any]) -> _Wait:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # first use, or served by a new event loop
+            self._loop, self._waits, self._timer = loop, deque(), None
+        wait = _Wait(task, loop.time() + self._timeout)
+        waits = self._waits
+        while waits and waits[0].done:
+            waits.popleft()
+        waits.append(wait)
+        if self._timer is None:
+            self._timer = loop.call_at(wait.when, self._expire)
+        return wait
+
+    def _expire(self) -> None:
+        assert self._loop is not None
+        self._timer = None
+        now = self._loop.time()
+        waits = self._waits
+        while waits:
+            head = waits[0]
+            if not head.done:
+                if head.when > now:
+                    self._timer = self._loop.call_at(head.when, self._expire)
+                    return
+                head.expired = True
+                head.task.cancel()
+            waits.popleft()
 
 
 def _echo(value: str) -> str:
@@ -181,12 +284,20 @@ def _content_type_problem(value: str | None) -> str | None:
     return None
 
 
-def _may_have_unread_body(request: Request) -> bool:
-    headers = request.headers
-    return "transfer-encoding" in headers or headers.get("content-length", "0").strip() != "0"
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    """The request headers by (lower-case) name; the first of repeated ones wins."""
+    raw = scope["headers"]
+    return dict(reversed(raw if isinstance(raw, list) else list(raw)))
+
+
+def _may_have_unread_body(headers: Mapping[bytes, bytes]) -> bool:
+    length = headers.get(_CONTENT_LENGTH, b"0").decode("latin-1")
+    return _TRANSFER_ENCODING in headers or length.strip() != "0"
 
 
 class _WebhookReceiver:
+    """The ASGI app: one ``POST`` route; see the module docstring."""
+
     def __init__(
         self,
         *,
@@ -200,37 +311,62 @@ class _WebhookReceiver:
         self._inbox = inbox
         # Comparing SHA-256 digests makes every comparison the same length, so not even
         # the secrets' lengths leak through timing.
-        self._secret_digests = [hashlib.sha256(s).digest() for s in secrets]
+        self._secret_digests = tuple(hashlib.sha256(s).digest() for s in secrets)
         self._max_body_bytes = max_body_bytes
         self._on_outcome = on_outcome
         self._path = path
         self._store_timeout = store_timeout
+        self._deadlines = _Deadlines(store_timeout)
+        # Content-Type value -> why it is refused (None: accepted); a sender sends the same one
+        self._media_types: dict[bytes | None, str | None] = {}
+        self._not_found = _Answer("not_found", f"no such path; webhooks are received at POST {path}")
+        self._too_large = _Answer("too_large", f"body exceeds the limit of {max_body_bytes} bytes")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http":
+            await self._not_http(kind, receive, send)
+            return
+        headers = _headers(scope)
+        state = _State()
+        if scope["path"] != self._path and self._route_path(scope) != self._path:
+            answer = self._not_found
+        elif scope["method"] != "POST":
+            answer = _Answer(
+                "method_not_allowed",
+                f"method {_echo(scope['method'])} not allowed; use POST",
+                headers=(_ALLOW_POST,),
+            )
+        else:
+            try:
+                answer = await self._process(headers, receive, state)
+            except Exception as exc:
+                answer = _Answer("error", INTERNAL_ERROR_MESSAGE, detail="unexpected exception", exc=exc)
+        await self._answer(scope, send, headers, answer, state)
 
     # --- the endpoint ----------------------------------------------------------------------
-    async def handle(self, request: Request) -> Response:
-        state = _RequestState()
-        try:
-            answer = await self._process(request, state)
-        except Exception as exc:
-            answer = _Answer("error", INTERNAL_ERROR_MESSAGE, detail="unexpected exception", exc=exc)
-        return self._finish(request, answer, state)
-
-    async def _process(self, request: Request, state: _RequestState) -> _Answer:
+    async def _process(self, headers: dict[bytes, bytes], receive: Receive, state: _State) -> _Answer:
         if self._secret_digests:
-            provided = request.headers.get(SECRET_HEADER)
+            provided = headers.get(_SECRET)
             if not provided:
-                return _Answer("unauthorized", f"missing {SECRET_HEADER} header")
+                return _NO_SECRET
             if not self._secret_matches(provided):
-                return _Answer("unauthorized", f"{SECRET_HEADER} does not match any configured secret")
+                return _BAD_SECRET
 
-        problem = _content_type_problem(request.headers.get("content-type"))
+        content_type = headers.get(_CONTENT_TYPE)
+        try:
+            problem = self._media_types[content_type]
+        except KeyError:
+            problem = _content_type_problem(None if content_type is None else content_type.decode("latin-1"))
+            if len(self._media_types) < _MAX_MEDIA_TYPES:
+                self._media_types[content_type] = problem
         if problem is not None:
             return _Answer("unsupported_media_type", problem)
 
-        declared = request.headers.get("content-length")
+        declared = headers.get(_CONTENT_LENGTH)
         if declared is not None:
             try:
-                length = int(declared)
+                length = int(declared.decode("latin-1"))
             except ValueError:
                 return _Answer("bad_request", "invalid Content-Length header")
             if length > self._max_body_bytes:
@@ -240,11 +376,11 @@ class _WebhookReceiver:
                 )
 
         try:
-            body = await self._read_body(request, state)
-        except ClientDisconnect:
+            body = await self._read_body(receive, state)
+        except _ClientDisconnect:
             return _Answer("bad_request", "client disconnected before sending the whole body")
         if body is None:
-            return _Answer("too_large", f"body exceeds the limit of {self._max_body_bytes} bytes")
+            return self._too_large
 
         try:
             text = body.decode("utf-8")
@@ -274,112 +410,145 @@ class _WebhookReceiver:
         state.call_id = call_id
 
         try:
-            with anyio.fail_after(self._store_timeout):
-                await self._inbox.append(body, event.type, call_id)
+            await self._append(body, event.type, call_id)
         except StoreUnavailable as exc:
             return self._unavailable(f"event store unavailable: {exc or type(exc).__name__}")
         except TimeoutError:
             return self._unavailable(f"event store did not confirm within {self._store_timeout:g} s")
-        return _Answer("accepted")
+        return _ACCEPTED
 
-    def _secret_matches(self, provided: str) -> bool:
-        # ASGI header values are bytes; Starlette decoded them as latin-1, which round-trips.
-        digest = hashlib.sha256(provided.encode("latin-1")).digest()
+    async def _append(self, body: bytes, event_type: str, call_id: str) -> None:
+        """``inbox.append``, cancelled after ``store_timeout`` (then TimeoutError), with the
+        semantics of :func:`asyncio.timeout`: one cancellation, and an outside cancellation
+        of the task meanwhile stays a cancellation."""
+        task = asyncio.current_task()
+        assert task is not None  # an ASGI app runs in a task
+        cancelling = task.cancelling()
+        wait = self._deadlines.start(task)
+        try:
+            await self._inbox.append(body, event_type, call_id)
+        except asyncio.CancelledError:
+            # Ours only if no one else asked to cancel the task meanwhile.
+            if wait.expired and task.uncancel() <= cancelling:
+                raise TimeoutError from None
+            raise
+        else:
+            if wait.expired:  # the append swallowed our cancellation and finished
+                task.uncancel()
+        finally:
+            wait.done = True
+
+    def _secret_matches(self, provided: bytes) -> bool:
+        digest = hashlib.sha256(provided).digest()
         matched = False
         for expected in self._secret_digests:  # no early exit: every secret is compared
             matched |= hmac.compare_digest(digest, expected)
         return matched
 
-    async def _read_body(self, request: Request, state: _RequestState) -> bytes | None:
+    async def _read_body(self, receive: Receive, state: _State) -> bytes | None:
         """The whole body, or None as soon as it exceeds the limit (reading stops there)."""
-        body = bytearray()
-        async with aclosing(request.stream()) as chunks:
-            async for chunk in chunks:
-                body += chunk
-                if len(body) > self._max_body_bytes:
-                    return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "http.request":
+                chunk = message.get("body", b"")
+                if chunk:
+                    size += len(chunk)
+                    if size > self._max_body_bytes:
+                        return None
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            elif kind == "http.disconnect":
+                raise _ClientDisconnect
         state.body_complete = True
-        return bytes(body)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _unavailable(self, detail: str) -> _Answer:
         return _Answer(
             "unavailable",
             "the event store is unavailable; retry later",
             detail=detail,
-            headers={"Retry-After": str(RETRY_AFTER_S)},
+            headers=(_RETRY_AFTER,),
         )
 
-    # --- routing errors and the last-resort handler ----------------------------------------
-    async def http_exception(self, request: Request, exc: Exception) -> Response:
-        """404 and 405 from Starlette's router, as JSON."""
-        state = _RequestState()
-        status = exc.status_code if isinstance(exc, HTTPException) else 500
-        if status == 404:
-            answer = _Answer("not_found", f"no such path; webhooks are received at POST {self._path}")
-        elif status == 405:
-            answer = _Answer(
-                "method_not_allowed",
-                f"method {_echo(request.method)} not allowed; use POST",
-                headers={"Allow": "POST"},
-            )
-        else:  # pragma: no cover - the router raises nothing else
-            detail = exc.detail if isinstance(exc, HTTPException) else ""
-            answer = _Answer("error" if status >= 500 else "bad_request", str(detail))
-        return self._finish(request, answer, state, status=status)
+    # --- routing -----------------------------------------------------------------------------
+    @staticmethod
+    def _route_path(scope: Scope) -> str:
+        """The path without ``root_path`` (as Starlette routes; uvicorn's is usually empty)."""
+        path: str = scope["path"]
+        root_path: str = scope.get("root_path", "")
+        if root_path and path.startswith(root_path) and path[len(root_path) : len(root_path) + 1] == "/":
+            return path[len(root_path) :]
+        return path
 
-    async def internal_error(self, request: Request, exc: Exception) -> Response:
-        """Backstop for Starlette's ServerErrorMiddleware: a JSON 500, never a traceback.
-
-        :meth:`handle` catches everything itself; this runs only if something outside it
-        fails. (ServerErrorMiddleware re-raises afterwards, so uvicorn logs it too.)
-        """
-        answer = _Answer("error", INTERNAL_ERROR_MESSAGE, detail="unexpected exception", exc=exc)
-        return self._finish(request, answer, _RequestState())
+    @staticmethod
+    async def _not_http(kind: str, receive: Receive, send: Send) -> None:
+        """Lifespan: nothing to start or stop; websocket: closed."""
+        if kind == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1000, "reason": ""})
 
     # --- answering -------------------------------------------------------------------------
-    def _finish(
-        self, request: Request, answer: _Answer, state: _RequestState, status: int | None = None
-    ) -> Response:
+    async def _answer(
+        self, scope: Scope, send: Send, headers: Mapping[bytes, bytes], answer: _Answer, state: _State
+    ) -> None:
         outcome = answer.outcome
-        status = status or _STATUS[outcome]
-        self._log(request, answer, state, status)
+        status = _STATUS[outcome]
+        if logger.isEnabledFor(_LOG_LEVEL[outcome]):
+            self._log(scope, answer, state, status)
         try:
             self._on_outcome(state.event_type, outcome)
         except Exception:
             logger.exception("on_outcome callback failed for outcome %s", outcome)
 
-        content: dict[str, str]
-        if outcome == "accepted":
-            content = {"status": "accepted"}
-        elif outcome == "ignored":
-            content = {"status": "ignored", "message": answer.message}
+        if answer is _ACCEPTED:
+            body, response_headers = _ACCEPTED_BODY, [*_ACCEPTED_HEADERS]
         else:
-            code = "internal" if outcome == "error" else outcome
-            content = {"error": code, "message": answer.message}
-        headers = dict(answer.headers)
-        if not state.body_complete and _may_have_unread_body(request):
+            body = _encode(outcome, answer.message)
+            response_headers = [(_CONTENT_LENGTH, str(len(body)).encode()), _JSON_TYPE, *answer.headers]
+        if not state.body_complete and _may_have_unread_body(headers):
             # Do not make the server read (and discard) a body nobody wants: close instead.
-            headers["Connection"] = "close"
-        return JSONResponse(content, status_code=status, headers=headers)
+            response_headers.append(_CLOSE)
+        start: Message = {"type": "http.response.start", "status": status, "headers": response_headers}
+        await send(start)
+        await send({"type": "http.response.body", "body": body})
 
-    def _log(self, request: Request, answer: _Answer, state: _RequestState, status: int) -> None:
-        level = _LOG_LEVEL[answer.outcome]
-        if not logger.isEnabledFor(level):
-            return
-        client = request.client.host if request.client else "unknown client"
+    def _log(self, scope: Scope, answer: _Answer, state: _State, status: int) -> None:
+        client = scope.get("client")
         reason = answer.detail or answer.message
         if answer.outcome == "accepted":
             reason = f"call {state.call_id}"
         logger.log(
-            level,
+            _LOG_LEVEL[answer.outcome],
             "webhook %s (%d) type=%s from %s: %s",
             answer.outcome,
             status,
             state.event_type,
-            client,
+            client[0] if client else "unknown client",
             reason,
             exc_info=answer.exc,
         )
+
+
+class _State:
+    """What the request revealed so far (for the outcome label, the log and the answer)."""
+
+    __slots__ = ("body_complete", "call_id", "event_type")
+
+    def __init__(self) -> None:
+        self.event_type: str = UNKNOWN_TYPE
+        self.call_id: str | None = None
+        self.body_complete = False
 
 
 def build_webhook_app(
@@ -390,7 +559,7 @@ def build_webhook_app(
     on_outcome: OnOutcome = lambda t, o: None,
     path: str = DEFAULT_PATH,
     store_timeout: float = DEFAULT_STORE_TIMEOUT_S,
-) -> Starlette:
+) -> ASGIApp:
     """The webhook receiver as an ASGI app (serve it with uvicorn, ``lifespan="off"`` is fine).
 
     ``secrets`` empty means unauthenticated mode (the daemon allows it only with
@@ -407,7 +576,7 @@ def build_webhook_app(
     if not path.startswith("/"):
         raise ValueError(f"path must start with '/', got {path!r}")
 
-    receiver = _WebhookReceiver(
+    return _WebhookReceiver(
         inbox=inbox,
         secrets=list(secrets),
         max_body_bytes=max_body_bytes,
@@ -415,11 +584,3 @@ def build_webhook_app(
         path=path,
         store_timeout=store_timeout,
     )
-    app = Starlette(
-        debug=False,
-        routes=[Route(path, receiver.handle, methods=["POST"])],
-        exception_handlers={HTTPException: receiver.http_exception, Exception: receiver.internal_error},
-    )
-    # Starlette would answer "/webhooks/cartesia/" with a 307 redirect (no JSON, no outcome).
-    app.router.redirect_slashes = False
-    return app
