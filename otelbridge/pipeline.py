@@ -25,6 +25,7 @@ import fcntl
 import functools
 import json
 import logging
+import os
 import socket
 import sys
 import time
@@ -406,7 +407,14 @@ async def _serve(pipeline: Pipeline, admin_sock: socket.socket, stdin: anyio.Asy
     return 0
 
 
+#: the pipeline yields the CPU to the webhook process under contention: acknowledging webhooks
+#: (or Cartesia retries and the load grows) matters more than exporting a second sooner.
+NICENESS = 10
+
+
 def main() -> int:
+    with contextlib.suppress(OSError):
+        os.nice(NICENESS)
     try:
         return anyio.run(run_pipeline, backend_options={"use_uvloop": True})
     except KeyboardInterrupt:
