@@ -176,7 +176,9 @@ def kill_mid_stream(daemon: ServeProcess, receiver: HttpOtlpReceiver, deliveries
     """Post the stream from 4 threads; ``kill -9`` once half of it was acknowledged and a trace
     export was attempted (so that spooled spans exist at the kill, not only inbox rows). The
     indices of the acknowledged deliveries (the posts after the kill fail: not acknowledged)."""
-    poster = Poster(daemon.webhook_url, SECRET, threads=4)
+    # ~1.7 s of posting: acknowledging is fast enough that an unpaced stream ends before the
+    # first export attempt
+    poster = Poster(daemon.webhook_url, SECRET, threads=4, pace_s=0.04)
     half = poster.reached(len(deliveries) // 2)
     posting = poster.start(deliveries)
     assert half.wait(30), f"half of the stream was never acknowledged; stderr:\n{daemon.stderr}"

@@ -262,8 +262,10 @@ class Poster:
     ``acked`` holds the indices of the deliveries answered 2xx (durably stored); ``answers``
     every status seen (``None`` for no answer). ``reached(n)`` is set once ``n`` acks are in."""
 
-    def __init__(self, url: str, secret: str | None, *, threads: int = 4) -> None:
-        self.url, self.secret, self.threads = url, secret, threads
+    def __init__(self, url: str, secret: str | None, *, threads: int = 4, pace_s: float = 0.0) -> None:
+        """``pace_s``: pause after each post in a thread (a stream that takes a while, so a
+        ``kill -9`` can land in the middle of it)."""
+        self.url, self.secret, self.threads, self.pace_s = url, secret, threads, pace_s
         self.acked: set[int] = set()
         self.answers: dict[int, int | None] = {}
         self._lock = threading.Lock()
@@ -307,3 +309,5 @@ class Poster:
                     for count, event in self._marks:
                         if len(self.acked) >= count:
                             event.set()
+                if self.pace_s:
+                    time.sleep(self.pace_s)
