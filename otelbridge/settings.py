@@ -119,6 +119,36 @@ class Settings(BaseSettings):
         gt=0,
         description="seconds the ledger remembers an exported call (re-deliveries stay no-ops)",
     )
+    # --- Cartesia API: polling and backfill -------------------------------------------
+    cartesia_base_url: str = Field(default="https://api.cartesia.ai", description="Cartesia API base URL")
+    cartesia_api_key: SecretStr | None = Field(
+        default=None, description="Cartesia API key (Bearer); polling and backfill need it"
+    )
+    cartesia_api_key_file: Path | None = Field(default=None, description="file holding the Cartesia API key")
+    cartesia_version: str = Field(
+        default="2026-03-01",
+        min_length=1,
+        description="Cartesia-Version header (the call format depends on it)",
+    )
+    agent_ids: str = Field(
+        default="", description="agents to poll, comma-separated; empty: discover them with GET /agents"
+    )
+    poll_interval: float = Field(
+        default=60.0, ge=0, description="seconds between List Calls polls per agent; 0 turns polling off"
+    )
+    poll_concurrency: int = Field(default=4, ge=1, le=64, description="agents polled at the same time")
+    agent_refresh_interval: float = Field(
+        default=600.0, gt=0, description="seconds between GET /agents discoveries (when agent_ids is empty)"
+    )
+    running_call_give_up: float = Field(
+        default=21_600.0,
+        gt=0,
+        description="seconds a listed unfinished call is re-read before it is given up",
+    )
+    evaluations: bool = Field(
+        default=False,
+        description="attach LLM-judge results (GET /agents/metrics/results) to the calls' traces",
+    )
     log_format: Literal["text", "json"] = Field(default="text", description="text | json log lines")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="debug | info | warning | error"
@@ -145,6 +175,28 @@ class Settings(BaseSettings):
         if not secrets:
             raise SettingsError([f"{where}: holds no secret. Fix: put the webhook secret in it"])
         return [s.encode() for s in secrets]
+
+    def agent_id_list(self) -> list[str]:
+        return [a.strip() for a in self.agent_ids.split(",") if a.strip()]
+
+    def cartesia_api_key_value(self) -> str | None:
+        """The API key, from the variable or the file; raises ``SettingsError`` when the file
+        cannot be read or is empty."""
+        if self.cartesia_api_key is not None:
+            return self.cartesia_api_key.get_secret_value().strip() or None
+        if self.cartesia_api_key_file is None:
+            return None
+        where = f"{env_name('cartesia_api_key_file')}={str(self.cartesia_api_key_file)!r}"
+        try:
+            key = self.cartesia_api_key_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise SettingsError(
+                [f"{where}: cannot read the file ({reason}). Fix: point it at a readable file"]
+            ) from None
+        if not key:
+            raise SettingsError([f"{where}: the file is empty. Fix: put the Cartesia API key in it"])
+        return key
 
     def mapping_options(self) -> MappingOptions:
         return MappingOptions(
@@ -184,7 +236,7 @@ class SettingsError(Exception):
 
 
 #: fields whose values never appear in messages
-_SECRET_FIELDS = frozenset({"webhook_secret"})
+_SECRET_FIELDS = frozenset({"webhook_secret", "cartesia_api_key"})
 
 
 def _field_hint(field: str) -> str:
@@ -244,11 +296,11 @@ def load_settings(config_file: Path | None = None, **overrides: object) -> Setti
         problems += file_problems
         from_file = {k: v for k, v in from_file.items() if _getenv_ci(env_name(k)) is None}
     values = {**from_file, **overrides}
-    if all(f in values or _getenv_ci(env_name(f)) for f in ("webhook_secret", "webhook_secret_file")):
-        problems.append(
-            "OTELBRIDGE_WEBHOOK_SECRET and OTELBRIDGE_WEBHOOK_SECRET_FILE are both set. "
-            "Fix: set only one of them"
-        )
+    for field in ("webhook_secret", "cartesia_api_key"):
+        if all(f in values or _getenv_ci(env_name(f)) for f in (field, f"{field}_file")):
+            problems.append(
+                f"{env_name(field)} and {env_name(field + '_file')} are both set. Fix: set only one of them"
+            )
     settings: Settings | None = None
     try:
         settings = Settings(**values)  # type: ignore[arg-type]

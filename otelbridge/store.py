@@ -83,6 +83,25 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     status     TEXT NOT NULL,
     reason     TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS poll_agents (
+    agent_id           TEXT PRIMARY KEY,
+    watermark_id       TEXT,               -- newest call of the last complete poll
+    watermark_start_ns INTEGER,
+    last_poll_ns       INTEGER
+);
+CREATE TABLE IF NOT EXISTS running_calls (
+    call_id       TEXT PRIMARY KEY,        -- listed unfinished: re-read until final
+    agent_id      TEXT NOT NULL,
+    first_seen_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS backfill (
+    agent_id TEXT NOT NULL,
+    range    TEXT NOT NULL,                -- since..until of the run, so a rerun resumes it
+    cursor   TEXT,                         -- starting_after for the next page
+    done     INTEGER NOT NULL DEFAULT 0,
+    calls    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (agent_id, range)
+);
 CREATE TABLE IF NOT EXISTS points (
     id    INTEGER PRIMARY KEY AUTOINCREMENT,
     point TEXT NOT NULL                    -- JSON MetricPoint, until in a spooled metrics request
