@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from collections.abc import Sequence
@@ -59,7 +60,40 @@ def _parser() -> argparse.ArgumentParser:
         "1 when a probe fails, 2 for invalid settings.",
     )
     _config_option(check)
+    backfill = commands.add_parser(
+        "backfill",
+        help="export past calls from the List Calls API (resumable)",
+        description="Page through List Calls (newest first) for the named agents (all agents when "
+        "none is named, or OTELBRIDGE_AGENT_IDS), store every call in the state directory and export "
+        "it. Rerun the same command after Ctrl-C or a failure to resume; nothing is exported twice.",
+    )
+    _config_option(backfill)
+    backfill.add_argument("--agent-id", action="append", default=[], metavar="ID", help="repeatable")
+    backfill.add_argument(
+        "--since", metavar="TIME", help="only calls started at or after TIME (RFC 3339 or YYYY-MM-DD)"
+    )
+    backfill.add_argument(
+        "--until", metavar="TIME", help="only calls started before TIME (RFC 3339 or YYYY-MM-DD)"
+    )
+    backfill.add_argument(
+        "--dry-run", action="store_true", help="count what would be exported; store nothing"
+    )
     return parser
+
+
+def _time_arg(option: str, value: str | None) -> tuple[int | None, str | None]:
+    """(ns, problem) of a --since/--until value."""
+    if value is None:
+        return None, None
+    from otelbridge.cartesia.timestamps import parse_rfc3339_ns
+
+    text = value.strip()
+    if len(text) == 10:
+        text += "T00:00:00Z"
+    try:
+        return parse_rfc3339_ns(text), None
+    except ValueError:
+        return None, f"{option} {value!r}: not a time. Fix: use RFC 3339 (2026-11-01T00:00:00Z) or YYYY-MM-DD"
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -88,12 +122,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     # List the OTEL_* problems too (all problems at once), unless otlp is known not to be used.
     if (settings.exporter if settings else getattr(args, "exporter", None) or "otlp") == "otlp":
         problems += exporters.environment_problems()
+    if args.command == "backfill":
+        for option in ("since", "until"):
+            _, problem = _time_arg(f"--{option}", getattr(args, option))
+            if problem:
+                problems.append(problem)
+        if settings is not None:
+            problems += _api_key_problems(settings, required=True)
     if args.command in ("serve", "check"):
         from otelbridge.delivery.telemetry import environment_problems
 
         problems += environment_problems()
         if settings is not None:
             problems += _secret_problems(settings)
+            problems += _api_key_problems(settings, required=False)
     if problems or settings is None:
         sys.stderr.write(f"otelbridge: {SettingsError(problems).render()}\n")
         return EXIT_USAGE
@@ -101,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(settings)
     if args.command == "check":
         return _check(settings)
+    if args.command == "backfill":
+        return _backfill(args, settings)
     if args.command == "replay":
         from otelbridge.replay import run_replay
 
@@ -122,6 +166,44 @@ def _secret_problems(settings: Settings) -> list[str]:
     return []
 
 
+def _api_key_problems(settings: Settings, *, required: bool) -> list[str]:
+    try:
+        key = settings.cartesia_api_key_value()
+    except SettingsError as exc:
+        return exc.problems
+    if key is None and required:
+        return [
+            "no Cartesia API key: set OTELBRIDGE_CARTESIA_API_KEY (or OTELBRIDGE_CARTESIA_API_KEY_FILE). "
+            "Fix: create a key in the Cartesia playground and set it"
+        ]
+    return []
+
+
+def _backfill(args: argparse.Namespace, settings: Settings) -> int:
+    import anyio
+
+    from otelbridge.backfill import run_backfill
+    from otelbridge.logs import configure_logging
+
+    api_key = settings.cartesia_api_key_value()
+    assert api_key is not None
+    configure_logging(settings.log_format, "warning" if settings.log_level == "info" else settings.log_level,
+                      secrets=[api_key])  # fmt: skip
+    since, _ = _time_arg("--since", args.since)
+    until, _ = _time_arg("--until", args.until)
+    try:
+        return anyio.run(
+            functools.partial(
+                run_backfill, settings, api_key, agent_ids=args.agent_id, since_ns=since, until_ns=until,
+                dry_run=args.dry_run, out=sys.stdout, err=sys.stderr,
+            ),
+            backend_options={"use_uvloop": True},
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        sys.stderr.write("\notelbridge backfill: interrupted; run the same command again to resume\n")
+        return 130
+
+
 def _serve(settings: Settings) -> int:
     import anyio
 
@@ -131,9 +213,13 @@ def _serve(settings: Settings) -> int:
     from otelbridge.web import StartupError
 
     secrets = settings.webhook_secrets()
-    configure_logging(settings.log_format, settings.log_level, secrets=[s.decode() for s in secrets])
+    api_key = settings.cartesia_api_key_value()
+    hidden = [s.decode() for s in secrets] + ([api_key] if api_key else [])
+    configure_logging(settings.log_format, settings.log_level, secrets=hidden)
+    if api_key is None and settings.poll_interval > 0:
+        logging.getLogger("otelbridge").info("no OTELBRIDGE_CARTESIA_API_KEY: List Calls polling is off")
     try:
-        anyio.run(serve, settings, secrets, backend_options={"use_uvloop": True})
+        anyio.run(serve, settings, secrets, api_key, backend_options={"use_uvloop": True})
     except (StartupError, StoreError) as exc:
         logging.getLogger("otelbridge").error("cannot start: %s", exc)
         return EXIT_USAGE

@@ -76,9 +76,10 @@ def _lock_state_dir(state_dir: Path) -> IO[str]:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, secrets: list[bytes]) -> None:
+    def __init__(self, settings: Settings, secrets: list[bytes], api_key: str | None = None) -> None:
         self.settings = settings
         self._secrets = secrets
+        self._api_key = api_key
         self._lock = _lock_state_dir(settings.state_dir)
         try:
             self._inbox_db = open_inbox(settings.state_dir)
@@ -199,10 +200,14 @@ class Daemon:
 
     # --- the pipeline process ------------------------------------------------------------------
     def _config_line(self, admin_fd: int) -> bytes:
-        settings = self.settings.model_dump(mode="json", exclude={"webhook_secret", "webhook_secret_file"})
+        settings = self.settings.model_dump(
+            mode="json",
+            exclude={"webhook_secret", "webhook_secret_file", "cartesia_api_key", "cartesia_api_key_file"},
+        )
         settings["service_instance_id"] = self.settings.resolved_instance_id()
         resource = {str(k): str(v) for k, v in service_resource(self.settings).attributes.items()}
-        return json.dumps({"settings": settings, "resource": resource, "admin_fd": admin_fd}).encode() + b"\n"
+        config = {"settings": settings, "resource": resource, "admin_fd": admin_fd, "api_key": self._api_key}
+        return json.dumps(config).encode() + b"\n"  # a private pipe: the key is not in argv or env
 
     async def _supervise(self, admin_sock: socket.socket) -> None:
         while not self._stopping:
@@ -268,6 +273,6 @@ class Daemon:
             pass  # the pipeline is gone; the supervisor restarts it
 
 
-async def serve(settings: Settings, secrets: list[bytes]) -> None:
-    daemon = Daemon(settings, secrets)
+async def serve(settings: Settings, secrets: list[bytes], api_key: str | None = None) -> None:
+    daemon = Daemon(settings, secrets, api_key)
     await daemon.run()

@@ -41,12 +41,14 @@ from opentelemetry.sdk.resources import Resource
 
 from otelbridge import __version__
 from otelbridge.admin import Readiness, build_admin_app
+from otelbridge.cartesia.client import CartesiaClient
 from otelbridge.delivery.sdk import encode_trace_request, to_readable_spans
 from otelbridge.delivery.sender import Sender
 from otelbridge.delivery.spool import SIGNALS, Spool
 from otelbridge.delivery.telemetry import Telemetry, interval_from_env, temporality_from_env
 from otelbridge.delivery.transport import ConsoleTransport, DiscardTransport, Transport, transport_from_env
 from otelbridge.ingest.inbox import inbox_depth
+from otelbridge.ingest.poller import Poller
 from otelbridge.ingest.processor import WATERMARK, BatchResult, Processor, load_unexported_points
 from otelbridge.logs import configure_logging
 from otelbridge.mapping import conventions as c
@@ -105,7 +107,14 @@ def pipeline_lock(state_dir: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, resource: Resource, *, transport: Transport | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        resource: Resource,
+        *,
+        transport: Transport | None = None,
+        api_key: str | None = None,
+    ) -> None:
         self.settings = settings
         self.state: Database = open_state(settings.state_dir)
         self._inbox = open_inbox(settings.state_dir)
@@ -148,6 +157,28 @@ class Pipeline:
         )
         self.wake = anyio.Event()
         self.stopping = False
+        self.poller: Poller | None = None
+        self.client: CartesiaClient | None = None
+        if api_key and settings.poll_interval > 0:
+            self.client = CartesiaClient(
+                api_key=api_key, base_url=settings.cartesia_base_url, version=settings.cartesia_version
+            )
+            self.poller = Poller(
+                self.client,
+                self.state,
+                self._inbox,
+                agent_ids=settings.agent_id_list(),
+                interval_s=settings.poll_interval,
+                concurrency=settings.poll_concurrency,
+                refresh_s=settings.agent_refresh_interval,
+                give_up_ns=int(settings.running_call_give_up * 1e9),
+                on_stored=self.poke,
+                evaluations=settings.evaluations,
+            )
+
+    def poke(self) -> None:
+        """New inbox rows (webhooks, polled calls): wake the processor."""
+        self.wake.set()
 
     def _webhook_counts(self, _: CallbackOptions) -> list[Observation]:
         return [
@@ -176,6 +207,8 @@ class Pipeline:
             tg.start_soon(resilient, f"{signal_name} sender", functools.partial(self.sender.run, signal_name))
         tg.start_soon(resilient, "metrics collection", self._metrics_loop)
         tg.start_soon(resilient, "housekeeping", self._housekeeping_loop)
+        if self.poller is not None:
+            tg.start_soon(resilient, "List Calls poller", self.poller.run)
 
     async def _process_loop(self) -> None:
         next_sweep = anyio.current_time() + SWEEP_INTERVAL_S
@@ -329,6 +362,18 @@ class Pipeline:
         }
         stopping = self.stopping or self.webhooks.stopping
         checks["shutdown"] = {"ok": not stopping, "reason": "stopping" if stopping else "running"}
+        if self.poller is not None:
+            # informational: a polling problem must not take the webhook listener out of service
+            stopped = {a: st.stopped for a, st in self.poller.statuses.items() if st.stopped}
+            checks["polling"] = {
+                "ok": True,
+                "reason": f"{len(stopped)} agent(s) stopped" if stopped else "polling",
+                "discovery_error": self.poller.discovery_error,
+                "agents": {
+                    a: {"stopped": st.stopped, "last_error": st.last_error, "calls": st.calls}
+                    for a, st in self.poller.statuses.items()
+                },
+            }
         return Readiness(all(check["ok"] for check in checks.values()), checks)
 
     # --- the main process's messages ---------------------------------------------------------------
@@ -369,10 +414,12 @@ async def run_pipeline() -> int:
         configure_logging(settings.log_format, settings.log_level)
         admin_sock = socket.socket(fileno=config["admin_fd"])
         with await anyio.to_thread.run_sync(pipeline_lock, settings.state_dir):
-            pipeline = Pipeline(settings, Resource(config["resource"]))
+            pipeline = Pipeline(settings, Resource(config["resource"]), api_key=config.get("api_key"))
             try:
                 return await _serve(pipeline, admin_sock, stdin)
             finally:
+                if pipeline.client is not None:
+                    await pipeline.client.aclose()
                 pipeline.close()
 
 

@@ -13,6 +13,7 @@ be unusable:
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -66,6 +67,15 @@ def _metric_value(value: object) -> object:
 Timestamp = Annotated[int, BeforeValidator(_timestamp)]
 _List = BeforeValidator(_empty_if_none)
 _Map = BeforeValidator(_empty_map_if_none)
+
+
+def _evaluation_value(value: object) -> object:
+    """Numbers stay numbers, booleans become 1/0 (a pass/fail judge), anything else its JSON text."""
+    if isinstance(value, bool):
+        return int(value)
+    if value is None or isinstance(value, int | float | str):
+        return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 class CartesiaModel(BaseModel):
@@ -188,3 +198,21 @@ __all__ = [
     "ValidationError",
     "parse_call",
 ]
+
+
+class EvaluationResult(CartesiaModel):
+    """One LLM-judge result of ``GET /agents/metrics/results`` (camelCase, as the API sends it)."""
+
+    id: str
+    metric_id: str | None = Field(default=None, alias="metricId")
+    metric_name: str = Field(alias="metricName")
+    agent_id: str = Field(alias="agentId")
+    call_id: str = Field(alias="callId")
+    result: str | None = None
+    value: Annotated[int | float | str | None, BeforeValidator(_evaluation_value)] = None
+    status: str | None = None
+    created_at: Timestamp = Field(alias="createdAt")
+
+
+def parse_evaluation(payload: object) -> EvaluationResult:
+    return EvaluationResult.model_validate(payload)

@@ -34,7 +34,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import from_json
 
-from otelbridge.cartesia.models import TranscriptItem
+from otelbridge.cartesia.models import TranscriptItem, parse_evaluation
 from otelbridge.cartesia.webhooks import (
     CALL_STARTED,
     CALL_TURN,
@@ -48,6 +48,7 @@ from otelbridge.ingest.assembly import CallAssembler
 from otelbridge.ingest.inbox import delete_inbox_through, read_inbox
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping import ids
+from otelbridge.mapping.evaluations import map_evaluation
 from otelbridge.mapping.increments import Increment, analysis_span, call_increment, turn_increment
 from otelbridge.mapping.policy import MappingOptions
 from otelbridge.mapping.records import InstrumentKind, MetricPoint, SpanRecord
@@ -57,6 +58,8 @@ from otelbridge.store import Database, get_meta, set_meta, signed64
 log = logging.getLogger("otelbridge.processor")
 
 WATERMARK = "inbox_watermark"
+#: an LLM-judge result read by the poller (``{"type": ..., "call_id", "agent_id", "evaluation": {...}}``)
+EVALUATION_EVENT = "otelbridge.evaluation"
 
 
 @dataclass(slots=True)
@@ -207,7 +210,10 @@ class Processor:
         self, conn: sqlite3.Connection, body: bytes, received_ns: int, result: BatchResult
     ) -> Increment:
         try:
-            event = parse_webhook_event(from_json(body))
+            data = from_json(body)
+            if isinstance(data, dict) and data.get("type") == EVALUATION_EVENT:
+                return self._evaluation(conn, data, received_ns, result)
+            event = parse_webhook_event(data)
         except (ValueError, ValidationError) as exc:  # validated on receipt: only a schema change
             log.error("inbox event skipped: no longer valid (%s)", type(exc).__name__)
             result.failed_events += 1
@@ -227,6 +233,17 @@ class Processor:
             return Increment()
         conn.execute("RELEASE event")
         return increment
+
+    def _evaluation(
+        self, conn: sqlite3.Connection, data: dict[str, Any], received_ns: int, result: BatchResult
+    ) -> Increment:
+        evaluation = parse_evaluation(data.get("evaluation"))
+        result.events_by_type[EVALUATION_EVENT] = result.events_by_type.get(EVALUATION_EVENT, 0) + 1
+        span, points = map_evaluation(evaluation, self._options)
+        if span.span_id in self._exported(conn, evaluation.call_id):
+            return Increment()
+        self._ledger(conn, evaluation.call_id, [span], received_ns)
+        return Increment([span], points)
 
     def _apply(
         self, conn: sqlite3.Connection, event: WebhookEvent, body: bytes, call_id: str, received_ns: int

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-CONTRACT_VERSION: Final = "1.1.0"
+CONTRACT_VERSION: Final = "1.2.0"
 INSTRUMENTATION_SCOPE: Final = "otelbridge"
 PROVIDER_NAME: Final = "cartesia"
 
@@ -150,3 +150,17 @@ SELF_ATTR_TYPE: Final = "type"
 SELF_ATTR_OUTCOME: Final = "outcome"
 SELF_ATTR_SIGNAL: Final = "signal"
 SELF_ATTR_REASON: Final = "reason"
+
+# --- evaluations (LLM-judge results, OTELBRIDGE_EVALUATIONS=true) -------------------------
+SPAN_EVALUATION: Final = "evaluation"  # "evaluation {metric name}", child of the root
+OPERATION_EVALUATION: Final = "evaluation"
+EVENT_EVALUATION_RESULT: Final = "gen_ai.evaluation.result"
+GEN_AI_EVALUATION_NAME: Final = "gen_ai.evaluation.name"
+GEN_AI_EVALUATION_SCORE_VALUE: Final = "gen_ai.evaluation.score.value"
+GEN_AI_EVALUATION_SCORE_LABEL: Final = "gen_ai.evaluation.score.label"
+EVALUATION_ID: Final = "cartesia.evaluation.id"
+EVALUATION_METRIC_ID: Final = "cartesia.evaluation.metric_id"
+EVALUATION_STATUS: Final = "cartesia.evaluation.status"
+EVALUATION_RESULT: Final = "cartesia.evaluation.result"
+METRIC_EVALUATION_VALUE: Final = "cartesia.evaluation.value"
+METRIC_EVALUATIONS: Final = "cartesia.evaluations"

@@ -1,0 +1,440 @@
+"""List Calls as the second path into the same traces: the poller and the backfill.
+
+Both turn API calls into **synthetic webhook events** in ``inbox.db`` — a final call becomes a
+``call_completed`` (``call_failed``) event carrying the call object, an unfinished one a
+``call_started`` — so that the one processor, with its ledger of exported span ids, decides
+what is new. A call whose spans went out through webhooks gets only what is missing; a call
+the poller exported adds nothing when its webhooks arrive later. Synthetic events carry
+``"source": "poll"`` or ``"source": "backfill"``.
+
+Incremental polling (:class:`Poller`, inside ``otelbridge serve``): per agent, list newest first
+(``expand=transcript&limit=100``), follow ``next_page`` as ``starting_after`` until the call
+that was newest at the last complete poll (the persisted watermark) — or a call that started
+before it, should that one have vanished. With nothing new this is one request per agent per
+interval. Unfinished calls are remembered in ``running_calls`` and re-read with
+``GET /agents/calls/{id}`` each interval until final, or given up after
+``running_call_give_up`` seconds. 401/403 stop polling that agent with the reason in the log and
+in ``/readyz``.
+
+Backfill (:func:`backfill`): the same pages, bounded by ``--since``/``--until``, with a cursor
+per agent and range in ``state.db`` so that a rerun after Ctrl-C or a crash resumes where it
+stopped; exports nothing twice (the ledger).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from pydantic import ValidationError
+
+from otelbridge.cartesia.client import CallsPage, CartesiaAuthError, CartesiaClient, CartesiaError
+from otelbridge.cartesia.errors import describe_validation_error
+from otelbridge.cartesia.models import AgentCall, parse_call, parse_evaluation
+from otelbridge.ingest.processor import EVALUATION_EVENT
+from otelbridge.store import Database, get_meta, set_meta
+
+log = logging.getLogger("otelbridge.poller")
+
+PAGE_LIMIT = 100
+EVALUATIONS_SINCE = "evaluations_since"
+
+
+@dataclass(slots=True)
+class AgentStatus:
+    last_ok_ns: int | None = None
+    last_error: str | None = None
+    stopped: str | None = None  # why polling this agent stopped (401/403)
+    calls: int = 0
+
+
+@dataclass(slots=True)
+class Stored:
+    """What one page of calls became."""
+
+    calls: int = 0
+    final: int = 0
+    running: int = 0
+    invalid: int = 0
+    oldest_start_ns: int | None = None
+
+
+def synthetic_event(call: AgentCall, raw: dict[str, Any], source: str) -> tuple[str, bytes]:
+    """(event type, body) of the webhook event that carries ``raw`` (the API's call object)."""
+    if call.is_final:
+        kind = "call_failed" if call.status == "failed" else "call_completed"
+    else:
+        kind = "call_started"
+    event = {"type": kind, "call_id": call.id, "agent_id": call.agent_id, "call": raw, "source": source}
+    return kind, json.dumps(event, separators=(",", ":")).encode()
+
+
+def store_calls(
+    inbox: Database,
+    state: Database,
+    raws: Sequence[dict[str, Any]],
+    source: str,
+    *,
+    remember_running: bool = True,
+    now_ns: int | None = None,
+) -> Stored:
+    """Validate the calls of a page and append them to the inbox (one transaction); remember the
+    unfinished ones for re-reading. An invalid call is logged (naming the field) and skipped."""
+    now = time.time_ns() if now_ns is None else now_ns
+    stored = Stored()
+    rows: list[tuple[int, str, str, bytes]] = []
+    running: list[tuple[str, str, int]] = []
+    for raw in raws:
+        try:
+            call = parse_call(raw)
+        except ValidationError as exc:
+            stored.invalid += 1
+            call_id = raw.get("id") if isinstance(raw, dict) else None
+            log.warning("%s: call %s skipped: %s", source, call_id or "?", describe_validation_error(exc))
+            continue
+        kind, body = synthetic_event(call, raw, source)
+        rows.append((now, kind, call.id, body))
+        stored.calls += 1
+        if call.start_time is not None:
+            stored.oldest_start_ns = min(stored.oldest_start_ns or call.start_time, call.start_time)
+        if call.is_final:
+            stored.final += 1
+        else:
+            stored.running += 1
+            running.append((call.id, call.agent_id, now))
+    if rows:
+        with inbox.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO inbox (received_ns, event_type, call_id, body) VALUES (?, ?, ?, ?)", rows
+            )
+    if running and remember_running:
+        with state.transaction() as conn:
+            conn.executemany("INSERT OR IGNORE INTO running_calls VALUES (?, ?, ?)", running)
+    return stored
+
+
+def _start_ns(raw: dict[str, Any]) -> int | None:
+    try:
+        return parse_call(raw).start_time
+    except ValidationError:
+        return None
+
+
+class Poller:
+    def __init__(
+        self,
+        client: CartesiaClient,
+        state: Database,
+        inbox: Database,
+        *,
+        agent_ids: Sequence[str],
+        interval_s: float,
+        concurrency: int,
+        refresh_s: float,
+        give_up_ns: int,
+        on_stored: Callable[[], None] = lambda: None,
+        evaluations: bool = False,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._client, self._state, self._inbox = client, state, inbox
+        self._configured = list(agent_ids)
+        self._interval, self._concurrency, self._refresh_s = interval_s, concurrency, refresh_s
+        self._give_up_ns = give_up_ns
+        self._on_stored = on_stored
+        self._clock = clock
+        self._agents: list[str] = list(agent_ids)
+        self._agents_at = 0.0
+        self.statuses: dict[str, AgentStatus] = {}
+        self.discovery_error: str | None = None
+        self._evaluations = evaluations
+        self.evaluations_error: str | None = None
+
+    async def run(self) -> None:
+        while True:
+            await self.poll_once()
+            await anyio.sleep(self._interval)
+
+    async def poll_once(self) -> None:
+        agents = await self.agents()
+        limiter = anyio.CapacityLimiter(self._concurrency)
+
+        async def one(agent_id: str) -> None:
+            async with limiter:
+                await self.poll_agent(agent_id)
+
+        async with anyio.create_task_group() as tg:
+            for agent_id in agents:
+                if self.statuses.setdefault(agent_id, AgentStatus()).stopped is None:
+                    tg.start_soon(one, agent_id)
+        await self.recheck_running()
+        if self._evaluations:
+            await self.poll_evaluations()
+
+    async def agents(self) -> list[str]:
+        if self._configured:
+            return self._configured
+        if not self._agents or anyio.current_time() - self._agents_at >= self._refresh_s:
+            try:
+                summaries = await self._client.list_agents()
+            except CartesiaError as exc:
+                self.discovery_error = f"GET /agents: {exc}"
+                log.error("agent discovery failed: %s", exc)
+                return self._agents
+            self.discovery_error = None
+            found = [str(a["id"]) for a in summaries if isinstance(a, dict) and a.get("id")]
+            if found != self._agents:
+                log.info("polling %d agent(s): %s", len(found), ", ".join(found))
+            self._agents, self._agents_at = found, anyio.current_time()
+        return self._agents
+
+    async def poll_agent(self, agent_id: str) -> int:
+        """Page from the newest call back to the watermark; store every new call. The new
+        watermark is saved only once the whole range is stored."""
+        status = self.statuses.setdefault(agent_id, AgentStatus())
+        wm_id, wm_start = await anyio.to_thread.run_sync(self._watermark, agent_id)
+        cursor: str | None = None
+        head: dict[str, Any] | None = None
+        total = 0
+        try:
+            while True:
+                page: CallsPage = await self._client.list_calls(
+                    agent_id, limit=PAGE_LIMIT, starting_after=cursor
+                )
+                if head is None and page.calls:
+                    head = page.calls[0]
+                fresh, reached = [], False
+                for raw in page.calls:
+                    start = _start_ns(raw)
+                    if raw.get("id") == wm_id or (
+                        wm_start is not None and start is not None and start < wm_start
+                    ):
+                        reached = True
+                        break
+                    fresh.append(raw)
+                if fresh:
+                    store = functools.partial(
+                        store_calls, self._inbox, self._state, fresh, "poll", now_ns=self._clock()
+                    )
+                    stored = await anyio.to_thread.run_sync(store)
+                    total += stored.calls
+                    self._on_stored()
+                if reached or page.next_page is None or not page.calls:
+                    break
+                cursor = page.next_page
+        except CartesiaAuthError as exc:
+            status.stopped = (
+                f"{exc} — polling of this agent stopped; fix the API key or its access and restart"
+            )
+            log.error("agent %s: %s", agent_id, status.stopped)
+            return total
+        except CartesiaError as exc:
+            status.last_error = str(exc)
+            log.warning("agent %s: polling failed, retried at the next interval: %s", agent_id, exc)
+            return total
+        if head is not None:
+            await anyio.to_thread.run_sync(self._save_watermark, agent_id, head)
+        status.last_ok_ns, status.last_error = self._clock(), None
+        status.calls += total
+        if total:
+            log.info("agent %s: %d new call(s) from List Calls", agent_id, total)
+        return total
+
+    async def poll_evaluations(self) -> int:
+        """LLM-judge results created since the last poll (a watermark in ``state.db``; results
+        at the watermark itself come again and are dropped by the ledger)."""
+        since = await anyio.to_thread.run_sync(self._meta, EVALUATIONS_SINCE)
+        try:
+            results = await self._client.metric_results(start_date=since)
+        except CartesiaError as exc:
+            self.evaluations_error = str(exc)
+            log.warning("evaluations: reading results failed, retried at the next interval: %s", exc)
+            return 0
+        self.evaluations_error = None
+        rows: list[tuple[int, str, str, bytes]] = []
+        newest: tuple[int, str] | None = None
+        now = self._clock()
+        for raw in results:
+            try:
+                result = parse_evaluation(raw)
+            except ValidationError as exc:
+                log.warning("evaluations: result skipped: %s", describe_validation_error(exc))
+                continue
+            kept = {k: v for k, v in raw.items() if k != "transcript"}
+            event = {"type": EVALUATION_EVENT, "call_id": result.call_id, "agent_id": result.agent_id,
+                     "evaluation": kept}  # fmt: skip
+            rows.append((now, EVALUATION_EVENT, result.call_id, json.dumps(event).encode()))
+            if newest is None or result.created_at > newest[0]:
+                newest = (result.created_at, str(raw.get("createdAt")))
+
+        def store() -> None:
+            if rows:
+                with self._inbox.transaction() as conn:
+                    conn.executemany(
+                        "INSERT INTO inbox (received_ns, event_type, call_id, body) VALUES (?, ?, ?, ?)", rows
+                    )
+            if newest is not None:
+                with self._state.transaction() as conn:
+                    set_meta(conn, EVALUATIONS_SINCE, newest[1])
+
+        await anyio.to_thread.run_sync(store)
+        if rows:
+            self._on_stored()
+        return len(rows)
+
+    def _meta(self, key: str) -> str | None:
+        with self._state.reading() as conn:
+            return get_meta(conn, key)
+
+    async def recheck_running(self) -> None:
+        rows = await anyio.to_thread.run_sync(self._running)
+        now = self._clock()
+        for call_id, agent_id, first_seen in rows:
+            if self.statuses.get(agent_id, AgentStatus()).stopped:
+                continue
+            if now - first_seen > self._give_up_ns:
+                log.warning("call %s: still not final after %.0fs; no longer re-read", call_id,
+                            self._give_up_ns / 1e9)  # fmt: skip
+                await anyio.to_thread.run_sync(self._forget_running, call_id)
+                continue
+            try:
+                raw = await self._client.get_call(call_id)
+            except CartesiaAuthError as exc:
+                self.statuses.setdefault(agent_id, AgentStatus()).stopped = str(exc)
+                log.error("agent %s: %s — polling of this agent stopped", agent_id, exc)
+                continue
+            except CartesiaError as exc:
+                log.warning("call %s: re-read failed, retried at the next interval: %s", call_id, exc)
+                continue
+            try:
+                final = parse_call(raw).is_final
+            except ValidationError as exc:
+                log.warning("call %s: re-read answer skipped: %s", call_id, describe_validation_error(exc))
+                continue
+            if final:
+
+                def store(raw: dict[str, Any] = raw, call_id: str = call_id) -> None:
+                    store_calls(self._inbox, self._state, [raw], "poll", remember_running=False, now_ns=now)
+                    self._forget_running(call_id)
+
+                await anyio.to_thread.run_sync(store)
+                self._on_stored()
+
+    # --- state ---------------------------------------------------------------------------------
+    def _watermark(self, agent_id: str) -> tuple[str | None, int | None]:
+        with self._state.reading() as conn:
+            row = conn.execute(
+                "SELECT watermark_id, watermark_start_ns FROM poll_agents WHERE agent_id=?", (agent_id,)
+            ).fetchone()
+        return (row[0], row[1]) if row else (None, None)
+
+    def _save_watermark(self, agent_id: str, head: dict[str, Any]) -> None:
+        with self._state.transaction() as conn:
+            conn.execute(
+                "INSERT INTO poll_agents VALUES (?, ?, ?, ?) ON CONFLICT(agent_id) DO UPDATE SET "
+                "watermark_id=excluded.watermark_id, watermark_start_ns=excluded.watermark_start_ns, "
+                "last_poll_ns=excluded.last_poll_ns",
+                (agent_id, str(head.get("id")), _start_ns(head), self._clock()),
+            )
+
+    def _running(self) -> list[tuple[str, str, int]]:
+        with self._state.reading() as conn:
+            return [
+                (r[0], r[1], r[2])
+                for r in conn.execute("SELECT call_id, agent_id, first_seen_ns FROM running_calls")
+            ]
+
+    def _forget_running(self, call_id: str) -> None:
+        with self._state.transaction() as conn:
+            conn.execute("DELETE FROM running_calls WHERE call_id=?", (call_id,))
+
+
+# --- backfill ------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class BackfillProgress:
+    calls: int = 0
+    pages: int = 0
+    invalid: int = 0
+    skipped_newer: int = 0
+    agents_done: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.calls / elapsed if elapsed > 0 else 0.0
+
+
+async def backfill_agent(
+    client: CartesiaClient,
+    state: Database,
+    inbox: Database,
+    agent_id: str,
+    *,
+    since_ns: int | None,
+    until_ns: int | None,
+    dry_run: bool,
+    progress: BackfillProgress,
+    on_page: Callable[[], None] = lambda: None,
+) -> None:
+    """Page through one agent's calls (newest first) from the saved cursor; store the calls in
+    [since, until); save the cursor after each stored page."""
+    span = f"{since_ns or ''}..{until_ns or ''}"
+    cursor, done = await anyio.to_thread.run_sync(_backfill_cursor, state, agent_id, span)
+    if done and not dry_run:
+        progress.agents_done += 1
+        return
+    while True:
+        page = await client.list_calls(agent_id, limit=PAGE_LIMIT, starting_after=None if dry_run else cursor)
+        progress.pages += 1
+        keep: list[dict[str, Any]] = []
+        older = False
+        for raw in page.calls:
+            start = _start_ns(raw)
+            if until_ns is not None and start is not None and start >= until_ns:
+                progress.skipped_newer += 1
+                continue
+            if since_ns is not None and start is not None and start < since_ns:
+                older = True
+                break
+            keep.append(raw)
+        finished = older or page.next_page is None or not page.calls
+        if dry_run:
+            progress.calls += len(keep)
+        else:
+            stored = await anyio.to_thread.run_sync(
+                functools.partial(store_calls, inbox, state, keep, "backfill")
+            )
+            progress.calls += stored.calls
+            progress.invalid += stored.invalid
+            await anyio.to_thread.run_sync(_save_backfill, state, agent_id, span, page.next_page, finished,
+                                           stored.calls)  # fmt: skip
+        on_page()
+        if finished:
+            progress.agents_done += 1
+            return
+        cursor = page.next_page
+
+
+def _backfill_cursor(state: Database, agent_id: str, span: str) -> tuple[str | None, bool]:
+    with state.reading() as conn:
+        row = conn.execute(
+            "SELECT cursor, done FROM backfill WHERE agent_id=? AND range=?", (agent_id, span)
+        ).fetchone()
+    return (row[0], bool(row[1])) if row else (None, False)
+
+
+def _save_backfill(
+    state: Database, agent_id: str, span: str, cursor: str | None, done: bool, calls: int
+) -> None:
+    with state.transaction() as conn:
+        conn.execute(
+            "INSERT INTO backfill (agent_id, range, cursor, done, calls) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(agent_id, range) DO UPDATE SET cursor=excluded.cursor, done=excluded.done, "
+            "calls=backfill.calls + excluded.calls",
+            (agent_id, span, cursor, int(done), calls),
+        )
