@@ -1,0 +1,290 @@
+"""The poller against the stand-in API (real HTTP on loopback) and real SQLite files."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from otelbridge.cartesia.client import CartesiaClient
+from otelbridge.cartesia.models import parse_call
+from otelbridge.cartesia.webhooks import parse_webhook_event
+from otelbridge.delivery.sdk import build_resource, encode_trace_request, to_readable_spans
+from otelbridge.delivery.spool import Spool
+from otelbridge.ingest.poller import Poller
+from otelbridge.ingest.processor import Processor
+from otelbridge.mapping import map_call
+from otelbridge.mapping.policy import MappingOptions
+from otelbridge.mapping.records import SpanRecord
+from otelbridge.store import Database, open_inbox, open_state
+from tests.support.cartesia_api import CartesiaStandIn, load_sample_pages, make_call
+
+SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "cartesia" / "samples"
+LIST = "/agents/calls"
+RESOURCE = build_resource("test", "i-1")
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[CartesiaStandIn]:
+    with CartesiaStandIn() as stand_in:
+        yield stand_in
+
+
+@pytest.fixture(autouse=True)
+def _reset(api: CartesiaStandIn) -> None:
+    api.reset()
+
+
+class World:
+    def __init__(self, api: CartesiaStandIn, state_dir: Path, agent_ids: list[str]) -> None:
+        self.api = api
+        self.state: Database = open_state(state_dir)
+        self.inbox: Database = open_inbox(state_dir)
+        self.agent_ids = agent_ids
+        self.processor = Processor(
+            self.state,
+            self.inbox,
+            Spool(max_bytes=1 << 30, max_age_ns=1 << 62),
+            MappingOptions(),
+            lambda spans: bytes(encode_trace_request(to_readable_spans(spans, RESOURCE)).SerializeToString()),
+            call_timeout_ns=3600 * 10**9,
+            retention_ns=86400 * 10**9,
+        )
+
+    def poll(self, *, evaluations: bool = False, give_up_s: float = 3600) -> Poller:
+        async def main() -> Poller:
+            async with CartesiaClient(
+                api_key=self.api.api_key, base_url=self.api.url, initial_backoff_s=0.01
+            ) as c:
+                poller = Poller(
+                    c, self.state, self.inbox, agent_ids=self.agent_ids, interval_s=60, concurrency=4,
+                    refresh_s=600, give_up_ns=int(give_up_s * 1e9), evaluations=evaluations,
+                )  # fmt: skip
+                await poller.poll_once()
+                return poller
+
+        return anyio.run(main)
+
+    def inbox_events(self) -> list[dict[str, Any]]:
+        with self.inbox.reading() as conn:
+            return [json.loads(r[0]) for r in conn.execute("SELECT body FROM inbox ORDER BY id")]
+
+    def process(self) -> None:
+        while self.processor.process_batch().events:
+            pass
+
+    def put(self, *events: dict[str, Any]) -> None:
+        with self.inbox.transaction() as conn:
+            for event in events:
+                parsed = parse_webhook_event(event)
+                conn.execute(
+                    "INSERT INTO inbox (received_ns, event_type, call_id, body) VALUES (?, ?, ?, ?)",
+                    (time.time_ns(), parsed.type, parsed.resolved_call_id, json.dumps(event).encode()),
+                )
+
+    def exported(self) -> Counter[int]:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        with self.state.reading() as conn:
+            bodies = [r[0] for r in conn.execute("SELECT body FROM spool WHERE signal='traces'")]
+        counts: Counter[int] = Counter()
+        for body in bodies:
+            for rs in ExportTraceServiceRequest.FromString(body).resource_spans:
+                for ss in rs.scope_spans:
+                    for span in ss.spans:
+                        counts[int.from_bytes(span.span_id, "big")] += 1
+        return counts
+
+    def close(self) -> None:
+        self.state.close()
+        self.inbox.close()
+
+
+@pytest.fixture
+def world(api: CartesiaStandIn, tmp_path: Path) -> Iterator[World]:
+    w = World(api, tmp_path / "state", ["agent_a"])
+    yield w
+    w.close()
+
+
+def _expected(calls: list[dict[str, Any]]) -> set[int]:
+    spans: list[SpanRecord] = []
+    for raw in calls:
+        spans += map_call(parse_call(raw)).spans
+    return {s.span_id for s in spans}
+
+
+def test_first_poll_pages_to_the_end_then_one_request_per_interval(
+    world: World, api: CartesiaStandIn
+) -> None:
+    api.add_synthetic_calls("agent_a", 250, turns=3)
+    world.poll()
+    assert api.count(LIST) == math.ceil(250 / 100)
+    events = world.inbox_events()
+    assert len(events) == 250 and {e["type"] for e in events} == {"call_completed"}
+    assert {e["source"] for e in events} == {"poll"}
+    world.poll()
+    assert api.count(LIST) == 3 + 1  # steady state: one request
+    assert len(world.inbox_events()) == 250
+
+
+def test_exactly_one_page_and_an_empty_agent(world: World, api: CartesiaStandIn) -> None:
+    api.add_synthetic_calls("agent_a", 100, turns=2)
+    world.agent_ids.append("agent_empty")
+    world.poll()
+    assert len(world.inbox_events()) == 100
+    assert api.count(LIST) == 2  # one page each
+
+
+def test_new_calls_are_found_and_old_ones_not_reread(world: World, api: CartesiaStandIn) -> None:
+    api.add_synthetic_calls("agent_a", 120, turns=2)
+    world.poll()
+    api.add_synthetic_calls("agent_a", 5, first_index=120, turns=2)
+    before = api.count(LIST)
+    world.poll()
+    assert api.count(LIST) - before == 1
+    assert len(world.inbox_events()) == 125
+
+
+def test_a_watermark_call_that_vanished_does_not_make_the_poller_page_to_the_end(
+    world: World, api: CartesiaStandIn
+) -> None:
+    ids = api.add_synthetic_calls("agent_a", 300, turns=2)
+    world.poll()
+    api.remove_call(ids[-1])  # the newest call, the watermark, is gone
+    api.add_synthetic_calls("agent_a", 3, first_index=300, turns=2)
+    before = api.count(LIST)
+    world.poll()
+    assert api.count(LIST) - before == 1  # stopped at the first older call, not after 3 pages
+    assert len(world.inbox_events()) == 303
+
+
+def test_calls_added_while_paging_are_caught_next_time(world: World, api: CartesiaStandIn) -> None:
+    api.add_synthetic_calls("agent_a", 250, turns=2)
+    added: list[str] = []
+
+    def add_once(_: object) -> None:
+        if not added:
+            added.extend(api.add_synthetic_calls("agent_a", 2, first_index=1000, turns=2))
+
+    api.on_page(add_once)
+    world.poll()
+    assert len(world.inbox_events()) == 250  # the two new ones are newer than the first page
+    world.poll()
+    got = {e["call_id"] for e in world.inbox_events()}
+    assert set(added) <= got and len(got) == 252
+
+
+def test_running_calls_are_reread_until_final(world: World, api: CartesiaStandIn) -> None:
+    running = make_call("agent_a", 1, turns=2, status="started")
+    api.add_call(running)
+    world.poll()
+    assert [e["type"] for e in world.inbox_events()] == ["call_started"]
+    world.poll()  # still running: re-read, nothing new stored
+    assert api.count(f"{LIST}/{running['id']}") == 2
+    assert len(world.inbox_events()) == 1
+    api.update_call(
+        running["id"], status="completed", end_time="2026-03-02T09:30:00Z", end_reason="agent_hangup"
+    )
+    world.poll()
+    assert [e["type"] for e in world.inbox_events()] == ["call_started", "call_completed"]
+    world.poll()
+    assert api.count(f"{LIST}/{running['id']}") == 3  # final: no longer re-read
+
+
+def test_running_calls_are_given_up(world: World, api: CartesiaStandIn) -> None:
+    api.add_call(make_call("agent_a", 1, turns=2, status="started"))
+    world.poll(give_up_s=0)
+    with world.state.reading() as conn:
+        assert conn.execute("SELECT COUNT(*) FROM running_calls").fetchone()[0] == 0
+
+
+def test_401_stops_that_agent_with_a_reason(world: World, api: CartesiaStandIn) -> None:
+    api.add_synthetic_calls("agent_a", 3, turns=2)
+    api.fail_next(1, status=401, path=LIST)
+    poller = world.poll()
+    status = poller.statuses["agent_a"]
+    assert status.stopped and "401" in status.stopped
+    assert world.inbox_events() == []
+
+
+def test_agents_are_discovered_when_none_is_configured(api: CartesiaStandIn, tmp_path: Path) -> None:
+    api.add_synthetic_calls("agent_x", 2, turns=2)
+    api.add_synthetic_calls("agent_y", 3, turns=2)
+    w = World(api, tmp_path / "state", [])
+    w.poll()
+    assert Counter(e["agent_id"] for e in w.inbox_events()) == {"agent_x": 2, "agent_y": 3}
+    w.close()
+
+
+def test_server_errors_are_retried_and_the_watermark_waits_for_success(
+    world: World, api: CartesiaStandIn
+) -> None:
+    api.add_synthetic_calls("agent_a", 150, turns=2)
+    api.fail_next(10, status=503, path=LIST)  # more than one poll's retries (7 attempts)
+    poller = world.poll()
+    assert poller.statuses["agent_a"].last_error and "503" in poller.statuses["agent_a"].last_error
+    with world.state.reading() as conn:
+        assert conn.execute("SELECT COUNT(*) FROM poll_agents").fetchone()[0] == 0  # no watermark yet
+    world.poll()
+    assert len({e["call_id"] for e in world.inbox_events()}) == 150
+
+
+# --- convergence with webhooks -------------------------------------------------------------------
+def _sample() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    calls = load_sample_pages()
+    events = [
+        json.loads(line) for line in (SAMPLES / "webhooks.jsonl").read_text().splitlines() if line.strip()
+    ]
+    return calls, events
+
+
+@pytest.mark.parametrize("order", ["webhooks_first", "poll_first", "interleaved"])
+def test_webhooks_and_polling_give_each_span_once(api: CartesiaStandIn, tmp_path: Path, order: str) -> None:
+    calls, events = _sample()
+    api.add_calls(calls)
+    agents = sorted({c["agent_id"] for c in calls})
+    w = World(api, tmp_path / "state", agents)
+    if order == "webhooks_first":
+        w.put(*events)
+        w.process()
+        w.poll()
+    elif order == "poll_first":
+        w.poll()
+        w.process()
+        w.put(*events)
+    else:
+        w.put(*events[: len(events) // 2])
+        w.poll()
+        w.put(*events[len(events) // 2 :])
+    w.process()
+    counts = w.exported()
+    assert {hex(k): n for k, n in counts.items() if n > 1} == {}
+    expected = _expected(calls)
+    assert expected <= set(counts)
+    w.close()
+
+
+def test_evaluations_become_spans_once(world: World, api: CartesiaStandIn) -> None:
+    from tests.support.cartesia_api import make_metric_result
+
+    call = make_call("agent_a", 1, turns=2)
+    api.add_call(call)
+    api.add_metric_results(
+        [make_metric_result(call, "resolved", value=1), make_metric_result(call, "polite", value=0.5)]
+    )
+    world.poll(evaluations=True)
+    world.poll(evaluations=True)  # the same results again (start_date is inclusive)
+    names = Counter(e["type"] for e in world.inbox_events())
+    assert names["otelbridge.evaluation"] >= 2
+    world.process()
+    counts = world.exported()
+    assert all(n == 1 for n in counts.values())
+    assert len(counts) == len(_expected([call])) + 2
