@@ -101,7 +101,7 @@ class Running:
 @contextmanager
 def running(settings: Settings) -> Iterator[Running]:
     with anyio.from_thread.start_blocking_portal() as portal:
-        daemon = Daemon(settings, settings.webhook_secrets())
+        daemon = Daemon(settings, settings.webhook_secrets(), settings.cartesia_api_key_value())
         future, endpoints = portal.start_task(daemon.run)
         run = Running(daemon, endpoints, portal)
         try:
@@ -339,3 +339,36 @@ def test_many_concurrent_calls_in_any_order(tmp_path: Path, monkeypatch: pytest.
                 assert conn.execute("SELECT COUNT(*) FROM calls WHERE closed_ns IS NULL").fetchone()[0] == 0
         _exactly_once(receiver, expected)
         assert len(receiver.spans_by_trace()) == 48
+
+
+def test_webhooks_and_polling_on_the_same_calls_each_span_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sample calls reach the daemon both ways — List Calls polling and webhooks, in
+    parallel — and each span arrives once at the OTLP receiver."""
+    from tests.support.cartesia_api import CartesiaStandIn, load_sample_pages
+
+    calls = load_sample_pages()
+    events = _events()
+    expected = _expected(events)
+    with HttpOtlpReceiver() as receiver, CartesiaStandIn() as api:
+        for key, value in receiver.env().items():
+            monkeypatch.setenv(key, value)
+        api.add_calls(calls)
+        settings = _settings(
+            tmp_path / "state",
+            cartesia_api_key=api.api_key,
+            cartesia_base_url=api.url,
+            agent_ids=",".join(sorted({c["agent_id"] for c in calls})),
+            poll_interval=0.3,
+        )
+        with running(settings) as run:
+            assert set(_post_all(run, events)) == {200}
+            assert receiver.wait_until(
+                lambda: len({s.span_id for s in receiver.spans()}) >= len(expected), 20
+            )
+            assert api.count("/agents/calls") >= 2
+            time.sleep(1.0)  # more polls: still nothing twice
+            ready = run.admin("/readyz").json()
+            assert ready["checks"]["polling"]["reason"] == "polling"
+        _exactly_once(receiver, expected)
