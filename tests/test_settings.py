@@ -129,3 +129,32 @@ def test_secret_never_shown_and_both_sources_refused(monkeypatch: pytest.MonkeyP
     assert "hunter2-secret" not in str(info.value)
     monkeypatch.delenv("OTELBRIDGE_WEBHOOK_SECRET_FILE")
     assert "hunter2-secret" not in repr(load_settings())
+
+
+def test_cartesia_api_key_from_variable_or_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().cartesia_api_key_value() is None
+    monkeypatch.setenv("OTELBRIDGE_CARTESIA_API_KEY", "sk_car_123456")
+    assert load_settings().cartesia_api_key_value() == "sk_car_123456"
+    assert "sk_car_123456" not in repr(load_settings())
+    monkeypatch.delenv("OTELBRIDGE_CARTESIA_API_KEY")
+    key_file = tmp_path / "key"
+    key_file.write_text("sk_car_from_file\n")
+    monkeypatch.setenv("OTELBRIDGE_CARTESIA_API_KEY_FILE", str(key_file))
+    assert load_settings().cartesia_api_key_value() == "sk_car_from_file"
+    key_file.write_text("  \n")
+    with pytest.raises(SettingsError, match="the file is empty"):
+        load_settings().cartesia_api_key_value()
+    monkeypatch.setenv("OTELBRIDGE_CARTESIA_API_KEY", "sk_car_123456")
+    with pytest.raises(SettingsError, match="set only one of them") as info:
+        load_settings()
+    assert "sk_car_123456" not in str(info.value)
+
+
+def test_agent_ids_and_polling_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTELBRIDGE_AGENT_IDS", " agent_a, ,agent_b ")
+    monkeypatch.setenv("OTELBRIDGE_POLL_INTERVAL", "0")
+    s = load_settings()
+    assert s.agent_id_list() == ["agent_a", "agent_b"] and s.poll_interval == 0
+    monkeypatch.setenv("OTELBRIDGE_POLL_CONCURRENCY", "0")
+    with pytest.raises(SettingsError, match="OTELBRIDGE_POLL_CONCURRENCY"):
+        load_settings()
