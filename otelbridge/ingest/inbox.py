@@ -105,12 +105,22 @@ class SqliteInbox:
             pass
 
 
-def read_inbox(db: Database, after_id: int, limit: int) -> list[InboxRow]:
+def read_inbox(db: Database, after_id: int, limit: int, max_bytes: int = 8 * 1024 * 1024) -> list[InboxRow]:
+    """Up to ``limit`` rows after ``after_id``, stopping once ``max_bytes`` of bodies are read
+    (at least one row): a batch of whole polled calls stays small in memory."""
+    rows: list[InboxRow] = []
+    size = 0
     with db.reading() as conn:
-        rows = conn.execute(
+        cursor = conn.execute(
             "SELECT id, received_ns, body FROM inbox WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
-        ).fetchall()
-    return [InboxRow(r[0], r[1], bytes(r[2])) for r in rows]
+        )
+        for row_id, received_ns, body in cursor:
+            rows.append(InboxRow(row_id, received_ns, bytes(body)))
+            size += len(body)
+            if size >= max_bytes:
+                break
+        cursor.close()
+    return rows
 
 
 def delete_inbox_through(db: Database, last_id: int) -> None:
