@@ -385,11 +385,13 @@ async def backfill_agent(
     [since, until); save the cursor after each stored page."""
     span = f"{since_ns or ''}..{until_ns or ''}"
     cursor, done = await anyio.to_thread.run_sync(_backfill_cursor, state, agent_id, span)
-    if done and not dry_run:
+    if dry_run:
+        cursor, done = None, False  # a dry run counts the whole range and saves nothing
+    if done:
         progress.agents_done += 1
         return
     while True:
-        page = await client.list_calls(agent_id, limit=PAGE_LIMIT, starting_after=None if dry_run else cursor)
+        page = await client.list_calls(agent_id, limit=PAGE_LIMIT, starting_after=cursor)
         progress.pages += 1
         keep: list[dict[str, Any]] = []
         older = False
