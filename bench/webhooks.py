@@ -251,8 +251,10 @@ end
 
 
 # --- helper processes (this file, run with --internal) ------------------------------------------
-def run_echo(port: int) -> None:
-    """The baseline: bare Starlette + uvicorn, the daemon's server options."""
+def run_echo(port: int, mode: str = "echo") -> None:
+    """The baseline: bare Starlette + uvicorn, the daemon's server options. ``echo`` (the
+    issue's baseline) answers with the JSON it received; ``parse`` only parses it and answers a
+    fixed ``{"status": "ok"}`` (a stricter, cheaper baseline)."""
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -260,8 +262,8 @@ def run_echo(port: int) -> None:
     from starlette.routing import Route
 
     async def echo(request: Request) -> JSONResponse:
-        await request.json()
-        return JSONResponse({"status": "ok"})
+        body = await request.json()
+        return JSONResponse(body if mode == "echo" else {"status": "ok"})
 
     app = Starlette(routes=[Route(WEBHOOK_PATH, echo, methods=["POST"])])
     uvicorn.run(
@@ -461,9 +463,11 @@ class Receiver:
 
 
 @contextlib.contextmanager
-def echo_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def echo_server(mode: str = "echo") -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--internal", "echo", "--port", str(port)])
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--internal", "echo", "--port", str(port), "--echo-mode", mode]
+    )
     try:
         url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
         wait_http(url, 30, proc, "the echo server")
@@ -915,7 +919,7 @@ def run(args: argparse.Namespace) -> Report:
         script.write_text(
             lua_script(corpus, prefix=prefix, calls=args.calls, threads=args.threads, secret=secret)
         )
-        with echo_server() as (url, proc):
+        with echo_server(args.echo_mode) as (url, proc):
             report.echo = wrk_round("echo", url, script, {"server": proc.pid}, args, report)
         if not args.skip_ack_only:
             with ack_only_server(secret, args.state_parent) as (url, proc):
@@ -1044,6 +1048,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=("ack-only",),
         help="ack-only: run only the echo and the ack-only diagnostic (quick, for the request path)",
     )
+    parser.add_argument(
+        "--echo-mode",
+        choices=("echo", "parse"),
+        default="echo",
+        help="baseline: echo = answer the received JSON (the issue's JSON echo, default); "
+        'parse = parse it and answer a fixed {"status": "ok"} (stricter)',
+    )
     parser.add_argument("--internal", choices=("echo", "receiver", "ack-only"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
@@ -1051,7 +1062,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only == "ack-only" and args.skip_ack_only:
         parser.error("--only ack-only and --skip-ack-only exclude each other")
     if args.internal == "echo":
-        run_echo(args.port)
+        run_echo(args.port, args.echo_mode)
         return 0
     if args.internal == "ack-only":
         run_ack_only(args.port, args.state, os.environ["BENCH_WEBHOOK_SECRET"])

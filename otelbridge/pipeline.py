@@ -156,6 +156,7 @@ class Pipeline:
             max_backoff_s=settings.retry_max_backoff,
         )
         self.wake = anyio.Event()
+        self._processing = anyio.Lock()
         self.stopping = False
         self.poller: Poller | None = None
         self.client: CartesiaClient | None = None
@@ -222,11 +223,12 @@ class Pipeline:
                 await self.wake.wait()
 
     async def process_all(self) -> None:
-        while True:
-            result = await anyio.to_thread.run_sync(self.processor.process_batch)
-            self._account(result)
-            if not result.events:
-                return
+        async with self._processing:  # the loop and a drain never process side by side
+            while True:
+                result = await anyio.to_thread.run_sync(self.processor.process_batch)
+                self._account(result)
+                if not result.events:
+                    return
 
     def _account(self, result: BatchResult) -> None:
         self.telemetry.record(result.points)

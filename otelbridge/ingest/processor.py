@@ -58,6 +58,10 @@ from otelbridge.store import Database, get_meta, set_meta, signed64
 log = logging.getLogger("otelbridge.processor")
 
 WATERMARK = "inbox_watermark"
+#: bodies read per batch: a batch of whole polled calls stays small in memory
+BATCH_BYTES = 2 * 1024 * 1024
+#: spans per spooled OTLP request (~1-2 MB encoded: under gRPC's 4 MiB default limit)
+SPANS_PER_REQUEST = 1000
 #: an LLM-judge result read by the poller (``{"type": ..., "call_id", "agent_id", "evaluation": {...}}``)
 EVALUATION_EVENT = "otelbridge.evaluation"
 
@@ -125,15 +129,15 @@ class Processor:
             return int(get_meta(conn, WATERMARK, "0") or 0)
 
     def process_batch(self, limit: int = 500) -> BatchResult:
-        watermark = self.watermark()
-        rows = read_inbox(self._inbox, watermark, limit)
         result = BatchResult()
-        if not rows:
-            return result
         now = self._clock()
         spans: list[SpanRecord] = []
         points: list[MetricPoint] = []
         with self._state.transaction() as conn:
+            # read inside the write transaction: two callers can never take the same rows
+            rows = read_inbox(self._inbox, int(get_meta(conn, WATERMARK, "0") or 0), limit, BATCH_BYTES)
+            if not rows:
+                return result
             for row in rows:
                 result.events += 1
                 increment = self._event(conn, row.body, row.received_ns, result)
@@ -191,10 +195,12 @@ class Processor:
         now: int,
         result: BatchResult,
     ) -> None:
+        for start in range(0, len(spans), SPANS_PER_REQUEST):
+            chunk = spans[start : start + SPANS_PER_REQUEST]
+            call_ends = [s.end_ns for s in chunk if s.parent_span_id is None]
+            self._spool.add(conn, "traces", self._encode(chunk), len(chunk), now, call_ends=call_ends)
+            result.spans += len(chunk)
         if spans:
-            call_ends = [s.end_ns for s in spans if s.parent_span_id is None]
-            self._spool.add(conn, "traces", self._encode(spans), len(spans), now, call_ends=call_ends)
-            result.spans += len(spans)
             dropped = self._spool.enforce_caps(conn, now)
             for key, counts in dropped.by.items():
                 got = result.dropped.by.setdefault(key, [0, 0])

@@ -1,0 +1,677 @@
+"""Benchmark: ``otelbridge backfill`` of N calls x 20 turns from the Cartesia stand-in API.
+
+    python bench/backfill.py [--sizes 1000,10000] [--turns 20] [--json] [--profile]
+
+Per size N, three processes besides this one, all on this machine (on 2 cores they share the
+CPUs; the CPU seconds of each are reported):
+
+* the Cartesia stand-in (``tests/support/cartesia_api.py``'s ``CartesiaStandIn``) in its own
+  process, one agent with N synthetic calls of ``--turns`` turns (``add_synthetic_calls``,
+  generated before the clock starts); it notes when each List Calls page is served;
+* an OTLP/HTTP receiver (``tests/support/otlp_receiver.py``'s ``HttpOtlpReceiver``) in its own
+  process, answering 200; it counts spans (all, distinct ids, turn spans) and notes when the
+  first and last span arrive;
+* ``python -m otelbridge backfill --agent-id A`` with a fresh state directory, exporting to the
+  receiver. Backfill runs the pipeline (processor, senders) in its own process, so its peak
+  RSS covers paging, storing, mapping, encoding and exporting.
+
+Measured: wall time from spawn to exit and calls/s over it; the phases (start-up until the
+first List Calls request is served, paging from the first to the last page, the tail from the
+last page to exit); time to first export (spawn to the first span at the receiver); the
+stand-in's requests by path (goal: ceil(N/100) List Calls requests, none to Get Call); peak
+RSS of the backfill process (``ru_maxrss`` from ``os.wait4`` on that pid, cross-checked with
+``VmHWM`` sampled every 20 ms from ``/proc/<pid>/status``; goal <= 250 MB and flat as N grows,
+taken as peak(largest N) / peak(smallest N) <= 1.2); the state directory's files at the end;
+and that every span arrived exactly once (spans at the receiver = distinct span ids = N x the
+spans of one call, which ``map_call`` gives for the stand-in's own calls: every synthetic call
+of the same ``--turns`` has the same shape).
+
+``--profile`` samples the backfill process with ``py-spy record --gil`` for its whole life and
+prints where the GIL-holding time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TextIO
+
+ROOT = Path(__file__).resolve().parents[1]
+AGENT = "agent_bench_backfill"
+PAGE_LIMIT = 100
+GOAL_RSS_MB = 250.0
+GOAL_FLAT_RATIO = 1.2
+TURN_SPAN_NAMES = ("user_turn", "assistant_turn")
+SAMPLE_S = 0.02
+PROFILE_RATE = 100  # py-spy samples per second
+RUN_TIMEOUT_S = 1800.0
+
+
+# --- helper processes (``--internal``) -------------------------------------------------------
+def run_standin(calls: int, turns: int, stdin: TextIO, stdout: TextIO) -> None:
+    """The stand-in API with ``calls`` synthetic calls. Line commands on stdin: ``stats`` ->
+    request counts and page times, ``quit``."""
+    sys.path.insert(0, str(ROOT))
+    from otelbridge.cartesia.models import parse_call
+    from otelbridge.mapping import map_call
+    from tests.support.cartesia_api import CartesiaStandIn, PageServed
+
+    api = CartesiaStandIn()
+    started = time.perf_counter()
+    ids = api.add_synthetic_calls(AGENT, calls, turns=turns)
+    generate_s = time.perf_counter() - started
+    # the spans of one call: the same for every synthetic call of the same shape (checked on a few)
+    shapes = set()
+    for call_id in {ids[0], ids[len(ids) // 2], ids[-1]}:
+        spans = map_call(parse_call(api.get(call_id))).spans
+        shapes.add((len(spans), sum(1 for s in spans if s.name in TURN_SPAN_NAMES)))
+    if len(shapes) != 1:
+        raise SystemExit(f"synthetic calls of different shapes: {shapes}")
+    [(spans_per_call, turn_spans_per_call)] = shapes
+    call_bytes = len(json.dumps(api.get(ids[0]), separators=(",", ":")).encode())
+    pages: list[float] = []
+    lock = threading.Lock()
+
+    def on_page(_: PageServed) -> None:
+        with lock:
+            pages.append(time.monotonic())
+
+    api.on_page(on_page)
+    api.start()
+    hello = {
+        "url": api.url,
+        "api_key": api.api_key,
+        "pid": os.getpid(),
+        "generate_s": round(generate_s, 2),
+        "spans_per_call": spans_per_call,
+        "turn_spans_per_call": turn_spans_per_call,
+        "call_json_bytes": call_bytes,
+    }
+    stdout.write(json.dumps(hello) + "\n")
+    stdout.flush()
+    try:
+        for line in stdin:
+            if line.strip() != "stats":
+                break
+            with lock:
+                answer = {"counts": dict(api.counts), "pages": list(pages)}
+            stdout.write(json.dumps(answer) + "\n")
+            stdout.flush()
+    finally:
+        api.stop()
+
+
+def run_receiver(stdin: TextIO, stdout: TextIO) -> None:
+    """The OTLP/HTTP receiver, counting. Line commands on stdin: ``stats``, ``quit``."""
+    sys.path.insert(0, str(ROOT))
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from tests.support.otlp_receiver import HttpOtlpReceiver, ReceivedRequest
+
+    class CountingReceiver(HttpOtlpReceiver):
+        """Keeps counts and span ids, not every decoded request."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.guard = threading.Lock()
+            self.ids: set[bytes] = set()
+            self.n_spans = 0
+            self.n_turns = 0
+            self.n_traces = 0
+            self.n_metrics = 0
+            self.trace_bytes = 0
+            self.trace_max_bytes = 0
+            self.first_at: float | None = None
+            self.last_at: float | None = None
+
+        def _record(self, request: ReceivedRequest, accepted: bool) -> None:
+            message = request.message
+            with self.guard:
+                if request.signal == "metrics":
+                    self.n_metrics += 1
+                if not (accepted and isinstance(message, ExportTraceServiceRequest)):
+                    return
+                self.n_traces += 1
+                self.trace_bytes += len(request.body)
+                self.trace_max_bytes = max(self.trace_max_bytes, len(request.body))
+                for rs in message.resource_spans:
+                    for ss in rs.scope_spans:
+                        for span in ss.spans:
+                            self.n_spans += 1
+                            self.ids.add(span.span_id)
+                            if span.name in TURN_SPAN_NAMES:
+                                self.n_turns += 1
+                if self.first_at is None:
+                    self.first_at = request.received_at
+                self.last_at = request.received_at
+
+    receiver = CountingReceiver().start()
+    stdout.write(json.dumps({"url": receiver.url, "pid": os.getpid()}) + "\n")
+    stdout.flush()
+    try:
+        for line in stdin:
+            if line.strip() != "stats":
+                break
+            with receiver.guard:
+                answer = {
+                    "spans": receiver.n_spans,
+                    "distinct_span_ids": len(receiver.ids),
+                    "turn_spans": receiver.n_turns,
+                    "trace_requests": receiver.n_traces,
+                    "metric_requests": receiver.n_metrics,
+                    "trace_bytes": receiver.trace_bytes,
+                    "trace_request_max_bytes": receiver.trace_max_bytes,
+                    "first_at": receiver.first_at,
+                    "last_at": receiver.last_at,
+                }
+            stdout.write(json.dumps(answer) + "\n")
+            stdout.flush()
+    finally:
+        receiver.stop()
+
+
+class Helper:
+    """A ``--internal`` helper process driven over its stdin/stdout."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--internal", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
+        )
+        assert self.proc.stdout is not None
+        hello = json.loads(self.proc.stdout.readline() or "null")
+        if not hello:
+            raise RuntimeError(f"helper {args[0]} did not start")
+        self.hello: dict[str, Any] = hello
+        self.url: str = hello["url"]
+        self.pid = self.proc.pid
+
+    def stats(self) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.write("stats\n")
+        self.proc.stdin.flush()
+        answer: dict[str, Any] = json.loads(self.proc.stdout.readline())
+        return answer
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@contextlib.contextmanager
+def helper(*args: str) -> Iterator[Helper]:
+    h = Helper(*args)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+# --- measuring a process ---------------------------------------------------------------------
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("OTELBRIDGE_", "OTEL_"))}
+    env["PYTHONPATH"] = str(ROOT) + (f":{env['PYTHONPATH']}" if env.get("PYTHONPATH") else "")
+    env.update(extra)
+    return env
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def status_kb(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of a running process, in kB (empty once it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {}
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(VmRSS|VmHWM):\s+(\d+) kB", text, re.M)}
+
+
+@dataclass(slots=True)
+class Watched:
+    """What :func:`watch` saw of one process until it exited."""
+
+    returncode: int
+    exited_at: float
+    maxrss_kb: int
+    cpu_s: float
+    vmhwm_kb: int
+    rss_samples: list[tuple[float, int]] = field(default_factory=list)  # (monotonic, kB)
+
+
+def watch(proc: subprocess.Popen[bytes], timeout: float) -> Watched:
+    """Sample VmRSS/VmHWM every ``SAMPLE_S`` until the process exits; reap it with ``os.wait4``
+    (its own rusage: peak RSS and CPU of that process alone)."""
+    samples: list[tuple[float, int]] = []
+    hwm = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        now = time.monotonic()
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return Watched(
+                proc.returncode, now, usage.ru_maxrss, usage.ru_utime + usage.ru_stime, hwm, samples
+            )
+        kb = status_kb(proc.pid)
+        if kb:
+            samples.append((now, kb.get("VmRSS", 0)))
+            hwm = max(hwm, kb.get("VmHWM", 0))
+        if now > deadline:
+            proc.kill()
+        time.sleep(SAMPLE_S)
+
+
+def dir_files(path: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file()}
+
+
+def sqlite_counts(state_dir: Path) -> dict[str, int]:
+    import sqlite3
+
+    counts: dict[str, int] = {}
+    for db, tables in (("inbox.db", ("inbox",)), ("state.db", ("calls", "ledger", "spool", "points"))):
+        conn = sqlite3.connect(f"file:{state_dir / db}?mode=ro", uri=True)
+        try:
+            for table in tables:
+                counts[table] = int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+        finally:
+            conn.close()
+    return counts
+
+
+# --- profiling --------------------------------------------------------------------------------
+def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    spy = shutil.which("py-spy")
+    if spy is None:
+        print("warning: --profile needs py-spy (pip install py-spy); not profiling", file=sys.stderr)
+        return None
+    return subprocess.Popen(
+        [
+            *(spy, "record", "--pid", str(pid), "--rate", str(PROFILE_RATE)),
+            *("--format", "raw", "--gil", "--nonblocking", "--output", str(out)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+#: where a sampled stack belongs: the first area one of whose markers is in the stack
+PROFILE_AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("start-up: imports", ("_find_and_load",)),
+    ("paging: List Calls HTTP + JSON decoding (client)", ("CartesiaClient.",)),
+    ("paging: validate each call, inbox insert, cursor", ("store_calls", "backfill_agent", "_save_backfill")),
+    ("processor: OTLP encoding of spans (to_readable_spans + SDK encoder)", ("<locals>.encode",)),
+    ("processor: metric points to JSON + points table", ("point_to_json",)),
+    ("processor: validate the stored call again (parse_webhook_event)", ("parse_webhook_event",)),
+    ("processor: map, ledger, calls (per event)", ("Processor._event",)),
+    ("processor: other (spool write, watermark, inbox delete)", ("Processor.",)),
+    ("meter: recording the points (Telemetry.record)", ("Telemetry.record",)),
+    ("meter: other self-telemetry", ("elemetry",)),
+    ("sender: spool read, HTTP export, delete", ("Sender.",)),
+    ("hand-off to worker threads (anyio to_thread)", ("run_sync_in_worker_thread", "WorkerThread")),
+)
+
+
+def summarize_profile(path: Path, seconds: float, top: int = 20) -> dict[str, Any]:
+    """Collapsed stacks (py-spy --format raw --gil) -> share of the GIL-holding samples per
+    area, per function (inclusive) and per leaf function (self)."""
+    inclusive: dict[str, int] = {}
+    leaf: dict[str, int] = {}
+    areas: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        area = next((label for label, markers in PROFILE_AREAS if any(m in stack for m in markers)), "other")
+        areas[area] = areas.get(area, 0) + count
+        names = [
+            re.sub(r" \(/.*?/(otelbridge|site-packages|python3\.\d+)/", " (", frame)
+            for frame in stack.split(";")[1:]
+        ]
+        for name in dict.fromkeys(names):
+            inclusive[name] = inclusive.get(name, 0) + count
+        if names:
+            leaf[names[-1]] = leaf.get(names[-1], 0) + count
+
+    def table(counts: dict[str, int], limit: int = top) -> list[tuple[str, float]]:
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+        return [(name, round(100 * n / max(total, 1), 1)) for name, n in ranked]
+
+    return {
+        "samples": total,
+        "gil_busy": round(total / max(seconds * PROFILE_RATE, 1), 2),
+        "areas": table(areas, len(areas)),
+        "inclusive": table(inclusive),
+        "self": table(leaf),
+        "raw": str(path),
+    }
+
+
+# --- one size ---------------------------------------------------------------------------------
+def rss_at(samples: list[tuple[float, int]], when: float) -> float | None:
+    """VmRSS (MB) of the last sample at or before ``when``."""
+    before = [kb for t, kb in samples if t <= when]
+    return round(before[-1] / 1024, 1) if before else None
+
+
+def timeline(samples: list[tuple[float, int]], started: float, step_s: float = 1.0) -> list[list[float]]:
+    """VmRSS (MB) about every ``step_s`` seconds: [[seconds since spawn, MB], ...]."""
+    out: list[list[float]] = []
+    for t, kb in samples:
+        if not out or t - started >= out[-1][0] + step_s:
+            out.append([round(t - started, 1), round(kb / 1024, 1)])
+    return out
+
+
+def peak_where(samples: list[tuple[float, int]], started: float, pages: list[float]) -> dict[str, Any]:
+    """Where the sampled VmRSS peaked, and its highest value while paging and after the last page."""
+    if not samples:
+        return {}
+    at, kb = max(samples, key=lambda s: s[1])
+    paging = [k for t, k in samples if pages and pages[0] <= t <= pages[-1]]
+    tail = [k for t, k in samples if pages and t > pages[-1]]
+    return {
+        "mb": round(kb / 1024, 1),
+        "at_s": round(at - started, 1),
+        "while_paging_max_mb": round(max(paging) / 1024, 1) if paging else None,
+        "after_last_page_max_mb": round(max(tail) / 1024, 1) if tail else None,
+    }
+
+
+def run_size(
+    n: int, turns: int, profile: bool, state_parent: Path | None, extra_env: dict[str, str]
+) -> dict[str, Any]:
+    log(f"N={n:,}: generating {n:,} calls x {turns} turns in the stand-in process")
+    with (
+        helper("standin", "--calls", str(n), "--turns", str(turns)) as api,
+        helper("receiver") as receiver,
+        tempfile.TemporaryDirectory(prefix="otelbridge-bench-backfill-", dir=state_parent) as tmp,
+    ):
+        work = Path(tmp)
+        state = work / "state"
+        env = clean_env(
+            OTELBRIDGE_CARTESIA_API_KEY=api.hello["api_key"],
+            OTELBRIDGE_CARTESIA_BASE_URL=api.url,
+            OTELBRIDGE_STATE_DIR=str(state),
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+            OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+            **extra_env,
+        )
+        log(f"N={n:,}: stand-in ready in {api.hello['generate_s']} s; backfill starts")
+        cpu0 = {"stand-in": cpu_seconds(api.pid), "receiver": cpu_seconds(receiver.pid)}
+        with (work / "stdout").open("wb") as out, (work / "stderr").open("wb") as err:
+            started = time.monotonic()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "otelbridge", "backfill", "--agent-id", AGENT],
+                env=env,
+                cwd=work,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+            )
+            profiler = None
+            spy_out = Path(tempfile.gettempdir()) / f"otelbridge-bench-backfill-{n}.pyspy.txt"
+            if profile:
+                spy_out.unlink(missing_ok=True)
+                profiler = start_profiler(proc.pid, spy_out)
+            watched = watch(proc, RUN_TIMEOUT_S)
+        if profiler is not None:
+            profiler.wait(60)
+        cpu = {
+            "backfill": round(watched.cpu_s, 2),
+            **{k: round(cpu_seconds(p) - cpu0[k], 2) for k, p in (("stand-in", api.pid),
+                                                                    ("receiver", receiver.pid))},
+        }  # fmt: skip
+        stand = api.stats()
+        got = receiver.stats()
+        stdout_text = (work / "stdout").read_text(errors="replace")
+        stderr_text = (work / "stderr").read_text(errors="replace")
+        files = dir_files(state)
+        rows = sqlite_counts(state)
+    wall = watched.exited_at - started
+    pages = stand["pages"]
+    counts: dict[str, int] = stand["counts"]
+    list_requests = counts.get("/agents/calls", 0)
+    per_call = sum(v for k, v in counts.items() if k.startswith("/agents/calls/"))
+    other = sum(v for k, v in counts.items() if k != "/agents/calls" and not k.startswith("/agents/calls/"))
+    expected_spans = n * api.hello["spans_per_call"]
+    expected_turns = n * api.hello["turn_spans_per_call"]
+    problems = []
+    if watched.returncode != 0:
+        problems.append(f"exit {watched.returncode}: {stderr_text.strip()[-500:]}")
+    if not (got["spans"] == got["distinct_span_ids"] == expected_spans):
+        problems.append(
+            f"spans at the receiver {got['spans']:,} (distinct {got['distinct_span_ids']:,}), "
+            f"expected {expected_spans:,}"
+        )
+    if got["turn_spans"] != expected_turns:
+        problems.append(f"turn spans {got['turn_spans']:,}, expected {expected_turns:,}")
+    mb = 1024 * 1024
+    result: dict[str, Any] = {
+        "calls": n,
+        "turns": turns,
+        "exit": watched.returncode,
+        "wall_s": round(wall, 2),
+        "calls_per_s": round(n / wall, 1),
+        "phases_s": {
+            "startup_to_first_page": round(pages[0] - started, 2) if pages else None,
+            "paging_first_to_last_page": round(pages[-1] - pages[0], 2) if pages else None,
+            "last_page_to_exit": round(watched.exited_at - pages[-1], 2) if pages else None,
+        },
+        "paging_calls_per_s": round(n / max(pages[-1] - pages[0], 1e-9), 1) if len(pages) > 1 else None,
+        "first_export_s": round(got["first_at"] - started, 2) if got["first_at"] else None,
+        "last_export_s": round(got["last_at"] - started, 2) if got["last_at"] else None,
+        "requests": counts,
+        "list_requests": list_requests,
+        "list_requests_goal": math.ceil(n / PAGE_LIMIT),
+        "get_call_requests": per_call,
+        "other_requests": other,
+        "meets_request_goal": list_requests == math.ceil(n / PAGE_LIMIT) and per_call == 0,
+        "peak_rss_mb": round(watched.maxrss_kb / 1024, 1),
+        "vmhwm_sampled_mb": round(watched.vmhwm_kb / 1024, 1),
+        "rss_mb_at": {
+            "first_page": rss_at(watched.rss_samples, pages[0]) if pages else None,
+            "half_the_pages": rss_at(watched.rss_samples, pages[len(pages) // 2]) if pages else None,
+            "last_page": rss_at(watched.rss_samples, pages[-1]) if pages else None,
+        },
+        "rss_peak": peak_where(watched.rss_samples, started, pages),
+        "rss_mb_timeline": timeline(watched.rss_samples, started),
+        "cpu_s": cpu,
+        "receiver": got,
+        "expected_spans": expected_spans,
+        "expected_turn_spans": expected_turns,
+        "stand_in_generate_s": api.hello["generate_s"],
+        "api_json_mb": round(n * api.hello["call_json_bytes"] / mb, 1),
+        "state_dir_mb": round(sum(files.values()) / mb, 1),
+        "state_files_mb": {k: round(v / mb, 2) for k, v in files.items()},
+        "state_rows": rows,
+        "summary_line": stdout_text.strip().splitlines()[-1] if stdout_text.strip() else "",
+        "problems": problems,
+    }
+    if profile and spy_out.exists():
+        result["profile"] = summarize_profile(spy_out, wall)
+    verdict = "OK" if not problems else "PROBLEMS: " + "; ".join(problems)
+    log(
+        f"N={n:,}: {result['wall_s']} s, {result['calls_per_s']:,} calls/s, "
+        f"peak RSS {result['peak_rss_mb']} MB, {verdict}"
+    )
+    return result
+
+
+# --- report -----------------------------------------------------------------------------------
+def environment() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.M)
+    mem = re.search(r"^MemTotal:\s*(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+    where = Path(tempfile.gettempdir())
+    fs = subprocess.run(["stat", "-f", "-c", "%T", str(where)], capture_output=True, text=True, check=False)
+    versions = {}
+    for package in ("httpx", "pydantic", "opentelemetry-sdk", "protobuf", "uvloop", "orjson"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
+    return {
+        "cpu_model": model.group(1).strip() if model else platform.processor(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(int(mem.group(1)) / 2**20, 1) if mem else None,
+        "kernel": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "python": platform.python_version(),
+        "state_fs": fs.stdout.strip(),
+        "packages": versions,
+    }
+
+
+def goals(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Goals over every run; with ``--repeat``, the worst peak RSS of each size counts."""
+    worst: dict[int, float] = {}
+    for r in runs:
+        worst[r["calls"]] = max(worst.get(r["calls"], 0.0), r["peak_rss_mb"])
+    sizes = sorted(worst)
+    flat = worst[sizes[-1]] / worst[sizes[0]] if len(sizes) > 1 and worst[sizes[0]] else None
+    return {
+        "requests": all(r["meets_request_goal"] for r in runs),
+        "rss_max_mb": GOAL_RSS_MB,
+        "worst_peak_rss_mb": {str(n): worst[n] for n in sizes},
+        "rss": all(p <= GOAL_RSS_MB for p in worst.values()),
+        "rss_growth_ratio": round(flat, 2) if flat is not None else None,
+        "rss_flat_ratio_max": GOAL_FLAT_RATIO,
+        "rss_flat": flat is None or flat <= GOAL_FLAT_RATIO,
+        "every_span_once": all(not r["problems"] for r in runs),
+    }
+
+
+def render(data: dict[str, Any]) -> str:
+    env, g = data["environment"], data["goals"]
+    lines = [
+        f"machine: {env['cpu_model']}, {env['cores']} cores, {env['memory_gib']} GiB, Python "
+        f"{env['python']}, state on {env['state_fs']}",
+        "",
+        f"{'calls':>7} {'wall s':>7} {'calls/s':>8} {'1st export s':>12} {'list req':>9} "
+        f"{'Get Call':>8} {'peak RSS MB':>11} {'state MB':>8} {'spans':>9}  "
+        "CPU s (backfill/stand-in/receiver)",
+    ]
+    for r in data["runs"]:
+        cpu = r["cpu_s"]
+        lines.append(
+            f"{r['calls']:>7,} {r['wall_s']:>7.1f} {r['calls_per_s']:>8,.0f} {r['first_export_s']:>12} "
+            f"{r['list_requests']:>4}/{r['list_requests_goal']:<4} {r['get_call_requests']:>8} "
+            f"{r['peak_rss_mb']:>11.1f} {r['state_dir_mb']:>8.1f} {r['receiver']['spans']:>9,}  "
+            f"{cpu['backfill']}/{cpu['stand-in']}/{cpu['receiver']}"
+        )
+    lines.append("")
+    for r in data["runs"]:
+        p = r["phases_s"]
+        lines.append(
+            f"N={r['calls']:,}: start-up {p['startup_to_first_page']} s, "
+            f"paging {p['paging_first_to_last_page']} s "
+            f"({r['paging_calls_per_s']} calls/s), last page -> exit {p['last_page_to_exit']} s; RSS MB at "
+            f"first/middle/last page {r['rss_mb_at']['first_page']}/{r['rss_mb_at']['half_the_pages']}/"
+            f"{r['rss_mb_at']['last_page']}; state files {r['state_files_mb']}; rows {r['state_rows']}"
+        )
+        peak = r["rss_peak"]
+        if peak:
+            lines.append(
+                f"  sampled RSS peak {peak['mb']} MB at {peak['at_s']} s; highest while paging "
+                f"{peak['while_paging_max_mb']} MB, after the last page {peak['after_last_page_max_mb']} MB"
+            )
+        if r["problems"]:
+            lines.append(f"  PROBLEMS: {'; '.join(r['problems'])}")
+    lines += [
+        "",
+        f"goal ceil(N/100) List Calls requests, no Get Call: {'met' if g['requests'] else 'NOT met'}",
+        f"goal peak RSS <= {g['rss_max_mb']:g} MB (worst per size {g['worst_peak_rss_mb']}): "
+        f"{'met' if g['rss'] else 'NOT met'}; growth "
+        f"largest/smallest N {g['rss_growth_ratio']} (flat <= {g['rss_flat_ratio_max']}: "
+        f"{'met' if g['rss_flat'] else 'NOT met'})",
+        f"every span exactly once: {'yes' if g['every_span_once'] else 'NO'}",
+    ]
+    for r in data["runs"]:
+        profile = r.get("profile")
+        if not profile:
+            continue
+        lines += [
+            "",
+            f"py-spy --gil profile of N={r['calls']:,}: {profile['samples']} samples, GIL held "
+            f"{profile['gil_busy']:.0%} of the wall time ({profile['raw']}); shares of GIL-holding samples:",
+        ]
+        for title in ("areas", "inclusive", "self"):
+            lines.append(f"  {title}:")
+            lines += [f"    {share:5.1f}%  {name}" for name, share in profile[title]]
+    return "\n".join(lines)
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--sizes", default="1000,10000", help="calls per run, comma-separated")
+    parser.add_argument("--turns", type=int, default=20, help="turns per call (default 20)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per size (default 1)")
+    parser.add_argument("--profile", action="store_true", help="sample the backfill with py-spy --gil")
+    parser.add_argument("--state-parent", type=Path, help="where the temp state dirs go (default TMPDIR)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment of the backfill process, for experiments (e.g. MALLOC_ARENA_MAX=2)",
+    )
+    parser.add_argument("--internal", choices=("standin", "receiver"), help=argparse.SUPPRESS)
+    parser.add_argument("--calls", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.internal == "standin":
+        run_standin(args.calls, args.turns, sys.stdin, sys.stdout)
+        return 0
+    if args.internal == "receiver":
+        run_receiver(sys.stdin, sys.stdout)
+        return 0
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    extra_env = dict(item.split("=", 1) for item in args.env)
+    runs = [
+        run_size(n, args.turns, args.profile, args.state_parent, extra_env)
+        for n in sizes
+        for _ in range(args.repeat)
+    ]
+    met = goals(runs)
+    data = {"environment": environment(), "extra_env": extra_env, "runs": runs, "goals": met}
+    print(json.dumps(data, indent=2) if args.json else render(data))
+    return 0 if met["every_span_once"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
