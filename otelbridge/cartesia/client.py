@@ -32,7 +32,6 @@ of it before it is used.
 from __future__ import annotations
 
 import collections
-import datetime as dt
 import json
 import logging
 import math
@@ -40,7 +39,6 @@ import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, Final, Self
 from urllib.parse import quote
@@ -49,6 +47,7 @@ import anyio
 import httpx
 
 from otelbridge import __version__
+from otelbridge.retry import backoff, parse_retry_after
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -148,28 +147,6 @@ def _one_line(text: str, limit: int = MESSAGE_TEXT_LIMIT) -> str:
     """One line, control characters folded, at most ``limit`` characters."""
     line = " ".join(_CONTROL.sub(" ", text).split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> float | None:
-    """HTTP ``Retry-After``: delta-seconds (integer or decimal) or an HTTP-date, in seconds.
-
-    A negative, infinite or unparsable value is ``None``; a date in the past is ``0.0``."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return max((when - (now or dt.datetime.now(dt.UTC))).total_seconds(), 0.0)
 
 
 def _text(value: object) -> str | None:
@@ -438,8 +415,7 @@ class CartesiaClient:
         """Delay before retry number ``retry`` (0-based)."""
         if retry_after is not None:
             return min(retry_after, RETRY_AFTER_MAX_S)
-        ceiling = min(self.max_backoff_s, self.initial_backoff_s * 2.0**retry)
-        return ceiling / 2 + self._rng.uniform(0.0, ceiling / 2)
+        return backoff(retry, self.initial_backoff_s, self.max_backoff_s, self._rng)
 
     async def _get_json(self, path: str, params: Mapping[str, str | int] | None) -> Any:
         op = f"GET {path}"

@@ -26,6 +26,7 @@ from otelbridge.delivery.spool import SIGNALS, Signal, Spool, SpoolEntry
 from otelbridge.delivery.telemetry import SelfMetrics
 from otelbridge.delivery.transport import SendResult, Transport
 from otelbridge.mapping import conventions as c
+from otelbridge.retry import backoff
 from otelbridge.store import Database
 
 log = logging.getLogger("otelbridge.sender")
@@ -72,8 +73,7 @@ class Sender:
         return all(self._idle.values())
 
     def backoff(self, failures: int) -> float:
-        ceiling = min(self._max, self._initial * 2 ** max(0, failures - 1))
-        return float(ceiling / 2 + self._rng.uniform(0, ceiling / 2))
+        return backoff(failures - 1, self._initial, self._max, self._rng)
 
     async def run(self, signal: Signal) -> None:
         state = self.states[signal]

@@ -15,7 +15,6 @@ general one. Where the SDK and the specification differ the choices are noted in
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import gzip
 import json
 import math
@@ -27,7 +26,6 @@ import threading
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any, Final, Literal, Protocol, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
@@ -49,6 +47,7 @@ from opentelemetry.util.re import parse_env_headers
 
 from otelbridge import __version__
 from otelbridge.delivery.exporters import Signal
+from otelbridge.retry import parse_retry_after
 
 __all__ = [
     "ConsoleTransport",
@@ -145,28 +144,6 @@ def _display_url(url: str) -> str:
         return urlunsplit((parts.scheme, host, parts.path, "", ""))
     except ValueError:
         return "<invalid url>"
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """HTTP ``Retry-After``: delta-seconds (integer or decimal) or an HTTP-date.
-
-    A negative, infinite or unparsable value is ``None``; a date in the past is ``0.0``."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return max((when - dt.datetime.now(dt.UTC)).total_seconds(), 0.0)
 
 
 def _partial_success(signal: Signal, body: bytes) -> tuple[int, str]:
