@@ -41,7 +41,7 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Generic, Literal, Protocol, Self, TypeVar
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -107,10 +107,20 @@ class ReceivedRequest:
 
 
 # --- what both receivers share ------------------------------------------------------------
-class _Store:
-    """Thread-safe record of requests and of the data accepted, plus query helpers."""
+class _Answer(Protocol):
+    @property
+    def route(self) -> str | None: ...
+
+
+AnswerT = TypeVar("AnswerT", bound=_Answer)
+
+
+class _Store(Generic[AnswerT]):
+    """Thread-safe record of requests and of the data accepted, plus query helpers, the queue of
+    scripted answers, and the context-manager protocol (``start``/``stop`` are each receiver's)."""
 
     def __init__(self) -> None:
+        self._answers: deque[AnswerT] = deque()
         self._lock = threading.Condition(threading.RLock())
         self._requests: list[ReceivedRequest] = []
         self._traces: list[ExportTraceServiceRequest] = []
@@ -130,6 +140,44 @@ class _Store:
             self._requests.clear()
             self._traces.clear()
             self._metrics.clear()
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # scripted answers
+    def enqueue(self, *answers: AnswerT) -> None:
+        """Answer the next matching requests with these, in order; then success again."""
+        with self._lock:
+            self._answers.extend(answers)
+
+    @property
+    def pending_answers(self) -> int:
+        with self._lock:
+            return len(self._answers)
+
+    def clear_answers(self) -> None:
+        """Forget the scripted answers not used yet: answer success from now on (backend recovered)."""
+        with self._lock:
+            self._answers.clear()
+
+    def _next_answer(self, route: str) -> AnswerT | None:
+        with self._lock:
+            for index, answer in enumerate(self._answers):
+                if answer.route is None or answer.route == route:
+                    del self._answers[index]
+                    return answer
+            return None
 
     # raw records
     @property
@@ -221,6 +269,10 @@ class HttpAnswer:
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes | None = None
     path: str | None = None
+
+    @property
+    def route(self) -> str | None:
+        return self.path
 
 
 def rpc_status(code: int, message: str) -> bytes:
@@ -334,7 +386,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(status, reply_body, canned.headers if canned else None)
 
 
-class HttpOtlpReceiver(_Store):
+class HttpOtlpReceiver(_Store[HttpAnswer]):
     """OTLP/HTTP receiver: ``POST /v1/traces`` and ``/v1/metrics``, protobuf, optionally
     gzip or deflate. Use as a context manager (or ``start()``/``stop()``).
 
@@ -344,7 +396,6 @@ class HttpOtlpReceiver(_Store):
     def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         super().__init__()
         self.ssl_context = ssl_context
-        self._answers: deque[HttpAnswer] = deque()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -373,14 +424,6 @@ class HttpOtlpReceiver(_Store):
         server.server_close()  # joins every handler thread
         self._server = self._thread = None
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
     # where it listens
     @property
     def port(self) -> int:
@@ -398,11 +441,6 @@ class HttpOtlpReceiver(_Store):
         return {"OTEL_EXPORTER_OTLP_ENDPOINT": self.url, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
 
     # scripting
-    def enqueue(self, *answers: HttpAnswer) -> None:
-        """Answer the next matching requests with these, in order; then 200 again."""
-        with self._lock:
-            self._answers.extend(answers)
-
     def fail_next(
         self, count: int, status: int = 503, retry_after_s: float | None = None, path: str | None = None
     ) -> None:
@@ -428,24 +466,6 @@ class HttpOtlpReceiver(_Store):
             )
         self.enqueue(HttpAnswer(200, {}, response.SerializeToString(), path))
 
-    @property
-    def pending_answers(self) -> int:
-        with self._lock:
-            return len(self._answers)
-
-    def clear_answers(self) -> None:
-        """Forget the scripted answers not used yet: answer 200 from now on (backend recovered)."""
-        with self._lock:
-            self._answers.clear()
-
-    def _next_answer(self, path: str) -> HttpAnswer | None:
-        with self._lock:
-            for index, answer in enumerate(self._answers):
-                if answer.path is None or answer.path == path:
-                    del self._answers[index]
-                    return answer
-            return None
-
 
 # --- OTLP/gRPC ----------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
@@ -466,6 +486,10 @@ class GrpcAnswer:
     message: str = ""
     method: str | None = None
     status_details: bool = False
+
+    @property
+    def route(self) -> str | None:
+        return self.method
 
 
 class _Servicer:
@@ -536,14 +560,13 @@ class _MetricsServicer(_Servicer, metrics_service_pb2_grpc.MetricsServiceService
         )
 
 
-class GrpcOtlpReceiver(_Store):
+class GrpcOtlpReceiver(_Store[GrpcAnswer]):
     """OTLP/gRPC receiver for TraceService and MetricsService: insecure, or TLS with
     ``server_credentials`` (``grpc.ssl_server_credentials(...)``)."""
 
     def __init__(self, max_workers: int = 4, server_credentials: Any = None) -> None:
         super().__init__()
         self._server_credentials = server_credentials
-        self._answers: deque[GrpcAnswer] = deque()
         self._max_workers = max_workers
         self._executor: futures.ThreadPoolExecutor | None = None
         self._server: Any = None
@@ -577,14 +600,6 @@ class GrpcOtlpReceiver(_Store):
             self._executor.shutdown(wait=True)
             self._executor = None
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
     @property
     def port(self) -> int:
         assert self._server is not None, "receiver not started"
@@ -606,10 +621,6 @@ class GrpcOtlpReceiver(_Store):
             "OTEL_EXPORTER_OTLP_INSECURE": "true",
         }
 
-    def enqueue(self, *answers: GrpcAnswer) -> None:
-        with self._lock:
-            self._answers.extend(answers)
-
     def fail_next(
         self,
         count: int,
@@ -628,24 +639,6 @@ class GrpcOtlpReceiver(_Store):
         self, rejected: int, message: str = "rejected by the test", method: str = GRPC_TRACES_METHOD
     ) -> None:
         self.enqueue(GrpcAnswer(grpc.StatusCode.OK, "", None, rejected, message, method))
-
-    @property
-    def pending_answers(self) -> int:
-        with self._lock:
-            return len(self._answers)
-
-    def clear_answers(self) -> None:
-        """Forget the scripted answers not used yet: answer 200 from now on (backend recovered)."""
-        with self._lock:
-            self._answers.clear()
-
-    def _next_answer(self, method: str) -> GrpcAnswer | None:
-        with self._lock:
-            for index, answer in enumerate(self._answers):
-                if answer.method is None or answer.method == method:
-                    del self._answers[index]
-                    return answer
-            return None
 
 
 __all__ = [
