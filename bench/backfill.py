@@ -39,7 +39,6 @@ import math
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,7 +50,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, clean_env, cpu_seconds, log, start_profiler, summarize_profile
+
 AGENT = "agent_bench_backfill"
 PAGE_LIMIT = 100
 GOAL_RSS_MB = 250.0
@@ -234,19 +234,6 @@ def helper(*args: str) -> Iterator[Helper]:
 
 
 # --- measuring a process ---------------------------------------------------------------------
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("OTELBRIDGE_", "OTEL_"))}
-    env["PYTHONPATH"] = str(ROOT) + (f":{env['PYTHONPATH']}" if env.get("PYTHONPATH") else "")
-    env.update(extra)
-    return env
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def status_kb(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM of a running process, in kB (empty once it is gone)."""
     try:
@@ -310,21 +297,6 @@ def sqlite_counts(state_dir: Path) -> dict[str, int]:
 
 
 # --- profiling --------------------------------------------------------------------------------
-def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
-    spy = shutil.which("py-spy")
-    if spy is None:
-        print("warning: --profile needs py-spy (pip install py-spy); not profiling", file=sys.stderr)
-        return None
-    return subprocess.Popen(
-        [
-            *(spy, "record", "--pid", str(pid), "--rate", str(PROFILE_RATE)),
-            *("--format", "raw", "--gil", "--nonblocking", "--output", str(out)),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 #: where a sampled stack belongs: the first area one of whose markers is in the stack
 PROFILE_AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("start-up: imports", ("_find_and_load",)),
@@ -340,44 +312,6 @@ PROFILE_AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sender: spool read, HTTP export, delete", ("Sender.",)),
     ("hand-off to worker threads (anyio to_thread)", ("run_sync_in_worker_thread", "WorkerThread")),
 )
-
-
-def summarize_profile(path: Path, seconds: float, top: int = 20) -> dict[str, Any]:
-    """Collapsed stacks (py-spy --format raw --gil) -> share of the GIL-holding samples per
-    area, per function (inclusive) and per leaf function (self)."""
-    inclusive: dict[str, int] = {}
-    leaf: dict[str, int] = {}
-    areas: dict[str, int] = {}
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        total += count
-        area = next((label for label, markers in PROFILE_AREAS if any(m in stack for m in markers)), "other")
-        areas[area] = areas.get(area, 0) + count
-        names = [
-            re.sub(r" \(/.*?/(otelbridge|site-packages|python3\.\d+)/", " (", frame)
-            for frame in stack.split(";")[1:]
-        ]
-        for name in dict.fromkeys(names):
-            inclusive[name] = inclusive.get(name, 0) + count
-        if names:
-            leaf[names[-1]] = leaf.get(names[-1], 0) + count
-
-    def table(counts: dict[str, int], limit: int = top) -> list[tuple[str, float]]:
-        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
-        return [(name, round(100 * n / max(total, 1), 1)) for name, n in ranked]
-
-    return {
-        "samples": total,
-        "gil_busy": round(total / max(seconds * PROFILE_RATE, 1), 2),
-        "areas": table(areas, len(areas)),
-        "inclusive": table(inclusive),
-        "self": table(leaf),
-        "raw": str(path),
-    }
 
 
 # --- one size ---------------------------------------------------------------------------------
@@ -446,7 +380,7 @@ def run_size(
             spy_out = Path(tempfile.gettempdir()) / f"otelbridge-bench-backfill-{n}.pyspy.txt"
             if profile:
                 spy_out.unlink(missing_ok=True)
-                profiler = start_profiler(proc.pid, spy_out)
+                profiler = start_profiler(proc.pid, spy_out, PROFILE_RATE)
             watched = watch(proc, RUN_TIMEOUT_S)
         if profiler is not None:
             profiler.wait(60)
@@ -522,7 +456,7 @@ def run_size(
         "problems": problems,
     }
     if profile and spy_out.exists():
-        result["profile"] = summarize_profile(spy_out, wall)
+        result["profile"] = summarize_profile(spy_out, wall, PROFILE_RATE, PROFILE_AREAS)
     verdict = "OK" if not problems else "PROBLEMS: " + "; ".join(problems)
     log(
         f"N={n:,}: {result['wall_s']} s, {result['calls_per_s']:,} calls/s, "
@@ -630,10 +564,6 @@ def render(data: dict[str, Any]) -> str:
             lines.append(f"  {title}:")
             lines += [f"    {share:5.1f}%  {name}" for name, share in profile[title]]
     return "\n".join(lines)
-
-
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,7 +63,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, clean_env, cpu_seconds, log, start_profiler, summarize_profile
+
 SAMPLES = ROOT.parent / "shared" / "cartesia" / "samples" / "webhooks.jsonl"
 WEBHOOK_PATH = "/webhooks/cartesia"
 SECRET_HEADER = "X-Webhook-Secret"
@@ -378,18 +379,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("OTELBRIDGE_", "OTEL_"))}
-    env.update(extra)
-    return env
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen[Any], what: str) -> None:
@@ -752,21 +741,6 @@ def freshness(
 
 
 # --- profiling --------------------------------------------------------------------------------
-def start_profiler(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
-    spy = shutil.which("py-spy")
-    if spy is None:
-        print("warning: --profile needs py-spy (pip install py-spy); not profiling", file=sys.stderr)
-        return None
-    return subprocess.Popen(
-        [
-            *(spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", str(PROFILE_RATE)),
-            *("--format", "raw", "--gil", "--nonblocking", "--output", str(out)),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 #: where a sampled stack belongs: the first area one of whose markers is in the stack
 PROFILE_AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("webhook handler: secret, JSON, schema validation, append", ("_WebhookReceiver",)),
@@ -780,47 +754,6 @@ PROFILE_AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("HTTP server: uvicorn + Starlette (parse, route, respond)", ("httptools_impl", "starlette/")),
     ("hand-off to worker threads (anyio to_thread)", ("run_sync_in_worker_thread", "WorkerThread")),
 )
-
-
-def summarize_profile(path: Path, seconds: float, rate: int, top: int = 20) -> dict[str, Any]:
-    """Collapsed stacks (py-spy --format raw --gil) -> share of the GIL-holding samples per
-    area of the daemon, per function (inclusive) and per leaf function (self)."""
-    inclusive: dict[str, int] = {}
-    leaf: dict[str, int] = {}
-    areas: dict[str, int] = {}
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        total += count
-        area = next(
-            (label for label, markers in PROFILE_AREAS if any(m in stack for m in markers)),
-            "event loop, other",
-        )
-        areas[area] = areas.get(area, 0) + count
-        names = [
-            re.sub(r" \(/.*?/(otelbridge|site-packages|python3\.\d+)/", " (", frame)
-            for frame in stack.split(";")[1:]
-        ]
-        for name in dict.fromkeys(names):
-            inclusive[name] = inclusive.get(name, 0) + count
-        if names:
-            leaf[names[-1]] = leaf.get(names[-1], 0) + count
-
-    def table(counts: dict[str, int], limit: int = top) -> list[tuple[str, float]]:
-        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
-        return [(name, round(100 * n / max(total, 1), 1)) for name, n in ranked]
-
-    return {
-        "samples": total,
-        "gil_busy": round(total / max(seconds * rate, 1), 2),
-        "areas": table(areas, len(areas)),
-        "inclusive": table(inclusive),
-        "self": table(leaf),
-        "raw": str(path),
-    }
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -894,12 +827,14 @@ def wrk_round(
     profiler, out = None, Path(tempfile.gettempdir()) / f"otelbridge-bench-{name}.pyspy.txt"
     if args.profile:
         out.unlink(missing_ok=True)
-        profiler = start_profiler(pids["server"], load.duration_s, out)
+        profiler = start_profiler(pids["server"], out, PROFILE_RATE, load.duration_s)
     result = run_wrk(url, script, load, pids)
     if profiler is not None:
         profiler.wait()
         if out.exists():
-            report.profiles[name] = summarize_profile(out, load.duration_s, PROFILE_RATE)
+            report.profiles[name] = summarize_profile(
+                out, load.duration_s, PROFILE_RATE, PROFILE_AREAS, "event loop, other"
+            )
     check_wrk(name, result)
     log(f"{name}: {result.rps:,.0f} req/s acked")
     return result
@@ -949,10 +884,6 @@ def run(args: argparse.Namespace) -> Report:
     if not report.drain.get("complete"):
         raise SystemExit(f"FAILED: not every acked turn was exported: {report.drain}")
     return report
-
-
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 def render(data: dict[str, Any]) -> str:

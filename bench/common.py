@@ -1,0 +1,95 @@
+"""What the benchmarks share: logging, clean subprocess environments, CPU time of a process,
+and py-spy profiling (start, then summarise by area, function and leaf)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: where a sampled stack belongs: the first area one of whose markers is in the stack
+ProfileAreas = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without inherited OTELBRIDGE_*/OTEL_* settings, running this checkout's
+    otelbridge (whatever the editable install points at), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("OTELBRIDGE_", "OTEL_"))}
+    env["PYTHONPATH"] = str(ROOT) + (f":{env['PYTHONPATH']}" if env.get("PYTHONPATH") else "")
+    env.update(extra)
+    return env
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_profiler(
+    pid: int, out: Path, rate: int, seconds: int | None = None
+) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling ``pid`` (GIL-holding stacks) into ``out``; None without py-spy."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        print("warning: --profile needs py-spy (pip install py-spy); not profiling", file=sys.stderr)
+        return None
+    duration = () if seconds is None else ("--duration", str(seconds))
+    return subprocess.Popen(
+        [
+            *(spy, "record", "--pid", str(pid), *duration, "--rate", str(rate)),
+            *("--format", "raw", "--gil", "--nonblocking", "--output", str(out)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def summarize_profile(
+    path: Path, seconds: float, rate: int, areas_of: ProfileAreas, other: str = "other", top: int = 20
+) -> dict[str, Any]:
+    """Collapsed stacks (py-spy --format raw --gil) -> share of the GIL-holding samples per
+    area, per function (inclusive) and per leaf function (self)."""
+    inclusive: dict[str, int] = {}
+    leaf: dict[str, int] = {}
+    areas: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        area = next((label for label, markers in areas_of if any(m in stack for m in markers)), other)
+        areas[area] = areas.get(area, 0) + count
+        names = [
+            re.sub(r" \(/.*?/(otelbridge|site-packages|python3\.\d+)/", " (", frame)
+            for frame in stack.split(";")[1:]
+        ]
+        for name in dict.fromkeys(names):
+            inclusive[name] = inclusive.get(name, 0) + count
+        if names:
+            leaf[names[-1]] = leaf.get(names[-1], 0) + count
+
+    def table(counts: dict[str, int], limit: int = top) -> list[tuple[str, float]]:
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+        return [(name, round(100 * n / max(total, 1), 1)) for name, n in ranked]
+
+    return {
+        "samples": total,
+        "gil_busy": round(total / max(seconds * rate, 1), 2),
+        "areas": table(areas, len(areas)),
+        "inclusive": table(inclusive),
+        "self": table(leaf),
+        "raw": str(path),
+    }
