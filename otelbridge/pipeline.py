@@ -49,12 +49,12 @@ from otelbridge.delivery.telemetry import Telemetry, interval_from_env, temporal
 from otelbridge.delivery.transport import ConsoleTransport, DiscardTransport, Transport, transport_from_env
 from otelbridge.ingest.inbox import inbox_depth
 from otelbridge.ingest.poller import Poller
-from otelbridge.ingest.processor import WATERMARK, BatchResult, Processor, load_unexported_points
+from otelbridge.ingest.processor import BatchResult, Processor, load_unexported_points
 from otelbridge.logs import configure_logging
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping.records import SpanRecord
 from otelbridge.settings import Settings
-from otelbridge.store import Database, get_meta, open_inbox, open_state
+from otelbridge.store import Database, open_inbox, open_state
 from otelbridge.web import address, quiet_server
 
 log = logging.getLogger("otelbridge.pipeline")
@@ -287,12 +287,11 @@ class Pipeline:
             gauges.open_calls = int(
                 conn.execute("SELECT COUNT(*) FROM calls WHERE closed_ns IS NULL").fetchone()[0]
             )
-            watermark = int(get_meta(conn, WATERMARK, "0") or 0)
         gauges.spool_depth = dict(stats.depth)
         gauges.spool_bytes = stats.bytes
         oldest = stats.oldest_ns
         gauges.spool_oldest_age_s = 0.0 if oldest is None else max(0.0, (time.time_ns() - oldest) / 1e9)
-        gauges.inbox_depth = inbox_depth(self._inbox, watermark)
+        gauges.inbox_depth = inbox_depth(self._inbox, self.processor.watermark())
 
     def spool_depth(self) -> dict[str, int]:
         with self.state.reading() as conn:
