@@ -172,3 +172,15 @@ def test_invalid_settings_list_every_problem(receiver: HttpOtlpReceiver) -> None
         (line,) = [p for p in problems if re.match(rf"  - {variable}\b", p)]
         assert "Fix:" in line
     assert receiver.requests == []
+
+
+def test_backfill_bad_times_and_missing_key_are_listed_together(tmp_path: Path) -> None:
+    env = {"OTELBRIDGE_STATE_DIR": str(tmp_path / "state")}
+    run = run_cli("backfill", "--since", "yesterday", "--until", "2026-13-45", env=env)
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr
+    problems = [line for line in run.stderr.splitlines() if line.startswith("  - ")]
+    assert any("--since 'yesterday': not a time" in p and "Fix:" in p for p in problems)
+    assert any("--until '2026-13-45': not a time" in p for p in problems)
+    assert any("no Cartesia API key" in p and "OTELBRIDGE_CARTESIA_API_KEY" in p for p in problems)
+    assert not (tmp_path / "state").exists()  # nothing was started or stored
