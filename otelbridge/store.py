@@ -73,6 +73,19 @@ CREATE TABLE IF NOT EXISTS spool (
 );
 CREATE INDEX IF NOT EXISTS spool_signal ON spool (signal, id);
 CREATE INDEX IF NOT EXISTS spool_created ON spool (created_ns);
+-- the spool's total body bytes, kept by triggers: the size cap is checked after every batch,
+-- and summing a spool of many thousand requests each time would read all of them
+CREATE TABLE IF NOT EXISTS spool_total (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    bytes INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO spool_total (id, bytes) SELECT 1, COALESCE(SUM(size), 0) FROM spool;
+CREATE TRIGGER IF NOT EXISTS spool_total_add AFTER INSERT ON spool BEGIN
+    UPDATE spool_total SET bytes = bytes + NEW.size WHERE id = 1;
+END;
+CREATE TRIGGER IF NOT EXISTS spool_total_remove AFTER DELETE ON spool BEGIN
+    UPDATE spool_total SET bytes = bytes - OLD.size WHERE id = 1;
+END;
 CREATE TABLE IF NOT EXISTS dead_letters (
     id         INTEGER PRIMARY KEY,
     signal     TEXT NOT NULL,

@@ -32,6 +32,34 @@ from otelbridge.store import Database
 log = logging.getLogger("otelbridge.sender")
 
 MAX_RETRY_AFTER_S = 900.0
+#: trace requests spooled one after the other are sent together up to this many body bytes
+#: (half gRPC's default 4 MiB message limit): a backlog drains in few large requests
+MERGE_MAX_BYTES: dict[Signal, int] = {"traces": 2 * 1024 * 1024, "metrics": 0}
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One export request: one spooled request, or several concatenated."""
+
+    entries: list[SpoolEntry]
+
+    @property
+    def ids(self) -> list[int]:
+        return [e.id for e in self.entries]
+
+    @property
+    def body(self) -> bytes:
+        if len(self.entries) == 1:
+            return self.entries[0].body
+        return b"".join(e.body for e in self.entries)
+
+    @property
+    def items(self) -> int:
+        return sum(e.items for e in self.entries)
+
+    @property
+    def call_ends(self) -> list[int]:
+        return [end for e in self.entries for end in e.call_ends]
 
 
 @dataclass(slots=True)
@@ -55,11 +83,13 @@ class Sender:
         max_backoff_s: float,
         clock: Callable[[], int] = time.time_ns,
         rng: random.Random | None = None,
+        merge_max_bytes: dict[Signal, int] | None = None,
     ) -> None:
         self._db, self._spool, self._transport, self._metrics = state, spool, transport, metrics
         self._initial, self._max = initial_backoff_s, max_backoff_s
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._merge = merge_max_bytes if merge_max_bytes is not None else MERGE_MAX_BYTES
         self._wake = {s: anyio.Event() for s in SIGNALS}
         self.states = {s: SignalState(heartbeat_ns=clock()) for s in SIGNALS}
         self._idle = dict.fromkeys(SIGNALS, True)
@@ -79,33 +109,35 @@ class Sender:
         state = self.states[signal]
         while True:
             state.heartbeat_ns = self._clock()
-            entry = await anyio.to_thread.run_sync(self._next, signal)
-            if entry is None:
+            # a fresh event before looking: a notify() during the look is not lost
+            self._wake[signal] = anyio.Event()
+            request = await anyio.to_thread.run_sync(self._next, signal)
+            if request is None:
                 self._idle[signal] = True
-                self._wake[signal] = anyio.Event()
                 with anyio.move_on_after(1.0):
                     await self._wake[signal].wait()
                 continue
             self._idle[signal] = False
-            result = await anyio.to_thread.run_sync(self._transport.send, signal, entry.body)
+            result = await anyio.to_thread.run_sync(self._transport.send, signal, request.body)
             self._metrics.export_attempts.add(
                 1, {c.SELF_ATTR_SIGNAL: signal, c.SELF_ATTR_OUTCOME: result.outcome}
             )
             if result.outcome == "ok":
-                await self._ok(signal, entry, result)
+                await self._ok(signal, request, result)
             elif result.outcome == "retry":
-                await self._retry(signal, entry, result)
+                await self._retry(signal, request, result)
             else:
-                await self._reject(signal, entry, result)
+                await self._reject(signal, request, result)
 
-    def _next(self, signal: Signal) -> SpoolEntry | None:
+    def _next(self, signal: Signal) -> Outgoing | None:
         with self._db.reading() as conn:
-            return self._spool.next_due(conn, signal)
+            entries = self._spool.take(conn, signal, max_bytes=self._merge.get(signal, 0))
+        return Outgoing(entries) if entries else None
 
-    async def _ok(self, signal: Signal, entry: SpoolEntry, result: SendResult) -> None:
+    async def _ok(self, signal: Signal, request: Outgoing, result: SendResult) -> None:
         def done() -> None:
             with self._db.transaction() as conn:
-                self._spool.delete(conn, entry.id)
+                self._spool.delete(conn, *request.ids)
 
         await anyio.to_thread.run_sync(done)
         state = self.states[signal]
@@ -114,7 +146,7 @@ class Sender:
         state.failures, state.last_error, state.retry_at_ns = 0, None, 0
         state.sent += 1
         now = self._clock()
-        for end_ns in entry.call_ends:
+        for end_ns in request.call_ends:
             self._metrics.lag.record(max(0.0, (now - end_ns) / 1e9))
         if result.rejected:
             self._metrics.export_rejected.add(result.rejected, {c.SELF_ATTR_SIGNAL: signal})
@@ -122,13 +154,13 @@ class Sender:
                 "%s export: the backend rejected %d of %d item(s): %s",
                 signal,
                 result.rejected,
-                entry.items,
+                request.items,
                 result.partial_message or "no reason given",
             )
         elif result.partial_message:
             log.warning("%s export: backend warning: %s", signal, result.partial_message)
 
-    async def _retry(self, signal: Signal, entry: SpoolEntry, result: SendResult) -> None:
+    async def _retry(self, signal: Signal, request: Outgoing, result: SendResult) -> None:
         state = self.states[signal]
         state.failures += 1
         state.last_error = f"{result.status}: {result.message}"
@@ -140,7 +172,7 @@ class Sender:
 
         def retried() -> None:
             with self._db.transaction() as conn:
-                self._spool.retried(conn, entry.id, state.retry_at_ns)
+                self._spool.retried(conn, state.retry_at_ns, *request.ids)
 
         await anyio.to_thread.run_sync(retried)
         level = logging.WARNING if state.failures == 1 or state.failures % 10 == 0 else logging.DEBUG
@@ -159,13 +191,14 @@ class Sender:
             state.heartbeat_ns = self._clock()
             await anyio.sleep(min(1.0, max(0.0, deadline - anyio.current_time())))
 
-    async def _reject(self, signal: Signal, entry: SpoolEntry, result: SendResult) -> None:
+    async def _reject(self, signal: Signal, request: Outgoing, result: SendResult) -> None:
         def dead() -> None:
             with self._db.transaction() as conn:
-                self._spool.dead_letter(conn, entry, self._clock(), result.status, result.message)
+                for one in request.entries:
+                    self._spool.dead_letter(conn, one, self._clock(), result.status, result.message)
 
         await anyio.to_thread.run_sync(dead)
-        self._metrics.dead_letters.add(1, {c.SELF_ATTR_SIGNAL: signal})
+        self._metrics.dead_letters.add(len(request.entries), {c.SELF_ATTR_SIGNAL: signal})
         self.states[signal].last_error = f"{result.status}: {result.message}"
         log.error(
             "%s export to %s refused (%s: %s); %d item(s) moved to dead letters",
@@ -173,5 +206,5 @@ class Sender:
             self._transport.endpoint(signal),
             result.status,
             result.message,
-            entry.items,
+            request.items,
         )

@@ -94,7 +94,7 @@ class Spool:
             dropped.add(signal, "age", items)
         if dropped:
             conn.execute("DELETE FROM spool WHERE created_ns < ?", (now_ns - self.max_age_ns,))
-        total = conn.execute("SELECT COALESCE(SUM(size), 0) FROM spool").fetchone()[0]
+        total = spool_bytes(conn)
         if total > self.max_bytes:
             excess = total - self.max_bytes
             victims = []
@@ -111,22 +111,37 @@ class Spool:
 
     # --- sender side -----------------------------------------------------------------
     def next_due(self, conn: sqlite3.Connection, signal: Signal) -> SpoolEntry | None:
-        row = conn.execute(
-            "SELECT id, signal, body, items, created_ns, attempts, call_ends FROM spool "
-            "WHERE signal=? ORDER BY id LIMIT 1",
+        entries = self.take(conn, signal, max_bytes=0)
+        return entries[0] if entries else None
+
+    def take(self, conn: sqlite3.Connection, signal: Signal, *, max_bytes: int) -> list[SpoolEntry]:
+        """The oldest requests of ``signal``: the first one, then the next ones while their
+        bodies add up to at most ``max_bytes``. Serialized ``Export*ServiceRequest`` messages
+        concatenate into one valid request (protobuf appends repeated fields), so the sender
+        sends them as one when a backlog has formed."""
+        entries: list[SpoolEntry] = []
+        total = 0
+        cursor = conn.execute(
+            "SELECT id, signal, body, items, created_ns, attempts, call_ends, size FROM spool "
+            "WHERE signal=? ORDER BY id",
             (signal,),
-        ).fetchone()
-        if row is None:
-            return None
-        return SpoolEntry(row[0], row[1], bytes(row[2]), row[3], row[4], row[5], json.loads(row[6] or "[]"))
+        )
+        for row in cursor:
+            total += row[7]
+            if entries and total > max_bytes:
+                break
+            ends = json.loads(row[6] or "[]")
+            entries.append(SpoolEntry(row[0], row[1], bytes(row[2]), row[3], row[4], row[5], ends))
+        cursor.close()
+        return entries
 
-    def delete(self, conn: sqlite3.Connection, entry_id: int) -> None:
-        conn.execute("DELETE FROM spool WHERE id=?", (entry_id,))
+    def delete(self, conn: sqlite3.Connection, *entry_ids: int) -> None:
+        conn.executemany("DELETE FROM spool WHERE id=?", [(i,) for i in entry_ids])
 
-    def retried(self, conn: sqlite3.Connection, entry_id: int, next_attempt_ns: int) -> None:
-        conn.execute(
+    def retried(self, conn: sqlite3.Connection, next_attempt_ns: int, *entry_ids: int) -> None:
+        conn.executemany(
             "UPDATE spool SET attempts = attempts + 1, next_attempt_ns=? WHERE id=?",
-            (next_attempt_ns, entry_id),
+            [(next_attempt_ns, i) for i in entry_ids],
         )
 
     def dead_letter(
@@ -143,6 +158,12 @@ class Spool:
         depth: dict[str, int] = dict.fromkeys(SIGNALS, 0)
         for signal, count in conn.execute("SELECT signal, COUNT(*) FROM spool GROUP BY signal"):
             depth[signal] = count
-        size, oldest = conn.execute("SELECT COALESCE(SUM(size), 0), MIN(created_ns) FROM spool").fetchone()
+        size = spool_bytes(conn)
+        oldest = conn.execute("SELECT MIN(created_ns) FROM spool").fetchone()[0]
         dead = conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
         return SpoolStats(depth, size, oldest, dead)
+
+
+def spool_bytes(conn: sqlite3.Connection) -> int:
+    """Total body bytes in the spool (kept by the schema's triggers, not summed)."""
+    return int(conn.execute("SELECT bytes FROM spool_total WHERE id = 1").fetchone()[0])

@@ -60,6 +60,8 @@ log = logging.getLogger("otelbridge.processor")
 WATERMARK = "inbox_watermark"
 #: bodies read per batch: a batch of whole polled calls stays small in memory
 BATCH_BYTES = 2 * 1024 * 1024
+#: processed inbox rows deleted together while rows keep coming (also whenever the inbox is empty)
+INBOX_TRIM_ROWS = 1000
 #: spans per spooled OTLP request (~1-2 MB encoded: under gRPC's 4 MiB default limit)
 SPANS_PER_REQUEST = 1000
 #: an LLM-judge result read by the poller (``{"type": ..., "call_id", "agent_id", "evaluation": {...}}``)
@@ -122,6 +124,8 @@ class Processor:
         self._call_timeout_ns = call_timeout_ns
         self._retention_ns = retention_ns
         self._clock = clock
+        #: inbox rows processed (the watermark) but not yet deleted from inbox.db
+        self._untrimmed: int | None = None
 
     # --- batches ------------------------------------------------------------------------
     def watermark(self) -> int:
@@ -135,18 +139,26 @@ class Processor:
         points: list[MetricPoint] = []
         with self._state.transaction() as conn:
             # read inside the write transaction: two callers can never take the same rows
-            rows = read_inbox(self._inbox, int(get_meta(conn, WATERMARK, "0") or 0), limit, BATCH_BYTES)
-            if not rows:
-                return result
+            watermark = int(get_meta(conn, WATERMARK, "0") or 0)
+            rows = read_inbox(self._inbox, watermark, limit, BATCH_BYTES)
             for row in rows:
                 result.events += 1
                 increment = self._event(conn, row.body, row.received_ns, result)
                 spans += increment.spans
                 points += increment.points
                 result.late_log_items += increment.late_log_items
-            self._spool_batch(conn, spans, points, now, result)
-            set_meta(conn, WATERMARK, str(rows[-1].id))
-        delete_inbox_through(self._inbox, rows[-1].id)
+            if rows:
+                self._spool_batch(conn, spans, points, now, result)
+                watermark = rows[-1].id
+                set_meta(conn, WATERMARK, str(watermark))
+        # Deleting processed rows is a write (and an fsync) on inbox.db, whose lock the webhook
+        # side needs for every group commit: under load it is done every INBOX_TRIM_ROWS rows,
+        # otherwise when the inbox runs dry. The watermark, not the deletion, marks progress.
+        if rows:
+            self._untrimmed = (self._untrimmed or 0) + len(rows)
+        if self._untrimmed != 0 and (not rows or (self._untrimmed or 0) >= INBOX_TRIM_ROWS):
+            delete_inbox_through(self._inbox, watermark)
+            self._untrimmed = 0
         return result
 
     def sweep(self) -> BatchResult:

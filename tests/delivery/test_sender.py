@@ -10,6 +10,8 @@ from pathlib import Path
 
 import anyio
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
@@ -40,7 +42,10 @@ class ScriptedTransport:
         pass
 
 
-def _sender(db: Database, transport: ScriptedTransport, reader: InMemoryMetricReader) -> Sender:
+def _sender(
+    db: Database, transport: ScriptedTransport, reader: InMemoryMetricReader, *, merge: int = 0
+) -> Sender:
+    """A sender that sends each spooled request alone unless ``merge`` bytes are allowed."""
     provider = MeterProvider(metric_readers=[reader])
     return Sender(
         db,
@@ -50,6 +55,7 @@ def _sender(db: Database, transport: ScriptedTransport, reader: InMemoryMetricRe
         initial_backoff_s=0.05,
         max_backoff_s=0.2,
         rng=random.Random(7),
+        merge_max_bytes={"traces": merge, "metrics": 0},
     )
 
 
@@ -154,3 +160,84 @@ def test_backoff_grows_with_jitter_and_is_capped(tmp_path: Path) -> None:
     assert 0.05 <= delays[1] <= 0.1
     assert all(0.1 <= d <= 0.2 for d in delays[3:])  # capped at retry_max_backoff
     db.close()
+
+
+def test_a_backlog_goes_out_merged_up_to_the_byte_cap(tmp_path: Path) -> None:
+    db = open_state(tmp_path)
+    _fill(db, b"aa", b"bb", b"cc", b"dd", b"ee")
+    transport = ScriptedTransport()
+    reader = InMemoryMetricReader()
+    sender = _sender(db, transport, reader, merge=6)
+    _run_until(sender, lambda: _depth(db) == 0)
+    assert [b for _, b, _ in transport.sent] == [b"aabbcc", b"ddee"]  # oldest first, <= 6 bytes each
+    attempts = _counter(reader, "otelbridge.export.attempts")
+    assert attempts == {(("outcome", "ok"), ("signal", "traces")): 2}
+    db.close()
+
+
+def test_a_request_over_the_cap_still_goes_alone(tmp_path: Path) -> None:
+    db = open_state(tmp_path)
+    _fill(db, b"x" * 10, b"y")
+    transport = ScriptedTransport()
+    _run_until(_sender(db, transport, InMemoryMetricReader(), merge=4), lambda: _depth(db) == 0)
+    assert [b for _, b, _ in transport.sent] == [b"x" * 10, b"y"]
+    db.close()
+
+
+def test_a_merged_request_retried_then_rejected_keeps_each_part(tmp_path: Path) -> None:
+    db = open_state(tmp_path)
+    _fill(db, b"a", b"b")
+    transport = ScriptedTransport(
+        SendResult("retry", "503", "busy", retry_after=0.0), SendResult("reject", "400", "bad span")
+    )
+    reader = InMemoryMetricReader()
+    _run_until(_sender(db, transport, reader, merge=100), lambda: _depth(db) == 0)
+    assert [b for _, b, _ in transport.sent] == [b"ab", b"ab"]
+    with db.reading() as conn:
+        rows = conn.execute("SELECT body, status FROM dead_letters ORDER BY id").fetchall()
+    assert rows == [(b"a", "400"), (b"b", "400")]  # one dead letter per spooled request
+    assert _counter(reader, "otelbridge.export.dead_letters") == {(("signal", "traces"),): 2}
+    db.close()
+
+
+def test_metrics_requests_are_never_merged(tmp_path: Path) -> None:
+    db = open_state(tmp_path)
+    spool = Spool(max_bytes=1 << 20, max_age_ns=1 << 62)
+    with db.transaction() as conn:
+        for body in (b"m1", b"m2"):
+            spool.add(conn, "metrics", body, 1, 0)
+    transport = ScriptedTransport()
+    sender = Sender(
+        db,
+        spool,
+        transport,
+        SelfMetrics(MeterProvider(), Gauges()),
+        initial_backoff_s=0.05,
+        max_backoff_s=0.2,
+    )  # the default caps
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sender.run, "metrics")
+            with anyio.fail_after(5):
+                while _depth(db):
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert [b for _, b, _ in transport.sent] == [b"m1", b"m2"]
+    db.close()
+
+
+def test_concatenated_trace_requests_are_one_valid_request() -> None:
+    """What merging relies on: protobuf appends the repeated fields of concatenated messages."""
+
+    def request(name: str) -> bytes:
+        span = Span(trace_id=bytes(16), span_id=bytes(8), name=name)
+        message = ExportTraceServiceRequest(
+            resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[span])])]
+        )
+        return bytes(message.SerializeToString())
+
+    merged = ExportTraceServiceRequest.FromString(request("turn 1") + request("turn 2"))
+    assert [ss.spans[0].name for rs in merged.resource_spans for ss in rs.scope_spans] == ["turn 1", "turn 2"]

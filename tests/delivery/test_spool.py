@@ -85,3 +85,68 @@ def test_newer_cumulative_metrics_supersede_older_of_the_same_process(tmp_path: 
         bodies = [bytes(r[0]) for r in conn.execute("SELECT body FROM spool ORDER BY id")]
     assert bodies == [b"before-restart", b"2"]  # another process's series is kept
     db.close()
+
+
+def test_take_returns_the_oldest_requests_up_to_the_byte_cap(tmp_path: Path) -> None:
+    db = open_state(tmp_path)
+    spool = Spool(max_bytes=1 << 20, max_age_ns=3600 * S)
+    with db.transaction() as conn:
+        for body in (b"aaa", b"bb", b"c", b"dddd"):
+            spool.add(conn, "traces", body, 1, 0, call_ends=[len(body)])
+        spool.add(conn, "metrics", b"m", 1, 0)
+        taken = spool.take(conn, "traces", max_bytes=6)
+        assert [(e.body, e.call_ends) for e in taken] == [(b"aaa", [3]), (b"bb", [2]), (b"c", [1])]
+        assert [e.body for e in spool.take(conn, "traces", max_bytes=0)] == [b"aaa"]  # at least one
+        spool.delete(conn, *(e.id for e in taken))
+        assert [e.body for e in spool.take(conn, "traces", max_bytes=100)] == [b"dddd"]
+        assert spool.take(conn, "metrics", max_bytes=0)[0].body == b"m"
+    db.close()
+
+
+def test_the_byte_total_follows_every_insert_and_delete(tmp_path: Path) -> None:
+    db = open_state(tmp_path)
+    spool = Spool(max_bytes=250, max_age_ns=60 * S)
+
+    def total_and_sum() -> tuple[int, int]:
+        with db.reading() as conn:
+            summed = conn.execute("SELECT COALESCE(SUM(size), 0) FROM spool").fetchone()[0]
+            return spool.stats(conn).bytes, summed
+
+    with db.transaction() as conn:
+        ids = [spool.add(conn, "traces", bytes(100), 1, i * S) for i in range(4)]
+    assert total_and_sum() == (400, 400)
+    with db.transaction() as conn:
+        spool.enforce_caps(conn, 0)  # the size cap drops the two oldest
+    assert total_and_sum() == (200, 200)
+    with db.transaction() as conn:
+        spool.delete(conn, ids[2])
+        entry = spool.next_due(conn, "traces")
+        assert entry is not None
+        spool.dead_letter(conn, entry, 1, "400", "bad")
+    assert total_and_sum() == (0, 0)
+    with db.transaction() as conn:
+        spool.add(conn, "metrics", bytes(50), 1, 0)
+        spool.enforce_caps(conn, 100 * S)  # the age cap
+    assert total_and_sum() == (0, 0)
+    db.close()
+
+
+def test_a_state_store_from_before_the_byte_total_gets_it_on_open(tmp_path: Path) -> None:
+    db = open_state(tmp_path)
+    spool = Spool(max_bytes=1 << 20, max_age_ns=3600 * S)
+    with db.transaction() as conn:
+        spool.add(conn, "traces", bytes(70), 1, 0)
+        spool.add(conn, "traces", bytes(30), 1, 0)
+        for statement in (
+            "DROP TRIGGER spool_total_add",
+            "DROP TRIGGER spool_total_remove",
+            "DROP TABLE spool_total",
+        ):
+            conn.execute(statement)
+    db.close()
+    db = open_state(tmp_path)
+    with db.transaction() as conn:
+        assert spool.stats(conn).bytes == 100
+        spool.add(conn, "traces", bytes(5), 1, 0)
+        assert spool.stats(conn).bytes == 105
+    db.close()

@@ -17,6 +17,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from otelbridge.cartesia.webhooks import parse_webhook_event
 from otelbridge.delivery.sdk import build_resource, encode_trace_request, to_readable_spans
 from otelbridge.delivery.spool import Spool
+from otelbridge.ingest import processor as processor_module
 from otelbridge.ingest.assembly import CallAssembler
 from otelbridge.ingest.processor import Processor, load_unexported_points
 from otelbridge.mapping import conventions as c
@@ -290,3 +291,31 @@ def test_silent_call_is_exported_as_it_stands_after_the_timeout(tmp_path: Path) 
     status = next(a.value.string_value for a in roots[0].attributes if a.key == c.CALL_STATUS)
     assert status == "started"
     h.close()
+
+
+def test_processed_inbox_rows_are_deleted_in_bulk_or_when_the_inbox_runs_dry(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleting rows is a write on inbox.db, which the webhook side needs for every commit:
+    it happens every INBOX_TRIM_ROWS rows while rows keep coming, and once they stop."""
+    monkeypatch.setattr(processor_module, "INBOX_TRIM_ROWS", 10)
+
+    def inbox_rows() -> int:
+        with harness.inbox.reading() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM inbox").fetchone()[0])
+
+    harness.put(*_events()[:25])
+    assert harness.processor.process_batch(limit=4).events == 4
+    assert inbox_rows() == 25  # processed (the watermark moved) but not yet deleted
+    assert harness.processor.process_batch(limit=8).events == 8
+    assert inbox_rows() == 13  # 12 processed >= 10: deleted together
+    assert harness.processor.process_batch(limit=5).events == 5
+    assert inbox_rows() == 13
+    assert harness.processor.process_batch(limit=8).events == 8
+    assert inbox_rows() == 0
+    harness.put(*_events()[25:28])
+    assert harness.processor.process_batch().events == 3
+    assert inbox_rows() == 3
+    assert harness.processor.process_batch().events == 0  # dry: what the watermark passed goes
+    assert inbox_rows() == 0
+    assert harness.processor.watermark() > 0
