@@ -40,7 +40,7 @@ from otelbridge.delivery.resource import service_resource
 from otelbridge.ingest.inbox import SqliteInbox
 from otelbridge.ingest.receiver import build_webhook_app
 from otelbridge.settings import Settings
-from otelbridge.store import StoreError, open_inbox
+from otelbridge.store import StoreError, open_inbox, read_inbox_watermark
 from otelbridge.web import StartupError, address, bind, quiet_server
 
 log = logging.getLogger("otelbridge.daemon")
@@ -244,7 +244,8 @@ class Daemon:
                     await process.wait()
 
     async def _report_loop(self) -> None:
-        """Wakes for new inbox rows; the webhook counts and health every second."""
+        """Wakes for new inbox rows; every second: the webhook counts and health, and the
+        processed inbox rows to delete in the next commit."""
         next_report = 0.0
         while True:
             with anyio.move_on_after(REPORT_INTERVAL_S):
@@ -253,6 +254,9 @@ class Daemon:
                 self._wake = anyio.Event()
                 await self._tell("w")
             if anyio.current_time() >= next_report:
+                watermark = await anyio.to_thread.run_sync(read_inbox_watermark, self.settings.state_dir)
+                if watermark is not None:
+                    self.inbox.trim_through(watermark)
                 counts = [[t, o, n] for (t, o), n in self.counts.items()]
                 await self._tell(f"c {json.dumps(counts)}")
                 health = {"inbox_error": self.inbox.last_error, "stopping": self._stopping}

@@ -463,6 +463,8 @@ NICENESS = 10
 def main() -> int:
     with contextlib.suppress(OSError):
         os.nice(NICENESS)
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     try:
         return anyio.run(run_pipeline, backend_options={"use_uvloop": True})
     except KeyboardInterrupt:

@@ -201,6 +201,28 @@ def open_state(state_dir: Path) -> Database:
     return db
 
 
+#: meta key in state.db: the last inbox row the processor has taken (the inbox rows up to it
+#: may be deleted by anyone; the processor never reads below it)
+INBOX_WATERMARK: Final = "inbox_watermark"
+
+
+def read_inbox_watermark(state_dir: Path) -> int | None:
+    """The processor's inbox watermark, read without creating or migrating anything (for the
+    webhook process, which trims the inbox); None when there is no state store yet."""
+    path = state_path(state_dir)
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+        try:
+            value = get_meta(conn, INBOX_WATERMARK)
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return int(value) if value else None
+
+
 def get_meta(conn: sqlite3.Connection, key: str, default: str | None = None) -> str | None:
     row = conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
     return default if row is None else str(row[0])

@@ -14,9 +14,10 @@ be unusable:
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, NotRequired
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, with_config
+from typing_extensions import TypedDict
 
 from otelbridge.cartesia.timestamps import parse_rfc3339_ns
 
@@ -84,8 +85,13 @@ class CartesiaModel(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True, allow_inf_nan=False)
 
 
-class TextChunk(CartesiaModel):
-    text: str = ""
+@with_config(ConfigDict(allow_inf_nan=False))
+class TextChunk(TypedDict):
+    """One streamed piece of a turn's text. Validated like the models but kept a plain dict
+    (unknown keys dropped): a turn carries one per word or two, and model instances made
+    them most of the cost of validating a webhook on the request path."""
+
+    text: NotRequired[str]
     start_timestamp: float
 
 

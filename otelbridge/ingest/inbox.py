@@ -50,6 +50,8 @@ class SqliteInbox:
         self.last_error: str | None = None
         self.commits = 0
         self.appended = 0
+        self._trim_to = 0  # rows up to this id are processed: delete them in the next commit
+        self._trimmed = 0
 
     async def append(self, body: bytes, event_type: str, call_id: str) -> None:
         if self._closed:
@@ -61,6 +63,11 @@ class SqliteInbox:
         error = await waiter
         if error is not None:
             raise StoreUnavailable(error)
+
+    def trim_through(self, last_id: int) -> None:
+        """Rows up to ``last_id`` have been processed: the next group commit deletes them, in
+        the same transaction (so the processor never takes the inbox's write lock under load)."""
+        self._trim_to = max(self._trim_to, last_id)
 
     def close(self) -> None:
         """No more appends; :meth:`run` returns once everything queued is committed."""
@@ -80,7 +87,10 @@ class SqliteInbox:
             batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
             error: str | None = None
             try:
-                await anyio.to_thread.run_sync(self._write, [row for row, _ in batch])
+                trim = self._trim_to if self._trim_to > self._trimmed else None
+                await anyio.to_thread.run_sync(self._write, [row for row, _ in batch], trim)
+                if trim is not None:
+                    self._trimmed = trim
             except (sqlite3.Error, OSError) as exc:
                 error = f"the state store cannot be written ({type(exc).__name__}: {exc})"
                 log.error("inbox commit of %d webhook(s) failed: %s", len(batch), error)
@@ -93,8 +103,10 @@ class SqliteInbox:
                 self.appended += len(batch)
                 self._on_commit()
 
-    def _write(self, rows: list[_Row]) -> None:
+    def _write(self, rows: list[_Row], trim_through: int | None = None) -> None:
         with self._db.transaction() as conn:
+            if trim_through is not None:
+                conn.execute("DELETE FROM inbox WHERE id <= ?", (trim_through,))
             conn.executemany(
                 "INSERT INTO inbox (received_ns, event_type, call_id, body) VALUES (?, ?, ?, ?)", rows
             )

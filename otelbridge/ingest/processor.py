@@ -53,15 +53,15 @@ from otelbridge.mapping.increments import Increment, analysis_span, call_increme
 from otelbridge.mapping.policy import MappingOptions
 from otelbridge.mapping.records import InstrumentKind, MetricPoint, SpanRecord
 from otelbridge.mapping.traces import CallContext, UnplaceableCallError
-from otelbridge.store import Database, get_meta, set_meta, signed64
+from otelbridge.store import INBOX_WATERMARK, Database, get_meta, set_meta, signed64
 
 log = logging.getLogger("otelbridge.processor")
 
-WATERMARK = "inbox_watermark"
 #: bodies read per batch: a batch of whole polled calls stays small in memory
 BATCH_BYTES = 2 * 1024 * 1024
-#: processed inbox rows deleted together while rows keep coming (also whenever the inbox is empty)
-INBOX_TRIM_ROWS = 1000
+#: processed inbox rows deleted together while rows keep coming (also whenever the inbox runs
+#: dry). Under ``serve`` the webhook process deletes them first, inside its own commits.
+INBOX_TRIM_ROWS = 10_000
 #: spans per spooled OTLP request (~1-2 MB encoded: under gRPC's 4 MiB default limit)
 SPANS_PER_REQUEST = 1000
 #: an LLM-judge result read by the poller (``{"type": ..., "call_id", "agent_id", "evaluation": {...}}``)
@@ -130,7 +130,7 @@ class Processor:
     # --- batches ------------------------------------------------------------------------
     def watermark(self) -> int:
         with self._state.reading() as conn:
-            return int(get_meta(conn, WATERMARK, "0") or 0)
+            return int(get_meta(conn, INBOX_WATERMARK, "0") or 0)
 
     def process_batch(self, limit: int = 500) -> BatchResult:
         result = BatchResult()
@@ -139,7 +139,7 @@ class Processor:
         points: list[MetricPoint] = []
         with self._state.transaction() as conn:
             # read inside the write transaction: two callers can never take the same rows
-            watermark = int(get_meta(conn, WATERMARK, "0") or 0)
+            watermark = int(get_meta(conn, INBOX_WATERMARK, "0") or 0)
             rows = read_inbox(self._inbox, watermark, limit, BATCH_BYTES)
             for row in rows:
                 result.events += 1
@@ -150,10 +150,11 @@ class Processor:
             if rows:
                 self._spool_batch(conn, spans, points, now, result)
                 watermark = rows[-1].id
-                set_meta(conn, WATERMARK, str(watermark))
+                set_meta(conn, INBOX_WATERMARK, str(watermark))
         # Deleting processed rows is a write (and an fsync) on inbox.db, whose lock the webhook
-        # side needs for every group commit: under load it is done every INBOX_TRIM_ROWS rows,
-        # otherwise when the inbox runs dry. The watermark, not the deletion, marks progress.
+        # side needs for every group commit: here it is done every INBOX_TRIM_ROWS rows or when
+        # the inbox runs dry (the webhook process also deletes them in its commits). The
+        # watermark, not the deletion, marks progress.
         if rows:
             self._untrimmed = (self._untrimmed or 0) + len(rows)
         if self._untrimmed != 0 and (not rows or (self._untrimmed or 0) >= INBOX_TRIM_ROWS):

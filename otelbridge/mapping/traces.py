@@ -158,7 +158,7 @@ def map_turn(ctx: CallContext, item: TranscriptItem, occurrence: int = 1) -> lis
 
     for index, chunk in enumerate(item.text_chunks):
         at, moved = _clamp(
-            ctx.start_ns + offset_to_ns(_offset(chunk.start_timestamp, adjust, "text_chunk")),
+            ctx.start_ns + offset_to_ns(_offset(chunk["start_timestamp"], adjust, "text_chunk")),
             start_ns,
             end_ns,
             adjust,
@@ -166,7 +166,7 @@ def map_turn(ctx: CallContext, item: TranscriptItem, occurrence: int = 1) -> lis
         )
         attrs: Attributes = {c.CHUNK_INDEX: index}
         event_sink = AttributeSink(ctx.options, attrs)
-        event_sink.text(c.CHUNK_TEXT, chunk.text)
+        event_sink.text(c.CHUNK_TEXT, chunk.get("text", ""))
         if moved:
             attrs[c.TIME_ADJUSTED] = True
         span.events.append(EventRecord(c.EVENT_TEXT_CHUNK, at, attrs))
