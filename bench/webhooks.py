@@ -773,7 +773,7 @@ class Report:
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: every round's (echo, ack-only, daemon) req/s; echo/daemon/ack_only above hold the round
     #: whose daemon/echo ratio is the median
-    rounds: list[dict[str, float | None]] = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         assert self.echo is not None
@@ -918,6 +918,10 @@ def run(args: argparse.Namespace) -> Report:
                 "daemon_rps": d.rps if d else None,
                 "ratio": round(d.rps / e.rps, 3) if d else None,
                 "ratio_ack_only": round(a.rps / e.rps, 3) if a else None,
+                "server_cpu_us_per_request": {
+                    name: round(r.cpu_s["server"] / r.requests * 1e6, 1)
+                    for name, r in (("echo", e), ("ack_only", a), ("daemon", d)) if r and r.requests
+                },
             })  # fmt: skip
 
         def ratio(r: tuple[WrkResult, WrkResult | None, WrkResult | None, dict[str, Any]]) -> float:
@@ -964,7 +968,8 @@ def render(data: dict[str, Any]) -> str:
                 parts.append(f"ack-only {r['ack_only_rps']:,.0f}/s ({r['ratio_ack_only']:.2f}x)")
             if r["daemon_rps"] is not None:
                 parts.append(f"daemon {r['daemon_rps']:,.0f}/s ({r['ratio']:.2f}x)")
-            lines.append(f"  round {n}: " + ", ".join(parts))
+            cpu = ", ".join(f"{k} {v:g}" for k, v in r["server_cpu_us_per_request"].items())
+            lines.append(f"  round {n}: " + ", ".join(parts) + f"; server CPU us/request: {cpu}")
         lines.append("")
     if d:
         fresh, drain = data["freshness"], data["drain"]

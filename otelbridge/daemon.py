@@ -40,7 +40,12 @@ from otelbridge.delivery.resource import service_resource
 from otelbridge.ingest.inbox import SqliteInbox
 from otelbridge.ingest.receiver import build_webhook_app
 from otelbridge.settings import Settings
-from otelbridge.store import StoreError, open_inbox, read_inbox_watermark
+from otelbridge.store import (
+    WEBHOOK_SIDE_AUTOCHECKPOINT_PAGES,
+    StoreError,
+    open_inbox,
+    read_inbox_watermark,
+)
 from otelbridge.web import StartupError, address, bind, quiet_server
 
 log = logging.getLogger("otelbridge.daemon")
@@ -82,7 +87,9 @@ class Daemon:
         self._api_key = api_key
         self._lock = _lock_state_dir(settings.state_dir)
         try:
-            self._inbox_db = open_inbox(settings.state_dir)
+            self._inbox_db = open_inbox(
+                settings.state_dir, autocheckpoint_pages=WEBHOOK_SIDE_AUTOCHECKPOINT_PAGES
+            )
         except BaseException:
             self._lock.close()
             raise

@@ -53,7 +53,7 @@ from otelbridge.mapping.increments import Increment, analysis_span, call_increme
 from otelbridge.mapping.policy import MappingOptions
 from otelbridge.mapping.records import InstrumentKind, MetricPoint, SpanRecord
 from otelbridge.mapping.traces import CallContext, UnplaceableCallError
-from otelbridge.store import INBOX_WATERMARK, Database, get_meta, set_meta, signed64
+from otelbridge.store import INBOX_WATERMARK, Database, checkpoint, get_meta, set_meta, signed64
 
 log = logging.getLogger("otelbridge.processor")
 
@@ -62,6 +62,8 @@ BATCH_BYTES = 2 * 1024 * 1024
 #: processed inbox rows deleted together while rows keep coming (also whenever the inbox runs
 #: dry). Under ``serve`` the webhook process deletes them first, inside its own commits.
 INBOX_TRIM_ROWS = 10_000
+#: inbox rows taken between two checkpoints of inbox.db's WAL (~2 MB of webhooks)
+INBOX_CHECKPOINT_ROWS = 2000
 #: spans per spooled OTLP request (~1-2 MB encoded: under gRPC's 4 MiB default limit)
 SPANS_PER_REQUEST = 1000
 #: an LLM-judge result read by the poller (``{"type": ..., "call_id", "agent_id", "evaluation": {...}}``)
@@ -132,6 +134,7 @@ class Processor:
         self._clock = clock
         #: inbox rows processed (the watermark) but not yet deleted from inbox.db
         self._untrimmed: int | None = None
+        self._uncheckpointed = 0
 
     # --- batches ------------------------------------------------------------------------
     def watermark(self) -> int:
@@ -163,6 +166,10 @@ class Processor:
         # watermark, not the deletion, marks progress.
         if rows:
             self._untrimmed = (self._untrimmed or 0) + len(rows)
+            self._uncheckpointed += len(rows)
+            if self._uncheckpointed >= INBOX_CHECKPOINT_ROWS:
+                checkpoint(self._inbox)  # here, in the background process, not on the request path
+                self._uncheckpointed = 0
         if self._untrimmed != 0 and (not rows or (self._untrimmed or 0) >= INBOX_TRIM_ROWS):
             delete_inbox_through(self._inbox, watermark)
             self._untrimmed = 0

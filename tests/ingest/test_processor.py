@@ -319,3 +319,17 @@ def test_processed_inbox_rows_are_deleted_in_bulk_or_when_the_inbox_runs_dry(
     assert harness.processor.process_batch().events == 0  # dry: what the watermark passed goes
     assert inbox_rows() == 0
     assert harness.processor.watermark() > 0
+
+
+def test_the_processor_checkpoints_the_inbox_wal_so_the_webhook_side_need_not(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(processor_module, "INBOX_CHECKPOINT_ROWS", 10)
+    harness.inbox.conn.execute("PRAGMA wal_autocheckpoint=0")  # as the webhook process nearly does
+    database_file = harness.state_dir / "inbox.db"
+    harness.put(*_events()[:40])
+    before = database_file.stat().st_size  # the rows are in the WAL only
+    assert harness.processor.process_batch(limit=5).events == 5
+    assert database_file.stat().st_size == before  # 5 rows taken: not yet
+    assert harness.processor.process_batch(limit=5).events == 5
+    assert database_file.stat().st_size > before + 10_000  # copied back into the database file
