@@ -113,6 +113,8 @@ CREATE TABLE IF NOT EXISTS backfill (
     cursor   TEXT,                         -- starting_after for the next page
     done     INTEGER NOT NULL DEFAULT 0,
     calls    INTEGER NOT NULL DEFAULT 0,
+    head_id       TEXT,                    -- newest call when the range was last finished: a
+    head_start_ns INTEGER,                 -- rerun of an open range catches up back to it
     PRIMARY KEY (agent_id, range)
 );
 CREATE TABLE IF NOT EXISTS points (
@@ -206,16 +208,29 @@ def checkpoint(db: Database) -> None:
 
 def open_state(state_dir: Path) -> Database:
     db = Database(state_path(state_dir), STATE_SCHEMA)
-    with db.transaction() as conn:
-        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
-            db.close()
-            raise StoreError(
-                f"{db.path} was written by a newer otelbridge (schema {row[0]} > {SCHEMA_VERSION})"
-            )
+    try:
+        with db.transaction() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{db.path} was written by a newer otelbridge (schema {row[0]} > {SCHEMA_VERSION}); "
+                    "run that version, or point OTELBRIDGE_STATE_DIR at a new directory"
+                )
+            _add_missing_columns(conn, "backfill", {"head_id": "TEXT", "head_start_ns": "INTEGER"})
+    except BaseException:
+        db.close()  # after the transaction let go of the connection (closing inside it hung)
+        raise
     return db
+
+
+def _add_missing_columns(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """Columns added after a state store was made (nullable, so old rows stay valid)."""
+    have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    for name, kind in columns.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 #: meta key in state.db: the last inbox row the processor has taken (the inbox rows up to it

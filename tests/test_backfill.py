@@ -304,7 +304,7 @@ def test_two_agents_every_span_once_with_one_list_request_per_100_calls(
     assert backfills.query("state.db", "SELECT COUNT(*) FROM running_calls") == [(0,)]
 
 
-def test_rerun_resumes_from_the_saved_cursor_and_exports_nothing_new(
+def test_rerun_of_a_finished_range_asks_one_page_per_agent_and_exports_nothing_new(
     api: CartesiaStandIn, receiver: HttpOtlpReceiver, backfills: Backfills
 ) -> None:
     for agent in ("agent_alpha", "agent_bravo"):
@@ -323,8 +323,48 @@ def test_rerun_resumes_from_the_saved_cursor_and_exports_nothing_new(
     assert "0 calls stored" in again.stdout and "2 agent(s) complete" in again.stdout, again.stdout
     assert_exactly_once(receiver, expected)
     assert len(receiver.trace_requests) == traces_before
-    # the saved cursors say "done": not a single request to the API
-    assert sum(api.counts.values()) == requests_before, dict(api.counts)
+    # the ranges are done; an open range is caught up from the top back to its mark, which
+    # is the first call of the first page when nothing is new: one request per agent
+    assert sum(api.counts.values()) == requests_before + 2, dict(api.counts)
+    assert list_requests_by_agent(api) == {"agent_alpha": 3, "agent_bravo": 3}
+
+
+def test_calls_added_mid_backfill_leave_its_paging_alone_and_the_rerun_catches_them_up(
+    api: CartesiaStandIn, receiver: HttpOtlpReceiver, backfills: Backfills
+) -> None:
+    api.add_synthetic_calls("agent_alpha", 250, turns=3)
+    before = calls_of(api, "agent_alpha")
+    added: list[str] = []
+
+    def add_while_paging(served: PageServed) -> None:
+        if served.number == 1 and not added:  # newer than every call: ahead of the cursor
+            added.extend(api.add_synthetic_calls("agent_alpha", 30, first_index=1000, turns=3))
+
+    api.on_page(add_while_paging)
+    first = backfills.run("--agent-id", "agent_alpha")
+
+    assert first.returncode == 0, first.stderr
+    assert "250 calls stored" in first.stdout, first.stdout
+    assert_exactly_once(receiver, expected_spans(before))  # none skipped or doubled by the shift
+    assert list_requests_by_agent(api) == {"agent_alpha": 3}
+    everything = calls_of(api, "agent_alpha")
+    assert len(added) == 30 and len(everything) == 280
+
+    again = backfills.run("--agent-id", "agent_alpha")
+
+    assert again.returncode == 0, again.stderr
+    assert "30 calls stored" in again.stdout, again.stdout
+    assert_exactly_once(receiver, expected_spans(everything))
+    # one page: the 30 new calls, then the call that was newest when the first run began
+    assert list_requests_by_agent(api) == {"agent_alpha": 4}
+    assert api.requests[-1].query.get("starting_after") is None
+
+    third = backfills.run("--agent-id", "agent_alpha")
+
+    assert third.returncode == 0, third.stderr
+    assert "0 calls stored" in third.stdout, third.stdout
+    assert list_requests_by_agent(api) == {"agent_alpha": 5}
+    assert_exactly_once(receiver, expected_spans(everything))
 
 
 def test_dry_run_counts_and_stores_or_exports_nothing(
@@ -384,6 +424,13 @@ def test_since_until_exports_only_calls_started_in_the_half_open_range(
     assert "62 calls stored" in result.stdout, result.stdout
     assert_exactly_once(receiver, expected_spans(in_range))
     # paging stops at the first call older than --since: alpha's two pages, bravo's one
+    assert list_requests_by_agent(api) == {"agent_alpha": 2, "agent_bravo": 1}
+
+    again = backfills.run("--agent-id", "agent_alpha", "--agent-id", "agent_bravo",
+                          "--since", since, "--until", until)  # fmt: skip
+
+    # a closed range that is done has nothing left to ask
+    assert again.returncode == 0 and "0 calls stored" in again.stdout, again.stdout
     assert list_requests_by_agent(api) == {"agent_alpha": 2, "agent_bravo": 1}
 
 
@@ -542,5 +589,6 @@ def test_backend_down_exits_1_keeps_the_requests_and_the_next_run_sends_them(
 
     assert again.returncode == 0, again.stderr
     assert_exactly_once(receiver, expected)
-    assert api.count(LIST) == list_requests  # the calls were stored: nothing asked again
+    # the calls were stored: only the catch-up page of the finished open range, meeting its mark
+    assert api.count(LIST) == list_requests + 1
     assert backfills.query("state.db", "SELECT COUNT(*) FROM spool") == [(0,)]

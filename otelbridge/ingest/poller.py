@@ -211,9 +211,7 @@ class Poller:
                 fresh, reached = [], False
                 for raw in page.calls:
                     start = _start_ns(raw)
-                    if raw.get("id") == wm_id or (
-                        wm_start is not None and start is not None and start < wm_start
-                    ):
+                    if _reached(raw, start, wm_id, wm_start):
                         reached = True
                         break
                     fresh.append(raw)
@@ -382,21 +380,35 @@ async def backfill_agent(
     on_page: Callable[[], None] = lambda: None,
 ) -> None:
     """Page through one agent's calls (newest first) from the saved cursor; store the calls in
-    [since, until); save the cursor after each stored page."""
+    [since, until); save the cursor after each stored page.
+
+    A finished range with no ``until`` is caught up when run again: from the newest call back
+    to the one that was newest when the range was last finished (or one that started before
+    it, should that one have vanished), which then becomes the new mark. An interrupted
+    catch-up starts again from the top; the ledger drops what comes twice."""
     span = f"{since_ns or ''}..{until_ns or ''}"
-    cursor, done = await anyio.to_thread.run_sync(_backfill_cursor, state, agent_id, span)
+    saved = await anyio.to_thread.run_sync(_backfill_cursor, state, agent_id, span)
+    cursor, catch_up = saved.cursor, False
     if dry_run:
-        cursor, done = None, False  # a dry run counts the whole range and saves nothing
-    if done:
-        progress.agents_done += 1
-        return
+        cursor = None  # a dry run counts the whole range and saves nothing
+    elif saved.done:
+        if until_ns is not None or saved.head_id is None:
+            progress.agents_done += 1
+            return
+        cursor, catch_up = None, True
+    head: dict[str, Any] | None = None  # the newest call when this pass began
     while True:
         page = await client.list_calls(agent_id, limit=PAGE_LIMIT, starting_after=cursor)
         progress.pages += 1
+        if cursor is None and head is None and page.calls:
+            head = page.calls[0]
         keep: list[dict[str, Any]] = []
         older = False
         for raw in page.calls:
             start = _start_ns(raw)
+            if catch_up and _reached(raw, start, saved.head_id, saved.head_start_ns):
+                older = True
+                break
             if until_ns is not None and start is not None and start >= until_ns:
                 progress.skipped_newer += 1
                 continue
@@ -413,8 +425,15 @@ async def backfill_agent(
             )
             progress.calls += stored.calls
             progress.invalid += stored.invalid
-            await anyio.to_thread.run_sync(_save_backfill, state, agent_id, span, page.next_page, finished,
-                                           stored.calls)  # fmt: skip
+            save = functools.partial(
+                _save_backfill, state, agent_id, span,
+                cursor=None if catch_up else page.next_page,
+                done=finished or catch_up,
+                calls=stored.calls,
+                head=head,
+                new_mark=catch_up and finished,
+            )  # fmt: skip
+            await anyio.to_thread.run_sync(save)
         on_page()
         if finished:
             progress.agents_done += 1
@@ -422,21 +441,67 @@ async def backfill_agent(
         cursor = page.next_page
 
 
-def _backfill_cursor(state: Database, agent_id: str, span: str) -> tuple[str | None, bool]:
+def _reached(raw: dict[str, Any], start: int | None, mark_id: str | None, mark_start_ns: int | None) -> bool:
+    """True for the mark call, or a call that started before it (the mark may have vanished)."""
+    if mark_id is not None and raw.get("id") == mark_id:
+        return True
+    return mark_start_ns is not None and start is not None and start < mark_start_ns
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillCursor:
+    cursor: str | None
+    done: bool
+    head_id: str | None
+    head_start_ns: int | None
+
+
+def _backfill_cursor(state: Database, agent_id: str, span: str) -> BackfillCursor:
     with state.reading() as conn:
         row = conn.execute(
-            "SELECT cursor, done FROM backfill WHERE agent_id=? AND range=?", (agent_id, span)
+            "SELECT cursor, done, head_id, head_start_ns FROM backfill WHERE agent_id=? AND range=?",
+            (agent_id, span),
         ).fetchone()
-    return (row[0], bool(row[1])) if row else (None, False)
+    if row is None:
+        return BackfillCursor(None, False, None, None)
+    return BackfillCursor(row[0], bool(row[1]), row[2], row[3])
+
+
+_SAVE_BACKFILL_UPSERT = (
+    "INSERT INTO backfill (agent_id, range, cursor, done, calls, head_id, head_start_ns) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(agent_id, range) DO UPDATE SET cursor=excluded.cursor, done=excluded.done, "
+    "calls=backfill.calls + excluded.calls, "
+)
+#: the mark is set once ...
+_SAVE_BACKFILL = _SAVE_BACKFILL_UPSERT + (
+    "head_id=COALESCE(backfill.head_id, excluded.head_id), "
+    "head_start_ns=COALESCE(backfill.head_start_ns, excluded.head_start_ns)"
+)
+#: ... and moved by a finished catch-up
+_SAVE_BACKFILL_NEW_MARK = _SAVE_BACKFILL_UPSERT + (
+    "head_id=COALESCE(excluded.head_id, backfill.head_id), "
+    "head_start_ns=COALESCE(excluded.head_start_ns, backfill.head_start_ns)"
+)
 
 
 def _save_backfill(
-    state: Database, agent_id: str, span: str, cursor: str | None, done: bool, calls: int
+    state: Database,
+    agent_id: str,
+    span: str,
+    *,
+    cursor: str | None,
+    done: bool,
+    calls: int,
+    head: dict[str, Any] | None,
+    new_mark: bool,
 ) -> None:
+    """Save the cursor after a stored page. The mark (the newest call when the range's first
+    pass began) is set once; a finished catch-up (``new_mark``) moves it to its own newest."""
+    head_id = str(head["id"]) if head is not None and head.get("id") else None
+    head_start = _start_ns(head) if head is not None else None
     with state.transaction() as conn:
         conn.execute(
-            "INSERT INTO backfill (agent_id, range, cursor, done, calls) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(agent_id, range) DO UPDATE SET cursor=excluded.cursor, done=excluded.done, "
-            "calls=backfill.calls + excluded.calls",
-            (agent_id, span, cursor, int(done), calls),
+            _SAVE_BACKFILL_NEW_MARK if new_mark else _SAVE_BACKFILL,
+            (agent_id, span, cursor, int(done), calls, head_id, head_start),
         )
