@@ -296,8 +296,9 @@ def run_ack_only(port: int, state_dir: Path, secret: str) -> None:
     from otelbridge.ingest.receiver import build_webhook_app
     from otelbridge.store import open_inbox
 
+    inbox = SqliteInbox(open_inbox(state_dir))
+
     async def serve() -> None:
-        inbox = SqliteInbox(open_inbox(state_dir))
         app = build_webhook_app(inbox=inbox, secrets=[secret.encode()], max_body_bytes=8 * 1024 * 1024)
         config = uvicorn.Config(
             app,
@@ -311,8 +312,19 @@ def run_ack_only(port: int, state_dir: Path, secret: str) -> None:
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(inbox.run)
-            await uvicorn.Server(config).serve()
+            tg.start_soon(report)
+            await uvicorn.Server(config).serve()  # re-raises SIGTERM when it stops: no "after"
             inbox.close()
+            tg.cancel_scope.cancel()
+
+    async def report() -> None:
+        seen = 0
+        while True:
+            await anyio.sleep(1.0)
+            if inbox.appended != seen and inbox.commits:
+                seen = inbox.appended
+                log(f"ack-only: {inbox.appended:,} webhooks in {inbox.commits:,} group commits "
+                    f"({inbox.appended / inbox.commits:.1f} a commit)")  # fmt: skip
 
     anyio.run(serve, backend_options={"use_uvloop": True})
 
