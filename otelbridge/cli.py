@@ -182,8 +182,11 @@ def _api_key_problems(settings: Settings, *, required: bool) -> list[str]:
 def _backfill(args: argparse.Namespace, settings: Settings) -> int:
     import anyio
 
+    from otelbridge.allocator import fix_mmap_threshold
     from otelbridge.backfill import run_backfill
     from otelbridge.logs import configure_logging
+
+    fix_mmap_threshold()
 
     api_key = settings.cartesia_api_key_value()
     assert api_key is not None

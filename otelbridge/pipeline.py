@@ -41,6 +41,7 @@ from opentelemetry.sdk.resources import Resource
 
 from otelbridge import __version__
 from otelbridge.admin import Readiness, build_admin_app
+from otelbridge.allocator import fix_mmap_threshold
 from otelbridge.cartesia.client import CartesiaClient
 from otelbridge.delivery.sdk import encode_trace_request, to_readable_spans
 from otelbridge.delivery.sender import Sender
@@ -461,6 +462,7 @@ NICENESS = 10
 
 
 def main() -> int:
+    fix_mmap_threshold()
     with contextlib.suppress(OSError):
         os.nice(NICENESS)
     with contextlib.suppress(OSError, AttributeError):

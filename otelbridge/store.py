@@ -147,13 +147,49 @@ def connect(path: Path, schema: str, *, timeout_s: float = 30.0) -> sqlite3.Conn
     return conn
 
 
+class FairLock:
+    """A lock that threads get in the order they asked for it. With a plain ``threading.Lock``
+    a thread that releases and at once re-acquires keeps it: the processor's back-to-back
+    batches kept the sender from deleting what it had sent, and the spool grew."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._next_ticket = 0
+        self._serving = 0
+        self._abandoned: set[int] = set()
+
+    def __enter__(self) -> None:
+        with self._cond:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            try:
+                while self._serving != ticket:
+                    self._cond.wait()
+            except BaseException:  # interrupted while waiting: give the turn up
+                self._abandoned.add(ticket)
+                self._skip_abandoned()
+                raise
+
+    def __exit__(self, *_: object) -> None:
+        with self._cond:
+            self._serving += 1
+            self._skip_abandoned()
+
+    def _skip_abandoned(self) -> None:
+        while self._serving in self._abandoned:
+            self._abandoned.discard(self._serving)
+            self._serving += 1
+        self._cond.notify_all()
+
+
 class Database:
-    """One connection, used by one component from worker threads, one call at a time."""
+    """One connection, used by one component from worker threads, one call at a time (in the
+    order the calls came: :class:`FairLock`)."""
 
     def __init__(self, path: Path, schema: str) -> None:
         self.path = path
         self.conn = connect(path, schema)
-        self._lock = threading.Lock()
+        self._lock = FairLock()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -58,10 +58,13 @@ from otelbridge.store import INBOX_WATERMARK, Database, checkpoint, get_meta, se
 log = logging.getLogger("otelbridge.processor")
 
 #: bodies read per batch: a batch of whole polled calls stays small in memory
-BATCH_BYTES = 2 * 1024 * 1024
+BATCH_BYTES = 512 * 1024
 #: processed inbox rows deleted together while rows keep coming (also whenever the inbox runs
 #: dry). Under ``serve`` the webhook process deletes them first, inside its own commits.
 INBOX_TRIM_ROWS = 10_000
+#: ... or as many bytes of bodies: one delete of a backfill's whole calls (~15 kB each) stays
+#: small (deleting 10,000 of them at once raised the backfill's peak RSS by 30 MB)
+INBOX_TRIM_BYTES = 8 * 1024 * 1024
 #: inbox rows taken between two checkpoints of inbox.db's WAL (~2 MB of webhooks)
 INBOX_CHECKPOINT_ROWS = 2000
 #: spans per spooled OTLP request (~1-2 MB encoded: under gRPC's 4 MiB default limit)
@@ -134,6 +137,7 @@ class Processor:
         self._clock = clock
         #: inbox rows processed (the watermark) but not yet deleted from inbox.db
         self._untrimmed: int | None = None
+        self._untrimmed_bytes = 0
         self._uncheckpointed = 0
 
     # --- batches ------------------------------------------------------------------------
@@ -166,13 +170,15 @@ class Processor:
         # watermark, not the deletion, marks progress.
         if rows:
             self._untrimmed = (self._untrimmed or 0) + len(rows)
+            self._untrimmed_bytes += sum(len(row.body) for row in rows)
             self._uncheckpointed += len(rows)
             if self._uncheckpointed >= INBOX_CHECKPOINT_ROWS:
                 checkpoint(self._inbox)  # here, in the background process, not on the request path
                 self._uncheckpointed = 0
-        if self._untrimmed != 0 and (not rows or (self._untrimmed or 0) >= INBOX_TRIM_ROWS):
+        due = (self._untrimmed or 0) >= INBOX_TRIM_ROWS or self._untrimmed_bytes >= INBOX_TRIM_BYTES
+        if self._untrimmed != 0 and (not rows or due):
             delete_inbox_through(self._inbox, watermark)
-            self._untrimmed = 0
+            self._untrimmed, self._untrimmed_bytes = 0, 0
         return result
 
     def sweep(self) -> BatchResult:
