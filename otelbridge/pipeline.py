@@ -55,7 +55,7 @@ from otelbridge.logs import configure_logging
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping.records import SpanRecord
 from otelbridge.settings import Settings
-from otelbridge.store import Database, open_inbox, open_state
+from otelbridge.store import Database, open_inbox, open_state, open_state_reader
 from otelbridge.web import address, quiet_server
 
 log = logging.getLogger("otelbridge.pipeline")
@@ -118,6 +118,7 @@ class Pipeline:
     ) -> None:
         self.settings = settings
         self.state: Database = open_state(settings.state_dir)
+        self._state_reader = open_state_reader(settings.state_dir)
         self._inbox = open_inbox(settings.state_dir)
         self.spool = Spool(max_bytes=settings.spool_max_bytes, max_age_ns=int(settings.spool_max_age * 1e9))
         self.telemetry = Telemetry(
@@ -155,6 +156,7 @@ class Pipeline:
             self.metrics,
             initial_backoff_s=settings.retry_initial_backoff,
             max_backoff_s=settings.retry_max_backoff,
+            reader=self._state_reader,
         )
         self.wake = anyio.Event()
         self._processing = anyio.Lock()
@@ -196,7 +198,7 @@ class Pipeline:
     def close(self) -> None:
         self.telemetry.shutdown()
         self.transport.close()
-        for db in (self.state, self._inbox):
+        for db in (self.state, self._state_reader, self._inbox):
             db.close()
 
     # --- loops ---------------------------------------------------------------------------------

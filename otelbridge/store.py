@@ -228,6 +228,12 @@ def state_path(state_dir: Path) -> Path:
 WEBHOOK_SIDE_AUTOCHECKPOINT_PAGES: Final = 20_000
 
 
+def open_state_reader(state_dir: Path) -> Database:
+    """A second connection to ``state.db`` for reads only (WAL readers never wait for the
+    writer): the sender looks at the spool without queueing behind the processor's batches."""
+    return Database(state_path(state_dir), "")
+
+
 def open_inbox(state_dir: Path, *, autocheckpoint_pages: int | None = None) -> Database:
     db = Database(inbox_path(state_dir), INBOX_SCHEMA)
     if autocheckpoint_pages is not None:

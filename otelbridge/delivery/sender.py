@@ -84,8 +84,10 @@ class Sender:
         clock: Callable[[], int] = time.time_ns,
         rng: random.Random | None = None,
         merge_max_bytes: dict[Signal, int] | None = None,
+        reader: Database | None = None,
     ) -> None:
         self._db, self._spool, self._transport, self._metrics = state, spool, transport, metrics
+        self._reader = reader or state  # where the spool is read; writes go through ``state``
         self._initial, self._max = initial_backoff_s, max_backoff_s
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
@@ -130,7 +132,7 @@ class Sender:
                 await self._reject(signal, request, result)
 
     def _next(self, signal: Signal) -> Outgoing | None:
-        with self._db.reading() as conn:
+        with self._reader.reading() as conn:
             entries = self._spool.take(conn, signal, max_bytes=self._merge.get(signal, 0))
         return Outgoing(entries) if entries else None
 
