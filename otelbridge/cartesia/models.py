@@ -48,6 +48,13 @@ def _timestamp(value: object) -> object:
     return ns
 
 
+def timestamp_ns(value: object) -> int:
+    """What a :data:`Timestamp` field makes of ``value`` (ValueError when it is not one)."""
+    result = _timestamp(value)
+    assert isinstance(result, int)
+    return result
+
+
 def _empty_if_none(value: object) -> object:
     return [] if value is None else value
 

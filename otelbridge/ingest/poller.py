@@ -36,7 +36,7 @@ from pydantic import ValidationError
 
 from otelbridge.cartesia.client import CallsPage, CartesiaAuthError, CartesiaClient, CartesiaError
 from otelbridge.cartesia.errors import describe_validation_error
-from otelbridge.cartesia.models import AgentCall, parse_call, parse_evaluation
+from otelbridge.cartesia.models import AgentCall, parse_call, parse_evaluation, timestamp_ns
 from otelbridge.ingest.processor import EVALUATION_EVENT
 from otelbridge.store import Database, get_meta, set_meta
 
@@ -120,9 +120,14 @@ def store_calls(
 
 
 def _start_ns(raw: dict[str, Any]) -> int | None:
+    """A listed call's start time, read from that field alone: the whole call is validated
+    once, when it is stored (validating it here too was a sixth of a backfill's CPU)."""
+    value = raw.get("start_time")
+    if value is None:
+        return None
     try:
-        return parse_call(raw).start_time
-    except ValidationError:
+        return timestamp_ns(value)
+    except ValueError:
         return None
 
 

@@ -157,3 +157,13 @@ def test_model_is_the_documented_shape() -> None:
         "zdr_enabled",
         "redacted_at",
     }
+
+
+def test_timestamp_ns_reads_one_field_as_the_models_do() -> None:
+    from otelbridge.cartesia.models import timestamp_ns
+
+    assert timestamp_ns("1970-01-01T00:00:01.5Z") == 1_500_000_000
+    assert timestamp_ns(7) == 7
+    for bad in ("yesterday", True, 1.5, "1969-12-31T23:59:59Z"):
+        with pytest.raises(ValueError, match=r"RFC 3339|outside the times"):
+            timestamp_ns(bad)
