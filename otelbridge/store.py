@@ -289,12 +289,16 @@ def read_inbox_watermark(state_dir: Path) -> int | None:
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
         try:
-            value = get_meta(conn, INBOX_WATERMARK)
+            return inbox_watermark(conn) or None
         finally:
             conn.close()
     except sqlite3.Error:
         return None
-    return int(value) if value else None
+
+
+def inbox_watermark(conn: sqlite3.Connection) -> int:
+    """The last inbox row the processor has taken (0 before the first)."""
+    return int(get_meta(conn, INBOX_WATERMARK, "0") or 0)
 
 
 def get_meta(conn: sqlite3.Connection, key: str, default: str | None = None) -> str | None:

@@ -26,7 +26,10 @@ log = logging.getLogger("otelbridge.inbox")
 
 MAX_BATCH = 1024
 
-_Row = tuple[int, str, str, bytes]  # received_ns, event type, call id, body
+NewRow = tuple[int, str, str, bytes]  # received_ns, event type, call id, body
+
+_INSERT = "INSERT INTO inbox (received_ns, event_type, call_id, body) VALUES (?, ?, ?, ?)"
+_DELETE_THROUGH = "DELETE FROM inbox WHERE id <= ?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +47,7 @@ class SqliteInbox:
     def __init__(self, db: Database, *, on_commit: Callable[[], None] = lambda: None) -> None:
         self._db = db
         self._on_commit = on_commit
-        self._queue: deque[tuple[_Row, asyncio.Future[str | None]]] = deque()
+        self._queue: deque[tuple[NewRow, asyncio.Future[str | None]]] = deque()
         self._wakeup: asyncio.Event | None = None
         self._closed = False
         self.last_error: str | None = None
@@ -103,13 +106,11 @@ class SqliteInbox:
                 self.appended += len(batch)
                 self._on_commit()
 
-    def _write(self, rows: list[_Row], trim_through: int | None = None) -> None:
+    def _write(self, rows: list[NewRow], trim_through: int | None = None) -> None:
         with self._db.transaction() as conn:
             if trim_through is not None:
-                conn.execute("DELETE FROM inbox WHERE id <= ?", (trim_through,))
-            conn.executemany(
-                "INSERT INTO inbox (received_ns, event_type, call_id, body) VALUES (?, ?, ?, ?)", rows
-            )
+                conn.execute(_DELETE_THROUGH, (trim_through,))
+            conn.executemany(_INSERT, rows)
 
     def probe(self) -> None:
         """Raise when the inbox cannot take a write transaction (for /readyz)."""
@@ -135,9 +136,15 @@ def read_inbox(db: Database, after_id: int, limit: int, max_bytes: int = 8 * 102
     return rows
 
 
+def append_rows(db: Database, rows: list[NewRow]) -> None:
+    """Append rows in one transaction, outside the group commit (the poller's pages)."""
+    with db.transaction() as conn:
+        conn.executemany(_INSERT, rows)
+
+
 def delete_inbox_through(db: Database, last_id: int) -> None:
     with db.transaction() as conn:
-        conn.execute("DELETE FROM inbox WHERE id <= ?", (last_id,))
+        conn.execute(_DELETE_THROUGH, (last_id,))
 
 
 def inbox_depth(db: Database, after_id: int) -> int:

@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from otelbridge.cartesia.client import CallsPage, CartesiaAuthError, CartesiaClient, CartesiaError
 from otelbridge.cartesia.errors import describe_validation_error
 from otelbridge.cartesia.models import AgentCall, parse_call, parse_evaluation, timestamp_ns
+from otelbridge.ingest.inbox import NewRow, append_rows
 from otelbridge.ingest.processor import EVALUATION_EVENT
 from otelbridge.store import Database, get_meta, set_meta
 
@@ -88,7 +89,7 @@ def store_calls(
     unfinished ones for re-reading. An invalid call is logged (naming the field) and skipped."""
     now = time.time_ns() if now_ns is None else now_ns
     stored = Stored()
-    rows: list[tuple[int, str, str, bytes]] = []
+    rows: list[NewRow] = []
     running: list[tuple[str, str, int]] = []
     for raw in raws:
         try:
@@ -109,10 +110,7 @@ def store_calls(
             stored.running += 1
             running.append((call.id, call.agent_id, now))
     if rows:
-        with inbox.transaction() as conn:
-            conn.executemany(
-                "INSERT INTO inbox (received_ns, event_type, call_id, body) VALUES (?, ?, ?, ?)", rows
-            )
+        append_rows(inbox, rows)
     if running and remember_running:
         with state.transaction() as conn:
             conn.executemany("INSERT OR IGNORE INTO running_calls VALUES (?, ?, ?)", running)
@@ -259,7 +257,7 @@ class Poller:
             log.warning("evaluations: reading results failed, retried at the next interval: %s", exc)
             return 0
         self.evaluations_error = None
-        rows: list[tuple[int, str, str, bytes]] = []
+        rows: list[NewRow] = []
         newest: tuple[int, str] | None = None
         now = self._clock()
         for raw in results:
@@ -277,10 +275,7 @@ class Poller:
 
         def store() -> None:
             if rows:
-                with self._inbox.transaction() as conn:
-                    conn.executemany(
-                        "INSERT INTO inbox (received_ns, event_type, call_id, body) VALUES (?, ?, ?, ?)", rows
-                    )
+                append_rows(self._inbox, rows)
             if newest is not None:
                 with self._state.transaction() as conn:
                     set_meta(conn, EVALUATIONS_SINCE, newest[1])

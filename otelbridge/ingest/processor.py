@@ -53,7 +53,14 @@ from otelbridge.mapping.increments import Increment, analysis_span, call_increme
 from otelbridge.mapping.policy import MappingOptions
 from otelbridge.mapping.records import InstrumentKind, MetricPoint, SpanRecord
 from otelbridge.mapping.traces import CallContext, UnplaceableCallError
-from otelbridge.store import INBOX_WATERMARK, Database, checkpoint, get_meta, set_meta, signed64
+from otelbridge.store import (
+    INBOX_WATERMARK,
+    Database,
+    checkpoint,
+    inbox_watermark,
+    set_meta,
+    signed64,
+)
 
 log = logging.getLogger("otelbridge.processor")
 
@@ -135,15 +142,17 @@ class Processor:
         self._call_timeout_ns = call_timeout_ns
         self._retention_ns = retention_ns
         self._clock = clock
-        #: inbox rows processed (the watermark) but not yet deleted from inbox.db
-        self._untrimmed: int | None = None
+        #: what this processor last deleted inbox.db through (None: nothing yet), and the rows
+        #: and bytes taken since
+        self._trimmed_through: int | None = None
+        self._untrimmed_rows = 0
         self._untrimmed_bytes = 0
         self._uncheckpointed = 0
 
     # --- batches ------------------------------------------------------------------------
     def watermark(self) -> int:
         with self._state.reading() as conn:
-            return int(get_meta(conn, INBOX_WATERMARK, "0") or 0)
+            return inbox_watermark(conn)
 
     def process_batch(self, limit: int = 500) -> BatchResult:
         result = BatchResult()
@@ -152,7 +161,7 @@ class Processor:
         points: list[MetricPoint] = []
         with self._state.transaction() as conn:
             # read inside the write transaction: two callers can never take the same rows
-            watermark = int(get_meta(conn, INBOX_WATERMARK, "0") or 0)
+            watermark = inbox_watermark(conn)
             rows = read_inbox(self._inbox, watermark, limit, BATCH_BYTES)
             for row in rows:
                 result.events += 1
@@ -169,16 +178,16 @@ class Processor:
         # the inbox runs dry (the webhook process also deletes them in its commits). The
         # watermark, not the deletion, marks progress.
         if rows:
-            self._untrimmed = (self._untrimmed or 0) + len(rows)
+            self._untrimmed_rows += len(rows)
             self._untrimmed_bytes += sum(len(row.body) for row in rows)
             self._uncheckpointed += len(rows)
             if self._uncheckpointed >= INBOX_CHECKPOINT_ROWS:
                 checkpoint(self._inbox)  # here, in the background process, not on the request path
                 self._uncheckpointed = 0
-        due = (self._untrimmed or 0) >= INBOX_TRIM_ROWS or self._untrimmed_bytes >= INBOX_TRIM_BYTES
-        if self._untrimmed != 0 and (not rows or due):
+        due = self._untrimmed_rows >= INBOX_TRIM_ROWS or self._untrimmed_bytes >= INBOX_TRIM_BYTES
+        if watermark != self._trimmed_through and (not rows or due):
             delete_inbox_through(self._inbox, watermark)
-            self._untrimmed, self._untrimmed_bytes = 0, 0
+            self._trimmed_through, self._untrimmed_rows, self._untrimmed_bytes = watermark, 0, 0
         return result
 
     def sweep(self) -> BatchResult:

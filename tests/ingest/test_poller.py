@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,6 @@ import pytest
 
 from otelbridge.cartesia.client import CartesiaClient
 from otelbridge.cartesia.models import parse_call
-from otelbridge.cartesia.webhooks import parse_webhook_event
 from otelbridge.delivery.sdk import build_resource, encode_trace_request, to_readable_spans
 from otelbridge.delivery.spool import Spool
 from otelbridge.ingest.poller import Poller
@@ -25,6 +23,7 @@ from otelbridge.mapping.policy import MappingOptions
 from otelbridge.mapping.records import SpanRecord
 from otelbridge.store import Database, open_inbox, open_state
 from tests.support.cartesia_api import CartesiaStandIn, load_sample_pages, make_call
+from tests.support.inbox_events import store_events
 
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "cartesia" / "samples"
 LIST = "/agents/calls"
@@ -81,13 +80,7 @@ class World:
             pass
 
     def put(self, *events: dict[str, Any]) -> None:
-        with self.inbox.transaction() as conn:
-            for event in events:
-                parsed = parse_webhook_event(event)
-                conn.execute(
-                    "INSERT INTO inbox (received_ns, event_type, call_id, body) VALUES (?, ?, ?, ?)",
-                    (time.time_ns(), parsed.type, parsed.resolved_call_id, json.dumps(event).encode()),
-                )
+        store_events(self.inbox, events)
 
     def exported(self) -> Counter[int]:
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest

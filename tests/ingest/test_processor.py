@@ -25,6 +25,7 @@ from otelbridge.mapping import map_call
 from otelbridge.mapping.policy import MappingOptions
 from otelbridge.mapping.records import SpanRecord
 from otelbridge.store import Database, open_inbox, open_state
+from tests.support.inbox_events import store_events
 
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "cartesia" / "samples" / "webhooks.jsonl"
 RESOURCE = build_resource("test", "i-1")
@@ -75,13 +76,7 @@ class Harness:
         self.inbox.close()
 
     def put(self, *events: dict[str, Any]) -> None:
-        with self.inbox.transaction() as conn:
-            for event in events:
-                parsed = parse_webhook_event(event)
-                conn.execute(
-                    "INSERT INTO inbox (received_ns, event_type, call_id, body) VALUES (?, ?, ?, ?)",
-                    (time.time_ns(), parsed.type, parsed.resolved_call_id, json.dumps(event).encode()),
-                )
+        store_events(self.inbox, events)
 
     def run(self) -> None:
         while self.processor.process_batch(limit=7).events:
