@@ -44,13 +44,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
-from common import ROOT, clean_env, cpu_seconds, log, start_profiler, summarize_profile
+from common import ROOT, InternalProcess, clean_env, cpu_seconds, log, start_profiler, summarize_profile
 
 AGENT = "agent_bench_backfill"
 PAGE_LIMIT = 100
@@ -185,54 +184,6 @@ def run_receiver(stdin: TextIO, stdout: TextIO) -> None:
         receiver.stop()
 
 
-class Helper:
-    """A ``--internal`` helper process driven over its stdin/stdout."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--internal", *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=clean_env(),
-        )
-        assert self.proc.stdout is not None
-        hello = json.loads(self.proc.stdout.readline() or "null")
-        if not hello:
-            raise RuntimeError(f"helper {args[0]} did not start")
-        self.hello: dict[str, Any] = hello
-        self.url: str = hello["url"]
-        self.pid = self.proc.pid
-
-    def stats(self) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        assert self.proc.stdout is not None
-        self.proc.stdin.write("stats\n")
-        self.proc.stdin.flush()
-        answer: dict[str, Any] = json.loads(self.proc.stdout.readline())
-        return answer
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            assert self.proc.stdin is not None
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-@contextlib.contextmanager
-def helper(*args: str) -> Iterator[Helper]:
-    h = Helper(*args)
-    try:
-        yield h
-    finally:
-        h.close()
-
-
 # --- measuring a process ---------------------------------------------------------------------
 def status_kb(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM of a running process, in kB (empty once it is gone)."""
@@ -350,8 +301,8 @@ def run_size(
 ) -> dict[str, Any]:
     log(f"N={n:,}: generating {n:,} calls x {turns} turns in the stand-in process")
     with (
-        helper("standin", "--calls", str(n), "--turns", str(turns)) as api,
-        helper("receiver") as receiver,
+        InternalProcess(__file__, "standin", "--calls", str(n), "--turns", str(turns)) as api,
+        InternalProcess(__file__, "receiver") as receiver,
         tempfile.TemporaryDirectory(prefix="otelbridge-bench-backfill-", dir=state_parent) as tmp,
     ):
         work = Path(tmp)
@@ -389,8 +340,8 @@ def run_size(
             **{k: round(cpu_seconds(p) - cpu0[k], 2) for k, p in (("stand-in", api.pid),
                                                                     ("receiver", receiver.pid))},
         }  # fmt: skip
-        stand = api.stats()
-        got = receiver.stats()
+        stand = api.ask("stats")
+        got = receiver.ask("stats")
         stdout_text = (work / "stdout").read_text(errors="replace")
         stderr_text = (work / "stderr").read_text(errors="replace")
         files = dir_files(state)

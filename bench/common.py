@@ -1,15 +1,19 @@
-"""What the benchmarks share: logging, clean subprocess environments, CPU time of a process,
-and py-spy profiling (start, then summarise by area, function and leaf)."""
+"""What the benchmarks share: logging, clean subprocess environments, helper processes driven
+over a line protocol, CPU time of a process, and py-spy profiling (start, then summarise by
+area, function and leaf)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,6 +32,61 @@ def clean_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT) + (f":{env['PYTHONPATH']}" if env.get("PYTHONPATH") else "")
     env.update(extra)
     return env
+
+
+def wait_or_kill(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """Wait up to ``timeout`` s for ``proc`` to exit, then kill it."""
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class InternalProcess:
+    """A bench script's ``--internal`` helper in its own process: it prints one JSON line when
+    it is ready (with at least ``url``), then answers each command line on its stdin with one
+    JSON line; ``quit`` (or the end of its stdin) stops it."""
+
+    def __init__(self, script: str | Path, *args: str, close_timeout: float = 30.0) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), "--internal", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
+        )
+        self._close_timeout = close_timeout
+        assert self.proc.stdout is not None
+        hello = json.loads(self.proc.stdout.readline() or "null")
+        if not hello:
+            self.close()
+            raise RuntimeError(f"the {args[0]} helper did not start")
+        self.hello: dict[str, Any] = hello
+        self.url: str = hello["url"]
+        self.pid: int = self.proc.pid
+
+    def ask(self, command: str) -> Any:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+        wait_or_kill(self.proc, self._close_timeout)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
 
 def cpu_seconds(pid: int) -> float:

@@ -67,7 +67,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
-from common import ROOT, clean_env, cpu_seconds, log, start_profiler, summarize_profile
+from common import (
+    ROOT,
+    InternalProcess,
+    clean_env,
+    cpu_seconds,
+    log,
+    start_profiler,
+    summarize_profile,
+    wait_or_kill,
+)
 
 SAMPLES = ROOT.parent / "shared" / "cartesia" / "samples" / "webhooks.jsonl"
 WEBHOOK_PATH = "/webhooks/cartesia"
@@ -415,56 +424,22 @@ def stop(proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    wait_or_kill(proc, timeout)
 
 
-class Receiver:
-    """The receiver process, driven over its stdin/stdout."""
+class Receiver(InternalProcess):
+    """The OTLP receiver process (``--internal receiver``)."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--internal", "receiver"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=clean_env(),
-        )
-        assert self.proc.stdout is not None
-        hello = json.loads(self.proc.stdout.readline() or "null")
-        if not hello:
-            raise RuntimeError("the OTLP receiver did not start")
-        self.url: str = hello["url"]
-        self.pid: int = self.proc.pid
-
-    def _ask(self, command: str) -> Any:
-        assert self.proc.stdin is not None
-        assert self.proc.stdout is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())
+        super().__init__(__file__, "receiver", close_timeout=10)
 
     def stats(self) -> dict[str, Any]:
-        answer: dict[str, Any] = self._ask("stats")
+        answer: dict[str, Any] = self.ask("stats")
         return answer
 
     def arrivals(self) -> dict[str, float]:
-        answer: dict[str, float] = self._ask("dump")
+        answer: dict[str, float] = self.ask("dump")
         return answer
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            assert self.proc.stdin is not None
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @contextlib.contextmanager
