@@ -24,14 +24,11 @@ from otelbridge.cartesia.webhooks import parse_webhook_event
 from otelbridge.delivery import console, exporters
 from otelbridge.delivery.meter import MetricRecorder
 from otelbridge.delivery.resource import service_resource
-from otelbridge.delivery.sdk import to_readable_spans
+from otelbridge.delivery.sdk import MAX_SPANS_PER_REQUEST, to_readable_spans
 from otelbridge.ingest.assembly import CallAssembler
 from otelbridge.ingest.files import InputFileError, Record, RecordKind, read_records
 from otelbridge.mapping import MappedCall, UnplaceableCallError, map_call
 from otelbridge.settings import Settings
-
-#: spans per OTLP request: whole calls are kept together up to this size
-MAX_SPANS_PER_REQUEST = 1000
 
 
 @dataclass(slots=True)

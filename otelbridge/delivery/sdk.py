@@ -64,6 +64,11 @@ def to_readable_spans(records: Iterable[SpanRecord], resource: Resource) -> list
     return [to_readable_span(r, resource) for r in records]
 
 
+#: spans per OTLP trace request (~1-2 MB encoded, under gRPC's 4 MiB default message limit):
+#: replay keeps whole calls together up to it, the processor cuts its spooled requests at it
+MAX_SPANS_PER_REQUEST = 1000
+
+
 def encode_trace_request(spans: Iterable[ReadableSpan]) -> ExportTraceServiceRequest:
     """The OTLP ExportTraceServiceRequest the SDK's exporters would send for ``spans``."""
     return encode_spans(list(spans))

@@ -110,10 +110,6 @@ class Spool:
         return dropped
 
     # --- sender side -----------------------------------------------------------------
-    def next_due(self, conn: sqlite3.Connection, signal: Signal) -> SpoolEntry | None:
-        entries = self.take(conn, signal, max_bytes=0)
-        return entries[0] if entries else None
-
     def take(self, conn: sqlite3.Connection, signal: Signal, *, max_bytes: int) -> list[SpoolEntry]:
         """The oldest requests of ``signal``: the first one, then the next ones while their
         bodies add up to at most ``max_bytes``. Serialized ``Export*ServiceRequest`` messages

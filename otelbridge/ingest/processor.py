@@ -43,6 +43,7 @@ from otelbridge.cartesia.webhooks import (
     WebhookEvent,
     parse_webhook_event,
 )
+from otelbridge.delivery.sdk import MAX_SPANS_PER_REQUEST
 from otelbridge.delivery.spool import Dropped, Spool
 from otelbridge.ingest.assembly import CallAssembler
 from otelbridge.ingest.inbox import delete_inbox_through, read_inbox
@@ -74,8 +75,6 @@ INBOX_TRIM_ROWS = 10_000
 INBOX_TRIM_BYTES = 8 * 1024 * 1024
 #: inbox rows taken between two checkpoints of inbox.db's WAL (~2 MB of webhooks)
 INBOX_CHECKPOINT_ROWS = 2000
-#: spans per spooled OTLP request (~1-2 MB encoded: under gRPC's 4 MiB default limit)
-SPANS_PER_REQUEST = 1000
 #: an LLM-judge result read by the poller (``{"type": ..., "call_id", "agent_id", "evaluation": {...}}``)
 EVALUATION_EVENT = "otelbridge.evaluation"
 
@@ -236,8 +235,8 @@ class Processor:
         now: int,
         result: BatchResult,
     ) -> None:
-        for start in range(0, len(spans), SPANS_PER_REQUEST):
-            chunk = spans[start : start + SPANS_PER_REQUEST]
+        for start in range(0, len(spans), MAX_SPANS_PER_REQUEST):
+            chunk = spans[start : start + MAX_SPANS_PER_REQUEST]
             call_ends = [s.end_ns for s in chunk if s.parent_span_id is None]
             self._spool.add(conn, "traces", self._encode(chunk), len(chunk), now, call_ends=call_ends)
             result.spans += len(chunk)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
-from otelbridge.delivery.spool import Spool
+from otelbridge.delivery.spool import Spool, SpoolEntry
 from otelbridge.store import open_state
 
 S = 1_000_000_000
+
+
+def _oldest(spool: Spool, conn: sqlite3.Connection) -> SpoolEntry | None:
+    """What the sender takes first when nothing may be merged."""
+    entries = spool.take(conn, "traces", max_bytes=0)
+    return entries[0] if entries else None
 
 
 def test_oldest_first_per_signal_and_delete(tmp_path: Path) -> None:
@@ -18,10 +25,10 @@ def test_oldest_first_per_signal_and_delete(tmp_path: Path) -> None:
         spool.add(conn, "metrics", b"m", 2, 11)
         spool.add(conn, "traces", b"b", 1, 12)
     with db.transaction() as conn:
-        first = spool.next_due(conn, "traces")
+        first = _oldest(spool, conn)
         assert first is not None and (first.id, first.body, first.call_ends) == (a, b"a", [5])
         spool.delete(conn, a)
-        second = spool.next_due(conn, "traces")
+        second = _oldest(spool, conn)
         assert second is not None and second.body == b"b"
         stats = spool.stats(conn)
     assert stats.depth == {"traces": 1, "metrics": 1} and stats.bytes == 2 and stats.oldest_ns == 11
@@ -58,10 +65,10 @@ def test_dead_letter_keeps_the_request_and_the_reason(tmp_path: Path) -> None:
     spool = Spool(max_bytes=1 << 20, max_age_ns=3600 * S)
     with db.transaction() as conn:
         spool.add(conn, "traces", b"x", 7, 1)
-        entry = spool.next_due(conn, "traces")
+        entry = _oldest(spool, conn)
         assert entry is not None
         spool.dead_letter(conn, entry, 2, "400", "bad request: span name empty")
-        assert spool.next_due(conn, "traces") is None
+        assert _oldest(spool, conn) is None
         row = conn.execute("SELECT signal, body, items, status, reason FROM dead_letters").fetchone()
         assert spool.stats(conn).dead_letters == 1
     assert (row[0], bytes(row[1]), row[2], row[3], row[4]) == (
@@ -120,7 +127,7 @@ def test_the_byte_total_follows_every_insert_and_delete(tmp_path: Path) -> None:
     assert total_and_sum() == (200, 200)
     with db.transaction() as conn:
         spool.delete(conn, ids[2])
-        entry = spool.next_due(conn, "traces")
+        entry = _oldest(spool, conn)
         assert entry is not None
         spool.dead_letter(conn, entry, 1, "400", "bad")
     assert total_and_sum() == (0, 0)
