@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
@@ -202,6 +202,12 @@ class Database:
                 self.conn.execute("ROLLBACK")
                 raise
             self.conn.execute("COMMIT")
+
+    def execute_atomic(self, sql: str, parameters: Sequence[object]) -> None:
+        """One statement as its own transaction (autocommit): for a single write, one call into
+        SQLite instead of three (``BEGIN``, the statement, ``COMMIT``)."""
+        with self._lock:
+            self.conn.execute(sql, parameters)
 
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:

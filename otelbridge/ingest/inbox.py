@@ -1,10 +1,10 @@
 """The durable inbox of webhook bodies, with group commit.
 
 A request handler calls :meth:`SqliteInbox.append` and gets control back only once its body is
-in a committed transaction of ``inbox.db`` (WAL, ``synchronous=FULL``). One committer task
-takes every body waiting at that moment and writes them in one transaction in a worker thread:
-while it commits, the next bodies queue up, so under load one fsync acknowledges many
-webhooks and at rest a single webhook waits for one commit only.
+in a committed transaction of ``inbox.db`` (WAL, ``synchronous=FULL``). One committer thread
+takes every body waiting at that moment and writes them in one transaction: while it commits,
+the next bodies queue up, so under load one fsync acknowledges many webhooks and at rest a
+single webhook waits for one commit only.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,16 +40,21 @@ class InboxRow:
 
 
 class SqliteInbox:
-    """The request side awaits a plain asyncio future per webhook (uvicorn runs asyncio; a
-    future costs a few microseconds where an anyio Event costs ten — measured in
-    docs/benchmarks.md); the commit itself runs in a worker thread via anyio."""
+    """Request handlers await a plain asyncio future each (uvicorn runs asyncio; a future costs
+    a few microseconds where an anyio Event costs ten, measured in docs/benchmarks.md). One
+    committer thread of its own takes whatever is waiting, writes it in one statement, hands
+    the answers back to the event loop in one callback and at once starts on what arrived
+    meanwhile: the next commit does not wait for the event loop to come round (with a worker
+    thread per commit it did, and the loop sat idle a fifth of the time under load)."""
 
     def __init__(self, db: Database, *, on_commit: Callable[[], None] = lambda: None) -> None:
         self._db = db
         self._on_commit = on_commit
-        self._queue: deque[tuple[NewRow, asyncio.Future[str | None]]] = deque()
-        self._wakeup: asyncio.Event | None = None
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: list[tuple[NewRow, asyncio.Future[str | None]]] = []
+        self._idle = False  # the committer waits on _cond for work
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.last_error: str | None = None
         self.commits = 0
         self.appended = 0
@@ -60,9 +65,11 @@ class SqliteInbox:
         if self._closed:
             raise StoreUnavailable("otelbridge is shutting down")
         waiter: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._queue.append(((time.time_ns(), event_type, call_id, body), waiter))
-        if self._wakeup is not None:
-            self._wakeup.set()
+        with self._cond:
+            self._pending.append(((time.time_ns(), event_type, call_id, body), waiter))
+            if self._idle:
+                self._idle = False
+                self._cond.notify()
         error = await waiter
         if error is not None:
             raise StoreUnavailable(error)
@@ -74,48 +81,76 @@ class SqliteInbox:
 
     def close(self) -> None:
         """No more appends; :meth:`run` returns once everything queued is committed."""
-        self._closed = True
-        if self._wakeup is not None:
-            self._wakeup.set()
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
 
     async def run(self) -> None:
-        self._wakeup = wakeup = asyncio.Event()
+        """Run the committer thread until :meth:`close` (or cancellation) and everything
+        appended before it is committed."""
+        self._loop = asyncio.get_running_loop()
+        try:
+            await anyio.to_thread.run_sync(self._commit_loop, abandon_on_cancel=True)
+        finally:
+            self.close()  # cancelled: the abandoned thread commits what is queued, then ends
+
+    def _commit_loop(self) -> None:
+        loop = self._loop
+        assert loop is not None
         while True:
-            if not self._queue:
-                if self._closed:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._idle = True
+                    self._cond.wait()
+                self._idle = False
+                if not self._pending:
                     return
-                await wakeup.wait()
-                wakeup.clear()
-                continue
-            batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
+                batch = self._pending[:MAX_BATCH]
+                del self._pending[:MAX_BATCH]
             error: str | None = None
+            trim = self._trim_to if self._trim_to > self._trimmed else None
             try:
-                trim = self._trim_to if self._trim_to > self._trimmed else None
-                await anyio.to_thread.run_sync(self._write, [row for row, _ in batch], trim)
+                self._write([row for row, _ in batch], trim)
                 if trim is not None:
                     self._trimmed = trim
             except (sqlite3.Error, OSError) as exc:
                 error = f"the state store cannot be written ({type(exc).__name__}: {exc})"
                 log.error("inbox commit of %d webhook(s) failed: %s", len(batch), error)
-            self.last_error = error
-            for _, waiter in batch:
-                if not waiter.done():  # a request that gave up (store timeout) is cancelled
-                    waiter.set_result(error)
-            if error is None:
-                self.commits += 1
-                self.appended += len(batch)
-                self._on_commit()
+            try:
+                loop.call_soon_threadsafe(self._answer, batch, error)
+            except RuntimeError:  # the event loop is closed: nobody is waiting any more
+                return
+
+    def _answer(self, batch: list[tuple[NewRow, asyncio.Future[str | None]]], error: str | None) -> None:
+        self.last_error = error
+        for _, waiter in batch:
+            if not waiter.done():  # a request that gave up (store timeout) is cancelled
+                waiter.set_result(error)
+        if error is None:
+            self.commits += 1
+            self.appended += len(batch)
+            self._on_commit()
 
     def _write(self, rows: list[NewRow], trim_through: int | None = None) -> None:
+        """One INSERT of every row: in autocommit it is its own transaction, and the thread
+        gives up and takes back the GIL once, not once a row (executemany) plus BEGIN/COMMIT."""
+        insert, values = _insert_many(rows)
+        if trim_through is None:
+            self._db.execute_atomic(insert, values)
+            return
         with self._db.transaction() as conn:
-            if trim_through is not None:
-                conn.execute(_DELETE_THROUGH, (trim_through,))
-            conn.executemany(_INSERT, rows)
+            conn.execute(_DELETE_THROUGH, (trim_through,))
+            conn.execute(insert, values)
 
     def probe(self) -> None:
         """Raise when the inbox cannot take a write transaction (for /readyz)."""
         with self._db.transaction():
             pass
+
+
+def _insert_many(rows: list[NewRow]) -> tuple[str, list[object]]:
+    """One multi-row INSERT (at most MAX_BATCH x 4 parameters, far below SQLite's 32,766)."""
+    return _INSERT + ", (?, ?, ?, ?)" * (len(rows) - 1), [value for row in rows for value in row]
 
 
 def read_inbox(db: Database, after_id: int, limit: int, max_bytes: int = 8 * 1024 * 1024) -> list[InboxRow]:

@@ -100,3 +100,59 @@ def test_read_delete_and_ids_never_reused(tmp_path: Path) -> None:
         conn.execute("INSERT INTO inbox (received_ns, event_type, call_id, body) VALUES (0, 't', 'c', x'00')")
     assert read_inbox(db, 0, 10)[0].id > rows[-1].id  # AUTOINCREMENT: the watermark stays valid
     db.close()
+
+
+def test_rows_keep_the_order_of_the_appends(tmp_path: Path) -> None:
+    async def main() -> None:
+        inbox = SqliteInbox(open_inbox(tmp_path))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(inbox.run)
+            async with anyio.create_task_group() as senders:
+                for i in range(200):
+                    senders.start_soon(inbox.append, f"{i}".encode(), "call_turn", "c")
+                    if i % 50 == 0:
+                        await anyio.sleep(0.01)  # some commits in between
+            inbox.close()
+
+    anyio.run(main)
+    bodies = [int(bytes(r[3])) for r in _committed_rows(tmp_path)]
+    assert bodies == list(range(200))  # start_soon runs the tasks in order: ids follow appends
+
+
+def test_trim_through_deletes_processed_rows_in_the_next_commit(tmp_path: Path) -> None:
+    async def main() -> None:
+        inbox = SqliteInbox(open_inbox(tmp_path))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(inbox.run)
+            for i in range(3):
+                await inbox.append(f"{i}".encode(), "call_turn", "c")
+            first_two = [r[0] for r in _committed_rows(tmp_path)][:2]
+            inbox.trim_through(first_two[-1])
+            assert len(_committed_rows(tmp_path)) == 3  # nothing deleted until the next commit
+            await inbox.append(b"3", "call_turn", "c")
+            assert [bytes(r[3]) for r in _committed_rows(tmp_path)] == [b"2", b"3"]
+            inbox.close()
+
+    anyio.run(main)
+
+
+def test_cancelled_run_still_commits_what_was_queued(tmp_path: Path) -> None:
+    async def main() -> None:
+        inbox = SqliteInbox(open_inbox(tmp_path))
+        with anyio.move_on_after(5) as deadline:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(inbox.run)
+                await inbox.append(b"acked", "call_turn", "c")
+                tg.start_soon(inbox.append, b"queued", "call_turn", "c")
+                await anyio.sleep(0)  # that append is queued, its request task now waits
+                tg.cancel_scope.cancel()  # as when the daemon's task group fails
+        assert not deadline.cancelled_caught  # the cancelled run did not hang
+        with pytest.raises(StoreUnavailable, match="shutting down"):
+            await inbox.append(b"late", "call_turn", "c")
+        for _ in range(500):  # the abandoned committer thread finishes what was queued
+            if len(_committed_rows(tmp_path)) == 2:
+                break
+            await anyio.sleep(0.01)
+
+    anyio.run(main)
+    assert [bytes(r[3]) for r in _committed_rows(tmp_path)] == [b"acked", b"queued"]
