@@ -156,3 +156,25 @@ def test_cancelled_run_still_commits_what_was_queued(tmp_path: Path) -> None:
 
     anyio.run(main)
     assert [bytes(r[3]) for r in _committed_rows(tmp_path)] == [b"acked", b"queued"]
+
+
+def test_a_full_batch_is_one_statement_within_sqlite_limits(tmp_path: Path) -> None:
+    """More appends than MAX_BATCH wait at once: batches of up to MAX_BATCH rows (4 parameters
+    each, one multi-row INSERT) all commit, in order."""
+    from otelbridge.ingest.inbox import MAX_BATCH
+
+    total = MAX_BATCH * 2 + 100
+
+    async def main() -> None:
+        inbox = SqliteInbox(open_inbox(tmp_path))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(inbox.run)
+            async with anyio.create_task_group() as senders:
+                for i in range(total):
+                    senders.start_soon(inbox.append, f"{i}".encode(), "call_turn", "c")
+            inbox.close()
+        assert inbox.appended == total
+        assert inbox.commits >= 3  # no batch above MAX_BATCH
+
+    anyio.run(main)
+    assert [int(bytes(r[3])) for r in _committed_rows(tmp_path)] == list(range(total))
