@@ -20,7 +20,7 @@ problem. 401/403 raise :class:`CartesiaAuthError` at once, any other 4xx :class:
 at once. All requests are GETs, so a retry is always safe.
 
 **Answers.** A 2xx answer that is not the expected JSON shape raises :class:`CartesiaError`
-with a precise one-line message (``GET /agents/calls: 'data' is not a list``); error bodies
+with a precise one-line message (``GET /agents/calls: 'data' is not an array``); error bodies
 are read whether JSON (``{error_code, title, message, request_id}``, ``{"error": …}``,
 ``{"message": …}``, ``{"detail": …}``) or text (one line, capped at 200 characters).
 
@@ -47,6 +47,7 @@ import anyio
 import httpx
 
 from otelbridge import __version__
+from otelbridge.cartesia.errors import json_kind
 from otelbridge.retry import backoff, parse_retry_after
 
 __all__ = [
@@ -311,7 +312,7 @@ class CartesiaClient:
         path = f"/agents/calls/{quote(call_id, safe='')}"
         body = await self._get_json(path, None)
         if not isinstance(body, dict):
-            raise self._shape_error(path, f"the answer is {_json_type(body)}, not a call object")
+            raise self._shape_error(path, f"the answer is {json_kind(body)}, not a call object")
         return body
 
     async def list_agents(self) -> list[dict[str, Any]]:
@@ -327,13 +328,13 @@ class CartesiaClient:
             if summaries is None:
                 return []
             if not isinstance(summaries, list):
-                raise self._shape_error(path, f"'summaries' is {_json_type(summaries)}, not a list")
+                raise self._shape_error(path, f"'summaries' is {json_kind(summaries)}, not an array")
             return self._objects(path, summaries, "summaries")
         if isinstance(body, dict) and "data" in body:
             return await self._walk(path, {}, body)
         if isinstance(body, dict):
             raise self._shape_error(path, "the answer has neither 'summaries' nor 'data'")
-        raise self._shape_error(path, f"the answer is {_json_type(body)}, not an object or a list")
+        raise self._shape_error(path, f"the answer is {json_kind(body)}, not an object or an array")
 
     async def metric_results(
         self,
@@ -362,15 +363,15 @@ class CartesiaClient:
     # --- paging ---------------------------------------------------------------------------
     def _data_page(self, path: str, body: object) -> tuple[list[dict[str, Any]], str | None]:
         if not isinstance(body, dict):
-            raise self._shape_error(path, f"the answer is {_json_type(body)}, not an object")
+            raise self._shape_error(path, f"the answer is {json_kind(body)}, not an object")
         if "data" not in body:
             raise self._shape_error(path, "the answer has no 'data'")
         data = body["data"]
         if not isinstance(data, list):
-            raise self._shape_error(path, f"'data' is not a list (got {_json_type(data)})")
+            raise self._shape_error(path, f"'data' is not an array (got {json_kind(data)})")
         next_page = body.get("next_page")
         if next_page is not None and not isinstance(next_page, str):
-            raise self._shape_error(path, f"'next_page' is {_json_type(next_page)}, not a string or null")
+            raise self._shape_error(path, f"'next_page' is {json_kind(next_page)}, not a string or null")
         return self._objects(path, data, "data"), next_page or None
 
     async def _walk(self, path: str, params: Mapping[str, str | int], first: object) -> list[dict[str, Any]]:
@@ -401,7 +402,7 @@ class CartesiaClient:
     def _objects(self, path: str, items: list[Any], where: str) -> list[dict[str, Any]]:
         for index, item in enumerate(items):
             if not isinstance(item, dict):
-                raise self._shape_error(path, f"'{where}[{index}]' is {_json_type(item)}, not an object")
+                raise self._shape_error(path, f"'{where}[{index}]' is {json_kind(item)}, not an object")
         return items
 
     def _shape_error(self, path: str, problem: str) -> CartesiaError:
@@ -504,19 +505,3 @@ class CartesiaClient:
             raise self._shape_error(
                 path, f"the answer is not valid JSON ({exc.msg} at byte {exc.pos}; {_one_line(kind, 60)})"
             ) from None
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__

@@ -1,4 +1,5 @@
-"""One-line descriptions of validation errors: the field path and the problem."""
+"""One-line descriptions of bad input: validation errors (the field path and the problem) and
+the kind of a JSON value where another was expected."""
 
 from __future__ import annotations
 
@@ -21,6 +22,24 @@ def field_path(loc: Sequence[int | str], prefix: str = "") -> str:
         else:
             path = str(part)
     return path
+
+
+def json_kind(value: object) -> str:
+    """What a parsed JSON value is, in JSON's words: ``an array``, ``null``, ``a string``...
+    (never the value itself: it may hold transcript text)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"  # not from a JSON parser
 
 
 def _describe(error: ErrorDetails, prefix: str) -> str:

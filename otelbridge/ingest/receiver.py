@@ -45,7 +45,7 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from otelbridge.cartesia.errors import describe_validation_error
+from otelbridge.cartesia.errors import describe_validation_error, json_kind
 from otelbridge.cartesia.webhooks import KNOWN_EVENT_TYPES, parse_webhook_event
 
 __all__ = [
@@ -250,20 +250,6 @@ def _echo(value: str) -> str:
     return repr(value)
 
 
-def _json_kind(value: object) -> str:
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if value is None:
-        return "null"
-    return f"a {type(value).__name__}"  # pragma: no cover - JSON has no other kinds
-
-
 def _content_type_problem(value: str | None) -> str | None:
     """Why ``value`` is not an acceptable JSON Content-Type, or None when it is."""
     if not value or not value.strip():
@@ -393,7 +379,7 @@ class _WebhookReceiver:
         except ValueError as exc:  # jiter's messages name a position, never the input
             return _Answer("bad_request", f"body is not valid JSON: {exc}")
         if not isinstance(payload, dict):
-            return _Answer("bad_request", f"body is {_json_kind(payload)}; expected a JSON object")
+            return _Answer("bad_request", f"body is {json_kind(payload)}; expected a JSON object")
 
         raw_type = payload.get("type")
         if isinstance(raw_type, str) and raw_type in KNOWN_EVENT_TYPES:

@@ -360,9 +360,9 @@ def test_error_bodies_of_every_shape(
     [
         ('{"data": [', "the answer is not valid JSON (Expecting value at byte 10; application/json)"),
         ("", "HTTP 200 with an empty body, expected JSON"),
-        ('{"data": "calls"}', "'data' is not a list (got a string)"),
+        ('{"data": "calls"}', "'data' is not an array (got a string)"),
         ('{"calls": []}', "the answer has no 'data'"),
-        ("[]", "the answer is a list, not an object"),
+        ("[]", "the answer is an array, not an object"),
         ('{"data": [{"id": "a"}, 3]}', "'data[1]' is a number, not an object"),
         ('{"data": [], "next_page": 5}', "'next_page' is a number, not a string or null"),
         ("[" * 100_000 + "]" * 100_000, "the answer is JSON nested too deeply"),
@@ -379,12 +379,12 @@ def test_malformed_list_answers(api: CartesiaStandIn, body: str, expected: str) 
 def test_malformed_call_and_agents(api: CartesiaStandIn) -> None:
     api.answer_next(1, body="[1]", path="/agents/calls/ac_1")
     assert expect_error(api, lambda c: c.get_call("ac_1")).message == (
-        "GET /agents/calls/ac_1: the answer is a list, not a call object"
+        "GET /agents/calls/ac_1: the answer is an array, not a call object"
     )
     api.answer_next(1, body='{"summaries": {}}')
     assert (
         expect_error(api, lambda c: c.list_agents()).message
-        == "GET /agents: 'summaries' is an object, not a list"
+        == "GET /agents: 'summaries' is an object, not an array"
     )
     api.answer_next(1, body='{"agents": []}')
     assert "neither 'summaries' nor 'data'" in expect_error(api, lambda c: c.list_agents()).message
