@@ -735,7 +735,7 @@ def freshness(
 #: where a sampled stack belongs: the first area one of whose markers is in the stack
 PROFILE_AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("webhook handler: secret, JSON, schema validation, append", ("_WebhookReceiver",)),
-    ("inbox group commit (INSERT + COMMIT)", ("SqliteInbox._write",)),
+    ("inbox committer thread (one multi-row INSERT a commit)", ("SqliteInbox._",)),
     ("processor: OTLP encoding of the batch's spans", ("Daemon.__init__.<locals>.encode",)),
     ("processor: parse, map, ledger, calls (per event)", ("Processor._event",)),
     ("processor: spool write, points, watermark, inbox delete", ("Processor.",)),
