@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio
@@ -10,7 +12,7 @@ import pytest
 
 from otelbridge.ingest.inbox import SqliteInbox, delete_inbox_through, inbox_depth, read_inbox
 from otelbridge.ingest.receiver import StoreUnavailable
-from otelbridge.store import inbox_path, open_inbox
+from otelbridge.store import Database, inbox_path, open_inbox
 
 
 def _committed_rows(state_dir: Path) -> list[tuple[int, str, str, bytes]]:
@@ -22,17 +24,24 @@ def _committed_rows(state_dir: Path) -> list[tuple[int, str, str, bytes]]:
         conn.close()
 
 
+@contextlib.asynccontextmanager
+async def _running(db: Database, on_commit: Callable[[], None] = lambda: None) -> AsyncIterator[SqliteInbox]:
+    """An inbox with its committer running; closed (everything queued committed) on exit."""
+    inbox = SqliteInbox(db, on_commit=on_commit)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(inbox.run)
+        yield inbox
+        inbox.close()
+
+
 def test_append_returns_only_once_committed(tmp_path: Path) -> None:
     async def main() -> None:
-        inbox = SqliteInbox(open_inbox(tmp_path))
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(inbox.run)
+        async with _running(open_inbox(tmp_path)) as inbox:
             await inbox.append(b'{"type":"call_turn"}', "call_turn", "call_1")
             rows = _committed_rows(tmp_path)
             assert [(r[1], r[2], bytes(r[3])) for r in rows] == [
                 ("call_turn", "call_1", b'{"type":"call_turn"}')
             ]
-            inbox.close()
 
     anyio.run(main)
 
@@ -41,13 +50,12 @@ def test_concurrent_appends_share_commits(tmp_path: Path) -> None:
     commits: list[int] = []
 
     async def main() -> None:
-        inbox = SqliteInbox(open_inbox(tmp_path), on_commit=lambda: commits.append(1))
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(inbox.run)
-            async with anyio.create_task_group() as senders:
-                for i in range(300):
-                    senders.start_soon(inbox.append, f'{{"n":{i}}}'.encode(), "call_turn", f"call_{i % 7}")
-            inbox.close()
+        async with (
+            _running(open_inbox(tmp_path), on_commit=lambda: commits.append(1)) as inbox,
+            anyio.create_task_group() as senders,
+        ):
+            for i in range(300):
+                senders.start_soon(inbox.append, f'{{"n":{i}}}'.encode(), "call_turn", f"call_{i % 7}")
         assert inbox.appended == 300
         assert inbox.commits == len(commits) < 300  # many webhooks per fsync
 
@@ -58,14 +66,11 @@ def test_concurrent_appends_share_commits(tmp_path: Path) -> None:
 def test_store_failure_is_store_unavailable(tmp_path: Path) -> None:
     async def main() -> None:
         db = open_inbox(tmp_path)
-        inbox = SqliteInbox(db)
         db.close()  # every write now fails
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(inbox.run)
+        async with _running(db) as inbox:
             with pytest.raises(StoreUnavailable, match="cannot be written"):
                 await inbox.append(b"{}", "call_turn", "c")
             assert inbox.last_error is not None
-            inbox.close()
 
     anyio.run(main)
 
@@ -82,12 +87,9 @@ def test_append_after_close_is_store_unavailable(tmp_path: Path) -> None:
 
 def test_read_delete_and_ids_never_reused(tmp_path: Path) -> None:
     async def main() -> None:
-        inbox = SqliteInbox(open_inbox(tmp_path))
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(inbox.run)
+        async with _running(open_inbox(tmp_path)) as inbox:
             for i in range(3):
                 await inbox.append(f"{i}".encode(), "call_turn", "c")
-            inbox.close()
 
     anyio.run(main)
     db = open_inbox(tmp_path)
@@ -104,15 +106,11 @@ def test_read_delete_and_ids_never_reused(tmp_path: Path) -> None:
 
 def test_rows_keep_the_order_of_the_appends(tmp_path: Path) -> None:
     async def main() -> None:
-        inbox = SqliteInbox(open_inbox(tmp_path))
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(inbox.run)
-            async with anyio.create_task_group() as senders:
-                for i in range(200):
-                    senders.start_soon(inbox.append, f"{i}".encode(), "call_turn", "c")
-                    if i % 50 == 0:
-                        await anyio.sleep(0.01)  # some commits in between
-            inbox.close()
+        async with _running(open_inbox(tmp_path)) as inbox, anyio.create_task_group() as senders:
+            for i in range(200):
+                senders.start_soon(inbox.append, f"{i}".encode(), "call_turn", "c")
+                if i % 50 == 0:
+                    await anyio.sleep(0.01)  # some commits in between
 
     anyio.run(main)
     bodies = [int(bytes(r[3])) for r in _committed_rows(tmp_path)]
@@ -121,9 +119,7 @@ def test_rows_keep_the_order_of_the_appends(tmp_path: Path) -> None:
 
 def test_trim_through_deletes_processed_rows_in_the_next_commit(tmp_path: Path) -> None:
     async def main() -> None:
-        inbox = SqliteInbox(open_inbox(tmp_path))
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(inbox.run)
+        async with _running(open_inbox(tmp_path)) as inbox:
             for i in range(3):
                 await inbox.append(f"{i}".encode(), "call_turn", "c")
             first_two = [r[0] for r in _committed_rows(tmp_path)][:2]
@@ -131,7 +127,6 @@ def test_trim_through_deletes_processed_rows_in_the_next_commit(tmp_path: Path) 
             assert len(_committed_rows(tmp_path)) == 3  # nothing deleted until the next commit
             await inbox.append(b"3", "call_turn", "c")
             assert [bytes(r[3]) for r in _committed_rows(tmp_path)] == [b"2", b"3"]
-            inbox.close()
 
     anyio.run(main)
 
@@ -166,13 +161,9 @@ def test_a_full_batch_is_one_statement_within_sqlite_limits(tmp_path: Path) -> N
     total = MAX_BATCH * 2 + 100
 
     async def main() -> None:
-        inbox = SqliteInbox(open_inbox(tmp_path))
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(inbox.run)
-            async with anyio.create_task_group() as senders:
-                for i in range(total):
-                    senders.start_soon(inbox.append, f"{i}".encode(), "call_turn", "c")
-            inbox.close()
+        async with _running(open_inbox(tmp_path)) as inbox, anyio.create_task_group() as senders:
+            for i in range(total):
+                senders.start_soon(inbox.append, f"{i}".encode(), "call_turn", "c")
         assert inbox.appended == total
         assert inbox.commits >= 3  # no batch above MAX_BATCH
 
