@@ -26,6 +26,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -464,15 +465,17 @@ NICENESS = 10
 
 
 def main() -> int:
+    # Ctrl-C in a terminal and a systemd stop (KillMode=control-group) signal every process of
+    # the group: stopping is the daemon's to order ("stop" on stdin, or the end of stdin), so
+    # that the pipeline drains first instead of dying under the daemon's graceful shutdown.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     fix_mmap_threshold()
     with contextlib.suppress(OSError):
         os.nice(NICENESS)
     with contextlib.suppress(OSError, AttributeError):
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    try:
-        return anyio.run(run_pipeline, backend_options={"use_uvloop": True})
-    except KeyboardInterrupt:
-        return 1
+    return anyio.run(run_pipeline, backend_options={"use_uvloop": True})
 
 
 if __name__ == "__main__":

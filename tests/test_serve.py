@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -313,6 +314,27 @@ def test_sigterm_drains_everything_before_exiting(
     assert "stopped: everything received was exported" in daemon.stderr
     # the last metrics collection went out too
     assert any(name.startswith("cartesia.") for name in receiver.metric_names())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_whole_process_group_still_drains(
+    daemons: Daemons,
+    receiver: HttpOtlpReceiver,
+    deliveries: list[Delivery],
+    expected: set[str],
+    tmp_path: Path,
+    signum: int,
+) -> None:
+    """Ctrl-C in a terminal and systemd's stop signal the pipeline process as well as the daemon:
+    the pipeline leaves stopping to the daemon, so the drain still happens."""
+    daemon = daemons.start(tmp_path / "state")
+    Poster(daemon.webhook_url, SECRET).post_all(deliveries)
+    daemon.signal_group(signum)
+    code = daemon.wait(20)
+    assert code == 0, f"exit code {code}; stderr:\n{daemon.stderr}"
+    assert_exactly_once(receiver, expected)
+    assert "stopped: everything received was exported" in daemon.stderr
+    assert "the pipeline process exited" not in daemon.stderr
 
 
 # --- 4. startup failures -----------------------------------------------------------------------

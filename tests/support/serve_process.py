@@ -156,7 +156,13 @@ class ServeProcess:
         stderr = self.stderr_path.open("wb")
         self._files = [stdout, stderr]
         self.proc = subprocess.Popen(
-            self.argv, env=self.env, cwd=self.workdir, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL
+            self.argv,
+            env=self.env,
+            cwd=self.workdir,
+            stdout=stdout,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: see signal_group
         )
         return self
 
@@ -204,6 +210,12 @@ class ServeProcess:
         """SIGTERM: the daemon's graceful shutdown (use :meth:`wait` for its exit code)."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
+
+    def signal_group(self, signum: int) -> None:
+        """``signum`` to every process of the daemon's group, as Ctrl-C in a terminal or a
+        systemd stop (``KillMode=control-group``) delivers it: the pipeline process gets it too."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signum)
 
     def wait(self, timeout: float) -> int:
         """The exit code; fails (with stderr) if the process is still running after ``timeout``."""
