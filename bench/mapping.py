@@ -2,7 +2,7 @@
 
     python bench/mapping.py [--repeats 7] [--min-time 0.3] [--json] [--profile]
 
-One 40-turn call is built from the shared samples (alternating user/assistant turns, 8 text
+One 40-turn call is built from the sample calls in examples/ (alternating user/assistant turns, 8 text
 chunks each, 4 tool calls, 8 system log items), validated once, and then two things are
 timed in the same process, both as spans per second:
 
@@ -38,7 +38,7 @@ from otelbridge.cartesia.models import AgentCall, parse_call
 from otelbridge.delivery.sdk import build_resource, encode_trace_request, to_readable_spans
 from otelbridge.mapping import MappingOptions, map_call
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "cartesia" / "samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TURNS = 40
 CHUNKS_PER_TURN = 8
 TOOL_CALLS = 4

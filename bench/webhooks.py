@@ -17,7 +17,7 @@ Three processes besides this one, all on this machine (on 2 cores they share the
 
 Throughput: ``wrk`` (Debian's) runs the same generated Lua script with the same
 threads/connections/duration against the echo, the ack-only diagnostic, then the daemon. Every request is a
-realistic ``call_turn`` body built from the shared samples, with its own (call_id,
+realistic ``call_turn`` body built from the sample calls (examples/), with its own (call_id,
 start_timestamp), so the daemon really stores, maps and exports each one as a new turn span;
 the calls are announced beforehand with ``call_started`` (untimed) so that turns map at once.
 On this shared 2-vCPU machine one run's ratio moves by +-0.1 from run to run, so the three
@@ -78,7 +78,7 @@ from common import (
     wait_or_kill,
 )
 
-SAMPLES = ROOT.parent / "shared" / "cartesia" / "samples" / "webhooks.jsonl"
+SAMPLES = ROOT / "examples" / "webhooks.jsonl"
 WEBHOOK_PATH = "/webhooks/cartesia"
 SECRET_HEADER = "X-Webhook-Secret"
 TURN_SPAN_NAMES = ("user_turn", "assistant_turn")
@@ -148,7 +148,7 @@ def _template(envelope: dict[str, Any], turn: dict[str, Any]) -> TurnTemplate:
 
 @dataclass(frozen=True, slots=True)
 class Corpus:
-    """Turn templates by role and a ``call_started`` body, all from the shared samples."""
+    """Turn templates by role and a ``call_started`` body, all from the sample calls."""
 
     user: tuple[TurnTemplate, ...]
     assistant: tuple[TurnTemplate, ...]

@@ -18,9 +18,8 @@ import pytest
 from otelbridge.cartesia.models import parse_call
 from otelbridge.mapping import ids, map_call
 from tests.support.otlp_receiver import HttpOtlpReceiver
-from tests.test_replay import LIST_CALLS, SAMPLES, WEBHOOKS, run_cli
-
-pytestmark = pytest.mark.skipif(not SAMPLES.exists(), reason="shared samples not beside the checkout")
+from tests.support.samples import LIST_CALLS, WEBHOOKS
+from tests.test_replay import run_cli
 
 AGENT0 = LIST_CALLS[0]
 

@@ -30,13 +30,13 @@ from otelbridge.mapping import map_call
 from otelbridge.settings import Settings, load_settings
 from otelbridge.store import state_path
 from tests.support.otlp_receiver import HttpOtlpReceiver
+from tests.support.samples import sample_calls, webhook_events
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "cartesia" / "samples" / "webhooks.jsonl"
 SECRET = "test-secret-0123"
 
 
 def _events() -> list[dict[str, Any]]:
-    return [json.loads(line) for line in SAMPLES.read_text().splitlines() if line.strip()]
+    return webhook_events()
 
 
 def _expected(events: list[dict[str, Any]]) -> set[bytes]:
@@ -346,9 +346,9 @@ def test_webhooks_and_polling_on_the_same_calls_each_span_once(
 ) -> None:
     """The sample calls reach the daemon both ways — List Calls polling and webhooks, in
     parallel — and each span arrives once at the OTLP receiver."""
-    from tests.support.cartesia_api import CartesiaStandIn, load_sample_pages
+    from tests.support.cartesia_api import CartesiaStandIn
 
-    calls = load_sample_pages()
+    calls = sample_calls()
     events = _events()
     expected = _expected(events)
     with HttpOtlpReceiver() as receiver, CartesiaStandIn() as api:

@@ -1,6 +1,6 @@
 """End to end: the real ``otelbridge replay`` (a subprocess) against real OTLP receivers.
 
-Nothing is mocked: the CLI reads the shared samples, maps them and exports with the SDK's own
+Nothing is mocked: the CLI reads the sample calls (examples/), maps them and exports with the SDK's own
 OTLP exporters (HTTP/protobuf and gRPC) to the receivers of tests/support/otlp_receiver.py,
 and every assertion is on what those receivers decoded.
 """
@@ -32,13 +32,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from otelbridge.mapping import ids
 from tests.support.otlp_receiver import GRPC_TRACES_METHOD, GrpcOtlpReceiver, HttpOtlpReceiver, attributes
+from tests.support.samples import LIST_CALLS, WEBHOOKS
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "cartesia" / "samples"
-LIST_CALLS = [SAMPLES / "list-calls-agent0.json", SAMPLES / "list-calls-agent1.json"]
-WEBHOOKS = SAMPLES / "webhooks.jsonl"
 ALL_SAMPLES = [*LIST_CALLS, WEBHOOKS]
-
-pytestmark = pytest.mark.skipif(not SAMPLES.exists(), reason="shared samples not beside the checkout")
 
 
 # --- running the CLI ----------------------------------------------------------------------

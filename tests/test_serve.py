@@ -4,7 +4,7 @@ receiver, ``kill -9`` and SIGTERM.
 Every daemon here gets a fresh state directory, free ports on 127.0.0.1, short retry backoffs
 (``OTELBRIDGE_RETRY_*``) and a 500 ms metrics interval; its environment starts without any
 ``OTELBRIDGE_*``/``OTEL_*`` variable of the test process. The sample stream is the 166
-deliveries of 12 calls in /work/shared/cartesia/samples/webhooks.jsonl; the spans it must give
+deliveries of 12 calls in examples/webhooks.jsonl; the spans it must give
 are computed from the events themselves (each call assembled from all its events and mapped),
 independently of the daemon.
 """

@@ -27,12 +27,11 @@ from otelbridge.cartesia.client import (
 )
 from otelbridge.cartesia.models import parse_call
 from tests.support.cartesia_api import (
-    SAMPLES,
     CartesiaStandIn,
-    load_sample_pages,
     make_call,
     make_metric_result,
 )
+from tests.support.samples import sample_calls
 
 AGENT = "agent_client_A"
 KEY = "sk_car_client_test_key_0123456789"
@@ -145,9 +144,8 @@ def test_empty_agent(api: CartesiaStandIn) -> None:
     run(api, body)
 
 
-@pytest.mark.skipif(not SAMPLES.exists(), reason="shared samples not beside the checkout")
 def test_sample_calls_round_trip(api: CartesiaStandIn) -> None:
-    calls = load_sample_pages()
+    calls = sample_calls()
     api.add_calls(calls)
 
     async def body(client: CartesiaClient) -> None:

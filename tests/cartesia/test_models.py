@@ -1,14 +1,10 @@
-import json
-from pathlib import Path
-
 import pytest
 from pydantic import ValidationError
 
 from otelbridge.cartesia.errors import describe_validation_error
 from otelbridge.cartesia.models import AgentCall, parse_call
 from otelbridge.cartesia.webhooks import parse_webhook_event
-
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "cartesia" / "samples"
+from tests.support.samples import sample_calls, webhook_events
 
 
 def _call(**extra: object) -> dict[str, object]:
@@ -21,13 +17,11 @@ def _problem(payload: object) -> str:
     return describe_validation_error(info.value)
 
 
-@pytest.mark.skipif(not SAMPLES.exists(), reason="shared samples not beside the checkout")
 def test_every_sample_validates() -> None:
-    for name in ("list-calls-agent0.json", "list-calls-agent1.json"):
-        for raw in json.loads((SAMPLES / name).read_text())["data"]:
-            assert parse_call(raw).id == raw["id"]
-    for line in (SAMPLES / "webhooks.jsonl").read_text().splitlines():
-        assert parse_webhook_event(json.loads(line)).resolved_call_id
+    for raw in sample_calls():
+        assert parse_call(raw).id == raw["id"]
+    for event in webhook_events():
+        assert parse_webhook_event(event).resolved_call_id
 
 
 def test_times_become_exact_nanoseconds() -> None:

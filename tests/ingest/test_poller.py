@@ -22,10 +22,10 @@ from otelbridge.mapping import map_call
 from otelbridge.mapping.policy import MappingOptions
 from otelbridge.mapping.records import SpanRecord
 from otelbridge.store import Database, open_inbox, open_state
-from tests.support.cartesia_api import CartesiaStandIn, load_sample_pages, make_call
+from tests.support.cartesia_api import CartesiaStandIn, make_call
 from tests.support.inbox_events import store_events
+from tests.support.samples import sample_calls, webhook_events
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "cartesia" / "samples"
 LIST = "/agents/calls"
 RESOURCE = build_resource("test", "i-1")
 
@@ -232,10 +232,8 @@ def test_server_errors_are_retried_and_the_watermark_waits_for_success(
 
 # --- convergence with webhooks -------------------------------------------------------------------
 def _sample() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    calls = load_sample_pages()
-    events = [
-        json.loads(line) for line in (SAMPLES / "webhooks.jsonl").read_text().splitlines() if line.strip()
-    ]
+    calls = sample_calls()
+    events = webhook_events()
     return calls, events
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections import Counter
@@ -26,8 +25,8 @@ from otelbridge.mapping.policy import MappingOptions
 from otelbridge.mapping.records import SpanRecord
 from otelbridge.store import Database, open_inbox, open_state
 from tests.support.inbox_events import store_events
+from tests.support.samples import webhook_events
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "cartesia" / "samples" / "webhooks.jsonl"
 RESOURCE = build_resource("test", "i-1")
 
 
@@ -36,7 +35,7 @@ def _encode(spans: list[SpanRecord]) -> bytes:
 
 
 def _events() -> list[dict[str, Any]]:
-    return [json.loads(line) for line in SAMPLES.read_text().splitlines() if line.strip()]
+    return webhook_events()
 
 
 def _expected_span_ids(events: list[dict[str, Any]]) -> set[bytes]:

@@ -33,8 +33,8 @@ import httpx
 from otelbridge.cartesia.webhooks import parse_webhook_event
 from otelbridge.ingest.assembly import CallAssembler
 from otelbridge.mapping import map_call
+from tests.support.samples import WEBHOOKS
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "cartesia" / "samples" / "webhooks.jsonl"
 WEBHOOK_PATH = "/webhooks/cartesia"
 SECRET_HEADER = "X-Webhook-Secret"
 
@@ -50,7 +50,7 @@ class Delivery:
     call_id: str
 
 
-def sample_deliveries(path: Path = SAMPLES) -> list[Delivery]:
+def sample_deliveries(path: Path = WEBHOOKS) -> list[Delivery]:
     deliveries: list[Delivery] = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():

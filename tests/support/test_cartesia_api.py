@@ -15,13 +15,12 @@ from otelbridge.cartesia.models import parse_call
 from otelbridge.cartesia.timestamps import parse_rfc3339_ns
 from tests.support.cartesia_api import (
     DEFAULT_API_KEY,
-    SAMPLES,
     CartesiaStandIn,
     PageServed,
-    load_sample_pages,
     make_call,
     make_metric_result,
 )
+from tests.support.samples import sample_calls
 
 AGENT = "agent_standin_A"
 V2026 = "2026-03-01"
@@ -433,9 +432,8 @@ def test_make_call_running_and_failed() -> None:
     assert make_call(AGENT, 1, start=start, turns=0)["start_time"] == "2026-05-01T08:30:15.123456000Z"
 
 
-@pytest.mark.skipif(not SAMPLES.exists(), reason="shared samples not beside the checkout")
 def test_sample_pages_serve_in_their_own_order(api: CartesiaStandIn, http: httpx.Client) -> None:
-    calls = load_sample_pages()
+    calls = sample_calls()
     assert len(calls) == 12
     api.add_calls(calls)
     for agent_id in {c["agent_id"] for c in calls}:
