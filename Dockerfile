@@ -1,0 +1,71 @@
+# syntax=docker/dockerfile:1
+# otelbridge: the webhook daemon (`otelbridge serve`) as a small, non-root image that runs with a
+# read-only root filesystem. State (SQLite) lives on the volume at /var/lib/otelbridge.
+#
+#   docker build -t otelbridge .
+#   docker run --read-only -v otelbridge-state:/var/lib/otelbridge \
+#     -e OTELBRIDGE_WEBHOOK_SECRET=change-me -p 8080:8080 -p 9464:9464 otelbridge
+#
+# BASE must provide `python3` with the venv module (python:3.12-slim does; so does Debian's
+# python3 + python3-venv, which the container tests build on).
+ARG BASE=python:3.12-slim
+
+# --- build: a virtualenv with otelbridge and its dependencies ----------------------------------
+FROM ${BASE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python3 -m venv /opt/otelbridge
+WORKDIR /src
+# Dependencies first, read from pyproject.toml, so that a change to the code alone reuses this
+# (slow) layer; otelbridge itself is installed without dependencies below.
+COPY pyproject.toml ./
+RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+        > /tmp/requirements.txt \
+ && /opt/otelbridge/bin/pip install --only-binary=:all: -r /tmp/requirements.txt
+COPY README.md LICENSE ./
+COPY otelbridge ./otelbridge
+# pip compiles the .pyc files here (the root filesystem is read-only at run time); pip and
+# setuptools are not needed to run, so they do not go into the final image.
+RUN /opt/otelbridge/bin/pip install --no-deps . \
+ && /opt/otelbridge/bin/python -m pip uninstall --yes pip setuptools wheel \
+ && /opt/otelbridge/bin/otelbridge --version
+
+# --- run -----------------------------------------------------------------------------------------
+FROM ${BASE}
+ARG VERSION=0.1.0
+ARG SOURCE=https://github.com/otelbridge/otelbridge
+LABEL org.opencontainers.image.title="otelbridge" \
+      org.opencontainers.image.description="Cartesia voice-agent webhooks to OpenTelemetry traces and metrics over OTLP" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# A fixed numeric user (Kubernetes' runAsNonRoot can only verify a numeric UID). Lines appended
+# directly: Debian's minimal roots have no useradd.
+RUN echo 'otelbridge:x:10001:10001:otelbridge:/var/lib/otelbridge:/usr/sbin/nologin' >> /etc/passwd \
+ && echo 'otelbridge:x:10001:' >> /etc/group \
+ && mkdir -p /var/lib/otelbridge \
+ && chown 10001:10001 /var/lib/otelbridge \
+ && chmod 0750 /var/lib/otelbridge
+COPY --from=build /opt/otelbridge /opt/otelbridge
+
+# Both listeners on all interfaces (the pod's network is the boundary); nothing is written
+# outside the state volume: no bytecode, and SQLite's temporary files fall back to the working
+# directory when /var/tmp and /tmp are read-only.
+ENV PATH=/opt/otelbridge/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    OTELBRIDGE_LISTEN_HOST=0.0.0.0 \
+    OTELBRIDGE_ADMIN_HOST=0.0.0.0 \
+    OTELBRIDGE_STATE_DIR=/var/lib/otelbridge \
+    OTELBRIDGE_SHUTDOWN_TIMEOUT=10
+WORKDIR /var/lib/otelbridge
+VOLUME ["/var/lib/otelbridge"]
+USER 10001:10001
+EXPOSE 8080 9464
+# SIGTERM starts the drain: up to OTELBRIDGE_SHUTDOWN_TIMEOUT (10 s) of flushing, well inside
+# Kubernetes' default 30 s terminationGracePeriodSeconds (raise both together).
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["otelbridge"]
+CMD ["serve"]
