@@ -1,0 +1,150 @@
+"""End to end: the shipped TTFB alerts in a real Prometheus scraping a real ``otelbridge serve``.
+
+Webhooks with healthy TTFBs (enough turns to pass the rules' traffic guard) must not make any
+TTFB alert even pending; slow ones then must make it pending, for that agent only, while a slow
+agent with few turns stays quiet (the guard). Alert states are read through Prometheus' HTTP API
+(``/api/v1/alerts``, ``/api/v1/rules``). The rules' ``for:`` (10 m) is never waited for: an alert
+is pending as soon as its expression holds, which is what the shipped expressions decide.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import pytest
+
+from tests.deploy.prometheus import JOB, Stack, alert_expr, scalar, stack, synthetic_call, wait_until
+
+__all__ = ["stack"]  # the shared session fixture, imported for pytest
+
+pytestmark = pytest.mark.prometheus
+
+TTFB_ALERTS = {"CartesiaTtsTtfbHigh": "tts", "CartesiaSttTtfbHigh": "stt"}
+AGENT = "agent_E2eTtfbProbe0000000001"
+QUIET_AGENT = "agent_E2eTtfbQuiet0000000001"
+HEALTHY_TTS_S, HEALTHY_STT_S = 0.2, 0.1
+SLOW_TTS_S, SLOW_STT_S = 3.0, 1.5
+#: every state change is visible within a few 1 s scrape + evaluation rounds
+STATE_TIMEOUT_S = 20.0
+
+
+def guard(alert: str) -> tuple[str, str, int]:
+    """The traffic guard of a TTFB alert as the rule file has it: (metric, window, minimum)."""
+    expr = alert_expr(alert)
+    match = re.search(r"increase\((cartesia_\w+_count)\[(\w+)\]\)\) >= (\d+)", expr)
+    assert match is not None, f"no traffic guard in {alert}: {expr}"
+    return match.group(1), match.group(2), int(match.group(3))
+
+
+def threshold(alert: str) -> float:
+    match = re.search(r"\(rate\(cartesia_\w+_bucket\[\w+\]\)\)\) > ([0-9.]+)", alert_expr(alert))
+    assert match is not None, alert_expr(alert)
+    return float(match.group(1))
+
+
+def turns_in_window(stack: Stack, alert: str, agent: str) -> float:
+    metric, window, _ = guard(alert)
+    return scalar(stack.prometheus.query(f'sum(increase({metric}{{cartesia_agent_id="{agent}"}}[{window}]))'))
+
+
+def guard_met(stack: Stack, alert: str) -> bool | None:
+    return True if turns_in_window(stack, alert, AGENT) >= guard(alert)[2] else None
+
+
+def ttfb_alerts(stack: Stack) -> list[dict[str, Any]]:
+    return [a for a in stack.prometheus.alerts() if a["labels"]["alertname"] in TTFB_ALERTS]
+
+
+def test_healthy_then_slow_ttfb(stack: Stack) -> None:
+    prometheus = stack.prometheus
+    minimum = max(guard(alert)[2] for alert in TTFB_ALERTS)
+    # the guard must stay reachable with a modest number of turns, and the test's TTFBs must sit
+    # on either side of the shipped thresholds
+    assert minimum <= 50
+    assert HEALTHY_TTS_S < threshold("CartesiaTtsTtfbHigh") < SLOW_TTS_S
+    assert HEALTHY_STT_S < threshold("CartesiaSttTtfbHigh") < SLOW_STT_S
+    turns = minimum + 10
+
+    # one turn each first: a histogram series that first appears with its total has no increase
+    # in Prometheus' eyes, so the guard would not count the turns that created it
+    stack.post(synthetic_call("ac_sid_E2eWarmup0000000001", AGENT, tts_ttfb=[0.2], stt_ttfb=[0.1]))
+    stack.post(synthetic_call("ac_sid_E2eQuietWarm00000001", QUIET_AGENT, tts_ttfb=[0.2], stt_ttfb=[0.1]))
+    stack.wait_scraped()
+
+    # healthy and busy: above the guard, below the thresholds
+    stack.post(
+        synthetic_call(
+            "ac_sid_E2eHealthy000000001",
+            AGENT,
+            tts_ttfb=[HEALTHY_TTS_S] * turns,
+            stt_ttfb=[HEALTHY_STT_S] * turns,
+        )
+    )
+    stack.wait_scraped()
+    for alert in TTFB_ALERTS:
+        wait_until(partial(guard_met, stack, alert), STATE_TIMEOUT_S, f"{alert}'s guard met by {AGENT}")
+    prometheus.evaluated_after(datetime.now(UTC))
+    assert ttfb_alerts(stack) == [], "a TTFB alert went pending on healthy TTFBs"
+    rules = {r["name"]: r for g in prometheus.rule_groups() for r in g["rules"]}
+    for alert in TTFB_ALERTS:
+        assert rules[alert]["health"] == "ok", rules[alert]
+        assert rules[alert]["state"] == "inactive", rules[alert]
+
+    # slow and quiet: a few slow turns under the guard
+    stack.post(
+        synthetic_call(
+            "ac_sid_E2eQuietSlow0000001", QUIET_AGENT, tts_ttfb=[SLOW_TTS_S] * 5, stt_ttfb=[SLOW_STT_S] * 5
+        )
+    )
+    # slow and busy: as many slow turns as healthy ones put the p95 among the slow ones
+    stack.post(
+        synthetic_call(
+            "ac_sid_E2eSlow00000000001", AGENT, tts_ttfb=[SLOW_TTS_S] * turns, stt_ttfb=[SLOW_STT_S] * turns
+        )
+    )
+    stack.wait_scraped()
+
+    def pending() -> list[dict[str, Any]] | None:
+        alerts = ttfb_alerts(stack)
+        return alerts if {a["labels"]["alertname"] for a in alerts} == set(TTFB_ALERTS) else None
+
+    alerts = wait_until(pending, STATE_TIMEOUT_S, "both TTFB alerts to go pending")
+    prometheus.evaluated_after(datetime.now(UTC))
+    alerts = ttfb_alerts(stack)
+    for active in alerts:
+        # only the busy slow agent, pending (the for: is 10 minutes), with the shipped labels
+        assert active["labels"]["cartesia_agent_id"] == AGENT, active
+        assert active["state"] == "pending", active
+        assert active["labels"]["severity"] == "critical", active
+        assert float(active["value"]) > threshold(active["labels"]["alertname"]), active
+        assert AGENT in active["annotations"]["summary"], active
+    assert sorted(a["labels"]["alertname"] for a in alerts) == sorted(TTFB_ALERTS)
+    rules = {r["name"]: r for g in prometheus.rule_groups() for r in g["rules"]}
+    for alert in TTFB_ALERTS:
+        assert rules[alert]["state"] == "pending", rules[alert]
+        assert [a["labels"]["cartesia_agent_id"] for a in rules[alert]["alerts"]] == [AGENT]
+    # the quiet agent's p95 is as slow, only the guard keeps it quiet
+    for alert, kind in TTFB_ALERTS.items():
+        p95 = scalar(
+            prometheus.query(
+                f"histogram_quantile(0.95, sum by (le) (rate(cartesia_{kind}_ttfb_seconds_bucket"
+                f'{{cartesia_agent_id="{QUIET_AGENT}"}}[10m])))'
+            )
+        )
+        assert p95 > threshold(alert)
+        assert turns_in_window(stack, alert, QUIET_AGENT) < guard(alert)[2]
+
+
+def test_daemon_alerts_quiet_while_it_runs(stack: Stack) -> None:
+    """The target is up: neither "down" alert is pending, and every shipped rule evaluates
+    without error against the daemon's real series."""
+    stack.prometheus.evaluated_after(datetime.now(UTC))
+    names = {a["labels"]["alertname"] for a in stack.prometheus.alerts()}
+    assert not names & {"OtelbridgeDown", "OtelbridgeAbsent"}
+    assert scalar(stack.prometheus.query(f'up{{job="{JOB}"}}')) == 1
+    rules = [r for g in stack.prometheus.rule_groups() for r in g["rules"]]
+    assert rules
+    assert [r["name"] for r in rules if r["health"] != "ok"] == []
