@@ -41,6 +41,7 @@ import fcntl
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -292,6 +293,11 @@ def _played_pods(output: str) -> list[PlayedPod]:
     return pods
 
 
+def _volume_names() -> set[str]:
+    result = podman("volume", "ls", "--format", "{{.Name}}", check=False)
+    return set(result.stdout.split())
+
+
 def _volumes_of(pods: list[PlayedPod]) -> set[str]:
     names: set[str] = set()
     for pod in pods:
@@ -307,12 +313,16 @@ def _volumes_of(pods: list[PlayedPod]) -> set[str]:
 
 @contextlib.contextmanager
 def kube_play(yaml_path: Path, *, timeout: float = 180.0) -> Iterator[KubePlay]:
-    """``podman kube play --replace YAML`` (Pods, Deployments, ConfigMaps in the file); yields a
-    :class:`KubePlay`. On exit, whatever happened: ``podman kube down YAML``, then any pod of
-    the play still present is removed by id, and the volumes its containers used (emptyDir,
-    image volumes) are removed too."""
+    """``podman kube play --replace YAML`` (Pods, Deployments, ConfigMaps, PVCs, Services in the
+    file); yields a :class:`KubePlay`. On exit, whatever happened: ``podman kube down YAML``,
+    then any pod of the play still present is removed by id, and the volumes the play made
+    are removed too (podman 4.3's ``kube down`` leaves them, and a PVC's volume left behind
+    makes the next play fail): those its containers mount, and the new ones named in the YAML
+    (a ConfigMap's or claim's volume, also when the play failed half-way)."""
     pods: list[PlayedPod] = []
     volumes: set[str] = set()
+    text = yaml_path.read_text(encoding="utf-8")
+    before = _volume_names()
     try:
         result = podman("kube", "play", "--replace", str(yaml_path), check=False, timeout=timeout)
         pods = _played_pods(result.stdout)
@@ -328,5 +338,6 @@ def kube_play(yaml_path: Path, *, timeout: float = 180.0) -> Iterator[KubePlay]:
         for pod in pods:
             if podman("pod", "exists", pod.id, check=False).returncode == 0:
                 podman("pod", "rm", "--force", pod.id, check=False, timeout=timeout)
-        for volume in sorted(volumes):
+        named = {name for name in _volume_names() - before if re.search(rf"\b{re.escape(name)}\b", text)}
+        for volume in sorted(volumes | named):
             podman("volume", "rm", "--force", volume, check=False)
