@@ -50,8 +50,8 @@ DASHBOARD = REPO / "deploy" / "grafana" / "otelbridge-dashboard.json"
 #: the scrape job's name: the rules' "daemon down" alerts match jobs named like this
 JOB = "otelbridge"
 SECRET = "whsec_prometheus_e2e_Z8kQ3vN1"
-#: the agent of the synthetic call that gives the dashboard a string LogMetric
-EXTRAS_AGENT = "agent_DashboardExtras000000001"
+#: a sample agent; a synthetic call of it adds what the samples lack (a string LogMetric)
+SAMPLE_AGENT = "agent_C3J27XDCG2LmlZGEONYlgC"
 STRING_LOG_METRIC = ("call_outcome", "booked")
 READY_TIMEOUT_S = 30.0
 
@@ -374,22 +374,33 @@ def _start_stack(workdir: Path) -> Generator[Stack, None, None]:
 
 
 def feed_samples(stack: Stack) -> None:
-    """The sample stream in two halves (by call), each scraped before the next: series born in
-    the first half then grow in the second, so the dashboard's rates and quantiles have values
-    (a series that first appears with its total has no increase to show); then the extras."""
+    """The sample stream in two halves (by call), each scraped before the next, then one synthetic
+    call of :data:`SAMPLE_AGENT` with every numeric LogMetric of the samples and a string one:
+    series born in one step grow in the next, so the dashboard's rates and quantiles have values
+    (a series that first appears with its total has no increase in Prometheus' eyes)."""
     deliveries = sample_deliveries()
     calls = list(dict.fromkeys(d.call_id for d in deliveries))
     first = set(calls[: len(calls) // 2])
     stack.post_deliveries([d for d in deliveries if d.call_id in first])
     stack.wait_scraped()
     stack.post_deliveries([d for d in deliveries if d.call_id not in first])
+    stack.wait_scraped()
+    numeric = sorted(
+        {
+            item["log_metric"]["name"]
+            for d in deliveries
+            for item in (d.event.get("call") or {}).get("transcript", [])
+            if isinstance((item.get("log_metric") or {}).get("value"), int | float)
+        }
+    )
+    assert numeric, "the samples have no numeric LogMetric"
     stack.post(
         synthetic_call(
             "ac_sid_DashboardExtras000000001",
-            EXTRAS_AGENT,
+            SAMPLE_AGENT,
             tts_ttfb=[0.2],
             stt_ttfb=[0.1],
-            log_metrics=[STRING_LOG_METRIC, ("agent_turn_ms", 400.0)],
+            log_metrics=[STRING_LOG_METRIC, *[(name, 250.0) for name in numeric]],
         )
     )
     stack.wait_scraped()
