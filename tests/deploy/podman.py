@@ -156,6 +156,7 @@ def build_image(
     after a code change reinstalls otelbridge alone, not its dependencies."""
     mounts = [arg for path in BUILD_MOUNTS if Path(path).exists() for arg in ("-v", f"{path}:{path}:ro")]
     with _machine_lock("image-build"):
+        previous = podman("image", "inspect", "--format", "{{.Id}}", tag, check=False).stdout.strip()
         podman(
             "build",
             "--network",
@@ -170,6 +171,11 @@ def build_image(
             str(context),
             timeout=900,
         )
+        current = podman("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
+        if previous and previous != current:
+            # The image this tag named before is dangling now: one per code change otherwise.
+            # (Refused, and left, while a container still uses it.)
+            podman("rmi", previous, check=False)
     return tag
 
 
