@@ -334,6 +334,11 @@ def test_a_grace_period_inside_the_drain_is_refused() -> None:
     assert "terminationGracePeriodSeconds (30) must be at least shutdownTimeout + 5 (35)" in message
 
 
+def test_a_tls_secret_without_keys_is_refused() -> None:
+    message = rejection({"otlp": {"tls": {"existingSecret": "otlp-tls"}}})
+    assert "none of otlp.tls.caKey, certKey, keyKey" in message
+
+
 def test_persistence_claim_or_empty_dir() -> None:
     claimed = render()
     (template,) = claimed.statefulset["spec"]["volumeClaimTemplates"]
