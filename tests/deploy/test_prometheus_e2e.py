@@ -23,6 +23,7 @@ __all__ = ["stack"]  # the shared session fixture, imported for pytest
 pytestmark = pytest.mark.prometheus
 
 TTFB_ALERTS = {"CartesiaTtsTtfbHigh": "tts", "CartesiaSttTtfbHigh": "stt"}
+ALERTS_SERIES = 'ALERTS{alertname=~"CartesiaTtsTtfbHigh|CartesiaSttTtfbHigh"}'
 AGENT = "agent_E2eTtfbProbe0000000001"
 QUIET_AGENT = "agent_E2eTtfbQuiet0000000001"
 HEALTHY_TTS_S, HEALTHY_STT_S = 0.2, 0.1
@@ -87,7 +88,10 @@ def test_healthy_then_slow_ttfb(stack: Stack) -> None:
     for alert in TTFB_ALERTS:
         wait_until(partial(guard_met, stack, alert), STATE_TIMEOUT_S, f"{alert}'s guard met by {AGENT}")
     prometheus.evaluated_after(datetime.now(UTC))
-    assert ttfb_alerts(stack) == [], "a TTFB alert went pending on healthy TTFBs"
+    assert ttfb_alerts(stack) == [], "a TTFB alert is pending on healthy TTFBs"
+    # nor was one ever, since Prometheus started (samples included): Prometheus writes an ALERTS
+    # series for every evaluation an alert spends pending or firing
+    assert prometheus.query(f"count_over_time({ALERTS_SERIES}[1h])") == []
     rules = {r["name"]: r for g in prometheus.rule_groups() for r in g["rules"]}
     for alert in TTFB_ALERTS:
         assert rules[alert]["health"] == "ok", rules[alert]
@@ -122,6 +126,8 @@ def test_healthy_then_slow_ttfb(stack: Stack) -> None:
         assert float(active["value"]) > threshold(active["labels"]["alertname"]), active
         assert AGENT in active["annotations"]["summary"], active
     assert sorted(a["labels"]["alertname"] for a in alerts) == sorted(TTFB_ALERTS)
+    states = {(r["metric"]["alertname"], r["metric"]["alertstate"]) for r in prometheus.query(ALERTS_SERIES)}
+    assert states == {(name, "pending") for name in TTFB_ALERTS}
     rules = {r["name"]: r for g in prometheus.rule_groups() for r in g["rules"]}
     for alert in TTFB_ALERTS:
         assert rules[alert]["state"] == "pending", rules[alert]
