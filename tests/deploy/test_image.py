@@ -244,3 +244,70 @@ def test_final_stage_is_small_and_has_no_build_tools(image: str) -> None:
     assert "otelbridge" in probe and "python3" in probe, probe
     assert not {"pip", "pip3", "/src", "/root/.cache"} & set(probe), probe
     assert not [p for p in probe if p.endswith(("gcc", "/cc"))], probe
+
+
+def test_stops_inside_the_grace_period_with_the_backend_down_and_resends_after_a_restart(
+    image: str, state_dir: Path
+) -> None:
+    """The slowest ordinary stop: the backend answers 503 to everything, so the drain runs its
+    whole OTELBRIDGE_SHUTDOWN_TIMEOUT (the image's 10 s) and must still exit 0 before a 30 s
+    grace period ends, leaving the spool on the volume; the next container on the same volume
+    sends it, each span once."""
+    deliveries = sample_deliveries()
+    expected = expected_span_ids(d.event for d in deliveries)
+    listen_port, admin_port = free_port(), free_port()
+    admin_url = f"http://127.0.0.1:{admin_port}"
+
+    def run_args(receiver: HttpOtlpReceiver) -> list[str]:
+        return [
+            "--read-only",
+            "--user",
+            f"{UID}:{UID}",
+            "--network",
+            "host",
+            "-v",
+            f"{state_dir}:{STATE}",
+            "-e",
+            f"OTELBRIDGE_LISTEN_PORT={listen_port}",
+            "-e",
+            f"OTELBRIDGE_ADMIN_PORT={admin_port}",
+            "-e",
+            f"OTELBRIDGE_WEBHOOK_SECRET={SECRET}",
+            "-e",
+            f"OTEL_EXPORTER_OTLP_ENDPOINT={receiver.url}",
+            "-e",
+            "OTELBRIDGE_RETRY_INITIAL_BACKOFF=0.2",
+            "-e",
+            "OTELBRIDGE_RETRY_MAX_BACKOFF=1",
+            image,
+        ]
+
+    with HttpOtlpReceiver() as receiver:
+        receiver.fail_next(100_000, status=503)
+        with running_container(*run_args(receiver)) as name:
+            wait_ready(admin_url, name)
+            poster = Poster(f"http://127.0.0.1:{listen_port}{WEBHOOK_PATH}", SECRET, threads=4)
+            poster.post_all(deliveries)
+            assert poster.acked == {d.index for d in deliveries}, poster.answers
+            assert receiver.wait_until(lambda: len(receiver.requests) > 0, timeout=15)
+            started = time.monotonic()
+            podman.podman("stop", "--time", str(int(GRACE_PERIOD_S)), name, timeout=GRACE_PERIOD_S + 30)
+            stop_s = time.monotonic() - started
+            logs = container_logs(name)
+            assert wait_for_exit(name, timeout=5) == 0, logs
+            assert stop_s < GRACE_PERIOD_S - 5, f"stop took {stop_s:.1f}s:\n{logs}"
+        assert receiver.spans() == []
+        queued = read_one(state_dir / "state.db", "SELECT count(*) FROM spool WHERE signal = 'traces'")
+        assert isinstance(queued, int) and queued > 0
+
+        receiver.clear_answers()
+        with running_container(*run_args(receiver)) as name:
+            wait_ready(admin_url, name)
+            assert receiver.wait_until(lambda: receiver.span_ids() >= expected, timeout=30), container_logs(
+                name
+            )
+            podman.podman("stop", "--time", str(int(GRACE_PERIOD_S)), name, timeout=GRACE_PERIOD_S + 30)
+            assert wait_for_exit(name, timeout=5) == 0, container_logs(name)
+        spans = receiver.spans()
+        assert {span.span_id.hex() for span in spans} == expected
+        assert len(spans) == len(expected)
