@@ -94,6 +94,11 @@ def test_runs_read_only_as_kubernetes_would_stores_exports_and_stops_cleanly(
             "--read-only",  # no --tmpfs: nothing may be written outside the state volume
             "--user",
             f"{UID}:{UID}",
+            # The restricted Pod Security Standard: no capabilities, no privilege escalation.
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
             "--network",
             "host",
             "-v",
