@@ -16,7 +16,16 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.prometheus import JOB, Stack, alert_expr, scalar, stack, synthetic_call, wait_until
+from tests.deploy.prometheus import (
+    JOB,
+    RULES,
+    Stack,
+    alert_expr,
+    scalar,
+    stack,
+    synthetic_call,
+    wait_until,
+)
 
 __all__ = ["stack"]  # the shared session fixture, imported for pytest
 
@@ -154,3 +163,38 @@ def test_daemon_alerts_quiet_while_it_runs(stack: Stack) -> None:
     rules = [r for g in stack.prometheus.rule_groups() for r in g["rules"]]
     assert rules
     assert [r["name"] for r in rules if r["health"] != "ok"] == []
+
+
+METRIC = re.compile(r"\b(?:cartesia|otelbridge)_\w+|\bup\b")
+LABELS = re.compile(r"\b(?:by|on) \(([^)]*)\)|(\w+)(?:=~|!~|!=|=)\"")
+#: labels Prometheus itself adds or histogram buckets have
+BUILTIN_LABELS = {"job", "instance", "le", "__name__"}
+
+
+def test_rules_use_the_daemons_metric_and_label_names(stack: Stack) -> None:
+    """Every metric an alert reads is one the daemon serves (scraped here, after the samples),
+    and every label it groups, joins or matches on is one those series carry: a typo or a
+    rename in the daemon would make an alert silently never fire."""
+    prometheus = stack.prometheus
+    names = re.findall(r"^\s*- alert: (\S+)\s*$", RULES.read_text(encoding="utf-8"), re.M)
+    assert len(names) >= 10
+    problems: list[str] = []
+    for name in names:
+        expr = alert_expr(name)
+        bare = re.sub(r"\b(?:by|on) \([^)]*\)|\{[^}]*\}", "", expr)  # metric names only
+        metrics = set(METRIC.findall(bare))
+        assert metrics, f"{name}: no metric found in {expr}"
+        carried: set[str] = set(BUILTIN_LABELS)
+        for metric in sorted(metrics):
+            series = prometheus.api("series", **{"match[]": metric})
+            if not series:
+                problems.append(f"{name}: {metric} is not served")
+            carried.update(label for s in series for label in s)
+        used = {
+            label.strip()
+            for group, matcher in LABELS.findall(expr)
+            for label in (group.split(",") if group else [matcher])
+            if label.strip()
+        }
+        problems += [f"{name}: label {label} not on {sorted(metrics)}" for label in sorted(used - carried)]
+    assert problems == []
