@@ -12,8 +12,11 @@ Stable API (the image, sidecar and chart tests use it)::
     container_logs(name) -> str            # `podman logs` (stdout and stderr, interleaved)
     inspect(name) -> dict                  # `podman container inspect`, the one object
     running_container(*run_args) -> ctx    # `podman run -d ARGS`, yields the name; `rm -f` on exit
+    wait_for_exit(name, timeout) -> int    # the exit code once stopped (PodmanError if still up)
+    unique_name(prefix) -> str             # a container/pod/secret name unique on this machine
     kube_play(yaml_path) -> ctx            # `podman kube play`, yields a KubePlay; always
                                            # `podman kube down` + removal of its pods and volumes
+    KubePlay.container(name) / .logs(name) / .inspect(name) / .all_logs() / .pods
 
 Fixture (tests/deploy/conftest.py): ``image`` (session scope) checks podman, builds the base
 image if missing and the otelbridge image once per session, and returns the tag.
