@@ -32,9 +32,12 @@ A test playing a pod::
 
 Podman 4.3 quirks the YAML must respect (see the test modules): no ``secret:`` volumes (use a
 ``hostPath`` directory with the same files), no CNI (``hostNetwork: true``, distinct loopback
-ports), probes are not run (call ``/healthz`` and ``/readyz`` from the test), images must be
-local (``imagePullPolicy: Never`` or ``IfNotPresent``). The image's entrypoint is
-``otelbridge`` and its command ``serve``, so a pod spec may set ``args`` (e.g. ``["serve"]``).
+ports, and no containers' ``ports`` lists: on the host network podman 4.3 refuses them as port
+mappings), a PVC or ConfigMap volume left from an earlier play makes the next one fail
+(``kube_play`` removes them), probes are not run (call ``/healthz`` and ``/readyz`` from the
+test), images must be local (``imagePullPolicy: Never`` or ``IfNotPresent``). The image's
+entrypoint is ``otelbridge`` and its command ``serve``, so a pod spec may set ``args``
+(e.g. ``["serve"]``).
 """
 
 from __future__ import annotations
