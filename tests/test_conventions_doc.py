@@ -30,6 +30,6 @@ def test_buckets_in_doc_match_code() -> None:
         conventions.TTFB_BUCKETS_S,
         conventions.TURN_DURATION_BUCKETS_S,
         conventions.CALL_DURATION_BUCKETS_S,
-        conventions.LOG_METRIC_MS_BUCKETS,
+        conventions.LOG_METRIC_SECONDS_BUCKETS,
     ):
         assert fmt(values) in DOC

@@ -36,10 +36,8 @@ _BUCKETS: Final[dict[str, tuple[float, ...]]] = {
 def bucket_boundaries(point: MetricPoint) -> tuple[float, ...] | None:
     if point.instrument in _BUCKETS:
         return _BUCKETS[point.instrument]
-    if point.unit == "ms":
-        return c.LOG_METRIC_MS_BUCKETS
-    if point.unit == "s":
-        return c.TTFB_BUCKETS_S
+    if point.unit == "s":  # LogMetric durations: the other instruments are named above
+        return c.LOG_METRIC_SECONDS_BUCKETS
     return None
 
 

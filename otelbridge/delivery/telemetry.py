@@ -11,11 +11,10 @@ spool) and for the Prometheus ``/metrics`` endpoint.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final
 
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -34,44 +33,15 @@ from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, generate_latest
 
 from otelbridge import __version__
+from otelbridge.cartesia.webhooks import KNOWN_EVENT_TYPES
+from otelbridge.delivery.environment import SIGNALS, Temporality
 from otelbridge.delivery.meter import MetricRecorder
+from otelbridge.delivery.spool import DROP_REASONS
+from otelbridge.delivery.transport import OUTCOMES
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping.records import MetricPoint
 
-Temporality = Literal["cumulative", "delta"]
-TEMPORALITY_VAR: Final = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"
-INTERVAL_VAR: Final = "OTEL_METRIC_EXPORT_INTERVAL"
-DEFAULT_INTERVAL_MS: Final = 60_000
 LAG_BUCKETS_S: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
-
-
-def temporality_from_env() -> Temporality:
-    value = os.environ.get(TEMPORALITY_VAR, "").strip().lower()
-    return "delta" if value == "delta" else "cumulative"
-
-
-def interval_from_env() -> float:
-    """Seconds between metric collections (the variable is in milliseconds)."""
-    value = os.environ.get(INTERVAL_VAR, "").strip()
-    return (float(value) if value else DEFAULT_INTERVAL_MS) / 1000.0
-
-
-def environment_problems() -> list[str]:
-    problems = []
-    value = os.environ.get(TEMPORALITY_VAR, "").strip()
-    if value and value.lower() not in ("cumulative", "delta", "lowmemory"):
-        problems.append(f"{TEMPORALITY_VAR}={value!r}: unsupported. Fix: use cumulative or delta")
-    value = os.environ.get(INTERVAL_VAR, "").strip()
-    if value:
-        try:
-            ok = float(value) > 0
-        except ValueError:
-            ok = False
-        if not ok:
-            problems.append(
-                f"{INTERVAL_VAR}={value!r}: not a positive number of milliseconds. Fix: e.g. 60000"
-            )
-    return problems
 
 
 @dataclass(slots=True)
@@ -150,6 +120,23 @@ class SelfMetrics:
             "Calls started but not yet exported whole",
         )
 
+        self._start_at_zero()
+
+    def _start_at_zero(self) -> None:
+        """Every counter series whose labels are known up front starts at 0, so ``increase()``
+        sees 0 rather than no data and ``absent()`` alerts do not fire on a healthy daemon."""
+        for counter in (self.spans, self.processing_errors, self.late_log_items):
+            counter.add(0)
+        for event_type in sorted(KNOWN_EVENT_TYPES):
+            self.events.add(0, {c.SELF_ATTR_TYPE: event_type})
+        for signal in SIGNALS:
+            for outcome in OUTCOMES:
+                self.export_attempts.add(0, {c.SELF_ATTR_SIGNAL: signal, c.SELF_ATTR_OUTCOME: outcome})
+            self.export_rejected.add(0, {c.SELF_ATTR_SIGNAL: signal})
+            self.dead_letters.add(0, {c.SELF_ATTR_SIGNAL: signal})
+            for reason in DROP_REASONS:
+                self.dropped.add(0, {c.SELF_ATTR_SIGNAL: signal, c.SELF_ATTR_REASON: reason})
+
     def _spool_depth(self, _: CallbackOptions) -> Iterable[Observation]:
         return [Observation(n, {"signal": s}) for s, n in self.gauges.spool_depth.items()]
 
@@ -158,6 +145,32 @@ def count_points(data: MetricsData) -> int:
     return sum(
         len(m.data.data_points) for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
     )
+
+
+def otlp_reader(temporality: Temporality) -> InMemoryMetricReader:
+    """The reader whose collections go over OTLP, with the temporality asked for (sums and
+    histograms; up-down counters and gauges are cumulative whatever is asked, as the SDK does)."""
+    chosen = AggregationTemporality.DELTA if temporality == "delta" else AggregationTemporality.CUMULATIVE
+    instruments: Sequence[type] = (Counter, Histogram, ObservableCounter)
+    preferred = dict.fromkeys(instruments, chosen)
+    preferred |= {
+        UpDownCounter: AggregationTemporality.CUMULATIVE,
+        ObservableUpDownCounter: AggregationTemporality.CUMULATIVE,
+        ObservableGauge: AggregationTemporality.CUMULATIVE,
+    }
+    return InMemoryMetricReader(preferred_temporality=preferred)
+
+
+def collect_request(reader: InMemoryMetricReader) -> tuple[bytes, int] | None:
+    """(encoded ExportMetricsServiceRequest, data points) of a collection, or None when there
+    is nothing."""
+    data = reader.get_metrics_data()
+    if data is None:
+        return None
+    items = count_points(data)
+    if not items:
+        return None
+    return encode_metrics(data).SerializeToString(), items
 
 
 class Telemetry:
@@ -171,16 +184,8 @@ class Telemetry:
         max_log_metric_names: int = 50,
         max_string_values: int = 20,
     ) -> None:
-        chosen = AggregationTemporality.DELTA if temporality == "delta" else AggregationTemporality.CUMULATIVE
         self.temporality = temporality
-        instruments: Sequence[type] = (Counter, Histogram, ObservableCounter)
-        preferred = dict.fromkeys(instruments, chosen)
-        preferred |= {
-            UpDownCounter: AggregationTemporality.CUMULATIVE,
-            ObservableUpDownCounter: AggregationTemporality.CUMULATIVE,
-            ObservableGauge: AggregationTemporality.CUMULATIVE,
-        }
-        self.otlp_reader = InMemoryMetricReader(preferred_temporality=preferred)
+        self.otlp_reader = otlp_reader(temporality)
         self.registry = CollectorRegistry(auto_describe=True)
         self.prometheus_reader = PrometheusMetricReader(registry=self.registry)
         self.provider = MeterProvider(
@@ -203,14 +208,7 @@ class Telemetry:
             self.recorded_through = max(self.recorded_through, *(point_id for point_id, _ in batch))
 
     def collect_otlp(self) -> tuple[bytes, int] | None:
-        """(encoded ExportMetricsServiceRequest, data points), or None when there is nothing."""
-        data = self.otlp_reader.get_metrics_data()
-        if data is None:
-            return None
-        items = count_points(data)
-        if not items:
-            return None
-        return encode_metrics(data).SerializeToString(), items
+        return collect_request(self.otlp_reader)
 
     def prometheus_text(self) -> bytes:
         return bytes(generate_latest(self.registry))

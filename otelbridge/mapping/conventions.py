@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-CONTRACT_VERSION: Final = "1.2.0"
+CONTRACT_VERSION: Final = "2.0.0"
 INSTRUMENTATION_SCOPE: Final = "otelbridge"
 PROVIDER_NAME: Final = "cartesia"
 
@@ -114,10 +114,10 @@ CALL_DURATION_BUCKETS_S: Final = (
 TURN_DURATION_BUCKETS_S: Final = (
     0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0,
 )  # fmt: skip
-#: for LogMetric values whose name ends in ``_ms`` (the Line SDK's ``llm_first_chunk_ms``…)
-LOG_METRIC_MS_BUCKETS: Final = (
-    10.0, 25.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 400.0, 500.0, 750.0,
-    1000.0, 1500.0, 2000.0, 3000.0, 5000.0, 10000.0,
+#: for LogMetric durations (names ending in ``_ms``, ``_s``… like the Line SDK's
+#: ``llm_first_chunk_ms``), recorded in seconds
+LOG_METRIC_SECONDS_BUCKETS: Final = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
 )  # fmt: skip
 
 METRIC_ATTR_AGENT_ID: Final = AGENT_ID

@@ -69,30 +69,37 @@ def turn_points(agent_id: str, item: TranscriptItem, spans: list[SpanRecord]) ->
     return points
 
 
-def log_metric_instrument(name: str) -> tuple[str, str]:
-    """(instrument name, unit) for a LogMetric name: ``llm_first_chunk_ms`` ->
-    (``cartesia.log_metric.llm_first_chunk_ms``, ``ms``)."""
-    safe = _UNSAFE.sub("_", name)[: _MAX_INSTRUMENT_NAME - len(c.METRIC_LOG_METRIC_PREFIX)]
-    unit = "1"
+#: a LogMetric name's unit suffix -> its units per second (Prometheus wants base units, and
+#: no unit in the name: ``llm_first_chunk_ms`` is ``cartesia_log_metric_llm_first_chunk_seconds``)
+_DURATION_SUFFIXES: Final = (("_ms", 1000.0), ("_seconds", 1.0), ("_sec", 1.0), ("_s", 1.0))
+
+
+def log_metric_instrument(name: str) -> tuple[str, str, float]:
+    """(instrument name, unit, divisor to the unit) for a LogMetric name: a duration suffix
+    becomes the unit, seconds: ``llm_first_chunk_ms`` -> (``cartesia.log_metric.llm_first_chunk``,
+    ``s``, 1000); anything else is unitless as it is."""
+    safe = _UNSAFE.sub("_", name)
     lowered = safe.lower()
-    if lowered.endswith("_ms"):
-        unit = "ms"
-    elif lowered.endswith(("_s", "_seconds", "_sec")):
-        unit = "s"
-    return c.METRIC_LOG_METRIC_PREFIX + (safe or "unnamed"), unit
+    unit, divisor = "1", 1.0
+    for suffix, per_second in _DURATION_SUFFIXES:
+        if lowered.endswith(suffix) and len(safe) > len(suffix):
+            safe, unit, divisor = safe[: -len(suffix)], "s", per_second
+            break
+    safe = safe[: _MAX_INSTRUMENT_NAME - len(c.METRIC_LOG_METRIC_PREFIX)]
+    return c.METRIC_LOG_METRIC_PREFIX + (safe or "unnamed"), unit, divisor
 
 
 def log_metric_point(agent_id: str, metric: LogMetric, span: SpanRecord) -> MetricPoint:
     """Numeric values -> a histogram per name; strings -> a counter per name, value as an
     attribute (bounded later by the recorder)."""
-    instrument, unit = log_metric_instrument(metric.name)
+    instrument, unit, divisor = log_metric_instrument(metric.name)
     agent: dict[str, str | bool | int] = {c.METRIC_ATTR_AGENT_ID: agent_id}
     if isinstance(metric.value, str):
         return _point(instrument, InstrumentKind.COUNTER, "1",
                       f"LogMetric {metric.name!r} (string values)", 1,
                       {**agent, c.METRIC_ATTR_LOG_VALUE: metric.value}, span)  # fmt: skip
     return _point(instrument, InstrumentKind.HISTOGRAM, unit, f"LogMetric {metric.name!r}",
-                  float(metric.value), agent, span)  # fmt: skip
+                  float(metric.value) / divisor, agent, span)  # fmt: skip
 
 
 def call_level_points(call: AgentCall, root: SpanRecord) -> list[MetricPoint]:

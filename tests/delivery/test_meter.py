@@ -38,10 +38,10 @@ def test_ttfb_histogram_buckets_and_exemplar() -> None:
     assert (exemplar.trace_id, exemplar.span_id) == (7, 9)
 
 
-def test_ms_log_metrics_get_ms_buckets() -> None:
-    metrics, _ = _collect([_point("cartesia.log_metric.agent_turn_ms", 355.0, unit="ms")])
-    (dp,) = metrics["cartesia.log_metric.agent_turn_ms"]
-    assert isinstance(dp, HistogramDataPoint) and tuple(dp.explicit_bounds) == c.LOG_METRIC_MS_BUCKETS
+def test_log_metric_durations_get_seconds_buckets() -> None:
+    metrics, _ = _collect([_point("cartesia.log_metric.agent_turn", 0.355, unit="s")])
+    (dp,) = metrics["cartesia.log_metric.agent_turn"]
+    assert isinstance(dp, HistogramDataPoint) and tuple(dp.explicit_bounds) == c.LOG_METRIC_SECONDS_BUCKETS
 
 
 def test_name_bound_folds_into_other() -> None:

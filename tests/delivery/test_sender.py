@@ -15,8 +15,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from otelbridge.delivery.environment import Signal
 from otelbridge.delivery.sender import Sender
-from otelbridge.delivery.spool import Signal, Spool
+from otelbridge.delivery.spool import Spool
 from otelbridge.delivery.telemetry import Gauges, SelfMetrics
 from otelbridge.delivery.transport import SendResult
 from otelbridge.store import Database, open_state
@@ -67,6 +68,11 @@ def _fill(db: Database, *bodies: bytes) -> None:
 
 
 def _counter(reader: InMemoryMetricReader, name: str) -> dict[tuple[tuple[str, object], ...], float]:
+    """The series of ``name`` that counted something (every known series starts at 0)."""
+    return {labels: value for labels, value in _series(reader, name).items() if value}
+
+
+def _series(reader: InMemoryMetricReader, name: str) -> dict[tuple[tuple[str, object], ...], float]:
     data = reader.get_metrics_data()
     out: dict[tuple[tuple[str, object], ...], float] = {}
     if data is None:
@@ -241,3 +247,25 @@ def test_concatenated_trace_requests_are_one_valid_request() -> None:
 
     merged = ExportTraceServiceRequest.FromString(request("turn 1") + request("turn 2"))
     assert [ss.spans[0].name for rs in merged.resource_spans for ss in rs.scope_spans] == ["turn 1", "turn 2"]
+
+
+def test_every_known_counter_series_is_exported_from_start_at_zero() -> None:
+    """``increase()`` alerts need a series before the first failure, and ``absent()`` must
+    not fire on a healthy daemon: each counter series with labels known up front starts at 0."""
+    reader = InMemoryMetricReader()
+    SelfMetrics(MeterProvider(metric_readers=[reader]), Gauges())
+    signals = [(("signal", s),) for s in ("metrics", "traces")]
+    assert _series(reader, "otelbridge.export.dead_letters") == dict.fromkeys(signals, 0)
+    assert _series(reader, "otelbridge.export.rejected") == dict.fromkeys(signals, 0)
+    assert _series(reader, "otelbridge.spool.dropped") == {
+        (("reason", r), ("signal", s)): 0 for r in ("age", "size") for s in ("metrics", "traces")
+    }
+    assert _series(reader, "otelbridge.export.attempts") == {
+        (("outcome", o), ("signal", s)): 0 for o in ("ok", "reject", "retry") for s in ("metrics", "traces")
+    }
+    for name in ("otelbridge.processing.errors", "otelbridge.late_log_items", "otelbridge.spans"):
+        assert _series(reader, name) == {(): 0}
+    assert set(_series(reader, "otelbridge.events")) == {
+        (("type", t),)
+        for t in ("call_started", "call_turn", "call_completed", "call_failed", "post_call_analysis")
+    }

@@ -344,8 +344,8 @@ def test_string_metrics_and_log_messages() -> None:
     (day,) = points(fixture, instrument="cartesia.log_metric.preferred_day")
     assert (day["kind"], day["value"], day["unit"]) == ("counter", 1, "1")
     assert day["attributes"]["cartesia.log_metric.value"] == "thursday"
-    (chunk_ms,) = points(fixture, instrument="cartesia.log_metric.llm_first_chunk_ms")
-    assert (chunk_ms["kind"], chunk_ms["value"], chunk_ms["unit"]) == ("histogram", 780.301, "ms")
+    (chunk_ms,) = points(fixture, instrument="cartesia.log_metric.llm_first_chunk")
+    assert (chunk_ms["kind"], chunk_ms["value"], chunk_ms["unit"]) == ("histogram", 0.780301, "s")
     assert "cartesia.log_metric.value" not in chunk_ms["attributes"]
     root = root_of(group)
     assert int(day["span_id"]) == int(root.span_id, 16)  # between two turns: on the root

@@ -55,8 +55,8 @@ def test_points_of_a_call() -> None:
     }
     assert points[(c.METRIC_CALL_DURATION, InstrumentKind.HISTOGRAM)].value == 30.5
     assert points[(c.METRIC_TOOL_CALLS, InstrumentKind.COUNTER)].attributes[c.GEN_AI_TOOL_NAME] == "book_slot"
-    ms = points[("cartesia.log_metric.llm_first_chunk_ms", InstrumentKind.HISTOGRAM)]
-    assert ms.unit == "ms" and ms.value == 780.0
+    ms = points[("cartesia.log_metric.llm_first_chunk", InstrumentKind.HISTOGRAM)]
+    assert ms.unit == "s" and ms.value == 0.78  # recorded in seconds, the unit gone from the name
     tier = points[("cartesia.log_metric.tier", InstrumentKind.COUNTER)]
     assert tier.attributes[c.LOG_METRIC_VALUE] == "gold"
 
@@ -83,8 +83,13 @@ def test_no_point_carries_the_call_id() -> None:
 
 
 def test_log_metric_instrument_names() -> None:
-    assert log_metric_instrument("agent_turn_ms") == ("cartesia.log_metric.agent_turn_ms", "ms")
-    assert log_metric_instrument("wait_seconds") == ("cartesia.log_metric.wait_seconds", "s")
-    assert log_metric_instrument("Q1: name?") == ("cartesia.log_metric.Q1__name_", "1")
-    assert log_metric_instrument("") == ("cartesia.log_metric.unnamed", "1")
+    assert log_metric_instrument("agent_turn_ms") == ("cartesia.log_metric.agent_turn", "s", 1000.0)
+    assert log_metric_instrument("LLM_FIRST_MS") == ("cartesia.log_metric.LLM_FIRST", "s", 1000.0)
+    assert log_metric_instrument("wait_seconds") == ("cartesia.log_metric.wait", "s", 1.0)
+    assert log_metric_instrument("wait_sec") == ("cartesia.log_metric.wait", "s", 1.0)
+    assert log_metric_instrument("hold_s") == ("cartesia.log_metric.hold", "s", 1.0)
+    assert log_metric_instrument("items") == ("cartesia.log_metric.items", "1", 1.0)
+    assert log_metric_instrument("_ms") == ("cartesia.log_metric._ms", "1", 1.0)  # nothing left
+    assert log_metric_instrument("Q1: name?") == ("cartesia.log_metric.Q1__name_", "1", 1.0)
+    assert log_metric_instrument("") == ("cartesia.log_metric.unnamed", "1", 1.0)
     assert len(log_metric_instrument("x" * 500)[0]) == 255
