@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from otelbridge import __version__
-from otelbridge.delivery import exporters
-from otelbridge.settings import Settings, SettingsError, load_settings
+from otelbridge.delivery.environment import SIGNALS, ExporterKind, OtelEnvironment, Signal
+from otelbridge.settings import Settings, SettingsError, load_settings, settings_help
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -43,23 +43,28 @@ def _parser() -> argparse.ArgumentParser:
         help="receive Cartesia webhooks and export every call over OTLP (the daemon)",
         description="Receive Cartesia webhooks on POST /webhooks/cartesia, store them durably, "
         "map every call to a trace as it happens and export it over OTLP; /healthz, /readyz and "
-        "/metrics on the admin port. Settings: OTELBRIDGE_* variables (README.md) or --config.",
-    )
-    _config_option(serve)
-    serve.add_argument(
-        "--allow-unauthenticated",
-        action="store_true",
-        default=None,
-        help="accept webhooks without X-Webhook-Secret (only behind a trusted proxy)",
+        "/metrics on the admin port. Settings: OTELBRIDGE_* variables (below) or --config; OTLP: "
+        "the standard OTEL_EXPORTER_OTLP_* variables, OTEL_TRACES_EXPORTER and OTEL_METRICS_EXPORTER.",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check = commands.add_parser(
         "check",
         help="validate the settings and probe the OTLP endpoints",
         description="Report every settings problem at once, check the state directory is "
         "writable and send an empty export to each OTLP endpoint. Exit 0 when all is well, "
-        "1 when a probe fails, 2 for invalid settings.",
+        "1 when a probe fails, 2 for invalid settings. Takes the options of serve.",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _config_option(check)
+    for command in (serve, check):
+        _config_option(command)
+        command.add_argument(
+            "--allow-unauthenticated",
+            action="store_true",
+            default=None,
+            help="accept webhooks without X-Webhook-Secret (only behind a trusted proxy)",
+        )
     backfill = commands.add_parser(
         "backfill",
         help="export past calls from the List Calls API (resumable)",
@@ -101,7 +106,8 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
         "--config",
         type=Path,
         metavar="FILE",
-        help="TOML file of settings (keys as in README.md, lower case); OTELBRIDGE_* variables win",
+        help="TOML file of settings (the OTELBRIDGE_* names in lower case without the prefix, "
+        "optionally under [otelbridge]); OTELBRIDGE_* variables win",
     )
 
 
@@ -119,9 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(getattr(args, "config", None), **overrides)
     except SettingsError as exc:
         problems += exc.problems
-    # List the OTEL_* problems too (all problems at once), unless otlp is known not to be used.
-    if (settings.exporter if settings else getattr(args, "exporter", None) or "otlp") == "otlp":
-        problems += exporters.environment_problems()
+    environment = OtelEnvironment()
+    exporters = _exporters(environment, settings, getattr(args, "exporter", None))
+    # The OTEL_* problems too (all problems at once); the OTLP ones only when OTLP is used.
+    problems += environment.problems(otlp="otlp" in exporters.values())
     if args.command == "backfill":
         for option in ("since", "until"):
             _, problem = _time_arg(f"--{option}", getattr(args, option))
@@ -129,27 +136,40 @@ def main(argv: Sequence[str] | None = None) -> int:
                 problems.append(problem)
         if settings is not None:
             problems += _api_key_problems(settings, required=True)
-    if args.command in ("serve", "check"):
-        from otelbridge.delivery.telemetry import environment_problems
-
-        problems += environment_problems()
-        if settings is not None:
-            problems += _secret_problems(settings)
-            problems += _api_key_problems(settings, required=False)
+    if args.command in ("serve", "check") and settings is not None:
+        problems += _secret_problems(settings)
+        problems += _api_key_problems(settings, required=False)
     if problems or settings is None:
         sys.stderr.write(f"otelbridge: {SettingsError(problems).render()}\n")
         return EXIT_USAGE
+    warnings = environment.unknown_variables()
     if args.command == "serve":
-        return _serve(settings)
+        return _serve(settings, warnings)
+    _warn(warnings)
     if args.command == "check":
-        return _check(settings)
+        return _check(settings, exporters)
     if args.command == "backfill":
         return _backfill(args, settings)
     if args.command == "replay":
         from otelbridge.replay import run_replay
 
-        return run_replay(args.paths, settings, settings.exporter, sys.stdout, sys.stderr)
+        return run_replay(args.paths, settings, exporters, sys.stdout, sys.stderr)
     return EXIT_USAGE  # pragma: no cover - argparse enforces the choices
+
+
+def _exporters(
+    environment: OtelEnvironment, settings: Settings | None, forced: ExporterKind | None
+) -> dict[Signal, ExporterKind]:
+    """Where each signal goes: ``replay --exporter`` for both, else OTEL_TRACES_EXPORTER /
+    OTEL_METRICS_EXPORTER, else OTELBRIDGE_EXPORTER."""
+    if forced is not None:
+        return dict.fromkeys(SIGNALS, forced)
+    return environment.exporters(settings.exporter if settings is not None else "otlp")
+
+
+def _warn(warnings: Sequence[str]) -> None:
+    for warning in warnings:
+        logging.getLogger("otelbridge").warning("%s", warning)
 
 
 def _secret_problems(settings: Settings) -> list[str]:
@@ -207,7 +227,7 @@ def _backfill(args: argparse.Namespace, settings: Settings) -> int:
         return 130
 
 
-def _serve(settings: Settings) -> int:
+def _serve(settings: Settings, warnings: Sequence[str]) -> int:
     import anyio
 
     from otelbridge.daemon import serve
@@ -219,6 +239,7 @@ def _serve(settings: Settings) -> int:
     api_key = settings.cartesia_api_key_value()
     hidden = [s.decode() for s in secrets] + ([api_key] if api_key else [])
     configure_logging(settings.log_format, settings.log_level, secrets=hidden)
+    _warn(warnings)
     if api_key is None and settings.poll_interval > 0:
         logging.getLogger("otelbridge").info("no OTELBRIDGE_CARTESIA_API_KEY: List Calls polling is off")
     try:
@@ -240,9 +261,8 @@ def _serve(settings: Settings) -> int:
     return EXIT_OK
 
 
-def _check(settings: Settings) -> int:
-    from otelbridge.delivery.transport import probe
-    from otelbridge.pipeline import make_transport
+def _check(settings: Settings, exporters: dict[Signal, ExporterKind]) -> int:
+    from otelbridge.delivery.transport import make_transport, probe
     from otelbridge.store import StoreError, open_inbox, open_state
 
     out = sys.stdout
@@ -253,16 +273,16 @@ def _check(settings: Settings) -> int:
             with db.transaction():
                 pass
             db.close()
-        out.write(f"state directory {settings.state_dir}: writable\n")
+        out.write(f"state directory {settings.state_dir.absolute()}: writable\n")
     except StoreError as exc:
-        out.write(f"state directory: FAILED: {exc}. Fix: OTELBRIDGE_STATE_DIR must be a writable directory\n")
+        out.write(f"state directory: FAILED: {exc}\n")
         failed = True
-    if settings.exporter != "otlp":
-        out.write(f"exporter: {settings.exporter} (no OTLP endpoint to probe)\n")
-        return EXIT_FAILED if failed else EXIT_OK
-    transport = make_transport(settings)
+    transport = make_transport(exporters)
     try:
-        for signal in ("traces", "metrics"):
+        for signal in SIGNALS:
+            if exporters[signal] != "otlp":
+                out.write(f"{signal}: exporter {exporters[signal]} (no OTLP endpoint to probe)\n")
+                continue
             result = probe(transport, signal)
             where = transport.endpoint(signal)
             if result.outcome == "ok":

@@ -43,6 +43,7 @@ from otelbridge.settings import Settings
 from otelbridge.store import (
     WEBHOOK_SIDE_AUTOCHECKPOINT_PAGES,
     StoreError,
+    ensure_state_dir,
     open_inbox,
     read_inbox_watermark,
 )
@@ -64,11 +65,11 @@ class Endpoints:
 
 
 def _lock_state_dir(state_dir: Path) -> IO[str]:
+    ensure_state_dir(state_dir)
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
         handle = (state_dir / "serve.lock").open("a")
     except OSError as exc:
-        raise StoreError(f"cannot use OTELBRIDGE_STATE_DIR={str(state_dir)!r}: {exc.strerror}") from None
+        raise StoreError(f"cannot use {state_dir.absolute() / 'serve.lock'}: {exc.strerror}") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -44,11 +45,12 @@ from otelbridge import __version__
 from otelbridge.admin import Readiness, build_admin_app
 from otelbridge.allocator import fix_mmap_threshold
 from otelbridge.cartesia.client import CartesiaClient
+from otelbridge.delivery.environment import SIGNALS, OtelEnvironment
 from otelbridge.delivery.sdk import encode_trace_request, to_readable_spans
 from otelbridge.delivery.sender import Sender
-from otelbridge.delivery.spool import SIGNALS, Spool
-from otelbridge.delivery.telemetry import Telemetry, interval_from_env, temporality_from_env
-from otelbridge.delivery.transport import ConsoleTransport, DiscardTransport, Transport, transport_from_env
+from otelbridge.delivery.spool import Spool
+from otelbridge.delivery.telemetry import Telemetry
+from otelbridge.delivery.transport import Transport, make_transport, probe
 from otelbridge.ingest.inbox import inbox_depth
 from otelbridge.ingest.poller import Poller
 from otelbridge.ingest.processor import BatchResult, Processor, load_unexported_points
@@ -56,7 +58,7 @@ from otelbridge.logs import configure_logging
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping.records import SpanRecord
 from otelbridge.settings import Settings
-from otelbridge.store import Database, open_inbox, open_state, open_state_reader
+from otelbridge.store import Database, ensure_state_dir, open_inbox, open_state, open_state_reader
 from otelbridge.web import address, quiet_server
 
 log = logging.getLogger("otelbridge.pipeline")
@@ -68,14 +70,6 @@ STUCK_AFTER_NS = 60 * 1_000_000_000
 #: the webhook side counts as gone when it has not reported for this long
 WEBHOOK_SILENT_NS = 10 * 1_000_000_000
 LOCK_WAIT_S = 30.0
-
-
-def make_transport(settings: Settings) -> Transport:
-    if settings.exporter == "console":
-        return ConsoleTransport()
-    if settings.exporter == "none":
-        return DiscardTransport()
-    return transport_from_env()
 
 
 @dataclass(slots=True)
@@ -91,7 +85,7 @@ class WebhookSide:
 @contextlib.contextmanager
 def pipeline_lock(state_dir: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
     """Exclusive ``pipeline.lock``: waits for a pipeline orphaned by a ``kill -9`` to exit."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    ensure_state_dir(state_dir)
     with (state_dir / "pipeline.lock").open("a") as f:
         deadline = time.monotonic() + wait_s
         while True:
@@ -122,9 +116,11 @@ class Pipeline:
         self._state_reader = open_state_reader(settings.state_dir)
         self._inbox = open_inbox(settings.state_dir)
         self.spool = Spool(max_bytes=settings.spool_max_bytes, max_age_ns=int(settings.spool_max_age * 1e9))
+        self.environment = OtelEnvironment()
+        self.exporters = self.environment.exporters(settings.exporter)
         self.telemetry = Telemetry(
             resource,
-            temporality=temporality_from_env(),
+            temporality=self.environment.temporality(),
             max_log_metric_names=settings.log_metric_max_names,
             max_string_values=settings.log_metric_max_values,
         )
@@ -149,7 +145,7 @@ class Pipeline:
             call_timeout_ns=int(settings.call_timeout * 1e9),
             retention_ns=int(settings.state_retention * 1e9),
         )
-        self.transport = transport or make_transport(settings)
+        self.transport = transport or make_transport(self.exporters)
         self.sender = Sender(
             self.state,
             self.spool,
@@ -192,9 +188,10 @@ class Pipeline:
         ]
 
     def export_target(self) -> str:
-        if self.settings.exporter != "otlp":
-            return self.settings.exporter
-        return ", ".join(f"{sig} {self.transport.endpoint(sig)}" for sig in SIGNALS)
+        return ", ".join(
+            f"{sig} {self.transport.endpoint(sig) if self.exporters[sig] == 'otlp' else self.exporters[sig]}"
+            for sig in SIGNALS
+        )
 
     def close(self) -> None:
         self.telemetry.shutdown()
@@ -214,6 +211,23 @@ class Pipeline:
         tg.start_soon(resilient, "housekeeping", self._housekeeping_loop)
         if self.poller is not None:
             tg.start_soon(resilient, "List Calls poller", self.poller.run)
+
+    async def probe_endpoints(self) -> None:
+        """An empty export to each OTLP endpoint, beside start-up (it delays nothing): one clear
+        WARNING per endpoint that does not answer, instead of silence until the first export."""
+        for signal_name in SIGNALS:
+            if self.exporters[signal_name] != "otlp":
+                continue
+            result = await anyio.to_thread.run_sync(probe, self.transport, signal_name)
+            if result.outcome != "ok":
+                log.warning(
+                    "the OTLP %s endpoint %s does not take exports (%s: %s); webhooks are still "
+                    "stored and sent when it does. Fix: start the Collector or backend there, or point "
+                    "OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_%s_ENDPOINT) at yours; "
+                    "`otelbridge check` probes it again",
+                    signal_name, self.transport.endpoint(signal_name), result.status, result.message,
+                    signal_name.upper(),
+                )  # fmt: skip
 
     async def _process_loop(self) -> None:
         next_sweep = anyio.current_time() + SWEEP_INTERVAL_S
@@ -254,13 +268,16 @@ class Pipeline:
             )  # fmt: skip
 
     async def _metrics_loop(self) -> None:
-        interval = interval_from_env()
+        interval = self.environment.metric_interval_s()
         while True:
             await anyio.sleep(interval)
             await self.collect_metrics()
 
     async def collect_metrics(self) -> None:
         through = self.telemetry.recorded_through
+        if self.exporters["metrics"] == "none":  # /metrics still serves them; nothing to send
+            await anyio.to_thread.run_sync(self._forget_points, through)
+            return
         collected = self.telemetry.collect_otlp()
         if collected is None:
             return
@@ -274,10 +291,14 @@ class Pipeline:
                 newest = self.spool.add(conn, "metrics", body, items, now, epoch=epoch)
                 if cumulative:
                     self.spool.supersede_metrics(conn, epoch, newest)
-                conn.execute("DELETE FROM points WHERE id <= ?", (through,))
+                _forget_points(conn, through)
 
         await anyio.to_thread.run_sync(spool_it)
         self.sender.notify()
+
+    def _forget_points(self, through: int) -> None:
+        with self.state.transaction() as conn:
+            _forget_points(conn, through)
 
     async def _housekeeping_loop(self) -> None:
         while True:
@@ -400,6 +421,11 @@ class Pipeline:
         return True
 
 
+def _forget_points(conn: sqlite3.Connection, through: int) -> None:
+    """Stored metric points up to ``through`` are in the meter now (and in a spooled request)."""
+    conn.execute("DELETE FROM points WHERE id <= ?", (through,))
+
+
 async def resilient(name: str, loop: Callable[[], Awaitable[None]]) -> None:
     """Run ``loop`` forever: an unexpected error (a full disk, a bug) is logged and the loop
     starts again a second later instead of taking the daemon down. Nothing is lost: every
@@ -441,6 +467,7 @@ async def _serve(pipeline: Pipeline, admin_sock: socket.socket, stdin: anyio.Asy
                 admin_done.set()
 
         tg.start_soon(serve_admin)
+        tg.start_soon(pipeline.probe_endpoints)
         log.info("pipeline: exporting to %s; admin on %s", pipeline.export_target(), address(admin_sock))
         orderly = False
         while line := await stdin.readline():

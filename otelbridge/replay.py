@@ -7,27 +7,31 @@ exit status is 0 only when every record was good and everything was delivered.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExportResult
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace.export import SpanExportResult
 from pydantic import ValidationError
 
 from otelbridge.cartesia.errors import describe_validation_error
 from otelbridge.cartesia.models import AgentCall, parse_call
 from otelbridge.cartesia.webhooks import parse_webhook_event
-from otelbridge.delivery import console, exporters
+from otelbridge.delivery import console
+from otelbridge.delivery.environment import ExporterKind, OtelEnvironment, Signal
 from otelbridge.delivery.meter import MetricRecorder
 from otelbridge.delivery.resource import service_resource
-from otelbridge.delivery.sdk import MAX_SPANS_PER_REQUEST, to_readable_spans
+from otelbridge.delivery.sdk import MAX_SPANS_PER_REQUEST, encode_trace_request, to_readable_spans
+from otelbridge.delivery.telemetry import collect_request, otlp_reader
+from otelbridge.delivery.transport import Transport, display_endpoint, make_transport
 from otelbridge.ingest.assembly import CallAssembler
 from otelbridge.ingest.files import InputFileError, Record, RecordKind, read_records
 from otelbridge.mapping import MappedCall, UnplaceableCallError, map_call
+from otelbridge.retry import backoff
 from otelbridge.settings import Settings
 
 
@@ -47,10 +51,17 @@ class ReplayReport:
         return not (self.bad_records or self.bad_files or self.undelivered)
 
 
+#: tries per request before replay gives up on it (the daemon's sender never gives up)
+SEND_ATTEMPTS = 3
+
+
 class Replay:
-    def __init__(self, settings: Settings, exporter: str, out: TextIO, err: TextIO):
+    def __init__(
+        self, settings: Settings, exporters: Mapping[Signal, ExporterKind], out: TextIO, err: TextIO
+    ) -> None:
         self.settings = settings
-        self.exporter = exporter
+        self.exporters = dict(exporters)
+        self.environment = OtelEnvironment()
         self.out, self.err = out, err
         self.report = ReplayReport()
         self._api_calls: dict[str, tuple[AgentCall, None]] = {}
@@ -94,11 +105,16 @@ class Replay:
 
     # --- mapping ---------------------------------------------------------------------------
     def map(self) -> list[MappedCall]:
-        # A call saved from the API is complete; it wins over one assembled from webhooks.
+        # A call saved from the API is the source of truth: it wins over the one assembled
+        # from webhooks field by field, keeping what only the webhooks carry (agent_name).
         calls: dict[str, tuple[AgentCall, int | None]] = {
             a.call.id: (a.call, a.fallback_end_ns) for a in self._assembler.calls()
         }
-        calls.update(self._api_calls)
+        for call_id, (api_call, _) in self._api_calls.items():
+            assembled = calls.get(call_id)
+            calls[call_id] = (
+                (api_call, None) if assembled is None else (api_call.merged_with(assembled[0]), assembled[1])
+            )
         mapped = []
         options = self.settings.mapping_options()
         for call, fallback in calls.values():
@@ -116,43 +132,63 @@ class Replay:
         return service_resource(self.settings)
 
     def deliver(self, mapped: list[MappedCall]) -> None:
-        if self.exporter == "none":
-            return
-        if self.exporter == "console":
-            if mapped:
-                self.out.write(console.render_all(mapped) + "\n")
+        if self.exporters["traces"] == "console" and mapped:
+            self.out.write(console.render_all(mapped) + "\n")
+        if all(kind != "otlp" for kind in self.exporters.values()):
             return
         resource = self.resource()
-        self._deliver_spans(mapped, resource)
-        self._deliver_metrics(mapped, resource)
-
-    def _deliver_spans(self, mapped: list[MappedCall], resource: Resource) -> None:
-        exporter = exporters.span_exporter()
+        transport = make_transport(self.exporters)
         try:
-            batch: list[MappedCall] = []
-            size = 0
-            for call in [*mapped, None]:
-                if call is None or (batch and size + len(call.spans) > MAX_SPANS_PER_REQUEST):
-                    if batch:
-                        spans = to_readable_spans((s for m in batch for s in m.spans), resource)
-                        if exporter.export(spans) is not SpanExportResult.SUCCESS:
-                            self.report.undelivered += len(spans)
-                    batch, size = [], 0
-                if call is not None:
-                    batch.append(call)
-                    size += len(call.spans)
+            if self.exporters["traces"] == "otlp":
+                self._deliver_spans(transport, mapped, resource)
+            if self.exporters["metrics"] != "none":
+                self._deliver_metrics(transport, mapped, resource)
         finally:
-            exporter.shutdown()
-        if self.report.undelivered:
+            transport.close()
+
+    def _send(self, transport: Transport, signal: Signal, body: bytes) -> bool:
+        """One request, retried as the daemon's sender would (backoff, Retry-After) a few times."""
+        rng = random.Random()  # noqa: S311 - jitter, not cryptography
+        for attempt in range(SEND_ATTEMPTS):
+            result = transport.send(signal, body)
+            if result.outcome == "ok":
+                if result.rejected:
+                    self.report.undelivered += result.rejected
+                    self.problem(transport.endpoint(signal), f"the backend rejected {result.message}")
+                return True
+            if result.outcome == "reject" or attempt == SEND_ATTEMPTS - 1:
+                self.problem(transport.endpoint(signal), f"{result.status}: {result.message}")
+                return False
+            wait = backoff(attempt, self.settings.retry_initial_backoff, self.settings.retry_max_backoff, rng)
+            if result.retry_after is not None:
+                wait = min(max(wait, result.retry_after), self.settings.retry_max_backoff)
+            time.sleep(wait)
+        return False  # pragma: no cover - the loop returns
+
+    def _deliver_spans(self, transport: Transport, mapped: list[MappedCall], resource: Resource) -> None:
+        failed = 0
+        batch: list[MappedCall] = []
+        size = 0
+        for call in [*mapped, None]:
+            if call is None or (batch and size + len(call.spans) > MAX_SPANS_PER_REQUEST):
+                if batch:
+                    spans = to_readable_spans((s for m in batch for s in m.spans), resource)
+                    if not self._send(transport, "traces", encode_trace_request(spans).SerializeToString()):
+                        failed += len(spans)
+                batch, size = [], 0
+            if call is not None:
+                batch.append(call)
+                size += len(call.spans)
+        if failed:
+            self.report.undelivered += failed
             self.problem(
-                exporters.endpoint("traces"),
-                f"{self.report.undelivered} of {self.report.spans} spans were not delivered",
+                transport.endpoint("traces"), f"{failed} of {self.report.spans} spans were not delivered"
             )
 
-    def _deliver_metrics(self, mapped: list[MappedCall], resource: Resource) -> None:
+    def _deliver_metrics(self, transport: Transport, mapped: list[MappedCall], resource: Resource) -> None:
         if not self.report.points:
             return
-        reader = InMemoryMetricReader()
+        reader = otlp_reader(self.environment.temporality())
         provider = MeterProvider(resource=resource, metric_readers=[reader])
         recorder = MetricRecorder(
             provider,
@@ -161,30 +197,27 @@ class Replay:
         )
         for call in mapped:
             recorder.record(call.points)
-        data = reader.get_metrics_data()
+        collected = collect_request(reader)
         provider.shutdown()
-        if data is None:
+        if collected is None:
             return
-        exporter = exporters.metric_exporter()
-        try:
-            result = exporter.export(data)
-        finally:
-            exporter.shutdown()
-        if result is not MetricExportResult.SUCCESS:
+        body, _ = collected
+        if not self._send(transport, "metrics", body):
             self.report.undelivered += self.report.points
-            self.problem(exporters.endpoint("metrics"),
+            self.problem(transport.endpoint("metrics"),
                          f"{self.report.points} metric points were not delivered")  # fmt: skip
+
+    def _where(self, signal: Signal) -> str:
+        kind = self.exporters[signal]
+        if kind == "otlp":
+            return f"to {display_endpoint(self.environment, signal)}"
+        return "to the console" if kind == "console" else "not sent (exporter none)"
 
     def summary(self) -> str:
         r = self.report
-        where = {
-            "otlp": f" to {exporters.endpoint('traces')}",
-            "console": " to the console",
-            "none": " (exporter none: nothing sent)",
-        }[self.exporter]
         line = (
-            f"otelbridge replay: {r.calls} calls, {r.spans} spans, {r.points} metric points"
-            f"{where}; {r.records} records read"
+            f"otelbridge replay: {r.calls} calls, {r.spans} spans {self._where('traces')}, "
+            f"{r.points} metric points {self._where('metrics')}; {r.records} records read"
         )
         extras = []
         if r.bad_records:
@@ -198,8 +231,14 @@ class Replay:
         return line + (f"; {', '.join(extras)}" if extras else "")
 
 
-def run_replay(paths: Sequence[Path], settings: Settings, exporter: str, out: TextIO, err: TextIO) -> int:
-    replay = Replay(settings, exporter, out, err)
+def run_replay(
+    paths: Sequence[Path],
+    settings: Settings,
+    exporters: Mapping[Signal, ExporterKind],
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    replay = Replay(settings, exporters, out, err)
     for path in paths:
         replay.read(path)
     mapped = replay.map()

@@ -3,7 +3,8 @@
 Every problem is reported at once (:class:`SettingsError`), each naming the variable, what is
 wrong and how to fix it. An ``OTELBRIDGE_*`` variable that is not a setting is a problem too
 (a typo would otherwise silently leave the default in force). The standard ``OTEL_*``
-variables (endpoint, headers, protocol…) are read by the OpenTelemetry exporters themselves.
+variables (endpoint, headers, protocol…) are read by :mod:`otelbridge.delivery.environment`;
+a config file's ``[otel]`` table sets them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from otelbridge.delivery.environment import CONFIG_OTEL_VARS
 from otelbridge.mapping.policy import (
     DEFAULT_MAX_ATTRIBUTE_BYTES,
     DEFAULT_SERVICE_NAME,
@@ -231,8 +233,24 @@ class SettingsError(Exception):
         count = len(self.problems)
         lines = [f"invalid settings ({count} problem{'s' if count != 1 else ''}):"]
         lines += [f"  - {p}" for p in self.problems]
-        lines.append("Every setting, with its default, is listed in README.md under 'Settings'.")
+        lines.append("`otelbridge serve --help` lists every setting with its default.")
         return "\n".join(lines)
+
+
+def settings_help() -> str:
+    """Every setting: its variable, default and meaning (the epilog of ``--help``)."""
+    lines = [
+        "settings (environment variables, or keys of the --config file in lower case without the prefix):"
+    ]
+    for field in Settings.model_fields:
+        lines.append(f"  {env_name(field)}  (default {_default_text(field)})")
+        lines.append(f"      {Settings.model_fields[field].description}")
+    return "\n".join(lines)
+
+
+def _default_text(field: str) -> str:
+    default = Settings.model_fields[field].default
+    return "unset" if default is None else str(getattr(default, "value", default)).lower()
 
 
 #: fields whose values never appear in messages
@@ -240,10 +258,7 @@ _SECRET_FIELDS = frozenset({"webhook_secret", "cartesia_api_key"})
 
 
 def _field_hint(field: str) -> str:
-    info = Settings.model_fields[field]
-    default = info.default
-    shown = "unset" if default is None else str(getattr(default, "value", default)).lower()
-    return f"{info.description}; default {shown}"
+    return f"{Settings.model_fields[field].description}; default {_default_text(field)}"
 
 
 def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
@@ -258,43 +273,85 @@ def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
     return problems
 
 
-def _read_config_file(path: Path) -> tuple[dict[str, object], list[str]]:
-    """(values, problems) of a TOML config file: keys are the setting names in lower case
-    (``listen_port = 8080``), optionally under an ``[otelbridge]`` table."""
+#: the table of OTEL_* variables in a config file
+OTEL_TABLE = "otel"
+_SETTINGS_TABLE = "otelbridge"
+
+
+def _unknown_key(where: str, key: str, known: Mapping[str, object], what: str) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    fix = f"did you mean {close[0]}?" if close else "remove it"
+    return f"{where}: key {key!r} is not {what}. Fix: {fix}"
+
+
+def _read_config_file(path: Path) -> tuple[dict[str, object], dict[str, str], list[str]]:
+    """(settings, OTEL_* variables, problems) of a TOML config file: the settings' names in
+    lower case without the prefix (``listen_port = 8080``), at the top level or all under an
+    ``[otelbridge]`` table; the standard ``OTEL_*`` variables the same way under ``[otel]``
+    (``exporter_otlp_endpoint = "https://…"``)."""
     where = f"--config {str(path)!r}"
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
     except OSError as exc:
-        return {}, [f"{where}: cannot read the file ({exc.strerror}). Fix: point --config at a TOML file"]
+        return {}, {}, [f"{where}: cannot read the file ({exc.strerror}). Fix: point --config at a TOML file"]
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        return {}, [f"{where}: not valid TOML ({exc}). Fix: correct the file"]
-    table = data.get("otelbridge", data)
-    if not isinstance(table, dict):
-        return {}, [f"{where}: [otelbridge] is not a table. Fix: use key = value lines"]
-    values: dict[str, object] = {}
+        return {}, {}, [f"{where}: not valid TOML ({exc}). Fix: correct the file"]
     problems = []
+    otel_table = data.pop(OTEL_TABLE, {})
+    if _SETTINGS_TABLE in data:
+        table = data.pop(_SETTINGS_TABLE)
+        for key in data:  # a key beside [otelbridge] would otherwise be ignored silently
+            problems.append(
+                f"{where}: {key!r} is outside the [otelbridge] table. Fix: move it into [otelbridge]"
+                if not isinstance(data[key], dict)
+                else f"{where}: table [{key}] is not known. Fix: settings go in [otelbridge], "
+                "OTEL_* variables in [otel]"
+            )
+    else:
+        table = data
+    if not isinstance(table, dict):
+        return {}, {}, [f"{where}: [otelbridge] is not a table. Fix: use key = value lines"]
+    values: dict[str, object] = {}
     for key, value in table.items():
-        if key not in Settings.model_fields:
-            close = difflib.get_close_matches(key, sorted(Settings.model_fields), n=1)
-            fix = f"did you mean {close[0]}?" if close else "remove it"
-            problems.append(f"{where}: key {key!r} is not an otelbridge setting. Fix: {fix}")
+        if isinstance(value, dict) and table is data:
+            problems.append(
+                f"{where}: table [{key}] is not known. Fix: settings go at the top level or in "
+                "[otelbridge], OTEL_* variables in [otel]"
+            )
+        elif key not in Settings.model_fields:
+            problems.append(_unknown_key(where, key, Settings.model_fields, "an otelbridge setting"))
         else:
             values[key] = value
-    return values, problems
+    otel: dict[str, str] = {}
+    if not isinstance(otel_table, dict):
+        return values, {}, [*problems, f"{where}: [otel] is not a table. Fix: use key = value lines"]
+    known = {name.removeprefix("OTEL_").lower(): name for name in CONFIG_OTEL_VARS}
+    for key, value in otel_table.items():
+        if key not in known:
+            problems.append(_unknown_key(f"{where} [otel]", key, known, "an OTEL_* variable it reads"))
+        elif isinstance(value, dict | list):
+            problems.append(f'{where} [otel]: {key!r} is not a string. Fix: {key} = "value"')
+        else:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            otel[known[key]] = text
+    return values, otel, problems
 
 
 def load_settings(config_file: Path | None = None, **overrides: object) -> Settings:
     """Read the settings; raise :class:`SettingsError` listing every problem.
 
     Precedence: ``overrides`` (command-line flags) > ``OTELBRIDGE_*`` environment variables >
-    the TOML ``config_file`` > defaults."""
+    the TOML ``config_file`` > defaults. The file's ``[otel]`` values become the ``OTEL_*``
+    variables they name, unless the environment sets them."""
     problems = _unknown_variables(os.environ)
     from_file: dict[str, object] = {}
     if config_file is not None:
-        from_file, file_problems = _read_config_file(config_file)
+        from_file, otel, file_problems = _read_config_file(config_file)
         problems += file_problems
         from_file = {k: v for k, v in from_file.items() if _getenv_ci(env_name(k)) is None}
+        for name, value in otel.items():  # the environment wins, as for the settings
+            os.environ.setdefault(name, value)
     values = {**from_file, **overrides}
     for field in ("webhook_secret", "cartesia_api_key"):
         if all(f in values or _getenv_ci(env_name(f)) for f in (field, f"{field}_file")):

@@ -14,6 +14,8 @@ with ``synchronous=FULL`` (a committed transaction survives ``kill -9`` and powe
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -128,6 +130,23 @@ class StoreError(Exception):
     """The state directory or a database in it cannot be used."""
 
 
+def ensure_state_dir(state_dir: Path) -> None:
+    """Create the state directory (and its parents); a StoreError naming its absolute path, the
+    reason and the fix when that cannot be done."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(state_dir, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "Permission denied")
+    except OSError as exc:
+        where = state_dir.absolute()
+        shown = repr(str(state_dir)) + ("" if str(where) == str(state_dir) else f" ({where})")
+        raise StoreError(
+            f"cannot use OTELBRIDGE_STATE_DIR={shown}: {exc.strerror or exc}. Fix: make {where} a "
+            f"directory writable by this user (uid {os.getuid()}), or point OTELBRIDGE_STATE_DIR at one "
+            "(a persistent volume in containers)"
+        ) from None
+
+
 def signed64(value: int) -> int:
     """A 64-bit unsigned id as SQLite's signed INTEGER."""
     return value - (1 << 64) if value >= 1 << 63 else value
@@ -135,8 +154,8 @@ def signed64(value: int) -> int:
 
 def connect(path: Path, schema: str, *, timeout_s: float = 30.0) -> sqlite3.Connection:
     """Open (creating) ``path`` in WAL mode with FULL sync; a clear StoreError when it cannot."""
+    ensure_state_dir(path.parent)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")

@@ -592,3 +592,17 @@ def test_backend_down_exits_1_keeps_the_requests_and_the_next_run_sends_them(
     # the calls were stored: only the catch-up page of the finished open range, meeting its mark
     assert api.count(LIST) == list_requests + 1
     assert backfills.query("state.db", "SELECT COUNT(*) FROM spool") == [(0,)]
+
+
+def test_metrics_exporter_none_exports_spans_only_and_exits_0(
+    api: CartesiaStandIn, receiver: HttpOtlpReceiver, backfills: Backfills
+) -> None:
+    api.add_synthetic_calls("agent_alpha", 20, turns=3)
+    expected = expected_spans(calls_of(api, "agent_alpha"))
+    env = backfills.env(OTELBRIDGE_AGENT_IDS="agent_alpha", OTEL_METRICS_EXPORTER="none")
+    result = backfills.run(env=env)
+    assert result.returncode == 0, result.stderr
+    assert_exactly_once(receiver, expected)
+    assert {r.path for r in receiver.requests} == {"/v1/traces"}
+    assert backfills.query("state.db", "SELECT COUNT(*) FROM spool") == [(0,)]
+    assert backfills.query("state.db", "SELECT COUNT(*) FROM dead_letters") == [(0,)]

@@ -205,8 +205,10 @@ def test_rejected_requests_go_to_dead_letters(tmp_path: Path, monkeypatch: pytes
     with HttpOtlpReceiver() as receiver:
         for key, value in receiver.env().items():
             monkeypatch.setenv(key, value)
-        receiver.reject_next(400, "bad span", path="/v1/traces")
         with running(_settings(tmp_path / "state")) as run:
+            # the start-up probe's empty export comes first; the refusal is for the spans
+            assert receiver.wait_until(lambda: any(r.path == "/v1/traces" for r in receiver.requests), 10)
+            receiver.reject_next(400, "bad span", path="/v1/traces")
             first = next(e for e in events if e["type"] == "call_started")
             turn = next(e for e in events if e["type"] == "call_turn" and e["call_id"] == first["call_id"])
             assert run.post(first).status_code == 200

@@ -32,7 +32,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from otelbridge.mapping import ids
 from tests.support.otlp_receiver import GRPC_TRACES_METHOD, GrpcOtlpReceiver, HttpOtlpReceiver, attributes
-from tests.support.samples import LIST_CALLS, WEBHOOKS
+from tests.support.samples import LIST_CALLS, WEBHOOKS, webhook_events
 
 ALL_SAMPLES = [*LIST_CALLS, WEBHOOKS]
 
@@ -261,6 +261,31 @@ def test_http_transcript_text_kept_by_default(http_replay: tuple[HttpOtlpReceive
     assert any("cartesia.text_chunk.text" in event_attribute_keys(s) for s in spans)
 
 
+def test_http_replay_summary_names_both_endpoints(http_replay: tuple[HttpOtlpReceiver, Run]) -> None:
+    receiver, run = http_replay
+    (summary,) = [line for line in run.stderr.splitlines() if " calls, " in line]
+    assert f"spans to {receiver.url}/v1/traces, " in summary
+    assert f"metric points to {receiver.url}/v1/metrics; " in summary
+
+
+def test_http_api_copy_keeps_the_agent_name_only_webhooks_carry(
+    http_replay: tuple[HttpOtlpReceiver, Run],
+) -> None:
+    """The List Calls samples carry no agent_name; the webhook copies of the same calls do.
+    The API copy wins field by field, so the name stays on every span of those calls."""
+    receiver, _ = http_replay
+    names = {
+        event["call"]["id"]: event["call"]["agent_name"]
+        for event in webhook_events()
+        if event.get("call", {}).get("agent_name")
+    }
+    assert names and not any("agent_name" in call for call in sample_calls().values())
+    for call_id, name in names.items():
+        spans = receiver.spans_by_trace()[ids.trace_id_hex(call_id)]
+        assert {attributes(s.attributes).get("gen_ai.agent.name") for s in spans} == {name}
+        assert root_of(receiver, call_id).name == f"invoke_agent {name}"
+
+
 # --- OTLP/gRPC -------------------------------------------------------------------------------
 def test_grpc_replay() -> None:
     with GrpcOtlpReceiver() as receiver:
@@ -317,6 +342,44 @@ def test_phone_numbers_exported_raw_when_asked() -> None:
             attrs = attributes(root_of(receiver, call_id).attributes)
             assert attrs["cartesia.telephony.from"] == call["telephony_params"]["from"]
             assert attrs["cartesia.telephony.to"] == call["telephony_params"]["to"]
+
+
+def test_metrics_exporter_none_sends_traces_only_and_succeeds() -> None:
+    with HttpOtlpReceiver() as receiver:
+        run = run_cli("replay", *LIST_CALLS, env={**receiver.env(), "OTEL_METRICS_EXPORTER": "none"})
+        assert run.returncode == 0, run.stderr
+        assert {r.path for r in receiver.requests} == {"/v1/traces"}
+        assert "metric points not sent (exporter none)" in run.stderr
+        assert "NOT delivered" not in run.stderr
+
+
+def test_traces_exporter_none_sends_metrics_only() -> None:
+    with HttpOtlpReceiver() as receiver:
+        run = run_cli("replay", *LIST_CALLS, env={**receiver.env(), "OTEL_TRACES_EXPORTER": "none"})
+        assert run.returncode == 0, run.stderr
+        assert {r.path for r in receiver.requests} == {"/v1/metrics"}
+
+
+def test_delta_temporality_is_honoured() -> None:
+    from opentelemetry.proto.metrics.v1.metrics_pb2 import AGGREGATION_TEMPORALITY_DELTA
+
+    env = {"OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "delta"}
+    with HttpOtlpReceiver() as receiver:
+        run = run_cli("replay", *LIST_CALLS, env={**receiver.env(), **env})
+        assert run.returncode == 0, run.stderr
+        metrics = receiver.metrics_by_name()
+        assert metrics["cartesia.calls"][0].sum.aggregation_temporality == AGGREGATION_TEMPORALITY_DELTA
+        assert (
+            metrics["cartesia.tts.ttfb"][0].histogram.aggregation_temporality == AGGREGATION_TEMPORALITY_DELTA
+        )
+
+
+def test_a_misspelt_otlp_variable_is_warned_about_with_the_nearest_name() -> None:
+    with HttpOtlpReceiver() as receiver:
+        run = run_cli("replay", LIST_CALLS[0], env={**receiver.env(), "OTEL_EXPORTER_OTLP_ENDPIONT": "x"})
+        assert run.returncode == 0, run.stderr
+    (line,) = [line for line in run.stderr.splitlines() if "OTEL_EXPORTER_OTLP_ENDPIONT" in line]
+    assert "WARNING" in line and "did you mean OTEL_EXPORTER_OTLP_ENDPOINT?" in line
 
 
 # --- console ---------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from otelbridge.delivery.environment import ExporterKind, Signal
 from otelbridge.replay import Replay
 from otelbridge.settings import load_settings
 
@@ -16,8 +17,11 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+NOWHERE: dict[Signal, ExporterKind] = {"traces": "none", "metrics": "none"}
+
+
 def _attributes() -> dict[str, object]:
-    return dict(Replay(load_settings(), "none", io.StringIO(), io.StringIO()).resource().attributes)
+    return dict(Replay(load_settings(), NOWHERE, io.StringIO(), io.StringIO()).resource().attributes)
 
 
 @pytest.mark.parametrize(

@@ -19,13 +19,14 @@ import sqlite3
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from otelbridge.mapping import ids
 from tests.support.otlp_receiver import HttpOtlpReceiver
 from tests.support.serve_process import (
     SECRET_HEADER,
@@ -464,6 +465,50 @@ def test_check_with_invalid_settings_exits_2(daemons: Daemons, tmp_path: Path) -
     assert "ok" not in result.stdout
 
 
+def test_check_takes_allow_unauthenticated_as_its_own_message_says(
+    daemons: Daemons, receiver: HttpOtlpReceiver, tmp_path: Path
+) -> None:
+    env = daemons.env(tmp_path / "state", free_port(), free_port(), {"OTELBRIDGE_WEBHOOK_SECRET": None})
+    refused = run_cli(["check"], env, tmp_path)
+    _assert_clean_failure(refused)
+    assert "--allow-unauthenticated" in refused.stderr
+    result = run_cli(["check", "--allow-unauthenticated"], env, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "settings: ok" in result.stdout
+
+
+def test_check_names_the_absolute_state_dir_and_the_fix(daemons: Daemons, tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("a file where the state directory's parent should be")
+    env = daemons.env(None, free_port(), free_port(), {"OTELBRIDGE_STATE_DIR": "blocker/state"})
+    result = run_cli(["check"], env, tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("state directory")]
+    assert f"OTELBRIDGE_STATE_DIR='blocker/state' ({tmp_path / 'blocker' / 'state'})" in line
+    assert "Fix: make" in line and "writable by this user" in line
+
+
+def test_check_probes_only_the_signals_that_go_over_otlp(
+    daemons: Daemons, receiver: HttpOtlpReceiver, tmp_path: Path
+) -> None:
+    env = daemons.env(tmp_path / "state", free_port(), free_port(), {"OTEL_METRICS_EXPORTER": "none"})
+    result = run_cli(["check"], env, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"OTLP traces endpoint {receiver.url}/v1/traces: ok" in result.stdout
+    assert "metrics: exporter none (no OTLP endpoint to probe)" in result.stdout
+    assert [r.path for r in receiver.requests] == ["/v1/traces"]
+
+
+def test_help_lists_every_setting_with_its_default(daemons: Daemons, tmp_path: Path) -> None:
+    from otelbridge.settings import Settings, env_name
+
+    result = run_cli(["serve", "--help"], daemons.env(None, free_port(), free_port(), {}), tmp_path)
+    assert result.returncode == 0
+    assert "README" not in result.stdout
+    for field in Settings.model_fields:
+        assert f"  {env_name(field)}  (default " in result.stdout
+    assert "OTELBRIDGE_LISTEN_PORT  (default 8080)" in result.stdout
+
+
 # --- 7. JSON logs, no secret ------------------------------------------------------------------
 def test_json_logs_are_json_and_never_show_the_secret(
     daemons: Daemons, receiver: HttpOtlpReceiver, deliveries: list[Delivery], tmp_path: Path
@@ -543,3 +588,73 @@ def test_metrics_and_health_on_the_admin_port(
         assert name in text, f"{name} missing from /metrics:\n{text[:3000]}"
     assert _accepted(text) == len(deliveries)
     stop_gracefully(daemon)
+
+
+# --- 9. first-hour surprises ----------------------------------------------------------------------
+def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_an_unreachable_otlp_endpoint_gets_one_warning_at_start(daemons: Daemons, tmp_path: Path) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    daemon = daemons.start(tmp_path / "state", env={"OTEL_EXPORTER_OTLP_ENDPOINT": closed})
+    with httpx.Client(timeout=5) as client:  # ready at once: the probe delays nothing
+        assert client.get(f"{daemon.admin_url}/readyz").status_code == 200
+    assert _wait_for(lambda: f"{closed}/v1/metrics does not take exports" in daemon.stderr)
+    warnings = [line for line in daemon.stderr.splitlines() if "does not take exports" in line]
+    assert [w.count("WARNING") for w in warnings] == [1, 1]
+    assert f"{closed}/v1/traces" in warnings[0] and "Fix:" in warnings[0]
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in warnings[0]
+    stop_gracefully(daemon)
+
+
+def test_a_reachable_endpoint_gets_no_warning(
+    daemons: Daemons, receiver: HttpOtlpReceiver, tmp_path: Path
+) -> None:
+    daemon = daemons.start(tmp_path / "state")
+    assert _wait_for(lambda: len([r for r in receiver.requests if r.path == "/v1/traces"]) >= 1)
+    stop_gracefully(daemon)
+    assert "does not take exports" not in daemon.stderr
+
+
+def test_console_exporter_prints_a_tree_per_call_as_its_root_leaves(
+    daemons: Daemons, deliveries: list[Delivery], tmp_path: Path
+) -> None:
+    daemon = daemons.start(tmp_path / "state", env={"OTELBRIDGE_EXPORTER": "console"})
+    Poster(daemon.webhook_url, SECRET).post_all(deliveries)
+    calls = {d.call_id for d in deliveries}
+    assert _wait_for(lambda: all(f"call {c}  trace {ids.trace_id_hex(c)}" in daemon.stdout for c in calls))
+    stop_gracefully(daemon)
+    out = daemon.stdout
+    assert not any(line.lstrip().startswith("{") for line in out.splitlines())  # no JSON lines
+    for call_id in calls:
+        (head,) = [line for line in out.splitlines() if line.startswith(f"call {call_id}  trace ")]
+        assert "agent " in head
+    assert any(line.startswith(("├─ user_turn", "└─ user_turn")) for line in out.splitlines())
+    assert "metric cartesia.tts.ttfb (histogram): " in out
+
+
+def test_metrics_exporter_none_sends_no_metrics_and_logs_no_error(
+    daemons: Daemons,
+    receiver: HttpOtlpReceiver,
+    deliveries: list[Delivery],
+    expected: set[str],
+    tmp_path: Path,
+) -> None:
+    daemon = daemons.start(tmp_path / "state", env={"OTEL_METRICS_EXPORTER": "none"})
+    Poster(daemon.webhook_url, SECRET).post_all(deliveries)
+    wait_for_every_span(receiver, expected, daemon)
+    time.sleep(1.0)  # two metric intervals
+    with httpx.Client(timeout=5) as client:
+        ready = client.get(f"{daemon.admin_url}/readyz").json()
+        text = client.get(f"{daemon.admin_url}/metrics").text
+    stop_gracefully(daemon)
+    assert not [r for r in receiver.requests if r.path == "/v1/metrics"]
+    assert ready["checks"]["delivery"]["metrics"]["failures"] == 0
+    assert "cartesia_tts_ttfb_seconds_bucket" in text  # Prometheus still has them
+    assert "ERROR" not in daemon.stderr

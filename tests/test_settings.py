@@ -95,6 +95,69 @@ def test_config_file_problems_are_listed_with_the_others(
     assert "OTELBRIDGE_LOG_LEVEL='loud'" in text
 
 
+def test_config_file_keys_beside_the_otelbridge_table_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "otelbridge.toml"
+    config.write_text('listen_prot = 8081\n[otelbridge]\nlisten_port = 9000\n[exporter]\nkind = "otlp"\n')
+    with pytest.raises(SettingsError) as info:
+        load_settings(config)
+    problems = info.value.problems
+    assert len(problems) == 2
+    assert "'listen_prot' is outside the [otelbridge] table. Fix: move it into [otelbridge]" in problems[0]
+    assert "table [exporter] is not known" in problems[1] and "did you mean" not in problems[1]
+
+
+def test_config_file_unknown_table_at_the_top_level_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "otelbridge.toml"
+    config.write_text('listen_port = 9000\n[exportr]\nendpoint = "x"\n')
+    with pytest.raises(SettingsError) as info:
+        load_settings(config)
+    (problem,) = info.value.problems
+    assert "table [exportr] is not known. Fix: settings go at the top level or in [otelbridge]" in problem
+
+
+def test_config_file_otel_table_sets_the_otel_variables_unless_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_METRICS_EXPORTER", "OTEL_METRIC_EXPORT_INTERVAL"):
+        monkeypatch.setenv(name, "")  # so that monkeypatch removes what load_settings sets
+        monkeypatch.delenv(name)
+    config = tmp_path / "otelbridge.toml"
+    config.write_text(
+        '[otelbridge]\nlisten_port = 9000\n[otel]\nexporter_otlp_endpoint = "https://api.honeycomb.io"\n'
+        'metrics_exporter = "none"\nservice_name = "voice"\nmetric_export_interval = 5000\n'
+    )
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-env")
+    settings = load_settings(config)
+    assert settings.listen_port == 9000
+    assert os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] == "https://api.honeycomb.io"
+    assert (os.environ["OTEL_METRICS_EXPORTER"], os.environ["OTEL_METRIC_EXPORT_INTERVAL"]) == (
+        "none",
+        "5000",
+    )
+    assert settings.resolved_service_name() == "from-env"  # the environment wins over the file
+
+
+def test_config_file_otel_table_problems(tmp_path: Path) -> None:
+    config = tmp_path / "otelbridge.toml"
+    config.write_text('[otel]\nexporter_otlp_endpiont = "x"\nexporter_otlp_headers = ["a"]\n')
+    with pytest.raises(SettingsError) as info:
+        load_settings(config)
+    first, second = info.value.problems
+    assert "[otel]: key 'exporter_otlp_endpiont' is not an OTEL_* variable it reads" in first
+    assert "did you mean exporter_otlp_endpoint?" in first
+    assert "'exporter_otlp_headers' is not a string" in second
+
+
+def test_the_report_points_at_the_help_that_lists_every_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTELBRIDGE_EXPORTR", "console")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "README" not in str(info.value)
+    assert str(info.value).endswith("`otelbridge serve --help` lists every setting with its default.")
+
+
 def test_config_file_unreadable_or_not_toml(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="cannot read the file"):
         load_settings(tmp_path / "missing.toml")

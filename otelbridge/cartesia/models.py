@@ -181,6 +181,20 @@ class AgentCall(CartesiaModel):
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES
 
+    def merged_with(self, other: AgentCall) -> AgentCall:
+        """This copy, field by field, with what only ``other`` has: a field unset here (None,
+        or an empty transcript or metadata) takes ``other``'s value. A List Calls copy carries
+        no ``agent_name`` and, without ``expand=transcript``, no transcript; the webhook copy
+        of the same call does."""
+        update: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            mine = getattr(self, name)
+            if mine is None or (not mine and isinstance(mine, list | dict)):
+                theirs = getattr(other, name)
+                if theirs is not None and theirs != mine:
+                    update[name] = theirs
+        return self.model_copy(update=update) if update else self
+
 
 class ListCallsResponse(CartesiaModel):
     """``GET /agents/calls`` page. Calls are kept raw here so that one bad call does not

@@ -48,6 +48,9 @@ class WebhookEvent(CartesiaModel):
     #: legacy transcript (list) on call events; the raw turn (object) on call_turn
     body: list[TranscriptItem] | dict[str, Any] | None = None
     end_reason: str | None = None
+    #: set by otelbridge on the events that carry a call read from the List Calls API
+    #: (``poll``, ``backfill``): that copy wins over the webhooks' field by field
+    source: str | None = None
 
     @model_validator(mode="after")
     def _check_shape(self) -> Self:

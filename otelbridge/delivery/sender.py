@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import anyio
 
-from otelbridge.delivery.spool import SIGNALS, Signal, Spool, SpoolEntry
+from otelbridge.delivery.environment import SIGNALS, Signal
+from otelbridge.delivery.spool import Spool, SpoolEntry
 from otelbridge.delivery.telemetry import SelfMetrics
 from otelbridge.delivery.transport import SendResult, Transport
 from otelbridge.mapping import conventions as c

@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal, get_args
 
-Signal = Literal["traces", "metrics"]
-SIGNALS: tuple[Signal, ...] = ("traces", "metrics")
+from otelbridge.delivery.environment import SIGNALS, Signal
+
+DropReason = Literal["size", "age"]
+DROP_REASONS: Final[tuple[DropReason, ...]] = get_args(DropReason)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,9 +7,11 @@ one POST (or one unary gRPC call) per :meth:`Transport.send`, no retries of its 
 :class:`SendResult` that says whether to delete the request (``ok``), keep it and back off
 (``retry``) or dead-letter it (``reject``).
 
-Configured by the standard ``OTEL_EXPORTER_OTLP_*`` variables, read as the SDK reads them:
-the per-signal variable (``OTEL_EXPORTER_OTLP_TRACES_*`` / ``..._METRICS_*``) first, then the
-general one. Where the SDK and the specification differ the choices are noted inline.
+Configured by the standard ``OTEL_EXPORTER_OTLP_*`` variables as
+:mod:`otelbridge.delivery.environment` reads them (the per-signal variable first, then the
+general one). Where the SDK and the specification differ the choices are noted inline.
+:func:`make_transport` gives each signal its exporter: OTLP, the console or nowhere. ``serve``,
+``replay``, ``backfill`` and ``check`` all send through it.
 """
 
 from __future__ import annotations
@@ -18,15 +20,13 @@ import contextlib
 import gzip
 import json
 import math
-import os
 import re
 import ssl
-import sys
 import threading
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol, TextIO
+from typing import Any, Final, Literal, Protocol, get_args
 from urllib.parse import urlsplit, urlunsplit
 
 import grpc
@@ -42,32 +42,29 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.util.re import parse_env_headers
 
 from otelbridge import __version__
-from otelbridge.delivery.exporters import Signal
+from otelbridge.delivery.environment import SIGNALS, ExporterKind, OtelEnvironment, Signal, Tls
 from otelbridge.retry import parse_retry_after
 
 __all__ = [
-    "ConsoleTransport",
     "DiscardTransport",
     "OtlpTransport",
+    "RoutedTransport",
     "SendResult",
     "Signal",
     "Transport",
+    "display_endpoint",
+    "make_transport",
     "parse_retry_after",
     "probe",
-    "transport_from_env",
 ]
 
 Outcome = Literal["ok", "retry", "reject"]
+OUTCOMES: Final[tuple[Outcome, ...]] = get_args(Outcome)
 
 USER_AGENT: Final = f"otelbridge/{__version__}"
 PROTOBUF: Final = "application/x-protobuf"
-DEFAULT_TIMEOUT_S: Final = 10.0
-DEFAULT_HTTP_ENDPOINT: Final = "http://localhost:4318"
-DEFAULT_GRPC_ENDPOINT: Final = "http://localhost:4317"
 GRPC_METHODS: Final[Mapping[Signal, str]] = {
     "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
     "metrics": "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
@@ -87,9 +84,6 @@ _RETRY_GRPC: Final = frozenset(
 )
 _GRPC_STATUS_DETAILS: Final = "grpc-status-details-bin"  # google.rpc.Status (the gRPC convention)
 _GRPC_RETRY_INFO: Final = "google.rpc.retryinfo-bin"  # a bare RetryInfo (what the Python SDK reads)
-# One header entry as opentelemetry.util.re.parse_env_headers(liberal=True) accepts it. Entries
-# that do not match are dropped here, before that function would log them (values included).
-_HEADER_ENTRY = re.compile(r"[ \t]*[!#-'*+\-.0-9A-Z^-z|~]+[ \t]*=[ \t]*[ !#-+\--:<-\[\]-~]*[ \t]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -144,6 +138,15 @@ def _display_url(url: str) -> str:
         return urlunsplit((parts.scheme, host, parts.path, "", ""))
     except ValueError:
         return "<invalid url>"
+
+
+def _display(endpoint: str) -> str:
+    return _display_url(endpoint) if "://" in endpoint else endpoint
+
+
+def display_endpoint(environment: OtelEnvironment, signal: Signal) -> str:
+    """Where ``signal`` goes over OTLP, for messages (no credentials)."""
+    return _display(environment.endpoint(signal))
 
 
 def _partial_success(signal: Signal, body: bytes) -> tuple[int, str]:
@@ -207,69 +210,6 @@ def _error_text(body: bytes, content_type: str) -> str:
     return _short(text)
 
 
-# --- reading the OTEL_* variables ---------------------------------------------------------
-class _Env:
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
-
-    def get(self, name: str) -> str | None:
-        value = self._environ.get(name)
-        return value.strip() if value and value.strip() else None
-
-    def setting(self, signal: Signal, name: str) -> str | None:
-        """``OTEL_EXPORTER_OTLP_{SIGNAL}_{name}``, else ``OTEL_EXPORTER_OTLP_{name}``."""
-        return self.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_{name}") or self.get(
-            f"OTEL_EXPORTER_OTLP_{name}"
-        )
-
-    def protocol(self, signal: Signal) -> str:
-        value = (self.setting(signal, "PROTOCOL") or "http/protobuf").lower()
-        # Anything but grpc (including an unsupported value, which environment_problems()
-        # reports) is sent as http/protobuf.
-        return "grpc" if value == "grpc" else "http/protobuf"
-
-    def timeout(self, signal: Signal) -> float:
-        raw = self.setting(signal, "TIMEOUT")
-        try:
-            value = float(raw) if raw is not None else DEFAULT_TIMEOUT_S
-        except ValueError:
-            return DEFAULT_TIMEOUT_S
-        return value if math.isfinite(value) and value > 0 else DEFAULT_TIMEOUT_S
-
-    def compression(self, signal: Signal) -> Literal["gzip", "deflate", "none"]:
-        value = (self.setting(signal, "COMPRESSION") or "none").lower()
-        if value == "gzip":
-            return "gzip"
-        if value == "deflate":
-            return "deflate"
-        return "none"
-
-    def headers(self, signal: Signal) -> dict[str, str]:
-        """General headers, then the per-signal ones on top (key by key). Keys lower-cased."""
-        merged: dict[str, str] = {}
-        for name in ("OTEL_EXPORTER_OTLP_HEADERS", f"OTEL_EXPORTER_OTLP_{signal.upper()}_HEADERS"):
-            raw = self.get(name)
-            if raw is None:
-                continue
-            valid = [entry for entry in raw.split(",") if _HEADER_ENTRY.fullmatch(entry)]
-            merged.update(parse_env_headers(",".join(valid), liberal=True))
-        return merged
-
-    def tls(self, signal: Signal) -> _Tls:
-        return _Tls(
-            self.setting(signal, "CERTIFICATE"),
-            self.setting(signal, "CLIENT_CERTIFICATE"),
-            self.setting(signal, "CLIENT_KEY"),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class _Tls:
-    ca_file: str | None = None
-    client_certificate: str | None = None
-    client_key: str | None = None
-
-
 class _ConfigError(Exception):
     """The request is fine, the transport is not (a TLS file that cannot be used, closed)."""
 
@@ -285,16 +225,11 @@ class _HttpRoute:
     headers: Mapping[str, str]
     compression: Literal["gzip", "deflate", "none"]
     timeout: float
-    tls: _Tls | None  # None for plain http:// (TLS settings do not apply)
+    tls: Tls | None  # None for plain http:// (TLS settings do not apply)
 
 
-def _http_route(env: _Env, signal: Signal) -> _HttpRoute:
-    specific = env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
-    if specific:
-        url = specific  # verbatim, as the SDK and the specification use it
-    else:
-        base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or DEFAULT_HTTP_ENDPOINT
-        url = f"{base.rstrip('/')}/v1/{signal}"
+def _http_route(env: OtelEnvironment, signal: Signal) -> _HttpRoute:
+    url = env.http_url(signal)
     compression = env.compression(signal)
     headers = {"user-agent": USER_AGENT, **env.headers(signal), "content-type": PROTOBUF}
     headers.pop("content-encoding", None)
@@ -312,7 +247,7 @@ def _compress(body: bytes, compression: str) -> bytes:
     return body
 
 
-def _ssl_context(tls: _Tls) -> ssl.SSLContext:
+def _ssl_context(tls: Tls) -> ssl.SSLContext:
     try:
         if tls.ca_file:
             context = ssl.create_default_context(cafile=tls.ca_file)
@@ -333,10 +268,10 @@ class _HttpSender:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._clients: dict[_Tls | None, httpx.Client] = {}
+        self._clients: dict[Tls | None, httpx.Client] = {}
         self._closed = False
 
-    def _client(self, tls: _Tls | None) -> httpx.Client:
+    def _client(self, tls: Tls | None) -> httpx.Client:
         with self._lock:
             if self._closed:
                 raise _ConfigError("transport closed", "closed")
@@ -442,14 +377,14 @@ class _GrpcRoute:
     endpoint: str  # as configured, for display
     target: str  # host:port
     insecure: bool
-    tls: _Tls
+    tls: Tls
     metadata: tuple[tuple[str, str | bytes], ...]
     compression: Literal["gzip", "deflate", "none"]
     timeout: float
 
 
-def _grpc_route(env: _Env, signal: Signal) -> _GrpcRoute:
-    endpoint = env.setting(signal, "ENDPOINT") or DEFAULT_GRPC_ENDPOINT
+def _grpc_route(env: OtelEnvironment, signal: Signal) -> _GrpcRoute:
+    endpoint = env.grpc_endpoint(signal)
     if "://" in endpoint:
         parts = urlsplit(endpoint)
         scheme, target = parts.scheme.lower(), parts.netloc.rsplit("@", 1)[-1]
@@ -531,13 +466,13 @@ class _GrpcSender:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._channels: dict[tuple[str, bool, _Tls], Any] = {}
-        self._calls: dict[tuple[str, bool, _Tls, str], Callable[..., Any]] = {}
+        self._channels: dict[tuple[str, bool, Tls], Any] = {}
+        self._calls: dict[tuple[str, bool, Tls, str], Callable[..., Any]] = {}
         self._closed = False
 
     def _call(self, route: _GrpcRoute, signal: Signal) -> Callable[..., Any]:
         method = GRPC_METHODS[signal]
-        key = (route.target, route.insecure, route.tls if not route.insecure else _Tls())
+        key = (route.target, route.insecure, route.tls if not route.insecure else Tls())
         with self._lock:
             if self._closed:
                 raise _ConfigError("transport closed", "closed")
@@ -623,10 +558,9 @@ class OtlpTransport:
     """OTLP over HTTP/protobuf or gRPC, chosen per signal. Thread-safe."""
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        env = _Env(os.environ if environ is None else environ)
+        env = OtelEnvironment(environ)
         self._routes: dict[Signal, _HttpRoute | _GrpcRoute] = {}
-        signals: tuple[Signal, ...] = ("traces", "metrics")
-        for signal in signals:
+        for signal in SIGNALS:
             grpc_route = env.protocol(signal) == "grpc"
             self._routes[signal] = _grpc_route(env, signal) if grpc_route else _http_route(env, signal)
         self._http = _HttpSender()
@@ -637,9 +571,7 @@ class OtlpTransport:
 
     def endpoint(self, signal: Signal) -> str:
         route = self._routes[signal]
-        if isinstance(route, _GrpcRoute):
-            return _display_url(route.endpoint) if "://" in route.endpoint else route.endpoint
-        return _display_url(route.url)
+        return _display(route.endpoint if isinstance(route, _GrpcRoute) else route.url)
 
     def send(self, signal: Signal, body: bytes) -> SendResult:
         try:
@@ -655,127 +587,9 @@ class OtlpTransport:
         self._grpc.close()
 
 
-def transport_from_env(environ: Mapping[str, str] | None = None) -> Transport:
-    """The OTLP transport the ``OTEL_EXPORTER_OTLP_*`` variables describe (``os.environ`` by
-    default): per signal, HTTP/protobuf (default) or gRPC by ``..._PROTOCOL``."""
-    return OtlpTransport(environ)
-
-
-# --- console and discard ----------------------------------------------------------------------
-def _json_value(value: AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    if kind is None:
-        return None
-    if kind == "array_value":
-        return [_json_value(v) for v in value.array_value.values]
-    if kind == "kvlist_value":
-        return _json_attributes(value.kvlist_value.values)
-    if kind == "bytes_value":
-        return value.bytes_value.hex()
-    return getattr(value, kind)
-
-
-def _json_attributes(kvs: Iterable[KeyValue]) -> dict[str, Any]:
-    return {kv.key: _json_value(kv.value) for kv in kvs}
-
-
-def _span_lines(body: bytes) -> list[dict[str, Any]]:
-    request = ExportTraceServiceRequest.FromString(body)
-    lines: list[dict[str, Any]] = []
-    for resource_spans in request.resource_spans:
-        service = _json_attributes(resource_spans.resource.attributes).get("service.name")
-        for scope_spans in resource_spans.scope_spans:
-            for span in scope_spans.spans:
-                lines.append(
-                    {
-                        "signal": "traces",
-                        "service": service,
-                        "trace_id": span.trace_id.hex(),
-                        "span_id": span.span_id.hex(),
-                        "parent_span_id": span.parent_span_id.hex() or None,
-                        "name": span.name,
-                        "start_ns": span.start_time_unix_nano,
-                        "end_ns": span.end_time_unix_nano,
-                        "attributes": _json_attributes(span.attributes),
-                        "events": len(span.events),
-                    }
-                )
-    return lines
-
-
-def _metric_lines(body: bytes) -> list[dict[str, Any]]:
-    request = ExportMetricsServiceRequest.FromString(body)
-    lines: list[dict[str, Any]] = []
-    for resource_metrics in request.resource_metrics:
-        service = _json_attributes(resource_metrics.resource.attributes).get("service.name")
-        for scope_metrics in resource_metrics.scope_metrics:
-            for metric in scope_metrics.metrics:
-                kind = metric.WhichOneof("data")
-                head: dict[str, Any] = {
-                    "signal": "metrics",
-                    "service": service,
-                    "name": metric.name,
-                    "type": kind,
-                    "unit": metric.unit,
-                }
-                if kind in ("gauge", "sum"):
-                    data = metric.gauge if kind == "gauge" else metric.sum
-                    for number in data.data_points:
-                        value_kind = number.WhichOneof("value")
-                        value = getattr(number, value_kind) if value_kind else None
-                        lines.append(
-                            {**head, "value": value, "attributes": _json_attributes(number.attributes)}
-                        )
-                elif kind in ("histogram", "exponential_histogram", "summary"):
-                    points: Any = getattr(metric, kind).data_points
-                    for point in points:
-                        lines.append(
-                            {
-                                **head,
-                                "count": int(point.count),
-                                "sum": float(point.sum),
-                                "attributes": _json_attributes(point.attributes),
-                            }
-                        )
-    return lines
-
-
-class ConsoleTransport:
-    """Writes one JSON line per span or metric data point to ``stream`` (stdout by default)."""
-
-    def __init__(self, stream: TextIO | None = None) -> None:
-        self._stream = stream
-        self._lock = threading.Lock()
-
-    def endpoint(self, signal: Signal) -> str:
-        return "console"
-
-    def send(self, signal: Signal, body: bytes) -> SendResult:
-        try:
-            lines = _span_lines(body) if signal == "traces" else _metric_lines(body)
-        except (DecodeError, ValueError, RuntimeError) as exc:
-            return SendResult(
-                "reject", "decode error", f"not an OTLP {signal} request: {_exception_text(exc)}"
-            )
-        try:
-            text = "".join(json.dumps(line, ensure_ascii=False, default=str) + "\n" for line in lines)
-            stream = self._stream if self._stream is not None else sys.stdout
-            with self._lock:
-                stream.write(text)
-                stream.flush()
-        except Exception as exc:  # never raise: e.g. a closed pipe
-            return SendResult("retry", "error", f"cannot write: {_exception_text(exc)}")
-        return SendResult("ok", "console", f"{len(lines)} {'spans' if signal == 'traces' else 'points'}")
-
-    def close(self) -> None:
-        """The stream is not ours: it is flushed, not closed."""
-        stream = self._stream if self._stream is not None else sys.stdout
-        with contextlib.suppress(Exception), self._lock:
-            stream.flush()
-
-
+# --- discard and routing ---------------------------------------------------------------------
 class DiscardTransport:
-    """Accepts and drops everything (``OTELBRIDGE_EXPORTER=none``)."""
+    """Accepts and drops everything (exporter ``none``)."""
 
     def endpoint(self, signal: Signal) -> str:
         return "discard"
@@ -785,3 +599,38 @@ class DiscardTransport:
 
     def close(self) -> None:
         return None
+
+
+class RoutedTransport:
+    """Each signal to its own transport (``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``)."""
+
+    def __init__(self, routes: Mapping[Signal, Transport]) -> None:
+        self.routes = dict(routes)
+
+    def endpoint(self, signal: Signal) -> str:
+        return self.routes[signal].endpoint(signal)
+
+    def send(self, signal: Signal, body: bytes) -> SendResult:
+        return self.routes[signal].send(signal, body)
+
+    def close(self) -> None:
+        for transport in {id(t): t for t in self.routes.values()}.values():
+            transport.close()
+
+
+def make_transport(
+    exporters: Mapping[Signal, ExporterKind], environ: Mapping[str, str] | None = None
+) -> RoutedTransport:
+    """One transport per exporter kind in use, shared by the signals that use it: OTLP as the
+    ``OTEL_EXPORTER_OTLP_*`` variables of ``environ`` (``os.environ`` by default) describe,
+    the console, or nowhere."""
+    from otelbridge.delivery.console import ConsoleTransport
+
+    made: dict[ExporterKind, Transport] = {}
+    for kind in exporters.values():
+        if kind not in made:
+            made[kind] = (
+                OtlpTransport(environ) if kind == "otlp" else ConsoleTransport() if kind == "console"
+                else DiscardTransport()
+            )  # fmt: skip
+    return RoutedTransport({signal: made[kind] for signal, kind in exporters.items()})

@@ -3,7 +3,9 @@
 Used by ``otelbridge replay`` on a saved webhook stream. Deliveries may be duplicated,
 reordered or partial; the assembler keeps:
 
-* the richest ``call`` object (call_completed / call_failed over call_started);
+* one ``call`` object merged field by field from every copy: a copy read from the List Calls
+  API first, then the end events (call_completed / call_failed, the one with more transcript
+  first), then call_started; each field from the first copy that has it;
 * every ``call_turn`` turn not already in that call's transcript (same role and start
   millisecond = same turn, as for span ids);
 * the ``post_call_analysis`` summary;
@@ -34,7 +36,7 @@ class _CallEvents:
     call_id: str
     agent_id: str | None = None
     started: WebhookEvent | None = None
-    ended: WebhookEvent | None = None
+    ends: list[WebhookEvent] = field(default_factory=list)
     turns: list[TranscriptItem] = field(default_factory=list)
     summary: str | None = None
     latest_ns: int | None = None
@@ -67,7 +69,7 @@ class CallAssembler:
         if event.type == CALL_STARTED:
             state.started = state.started or event
         elif event.type in END_EVENTS:
-            state.ended = _richer(state.ended, event)
+            state.ends.append(event)
         elif event.type == CALL_TURN and event.turn is not None:
             state.turns.append(event.turn)
         elif event.type == POST_CALL_ANALYSIS and event.analysis is not None:
@@ -81,9 +83,13 @@ class CallAssembler:
         return [self._build(state) for state in self._calls.values()]
 
     def _build(self, state: _CallEvents) -> AssembledCall:
-        base = state.ended or state.started
+        copies = _by_precedence(state)
+        base = copies[0] if copies else None
         if base is not None and base.call is not None:
             call = base.call
+            for other in copies[1:]:
+                if other.call is not None:
+                    call = call.merged_with(other.call)
             if not call.transcript and base.legacy_transcript:
                 call = call.model_copy(update={"transcript": base.legacy_transcript})
             if call.end_reason is None and base.end_reason is not None:
@@ -109,7 +115,8 @@ class CallAssembler:
 
     @staticmethod
     def _legacy_call(state: _CallEvents) -> AgentCall:
-        ended, started = state.ended, state.started
+        ended = max(state.ends, key=_weight, default=None)
+        started = state.started
         if ended is not None:
             status = "failed" if ended.type == CALL_FAILED else "completed"
         else:
@@ -125,13 +132,17 @@ class CallAssembler:
         )
 
 
-def _richer(current: WebhookEvent | None, new: WebhookEvent) -> WebhookEvent:
-    """Of two end events of one call, keep the one with a call object and more transcript."""
-    if current is None:
-        return new
+def _weight(event: WebhookEvent) -> tuple[bool, int]:
+    """An end event with a call object and more transcript says more."""
+    transcript = event.call.transcript if event.call is not None else event.legacy_transcript
+    return (event.call is not None, len(transcript))
 
-    def weight(e: WebhookEvent) -> tuple[int, int]:
-        transcript = e.call.transcript if e.call is not None else e.legacy_transcript
-        return (e.call is not None, len(transcript))
 
-    return new if weight(new) > weight(current) else current
+def _by_precedence(state: _CallEvents) -> list[WebhookEvent]:
+    """The call's copies, the one whose fields win first: end events, those read from List
+    Calls (the source of truth) first, then by what they carry; then call_started. Sorting
+    is stable, so among equals the first delivered wins."""
+    events = sorted(state.ends, key=lambda e: (e.source is not None, *_weight(e)), reverse=True)
+    if state.started is not None:
+        events.append(state.started)
+    return events

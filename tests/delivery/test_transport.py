@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import ipaddress
 import json
 import os
@@ -34,16 +33,15 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from otelbridge import __version__
-from otelbridge.delivery import exporters
+from otelbridge.delivery import transport as transport_module
 from otelbridge.delivery.sdk import build_resource, encode_trace_request, to_readable_spans
 from otelbridge.delivery.transport import (
-    ConsoleTransport,
     DiscardTransport,
+    OtlpTransport,
     SendResult,
     Transport,
     parse_retry_after,
     probe,
-    transport_from_env,
 )
 from otelbridge.mapping.records import EventRecord, SpanRecord
 from tests.support.otlp_receiver import (
@@ -85,11 +83,11 @@ MakeTransport = Callable[[Mapping[str, str]], Transport]
 
 @pytest.fixture
 def make_transport() -> Iterator[MakeTransport]:
-    """``transport_from_env`` whose transports are closed after the test."""
+    """``OtlpTransport``s of an environment, closed after the test."""
     made: list[Transport] = []
 
     def make(environ: Mapping[str, str]) -> Transport:
-        transport = transport_from_env(environ)
+        transport = OtlpTransport(environ)
         made.append(transport)
         return transport
 
@@ -432,7 +430,7 @@ def test_unusable_tls_file_is_a_retry_not_an_exception(make_transport: MakeTrans
 
 
 def test_send_after_close_does_not_raise(http_receiver: HttpOtlpReceiver) -> None:
-    transport = transport_from_env(http_receiver.env())
+    transport = OtlpTransport(http_receiver.env())
     transport.close()
     assert_result(transport.send("traces", encoded(trace_request())), "retry", "closed")
     transport.close()  # twice is fine
@@ -667,7 +665,7 @@ def test_protocol_is_chosen_per_signal(
     assert len(http_receiver.metric_requests) == 1
 
 
-# --- probe, console, discard --------------------------------------------------------------
+# --- probe, discard, routing --------------------------------------------------------------
 def test_probe_http_and_grpc(
     http_receiver: HttpOtlpReceiver, grpc_receiver: GrpcOtlpReceiver, make_transport: MakeTransport
 ) -> None:
@@ -679,38 +677,6 @@ def test_probe_http_and_grpc(
         assert len(receiver.trace_requests) == 1 and len(receiver.metric_requests) == 1
     http_receiver.fail_next(1, status=503)
     assert probe(make_transport(http_receiver.env()), "traces").outcome == "retry"
-
-
-def test_console_transport_writes_json_lines() -> None:
-    out = io.StringIO()
-    console = ConsoleTransport(out)
-    assert_result(console.send("traces", encoded(trace_request())), "ok", "console")
-    assert_result(console.send("metrics", encoded(metrics_request())), "ok", "console")
-    lines = [json.loads(line) for line in out.getvalue().splitlines()]
-    spans = [line for line in lines if line["signal"] == "traces"]
-    points = [line for line in lines if line["signal"] == "metrics"]
-    assert [s["name"] for s in spans] == ["voice.call", "voice.turn"]
-    root, turn = spans
-    assert root["trace_id"] == f"{TRACE_ID:032x}" and root["parent_span_id"] is None
-    assert turn["parent_span_id"] == root["span_id"] == "1111111111111111"
-    assert turn["start_ns"] == T0 + 1_000_000_000 and turn["end_ns"] == T0 + 4_000_000_000
-    assert turn["attributes"] == {"turn.number": 1, "turn.was_interrupted": False}
-    assert turn["events"] == 1
-    assert root["service"] == "voice-test"
-    gauge, histogram = points
-    assert gauge["name"] == "cartesia.calls.active" and gauge["value"] == 3
-    assert gauge["attributes"] == {"agent": "support"}
-    assert (histogram["count"], histogram["sum"]) == (2, 0.75)
-
-
-def test_console_and_discard_never_raise() -> None:
-    out = io.StringIO()
-    assert_result(ConsoleTransport(out).send("traces", b"\xff\x00garbage"), "reject", "decode error")
-    assert out.getvalue() == ""
-    discard = DiscardTransport()
-    assert discard.send("metrics", b"anything").outcome == "ok"
-    assert discard.endpoint("traces") == "discard"
-    discard.close()
 
 
 # --- helpers and configuration checks -----------------------------------------------------
@@ -738,37 +704,17 @@ def test_parse_retry_after_dates() -> None:
     assert parse_retry_after("Wed, 99 Foo 2015") is None
 
 
-def test_environment_problems_cover_tls_insecure_headers_and_paths(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "yes")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/nonexistent/ca.pem")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CLIENT_KEY", __file__)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=s3cr3t,Authorization: Bearer s3cr3t")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "10000")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://mimir:4318/")
-    problems = exporters.environment_problems()
-    assert [p.split("=")[0] for p in problems] == [
-        "OTEL_EXPORTER_OTLP_INSECURE",
-        "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
-        "OTEL_EXPORTER_OTLP_CLIENT_KEY",
-        "OTEL_EXPORTER_OTLP_HEADERS",
-        "OTEL_EXPORTER_OTLP_TIMEOUT",
-        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-    ]
-    assert all("Fix:" in p for p in problems)
-    assert not any("s3cr3t" in p for p in problems)
-    assert "entry 2" in problems[3]
-
-
-def test_environment_problems_accept_a_good_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "TRUE")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", __file__)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", __file__)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CLIENT_KEY", __file__)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Basic dXNlcjpwdw==, x-scope-orgid = 1")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://otlp.example/v1/traces")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpc")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "https://otlp.example:4317")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "30")
-    assert exporters.environment_problems() == []
+def test_discard_and_routing(http_receiver: HttpOtlpReceiver) -> None:
+    discard = DiscardTransport()
+    assert discard.send("metrics", b"anything").outcome == "ok"
+    assert discard.endpoint("traces") == "discard"
+    discard.close()
+    routed = transport_module.make_transport({"traces": "otlp", "metrics": "none"}, http_receiver.env())
+    try:
+        assert routed.endpoint("traces") == f"{http_receiver.url}/v1/traces"
+        assert routed.endpoint("metrics") == "discard"
+        assert_result(routed.send("traces", encoded(trace_request())), "ok", "200")
+        assert_result(routed.send("metrics", encoded(metrics_request())), "ok", "discarded")
+        assert len(http_receiver.trace_requests) == 1 and http_receiver.metric_requests == []
+    finally:
+        routed.close()

@@ -28,7 +28,6 @@ a named volume of the claim).
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import shutil
 import time
@@ -38,19 +37,12 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tests.deploy import podman
 from tests.deploy.podman import KubePlay, kube_play
 from tests.support.serve_process import WEBHOOK_PATH, Poster, expected_span_ids, free_port, sample_deliveries
-
-
-def yaml() -> Any:
-    """PyYAML, imported when a test runs (so that collecting this module in the default run
-    needs nothing beyond the test extra) and as a plain module object: it ships no type stubs,
-    so its functions are Any to mypy, and every value read from it is checked below."""
-    return importlib.import_module("yaml")
-
 
 pytestmark = pytest.mark.container
 
@@ -108,7 +100,7 @@ server.serve_forever()
 
 
 def load_manifest() -> list[dict[str, Any]]:
-    documents = [doc for doc in yaml().safe_load_all(MANIFEST.read_text(encoding="utf-8")) if doc]
+    documents = [doc for doc in yaml.safe_load_all(MANIFEST.read_text(encoding="utf-8")) if doc]
     assert all(isinstance(doc, dict) for doc in documents)
     return documents
 
@@ -217,7 +209,7 @@ def test_manifest_wires_otelbridge_to_the_collector_over_localhost() -> None:
     """What the pod test cannot see, since the Collector is replaced: its config receives OTLP
     on the endpoint otelbridge exports to, and pipes both signals on."""
     documents = load_manifest()
-    config = yaml().safe_load(only(documents, kind="ConfigMap")["data"]["config.yaml"])
+    config = yaml.safe_load(only(documents, kind="ConfigMap")["data"]["config.yaml"])
     assert config["receivers"]["otlp"]["protocols"]["http"]["endpoint"] == "localhost:4318"
     pipelines = config["service"]["pipelines"]
     assert set(pipelines) == {"traces", "metrics"}
@@ -244,7 +236,7 @@ def test_sidecar_pod_webhooks_in_spans_out_to_the_neighbour(image: str, work: Pa
     for name in secret_files:
         (work / "secret" / name).write_text(SECRET, encoding="utf-8")
     manifest = work / "sidecar.yaml"
-    manifest.write_text(yaml().safe_dump_all(documents, sort_keys=False), encoding="utf-8")
+    manifest.write_text(yaml.safe_dump_all(documents, sort_keys=False), encoding="utf-8")
 
     deliveries = sample_deliveries()
     expected = expected_span_ids(d.event for d in deliveries)

@@ -103,3 +103,33 @@ def test_turns_only_are_placed_by_event_time() -> None:
     mapped = map_call(assembled.call, fallback_end_ns=assembled.fallback_end_ns)
     root = mapped.root
     assert root is not None and root.start_ns == T0_NS + 1_000_000_000
+
+
+def test_a_polled_copy_wins_field_by_field_and_keeps_the_webhooks_agent_name() -> None:
+    """List Calls carries no agent_name: the polled copy (``source``) wins each field it has,
+    the webhook copies fill in the rest, whatever the order they came in."""
+    named = {**CALL, "status": "started", "end_time": None, "agent_name": "support-bot"}
+    polled = {
+        **CALL,
+        "end_reason": "agent_hangup",
+        "summary": "from the API",
+        "transcript": [_turn("user", 1)],
+    }
+    webhook_end = {**CALL, "agent_name": "support-bot", "end_reason": "client_hangup", "summary": "hook"}
+    for order in ("polled first", "webhooks first"):
+        asm = CallAssembler()
+        events = [
+            _ev("call_started", call_id="ac_1", timestamp=T0, call=named),
+            _ev("call_completed", call_id="ac_1", timestamp=T0, call=webhook_end),
+        ]
+        polled_event = _ev("call_completed", call_id="ac_1", call=polled, source="poll")
+        for event in [polled_event, *events] if order == "polled first" else [*events, polled_event]:
+            asm.add(event)
+        (assembled,) = asm.calls()
+        call = assembled.call
+        assert (call.agent_name, call.status, call.end_reason, call.summary) == (
+            "support-bot", "completed", "agent_hangup", "from the API",
+        ), order  # fmt: skip
+        mapped = map_call(call)
+        assert mapped.root is not None and mapped.root.name == "invoke_agent support-bot"
+        assert {s.attributes.get("gen_ai.agent.name") for s in mapped.spans} == {"support-bot"}

@@ -51,7 +51,7 @@ def map_fixture(fixture: Path) -> list[MappedCall]:
     if settings.mapping_options() != MappingOptions():
         raise FixtureError("the default settings no longer give the default MappingOptions")
     out, err = io.StringIO(), io.StringIO()
-    replay = Replay(settings, "none", out, err)
+    replay = Replay(settings, {"traces": "none", "metrics": "none"}, out, err)
     replay.read(fixture)
     mapped = replay.map()
     if not replay.report.ok or err.getvalue():

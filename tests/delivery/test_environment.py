@@ -1,0 +1,156 @@
+"""The standard OTEL_* variables, read in one place (otelbridge/delivery/environment.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from otelbridge.delivery.environment import KNOWN_OTLP_VARS, OtelEnvironment
+
+
+def env(**variables: str) -> OtelEnvironment:
+    return OtelEnvironment(variables)
+
+
+def test_http_protobuf_and_localhost_are_the_defaults() -> None:
+    e = env()
+    assert e.protocol("traces") == "http/protobuf"
+    assert e.endpoint("traces") == "http://localhost:4318/v1/traces"
+    assert e.endpoint("metrics") == "http://localhost:4318/v1/metrics"
+    assert (e.timeout("traces"), e.compression("metrics"), e.headers("traces")) == (10.0, "none", {})
+
+
+def test_grpc_by_protocol_variable() -> None:
+    e = env(OTEL_EXPORTER_OTLP_PROTOCOL="grpc", OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4317")
+    assert e.protocol("traces") == "grpc" and e.endpoint("traces") == "http://127.0.0.1:4317"
+    assert env(OTEL_EXPORTER_OTLP_PROTOCOL="grpc").endpoint("metrics") == "http://localhost:4317"
+
+
+def test_per_signal_variables_win() -> None:
+    e = env(
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4318/",
+        OTEL_EXPORTER_OTLP_METRICS_ENDPOINT="http://mimir/otlp/v1/metrics",
+        OTEL_EXPORTER_OTLP_TRACES_PROTOCOL="grpc",
+        OTEL_EXPORTER_OTLP_HEADERS="x-team=a,x-key=general",
+        OTEL_EXPORTER_OTLP_TRACES_HEADERS="x-key=traces",
+    )
+    assert e.endpoint("metrics") == "http://mimir/otlp/v1/metrics"
+    assert e.protocol("traces") == "grpc" and e.protocol("metrics") == "http/protobuf"
+    assert e.headers("traces") == {"x-team": "a", "x-key": "traces"}
+    assert e.headers("metrics") == {"x-team": "a", "x-key": "general"}
+    assert sorted(e.header_values()) == ["a", "a", "general", "traces"]
+
+
+def test_exporter_per_signal_falls_back_to_otelbridge_exporter() -> None:
+    assert env().exporters("otlp") == {"traces": "otlp", "metrics": "otlp"}
+    assert env().exporters("console") == {"traces": "console", "metrics": "console"}
+    e = env(OTEL_METRICS_EXPORTER="none")
+    assert e.exporters("otlp") == {"traces": "otlp", "metrics": "none"}
+    assert env(OTEL_TRACES_EXPORTER="Console", OTEL_METRICS_EXPORTER="otlp").exporters("none") == {
+        "traces": "console",
+        "metrics": "otlp",
+    }
+    assert env(OTEL_TRACES_EXPORTER="zipkin").exporter("traces", "otlp") == "otlp"  # reported, below
+
+
+def test_exporter_problems_name_the_variable_and_the_fix() -> None:
+    problems = env(OTEL_TRACES_EXPORTER="zipkin", OTEL_METRICS_EXPORTER="prometheus").problems()
+    assert [p.split("=")[0] for p in problems] == ["OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER"]
+    assert all("Fix: use otlp, console or none" in p for p in problems)
+    assert "/metrics on the admin port is always served" in problems[1]
+
+
+def test_temporality_and_interval() -> None:
+    assert env().temporality() == "cumulative" and env().metric_interval_s() == 60.0
+    e = env(OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE="DELTA", OTEL_METRIC_EXPORT_INTERVAL="500")
+    assert (e.temporality(), e.metric_interval_s()) == ("delta", 0.5)
+    problems = env(
+        OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE="sometimes", OTEL_METRIC_EXPORT_INTERVAL="-1"
+    ).problems()
+    assert [p.split("=")[0] for p in problems] == [
+        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+        "OTEL_METRIC_EXPORT_INTERVAL",
+    ]
+
+
+def test_problems_name_each_variable() -> None:
+    problems = env(
+        OTEL_EXPORTER_OTLP_PROTOCOL="thrift",
+        OTEL_EXPORTER_OTLP_TIMEOUT="soon",
+        OTEL_EXPORTER_OTLP_COMPRESSION="zstd",
+        OTEL_EXPORTER_OTLP_ENDPOINT="collector:4318",
+    ).problems()
+    assert [p.split("=")[0] for p in problems] == [
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    assert all("Fix:" in p for p in problems)
+
+
+def test_otlp_problems_only_when_otlp_is_used() -> None:
+    e = env(OTEL_EXPORTER_OTLP_PROTOCOL="thrift", OTEL_METRICS_EXPORTER="bogus")
+    assert [p.split("=")[0] for p in e.problems(otlp=False)] == ["OTEL_METRICS_EXPORTER"]
+
+
+def test_problems_cover_tls_insecure_headers_and_paths() -> None:
+    problems = env(
+        OTEL_EXPORTER_OTLP_INSECURE="yes",
+        OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE="/nonexistent/ca.pem",
+        OTEL_EXPORTER_OTLP_CLIENT_KEY=__file__,
+        OTEL_EXPORTER_OTLP_HEADERS="x-api-key=s3cr3t,Authorization: Bearer s3cr3t",
+        OTEL_EXPORTER_OTLP_TIMEOUT="10000",
+        OTEL_EXPORTER_OTLP_METRICS_ENDPOINT="http://mimir:4318/",
+    ).problems()
+    assert [p.split("=")[0] for p in problems] == [
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_INSECURE",
+        "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    ]
+    assert all("Fix:" in p for p in problems)
+    assert not any("s3cr3t" in p for p in problems)
+    assert "entry 2" in problems[4]
+    assert "looks like milliseconds" in problems[0]
+
+
+def test_a_good_configuration_has_no_problems() -> None:
+    assert (
+        env(
+            OTEL_EXPORTER_OTLP_INSECURE="TRUE",
+            OTEL_EXPORTER_OTLP_CERTIFICATE=__file__,
+            OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE=__file__,
+            OTEL_EXPORTER_OTLP_CLIENT_KEY=__file__,
+            OTEL_EXPORTER_OTLP_HEADERS="Authorization=Basic dXNlcjpwdw==, x-scope-orgid = 1",
+            OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="https://otlp.example/v1/traces",
+            OTEL_EXPORTER_OTLP_METRICS_PROTOCOL="grpc",
+            OTEL_EXPORTER_OTLP_METRICS_ENDPOINT="https://otlp.example:4317",
+            OTEL_EXPORTER_OTLP_TIMEOUT="30",
+            OTEL_TRACES_EXPORTER="otlp",
+            OTEL_METRICS_EXPORTER="none",
+        ).problems()
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "suggestion"),
+    [
+        ("OTEL_EXPORTER_OTLP_ENDPIONT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ("OTEL_EXPORTER_OTLP_TRACE_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        ("OTEL_EXPORTER_OTLP_HEADER", "OTEL_EXPORTER_OTLP_HEADERS"),
+    ],
+)
+def test_unknown_otlp_variables_get_the_nearest_name(name: str, suggestion: str) -> None:
+    assert env(**{name: "x", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:4318"}).unknown_variables() == [
+        f"{name}: not an OTLP exporter variable otelbridge reads. Fix: did you mean {suggestion}?"
+    ]
+
+
+def test_known_and_unrelated_variables_are_not_warned_about() -> None:
+    every_known = dict.fromkeys(KNOWN_OTLP_VARS, "x")
+    assert env(**every_known, OTEL_SERVICE_NAME="svc", OTEL_TRACES_EXPORTER="otlp").unknown_variables() == []
+    assert "sends no logs" in env(OTEL_EXPORTER_OTLP_LOGS_ENDPOINT="x").unknown_variables()[0]
+    assert "does not read it" in env(OTEL_EXPORTER_OTLP_SOMETHING_ELSE="x").unknown_variables()[0]
