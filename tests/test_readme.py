@@ -59,9 +59,11 @@ def test_console_quick_start_prints_the_calls_tree(tmp_path: Path) -> None:
                 time.sleep(0.1)
             if not _gone(bash.pid):
                 os.killpg(bash.pid, signal.SIGKILL)
-    lines = out.read_text().splitlines()
-    assert lines[:10] == ['{"status":"accepted"}'] * 10  # every delivery acknowledged, no empty answer
-    head = next(line for line in lines if line.startswith(f"call {CALL}  trace "))
+    text = out.read_text()
+    lines = text.splitlines()
+    # every delivery acknowledged, none answered empty (the tree may print between two answers)
+    assert text.count('{"status":"accepted"}') == 10
+    head = next(line for line in lines if f"call {CALL}  trace " in line)
     assert "agent support-bot-1  completed" in head
     assert sum(line.startswith(("├─ ", "└─ ")) for line in lines) == 7  # the call's seven turns
     assert any("execute_tool" in line for line in lines)
