@@ -52,10 +52,13 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import httpx
+import pytest
 
 from otelbridge import __version__
 
@@ -353,3 +356,30 @@ def kube_play(yaml_path: Path, *, timeout: float = 180.0) -> Iterator[KubePlay]:
         named = {name for name in _volume_names() - before if re.search(rf"\b{re.escape(name)}\b", text)}
         for volume in sorted(volumes | named):
             podman("volume", "rm", "--force", volume, check=False)
+
+
+def wait_ready(
+    admin_url: str,
+    logs: Callable[[], str],
+    *,
+    running: Callable[[], bool] = lambda: True,
+    timeout: float = 60.0,
+) -> None:
+    """Poll ``/readyz`` until 200, as a readiness probe would (podman does not run probes);
+    fail with ``logs()`` when it does not come, or as soon as ``running()`` says it stopped."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            try:
+                response = client.get(f"{admin_url}/readyz")
+            except httpx.TransportError as exc:
+                last = repr(exc)
+            else:
+                if response.status_code == 200:
+                    return
+                last = f"{response.status_code} {response.text}"
+            if not running():
+                break
+            time.sleep(0.1)
+    pytest.fail(f"not ready ({last}); logs:\n{logs()}")

@@ -131,24 +131,6 @@ def pod_yaml(
     return "\n---\n".join(json.dumps(doc, indent=1) for doc in (config_map, pod)) + "\n"
 
 
-def wait_ready(admin_url: str, container: str, timeout: float = 60.0) -> None:
-    """What the startup and readiness probes would wait for: ``/readyz`` 200."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    with httpx.Client(timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            try:
-                answer = client.get(f"{admin_url}/readyz")
-            except httpx.TransportError as exc:
-                last = repr(exc)
-            else:
-                if answer.status_code == 200:
-                    return
-                last = f"{answer.status_code} {answer.text}"
-            time.sleep(0.2)
-    pytest.fail(f"not ready ({last}); logs:\n{podman.container_logs(container)}")
-
-
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Iterator[Path]:
     """The state claim's stand-in, owned by the pod's user as fsGroup would make a volume."""
@@ -200,7 +182,7 @@ def test_the_rendered_pod_runs_takes_webhooks_and_exports(
         with podman_secrets(secrets), kube_play(manifest) as play:
             name = play.container("otelbridge")
             admin_url = f"http://127.0.0.1:{admin_port}"
-            wait_ready(admin_url, name)
+            podman.wait_ready(admin_url, lambda: podman.container_logs(name))
             with httpx.Client(timeout=5.0) as client:
                 assert client.get(f"{admin_url}/healthz").status_code == 200
                 wrong = client.post(

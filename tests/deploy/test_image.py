@@ -61,26 +61,6 @@ def read_one(db_path: Path, sql: str) -> object:
     return row[0]
 
 
-def wait_ready(admin_url: str, name: str, timeout: float = 30.0) -> None:
-    """Poll ``/readyz`` until 200; fail with the container's logs otherwise."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    with httpx.Client(timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            try:
-                response = client.get(f"{admin_url}/readyz")
-            except httpx.TransportError as exc:
-                last = repr(exc)
-            else:
-                if response.status_code == 200:
-                    return
-                last = f"{response.status_code} {response.text}"
-            if not podman.inspect(name)["State"]["Running"]:
-                break
-            time.sleep(0.1)
-    pytest.fail(f"{name} not ready ({last}); logs:\n{container_logs(name)}")
-
-
 def test_runs_read_only_as_kubernetes_would_stores_exports_and_stops_cleanly(
     image: str, state_dir: Path
 ) -> None:
@@ -114,7 +94,12 @@ def test_runs_read_only_as_kubernetes_would_stores_exports_and_stops_cleanly(
             image,
         ) as name,
     ):
-        wait_ready(admin_url, name)
+        podman.wait_ready(
+            admin_url,
+            lambda: container_logs(name),
+            running=lambda: podman.inspect(name)["State"]["Running"],
+            timeout=30,
+        )
         with httpx.Client(timeout=5.0) as client:
             assert client.get(f"{admin_url}/healthz").status_code == 200
             assert client.get(f"{admin_url}/readyz").status_code == 200
@@ -182,7 +167,12 @@ def test_runs_as_a_non_root_numeric_user_and_writes_only_its_volume_by_default(i
         "OTELBRIDGE_EXPORTER=none",
         image,
     ) as name:
-        wait_ready(admin_url, name)
+        podman.wait_ready(
+            admin_url,
+            lambda: container_logs(name),
+            running=lambda: podman.inspect(name)["State"]["Running"],
+            timeout=30,
+        )
         status = podman.podman("exec", name, "cat", "/proc/1/status").stdout
         uids = next(line.split()[1:] for line in status.splitlines() if line.startswith("Uid:"))
         gids = next(line.split()[1:] for line in status.splitlines() if line.startswith("Gid:"))
@@ -290,7 +280,12 @@ def test_stops_inside_the_grace_period_with_the_backend_down_and_resends_after_a
     with HttpOtlpReceiver() as receiver:
         receiver.fail_next(100_000, status=503)
         with running_container(*run_args(receiver)) as name:
-            wait_ready(admin_url, name)
+            podman.wait_ready(
+                admin_url,
+                lambda: container_logs(name),
+                running=lambda: podman.inspect(name)["State"]["Running"],
+                timeout=30,
+            )
             poster = Poster(f"http://127.0.0.1:{listen_port}{WEBHOOK_PATH}", SECRET, threads=4)
             poster.post_all(deliveries)
             assert poster.acked == {d.index for d in deliveries}, poster.answers
@@ -307,7 +302,12 @@ def test_stops_inside_the_grace_period_with_the_backend_down_and_resends_after_a
 
         receiver.clear_answers()
         with running_container(*run_args(receiver)) as name:
-            wait_ready(admin_url, name)
+            podman.wait_ready(
+                admin_url,
+                lambda: container_logs(name),
+                running=lambda: podman.inspect(name)["State"]["Running"],
+                timeout=30,
+            )
             assert receiver.wait_until(lambda: receiver.span_ids() >= expected, timeout=30), container_logs(
                 name
             )

@@ -41,7 +41,7 @@ import yaml
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tests.deploy import podman
-from tests.deploy.podman import KubePlay, kube_play
+from tests.deploy.podman import kube_play
 from tests.support.serve_process import WEBHOOK_PATH, Poster, expected_span_ids, free_port, sample_deliveries
 
 pytestmark = pytest.mark.container
@@ -188,23 +188,6 @@ def received_span_ids(out: Path) -> list[str]:
     return ids
 
 
-def wait_ready(play: KubePlay, admin_url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    with httpx.Client(timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            try:
-                response = client.get(f"{admin_url}/readyz")
-            except httpx.TransportError as exc:
-                last = repr(exc)
-            else:
-                if response.status_code == 200:
-                    return
-                last = f"{response.status_code} {response.text}"
-            time.sleep(0.1)
-    pytest.fail(f"otelbridge not ready ({last}):\n{play.all_logs()}")
-
-
 def test_manifest_wires_otelbridge_to_the_collector_over_localhost() -> None:
     """What the pod test cannot see, since the Collector is replaced: its config receives OTLP
     on the endpoint otelbridge exports to, and pipes both signals on."""
@@ -244,7 +227,7 @@ def test_sidecar_pod_webhooks_in_spans_out_to_the_neighbour(image: str, work: Pa
     webhook_url = f"http://127.0.0.1:{ports['webhooks']}{WEBHOOK_PATH}"
     with kube_play(manifest) as play:
         assert {c for pod in play.pods for c in pod.containers} == {"otel-collector", "otelbridge"}
-        wait_ready(play, admin_url)
+        podman.wait_ready(admin_url, play.all_logs, timeout=30)
         with httpx.Client(timeout=5.0) as client:
             assert client.get(f"{admin_url}/healthz").status_code == 200
             assert client.get(f"{admin_url}/readyz").status_code == 200
