@@ -1,7 +1,8 @@
 """The admin listener (``OTELBRIDGE_ADMIN_PORT``): kept off the webhook port so only the
 webhook faces the internet.
 
-* ``GET /healthz`` — 200 while the process runs.
+* ``GET /healthz`` — 200 while the webhook path is alive (the pipeline process hears from the
+  webhook process), else 503 with the reason: liveness, so that a supervisor restarts it.
 * ``GET /readyz`` — 200 when webhooks can be taken and delivery moves, else 503; the JSON names
   every check and why it fails.
 * ``GET /metrics`` — Prometheus text format: the call metrics and the self-metrics.
@@ -33,8 +34,14 @@ class Readiness:
 def build_admin_app(
     readiness: Callable[[], Awaitable[Readiness]],
     metrics_text: Callable[[], Awaitable[bytes]],
+    liveness: Callable[[], str | None] | None = None,
 ) -> Starlette:
+    """``liveness`` returns why the daemon is not alive, or None when it is."""
+
     async def healthz(_: Request) -> Response:
+        problem = liveness() if liveness is not None else None
+        if problem is not None:
+            return JSONResponse({"status": "not alive", "reason": problem}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def readyz(_: Request) -> Response:

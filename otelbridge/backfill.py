@@ -24,7 +24,7 @@ from otelbridge.delivery.resource import service_resource
 from otelbridge.ingest.poller import BackfillProgress, backfill_agent
 from otelbridge.pipeline import Pipeline
 from otelbridge.settings import Settings
-from otelbridge.store import Database, ensure_state_dir, open_inbox, open_state
+from otelbridge.store import Database, ensure_state_dir, open_inbox, open_private, open_state
 
 log = logging.getLogger("otelbridge.backfill")
 
@@ -37,7 +37,7 @@ STALL_S = 60.0
 def _pipeline_lock(state_dir: Path) -> Iterator[bool]:
     """True when this process may run the pipeline (no daemon or other backfill runs one)."""
     ensure_state_dir(state_dir)
-    with (state_dir / "pipeline.lock").open("a") as f:
+    with open_private(state_dir / "pipeline.lock") as f:  # 0600, never through a link
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

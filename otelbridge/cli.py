@@ -16,6 +16,8 @@ from otelbridge.settings import Settings, SettingsError, load_settings, settings
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+#: serve: a listen/admin port or the state directory is held by another process (retry later)
+EXIT_IN_USE = 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Receive Cartesia webhooks on POST /webhooks/cartesia, store them durably, "
         "map every call to a trace as it happens and export it over OTLP; /healthz, /readyz and "
         "/metrics on the admin port. Settings: OTELBRIDGE_* variables (below) or --config; OTLP: "
-        "the standard OTEL_EXPORTER_OTLP_* variables, OTEL_TRACES_EXPORTER and OTEL_METRICS_EXPORTER.",
+        "the standard OTEL_EXPORTER_OTLP_* variables, OTEL_TRACES_EXPORTER and OTEL_METRICS_EXPORTER. "
+        "Exit 2 for invalid settings, 3 when a port or the state directory is in use by another process.",
         epilog=settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -233,7 +236,7 @@ def _serve(settings: Settings, warnings: Sequence[str]) -> int:
     from otelbridge.daemon import serve
     from otelbridge.logs import configure_logging
     from otelbridge.store import StoreError
-    from otelbridge.web import StartupError
+    from otelbridge.web import InUseError, StartupError
 
     secrets = settings.webhook_secrets()
     api_key = settings.cartesia_api_key_value()
@@ -246,7 +249,7 @@ def _serve(settings: Settings, warnings: Sequence[str]) -> int:
         anyio.run(serve, settings, secrets, api_key, backend_options={"use_uvloop": True})
     except (StartupError, StoreError) as exc:
         logging.getLogger("otelbridge").error("cannot start: %s", exc)
-        return EXIT_USAGE
+        return EXIT_IN_USE if isinstance(exc, InUseError) else EXIT_USAGE
     except BaseExceptionGroup as group:
         startup = group.subgroup(lambda e: isinstance(e, StartupError | StoreError))
         if startup is None:
@@ -255,7 +258,7 @@ def _serve(settings: Settings, warnings: Sequence[str]) -> int:
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
         logging.getLogger("otelbridge").error("cannot start: %s", first)
-        return EXIT_USAGE
+        return EXIT_IN_USE if isinstance(first, InUseError) else EXIT_USAGE
     except KeyboardInterrupt:  # a second Ctrl-C during the drain
         return EXIT_FAILED
     return EXIT_OK

@@ -14,7 +14,8 @@ second daemon off the same state directory.
 Shutdown (SIGTERM/SIGINT): stop taking webhooks (in-flight ones finish and are committed),
 tell the pipeline ``stop`` — it processes the inbox, spools a last metrics collection and
 sends until the spool is empty or ``shutdown_timeout`` passes — then exit. A pipeline that
-dies is restarted after a second; ``kill -9`` of this process makes the pipeline exit too.
+dies is restarted after a second; ``kill -9`` of this process takes the pipeline down at once
+(``PR_SET_PDEATHSIG``, see otelbridge.pipeline.main).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import socket
 import sys
 import threading
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -39,15 +41,17 @@ from anyio.abc import TaskStatus
 from otelbridge.delivery.resource import service_resource
 from otelbridge.ingest.inbox import SqliteInbox
 from otelbridge.ingest.receiver import build_webhook_app
-from otelbridge.settings import Settings
+from otelbridge.settings import ENV_PREFIX, Settings
 from otelbridge.store import (
     WEBHOOK_SIDE_AUTOCHECKPOINT_PAGES,
+    FreeSpace,
     StoreError,
     ensure_state_dir,
     open_inbox,
+    open_private,
     read_inbox_watermark,
 )
-from otelbridge.web import StartupError, address, bind, quiet_server
+from otelbridge.web import InUseError, StartupError, address, bind, quiet_server
 
 log = logging.getLogger("otelbridge.daemon")
 
@@ -67,14 +71,14 @@ class Endpoints:
 def _lock_state_dir(state_dir: Path) -> IO[str]:
     ensure_state_dir(state_dir)
     try:
-        handle = (state_dir / "serve.lock").open("a")
+        handle = open_private(state_dir / "serve.lock")  # 0600, never through a link
     except OSError as exc:
         raise StoreError(f"cannot use {state_dir.absolute() / 'serve.lock'}: {exc.strerror}") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise StartupError(
+        raise InUseError(
             f"OTELBRIDGE_STATE_DIR={str(state_dir)!r} is in use by another otelbridge serve. "
             "Fix: stop it, or give each instance its own state directory"
         ) from None
@@ -95,7 +99,11 @@ class Daemon:
             self._lock.close()
             raise
         self._wake = anyio.Event()
-        self.inbox = SqliteInbox(self._inbox_db, on_commit=self._on_commit)
+        self.inbox = SqliteInbox(
+            self._inbox_db,
+            on_commit=self._on_commit,
+            free_space=FreeSpace(settings.state_dir, settings.min_free_bytes),
+        )
         self.counts: Counter[tuple[str, str]] = Counter()
         self._stop = anyio.Event()
         self._stopping = False
@@ -215,7 +223,8 @@ class Daemon:
         settings["service_instance_id"] = self.settings.resolved_instance_id()
         resource = {str(k): str(v) for k, v in service_resource(self.settings).attributes.items()}
         config = {"settings": settings, "resource": resource, "admin_fd": admin_fd, "api_key": self._api_key}
-        return json.dumps(config).encode() + b"\n"  # a private pipe: the key is not in argv or env
+        # a private pipe: the key is not in argv, nor in the child's environment
+        return json.dumps(config).encode() + b"\n"
 
     async def _supervise(self, admin_sock: socket.socket) -> None:
         while not self._stopping:
@@ -234,8 +243,9 @@ class Daemon:
         fd = admin_sock.fileno()
         os.set_inheritable(fd, True)
         process = await anyio.open_process(
-            [sys.executable, "-m", "otelbridge.pipeline"], stdin=-1, stdout=None, stderr=None, pass_fds=(fd,)
-        )
+            [sys.executable, "-m", "otelbridge.pipeline", str(os.getpid())],  # it checks its parent
+            stdin=-1, stdout=None, stderr=None, pass_fds=(fd,), env=pipeline_environment(os.environ),
+        )  # fmt: skip
         self._pipeline = process
         try:
             await self._tell_raw(self._config_line(fd))
@@ -267,7 +277,9 @@ class Daemon:
                     self.inbox.trim_through(watermark)
                 counts = [[t, o, n] for (t, o), n in self.counts.items()]
                 await self._tell(f"c {json.dumps(counts)}")
-                health = {"inbox_error": self.inbox.last_error, "stopping": self._stopping}
+                # read afresh each time, so that readiness recovers with no webhook coming
+                inbox_error = await anyio.to_thread.run_sync(self.inbox.health)
+                health = {"inbox_error": inbox_error, "stopping": self._stopping}
                 await self._tell(f"h {json.dumps(health)}")
                 next_report = anyio.current_time() + REPORT_INTERVAL_S
 
@@ -283,6 +295,14 @@ class Daemon:
                 await process.stdin.send(data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass  # the pipeline is gone; the supervisor restarts it
+
+
+def pipeline_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The pipeline's environment: this one without any ``OTELBRIDGE_*`` variable. Its settings
+    come as JSON on stdin, so it needs none of them, and they include the webhook secret and the
+    API key (or the names of their files); the OTLP transport's ``OTEL_*`` variables, PATH,
+    locale, proxies and CA bundles stay."""
+    return {k: v for k, v in environ.items() if not k.upper().startswith(ENV_PREFIX)}
 
 
 async def serve(settings: Settings, secrets: list[bytes], api_key: str | None = None) -> None:

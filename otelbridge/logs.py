@@ -1,9 +1,14 @@
 """Structured logs: ``text`` (``time level logger: message``) or ``json`` (one object per line).
 
+One event is one line in both formats: in ``text``, control characters of the message, its
+arguments and the exception text are escaped (``\\n``, ``\\x1b``), so a value from a request (a
+``call_id`` holding a newline) cannot forge a line of its own.
+
 Nothing secret reaches a log line: the webhook secrets and API keys given to
-:func:`configure_logging` are replaced by ``[redacted]`` wherever they would appear, as a last
-line of defence (no code logs them on purpose). Transcript text is never logged at INFO or
-above.
+:func:`configure_logging`, and every ``OTEL_EXPORTER_OTLP_*HEADERS`` value (an OTLP backend's
+error body may echo them), are replaced by ``[redacted]`` wherever they would appear, as a last
+line of defence (no code logs them on purpose). The same :class:`Redactor` cleans the
+readiness JSON (:func:`active_redactor`). Transcript text is never logged at INFO or above.
 """
 
 from __future__ import annotations
@@ -13,50 +18,129 @@ import logging
 import sys
 import time
 from collections.abc import Iterable
-from typing import Literal, TextIO
+from typing import Final, Literal, TextIO
 
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
+REDACTED = "[redacted]"
+#: shorter values are not redacted: a 1-character secret would mangle every line, and every
+#: real webhook secret, API key or OTLP credential is far longer
+MIN_SECRET_CHARS = 6
 
-class _Redact(logging.Filter):
-    def __init__(self, secrets: Iterable[str]) -> None:
-        super().__init__()
-        # Only secrets long enough not to match ordinary words (a 1-character secret would
-        # mangle every line); every real webhook secret or API key is far longer.
-        self._secrets = [s for s in secrets if len(s) >= 6]
+# C0 and C1 controls, DEL and the Unicode line and paragraph separators: what a terminal or a
+# line-splitting log shipper could take for a new line or a cursor movement.
+_CONTROL = {i: f"\\x{i:02x}" for i in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROL.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"})
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self._secrets:
-            message = record.getMessage()
-            for secret in self._secrets:
-                message = message.replace(secret, "[redacted]")
-            record.msg, record.args = message, None
-        return True
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character escaped (``\\n``, ``\\x1b``…): one line, always."""
+    if text.isprintable():  # the common case costs one scan
+        return text
+    return text.translate(_CONTROL)
+
+
+def _credential_parts(value: str) -> list[str]:
+    """``value`` and, for ``Scheme credential`` values (``Basic …``, ``Bearer …``), the
+    credential alone: a backend may echo either."""
+    parts = value.split()
+    return [value, parts[1]] if len(parts) == 2 else [value]
+
+
+def otlp_header_values() -> list[str]:
+    """The configured OTLP header values (``OTEL_EXPORTER_OTLP_*HEADERS``) of this process."""
+    from otelbridge.delivery.environment import OtelEnvironment  # light; keeps logs.py importable first
+
+    return [part for value in OtelEnvironment().header_values() for part in _credential_parts(value)]
+
+
+class Redactor:
+    """Replaces each configured secret by ``[redacted]`` in text (and in the strings of a JSON
+    tree); the longest first, so that a secret containing another leaves nothing behind."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: list[str] = []
+        self.set(secrets)
+
+    def set(self, secrets: Iterable[str]) -> None:
+        """Redact these from now on (instead of the earlier ones)."""
+        unique = {s for s in secrets if len(s) >= MIN_SECRET_CHARS}
+        self._secrets = sorted(unique, key=len, reverse=True)
+
+    def __bool__(self) -> bool:
+        return bool(self._secrets)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def tree(self, value: object) -> object:
+        """``value`` (JSON-like: dicts, lists, strings…) with every string redacted, keys too."""
+        if not self._secrets:
+            return value
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, dict):
+            return {self(k) if isinstance(k, str) else k: self.tree(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.tree(v) for v in value]
+        return value
+
+
+_ACTIVE: Final = Redactor()
+
+
+def active_redactor() -> Redactor:
+    """The process's redactor, set by :func:`configure_logging` and used by its log lines, for
+    text that leaves the process other than through the log (the readiness JSON)."""
+    return _ACTIVE
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, redact: Redactor | None = None) -> None:
+        super().__init__()
+        self._redact = redact or Redactor()
+
     def format(self, record: logging.LogRecord) -> str:
+        redact = self._redact
         data: dict[str, object] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_") and key != "color_message":
-                data[key] = value
+                data[key] = redact(value) if isinstance(value, str) else value
         if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str, ensure_ascii=False)
+            data["exception"] = redact(self.formatException(record.exc_info))
+        text = json.dumps(data, default=str, ensure_ascii=False)
+        # json.dumps escapes control characters but not U+2028/U+2029, which some line
+        # splitters honour; and an extra value rendered by default=str was not redacted yet.
+        return redact(text).replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
 class TextFormatter(logging.Formatter):
-    def __init__(self) -> None:
+    def __init__(self, redact: Redactor | None = None) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._redact = redact or Redactor()
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(self._redact(record.getMessage()))
+        record.asctime = self.formatTime(record)
+        line = self.formatMessage(record)  # time, level and logger name hold no caller data
+        if record.exc_info:
+            # The traceback stays on the event's line (newlines escaped): "one line per event".
+            line += " | " + escape_controls(self._redact(self.formatException(record.exc_info)))
+        if record.stack_info:
+            line += " | " + escape_controls(self._redact(self.formatStack(record.stack_info)))
+        return line
 
 
 def configure_logging(
@@ -65,10 +149,14 @@ def configure_logging(
     *,
     secrets: Iterable[str] = (),
     stream: TextIO | None = None,
-) -> None:
+) -> Redactor:
+    """Log to ``stream`` (stderr) in ``fmt``; ``secrets`` and the OTLP header values of the
+    environment are redacted from every line. Returns the redactor (also
+    :func:`active_redactor`)."""
+    redact = _ACTIVE
+    redact.set([*secrets, *otlp_header_values()])
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    handler.addFilter(_Redact(secrets))
+    handler.setFormatter(JsonFormatter(redact) if fmt == "json" else TextFormatter(redact))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -83,3 +171,4 @@ def configure_logging(
     # httpx logs every request with its full URL (credentials in a URL would leak): warnings only.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    return redact

@@ -12,15 +12,18 @@ it (measured in docs/benchmarks.md). The two processes share nothing but the SQL
 
 Protocol on stdin, one line each: the first line is the JSON config; then ``w`` (new inbox
 rows), ``c {json}`` (cumulative webhook counts by type and outcome), ``h {json}`` (the webhook
-side's health), ``stop`` (drain within the shutdown timeout, then exit 0). End of input without
-``stop`` means the main process is gone (``kill -9``): exit at once — everything is durable,
-and the next start carries on. ``pipeline.lock`` in the state directory keeps a second pipeline
+side's health), ``stop`` (drain within the shutdown timeout, then exit 0). The main process's
+death kills this one at once (``PR_SET_PDEATHSIG``, :func:`die_with_parent`); elsewhere, end of
+input without ``stop`` means the same: exit at once, abandoning exports in flight — everything
+is durable, and the next start carries on. ``/healthz`` fails when the main process has not
+reported for 10 s. ``pipeline.lock`` in the state directory keeps a second pipeline
 from running on the same files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import functools
 import json
@@ -54,11 +57,21 @@ from otelbridge.delivery.transport import Transport, make_transport, probe
 from otelbridge.ingest.inbox import inbox_depth
 from otelbridge.ingest.poller import Poller
 from otelbridge.ingest.processor import BatchResult, Processor, load_unexported_points
-from otelbridge.logs import configure_logging
+from otelbridge.logs import active_redactor, configure_logging
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping.records import SpanRecord
 from otelbridge.settings import Settings
-from otelbridge.store import Database, ensure_state_dir, open_inbox, open_state, open_state_reader
+from otelbridge.store import (
+    Database,
+    FreeSpace,
+    ensure_state_dir,
+    open_acks,
+    open_inbox,
+    open_private,
+    open_state,
+    open_state_reader,
+    probe_write,
+)
 from otelbridge.web import address, quiet_server
 
 log = logging.getLogger("otelbridge.pipeline")
@@ -70,6 +83,8 @@ STUCK_AFTER_NS = 60 * 1_000_000_000
 #: the webhook side counts as gone when it has not reported for this long
 WEBHOOK_SILENT_NS = 10 * 1_000_000_000
 LOCK_WAIT_S = 30.0
+#: a loop that keeps failing the same way logs its traceback once, then one line this often
+REPEATED_FAILURE_LOG_S = 60.0
 
 
 @dataclass(slots=True)
@@ -86,7 +101,7 @@ class WebhookSide:
 def pipeline_lock(state_dir: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
     """Exclusive ``pipeline.lock``: waits for a pipeline orphaned by a ``kill -9`` to exit."""
     ensure_state_dir(state_dir)
-    with (state_dir / "pipeline.lock").open("a") as f:
+    with open_private(state_dir / "pipeline.lock") as f:  # 0600, never through a link
         deadline = time.monotonic() + wait_s
         while True:
             try:
@@ -115,6 +130,7 @@ class Pipeline:
         self.state: Database = open_state(settings.state_dir)
         self._state_reader = open_state_reader(settings.state_dir)
         self._inbox = open_inbox(settings.state_dir)
+        self._acks = open_acks(settings.state_dir)  # the sender's record of acknowledged exports
         self.spool = Spool(max_bytes=settings.spool_max_bytes, max_age_ns=int(settings.spool_max_age * 1e9))
         self.environment = OtelEnvironment()
         self.exporters = self.environment.exporters(settings.exporter)
@@ -154,6 +170,7 @@ class Pipeline:
             initial_backoff_s=settings.retry_initial_backoff,
             max_backoff_s=settings.retry_max_backoff,
             reader=self._state_reader,
+            acks=self._acks,
         )
         self.wake = anyio.Event()
         self._processing = anyio.Lock()
@@ -196,7 +213,7 @@ class Pipeline:
     def close(self) -> None:
         self.telemetry.shutdown()
         self.transport.close()
-        for db in (self.state, self._state_reader, self._inbox):
+        for db in (self.state, self._state_reader, self._inbox, self._acks):
             db.close()
 
     # --- loops ---------------------------------------------------------------------------------
@@ -323,21 +340,37 @@ class Pipeline:
             return self.spool.stats(conn).depth
 
     async def drain(self, timeout_s: float) -> None:
-        """Process what is stored, spool a last metrics collection, send for ``timeout_s``."""
+        """Process what is stored, spool a last metrics collection, send for ``timeout_s``. A
+        step that fails (a full disk) is logged and the stop goes on: what is stored stays for
+        the next start, and the process still exits cleanly."""
         started = time.monotonic()
-        await self.process_all()
-        await self.collect_metrics()
+        failed = False
+        for step, what in ((self.process_all, "process the stored events"),
+                           (self.collect_metrics, "spool a last metrics collection")):  # fmt: skip
+            try:
+                await step()
+            except Exception as exc:
+                failed = True
+                log.error(
+                    "stopping: could not %s (%s: %s); what is stored stays in %s for the next start",
+                    what, type(exc).__name__, exc, self.settings.state_dir,
+                )  # fmt: skip
         self.sender.notify()
-        with anyio.move_on_after(max(0.0, timeout_s - (time.monotonic() - started))):
-            while sum((await anyio.to_thread.run_sync(self.spool_depth)).values()):
-                await anyio.sleep(0.05)
-        left = await anyio.to_thread.run_sync(self.spool_depth)
+        try:
+            with anyio.move_on_after(max(0.0, timeout_s - (time.monotonic() - started))):
+                while sum((await anyio.to_thread.run_sync(self.spool_depth)).values()):
+                    await anyio.sleep(0.05)
+            left = await anyio.to_thread.run_sync(self.spool_depth)
+        except Exception as exc:
+            log.error("stopping: cannot read the spool (%s: %s); it is kept in %s for the next start",
+                      type(exc).__name__, exc, self.settings.state_dir)  # fmt: skip
+            return
         if sum(left.values()):
             log.warning(
                 "stopping with %d trace and %d metrics request(s) unsent; they are kept in %s and sent "
                 "at the next start", left["traces"], left["metrics"], self.settings.state_dir,
             )  # fmt: skip
-        else:
+        elif not failed:
             log.info("stopped: everything received was exported")
 
     # --- admin ------------------------------------------------------------------------------------
@@ -346,12 +379,17 @@ class Pipeline:
 
     async def readiness(self) -> Readiness:
         checks: dict[str, dict[str, Any]] = {}
+        space = FreeSpace(self.settings.state_dir, self.settings.min_free_bytes)
 
         def probe() -> str | None:
+            # free space against the floor first: on a full disk a one-page write still fits
+            # in the WAL's old frames and would pass
+            problem = space.problem(fresh=True)
+            if problem is not None:
+                return problem
             try:
                 for db in (self._inbox, self.state):
-                    with db.transaction():
-                        pass
+                    probe_write(db)  # a real write: an empty transaction writes nothing
             except Exception as exc:
                 return f"{type(exc).__name__}: {exc}"
             return None
@@ -400,7 +438,20 @@ class Pipeline:
                     for a, st in self.poller.statuses.items()
                 },
             }
-        return Readiness(all(check["ok"] for check in checks.values()), checks)
+        # Error texts come from backends and APIs, which may echo a key: redacted as the log is.
+        redacted = active_redactor().tree(checks)
+        assert isinstance(redacted, dict)
+        return Readiness(all(check["ok"] for check in checks.values()), redacted)
+
+    def liveness(self) -> str | None:
+        """Why the daemon is not alive (``/healthz`` 503), or None. Alive while the webhook
+        process reports (every second); during a drain after ``stop`` it reports no more."""
+        if self.stopping or time.time_ns() - self.webhooks.heard_ns <= WEBHOOK_SILENT_NS:
+            return None
+        return (
+            f"the webhook process has not reported for {WEBHOOK_SILENT_NS // 1_000_000_000}s: it is stopped, "
+            "hung or gone and webhooks are not being taken. Fix: restart otelbridge serve"
+        )
 
     # --- the main process's messages ---------------------------------------------------------------
     def take(self, line: str) -> bool:
@@ -426,23 +477,50 @@ def _forget_points(conn: sqlite3.Connection, through: int) -> None:
     conn.execute("DELETE FROM points WHERE id <= ?", (through,))
 
 
-async def resilient(name: str, loop: Callable[[], Awaitable[None]]) -> None:
+async def resilient(
+    name: str,
+    loop: Callable[[], Awaitable[None]],
+    *,
+    delay_s: float = 1.0,
+    quiet_s: float = REPEATED_FAILURE_LOG_S,
+) -> None:
     """Run ``loop`` forever: an unexpected error (a full disk, a bug) is logged and the loop
-    starts again a second later instead of taking the daemon down. Nothing is lost: every
-    loop works from the durable state."""
+    starts again ``delay_s`` later instead of taking the daemon down. Nothing is lost: every
+    loop works from the durable state. A failure like the one before (same type and message,
+    within ``quiet_s`` of running) logs its traceback once, then one line per ``quiet_s`` with
+    the count: a full disk failing every second would otherwise write 60 tracebacks a minute."""
+    last: str | None = None
+    repeats = 0
+    next_line = 0.0
     while True:
+        started = time.monotonic()
         try:
             await loop()
-        except Exception:
-            log.exception("the %s loop failed; restarting it in 1s", name)
-            await anyio.sleep(1.0)
+        except Exception as exc:
+            now = time.monotonic()
+            what = f"{type(exc).__name__}: {exc}"
+            if what != last or now - started > quiet_s:
+                log.exception("the %s loop failed (%s); restarting it in %gs", name, what, delay_s)
+                last, repeats, next_line = what, 0, now + quiet_s
+            else:
+                repeats += 1
+                if now >= next_line:
+                    log.error(
+                        "the %s loop failed again %d time(s) in %gs (%s); restarting it every %gs",
+                        name, repeats, quiet_s, what, delay_s,
+                    )  # fmt: skip
+                    repeats, next_line = 0, now + quiet_s
+            await anyio.sleep(delay_s)
 
 
 async def run_pipeline() -> int:
     async with anyio.wrap_file(sys.stdin.buffer) as stdin:
         config = json.loads(await stdin.readline())
         settings = Settings(**config["settings"])
-        configure_logging(settings.log_format, settings.log_level)
+        # The API key is redacted (the OTLP header values too: configure_logging adds them);
+        # this process never holds the webhook secrets (see daemon.pipeline_environment).
+        hidden = [config["api_key"]] if config.get("api_key") else []
+        configure_logging(settings.log_format, settings.log_level, secrets=hidden)
         admin_sock = socket.socket(fileno=config["admin_fd"])
         with await anyio.to_thread.run_sync(pipeline_lock, settings.state_dir):
             pipeline = Pipeline(settings, Resource(config["resource"]), api_key=config.get("api_key"))
@@ -455,7 +533,7 @@ async def run_pipeline() -> int:
 
 
 async def _serve(pipeline: Pipeline, admin_sock: socket.socket, stdin: anyio.AsyncFile[bytes]) -> int:
-    admin = quiet_server(build_admin_app(pipeline.readiness, pipeline.metrics_text))
+    admin = quiet_server(build_admin_app(pipeline.readiness, pipeline.metrics_text, pipeline.liveness))
     async with anyio.create_task_group() as tg:
         await pipeline.run_loops(tg)
         admin_done = anyio.Event()
@@ -482,6 +560,11 @@ async def _serve(pipeline: Pipeline, admin_sock: socket.socket, stdin: anyio.Asy
                 await admin_done.wait()
         else:
             log.warning("the webhook side is gone: stopping at once (everything stored is kept)")
+            # At once: a cancelled task group would wait for the worker threads, and an export
+            # in flight holds one until its timeout, keeping the admin port and answering
+            # /readyz. Abandoning it loses nothing: what the backend has not acknowledged is
+            # still in state.db, and every SQLite commit is durable (as after a kill -9).
+            os._exit(0)
         tg.cancel_scope.cancel()
     return 0
 
@@ -491,7 +574,24 @@ async def _serve(pipeline: Pipeline, admin_sock: socket.socket, stdin: anyio.Asy
 NICENESS = 10
 
 
+#: prctl(2) option: the signal the kernel sends this process when its parent dies
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int | None) -> None:
+    """Have the kernel SIGKILL this process the moment the webhook process dies (``kill -9``
+    included), so that no orphan keeps the admin port and answers the probes for it. Linux only;
+    elsewhere the end of stdin stops it (:func:`_serve`)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(0)  # the parent died before prctl took effect: nobody will ever send "stop"
+
+
 def main() -> int:
+    die_with_parent(int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else None)
     # Ctrl-C in a terminal and a systemd stop (KillMode=control-group) signal every process of
     # the group: stopping is the daemon's to order ("stop" on stdin, or the end of stdin), so
     # that the pipeline drains first instead of dying under the daemon's graceful shutdown.

@@ -92,6 +92,12 @@ class Settings(BaseSettings):
         ge=1024,
         description="largest webhook body accepted, in bytes (413 beyond)",
     )
+    min_free_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="free space kept on the state volume, in bytes: below it webhooks get 503 and "
+        "/readyz fails, so processing and trimming always have room (0: no floor)",
+    )
     state_dir: Path = Field(
         default=Path("otelbridge-state"),
         description="directory of the SQLite state (inbox, spool, ledger); must be writable",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 from collections.abc import Iterator
 
@@ -12,6 +13,11 @@ from starlette.types import ASGIApp
 
 class StartupError(Exception):
     """otelbridge serve cannot start: the message names the setting and the fix."""
+
+
+class InUseError(StartupError):
+    """What serve needs is held by another process (a port, the state directory): its own exit
+    status, since waiting or stopping the other process fixes it, not changing a setting."""
 
 
 def bind(host: str, port: int, setting: str) -> socket.socket:
@@ -31,6 +37,11 @@ def bind(host: str, port: int, setting: str) -> socket.socket:
         sock.listen(2048)
     except OSError as exc:
         sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise InUseError(
+                f"{setting}: cannot listen on {host}:{port}: the address is in use by another process. "
+                "Fix: stop what listens there (an otelbridge serve still stopping?), or choose a free port"
+            ) from None
         raise StartupError(
             f"{setting}: cannot listen on {host}:{port} ({exc.strerror}). "
             "Fix: choose a free port or stop what uses it"

@@ -67,3 +67,68 @@ def test_secrets_are_redacted_wherever_they_would_appear(fmt: str) -> None:
     text = out.getvalue()
     assert "s3cr3t-value" not in text and "other-key" not in text
     assert text.count("[redacted]") == 2
+
+
+def test_text_lines_escape_control_characters_so_a_value_cannot_forge_a_line() -> None:
+    out = io.StringIO()
+    configure_logging("text", "info", stream=out)
+    forged = "2026-12-03T10:00:00.000Z ERROR otelbridge.sender: forged"
+    log = logging.getLogger("otelbridge.receiver")
+    log.info("webhook accepted: call %s", f"c1\n{forged}\r\x1b[2K\u2028")
+    log.warning(f"in the message itself\n{forged}")
+    try:
+        raise ValueError(f"call c2\n{forged}")
+    except ValueError:
+        log.exception("failed")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3, lines  # one line per event, the traceback included
+    assert not [line for line in lines if line.startswith(forged[:20])]
+    assert lines[0].endswith("call c1\\n" + forged + "\\r\\x1b[2K\\u2028")
+    assert "| Traceback (most recent call last):\\n" in lines[2] and "ValueError: call c2\\n2026" in lines[2]
+
+
+def test_json_lines_stay_one_line_with_line_separators() -> None:
+    out = io.StringIO()
+    configure_logging("json", "info", stream=out)
+    logging.getLogger("otelbridge.test").info("a\u2028b\nc", extra={"call_id": "x\u2029y"})
+    (line,) = out.getvalue().splitlines()
+    record = json.loads(line)
+    assert record["message"] == "a\u2028b\nc" and record["call_id"] == "x\u2029y"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_otlp_header_values_are_redacted_in_messages_exceptions_and_extras(
+    fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-honeycomb-team=hc-key-123456")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "Authorization=Basic dXNlcjp0b2tlbg==")
+    out = io.StringIO()
+    configure_logging(fmt, "info", stream=out)  # type: ignore[arg-type]
+    log = logging.getLogger("otelbridge.sender")
+    log.error(
+        "refused (400: you sent x-honeycomb-team: %s)", "hc-key-123456", extra={"echo": "hc-key-123456"}
+    )
+    log.error("the backend echoed the token alone: dXNlcjp0b2tlbg==")
+    try:
+        raise RuntimeError("Authorization: Basic dXNlcjp0b2tlbg==")
+    except RuntimeError:
+        log.exception("failed")
+    text = out.getvalue()
+    assert "hc-key-123456" not in text and "dXNlcjp0b2tlbg==" not in text
+    assert "x-honeycomb-team: [redacted])" in text and "token alone: [redacted]" in text
+    assert "RuntimeError: Authorization: [redacted]" in text
+
+
+def test_the_redactor_cleans_a_json_tree_as_readiness_shows_it() -> None:
+    from otelbridge.logs import active_redactor
+
+    redact = configure_logging("text", "info", secrets=["sk_live_abcdef"], stream=io.StringIO())
+    assert redact is active_redactor()
+    checks = {
+        "delivery": {"traces": {"failures": 2, "last_error": "401: bad key sk_live_abcdef"}},
+        "ok": [True],
+    }
+    assert redact.tree(checks) == {
+        "delivery": {"traces": {"failures": 2, "last_error": "401: bad key [redacted]"}},
+        "ok": [True],
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -9,7 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from otelbridge.store import SCHEMA_VERSION, FairLock, StoreError, open_state, open_state_reader, state_path
+from otelbridge.store import (
+    SCHEMA_VERSION,
+    FairLock,
+    FreeSpace,
+    StoreError,
+    free_bytes,
+    open_inbox,
+    open_state,
+    open_state_reader,
+    probe_write,
+    state_path,
+)
+from tests.support.tmpfs import fill, tmpfs
+
+MiB = 1024 * 1024
 
 
 def test_a_store_from_before_the_backfill_mark_gets_its_columns_and_keeps_its_rows(tmp_path: Path) -> None:
@@ -94,3 +109,80 @@ def test_a_reader_connection_sees_what_the_writer_committed(tmp_path: Path) -> N
         assert conn.execute("SELECT value FROM meta WHERE key='k'").fetchone() == ("v",)
     reader.close()
     db.close()
+
+
+# --- a full disk (a real tmpfs) ------------------------------------------------------------------
+def test_a_write_the_disk_cannot_hold_raises_sqlites_own_error_and_leaves_the_store_usable(
+    tmp_path: Path,
+) -> None:
+    """SQLite rolls back by itself on SQLITE_FULL: the transaction helper must not roll back a
+    second time ("cannot rollback - no transaction is active"), which hid the real error."""
+    with tmpfs(tmp_path / "vol", 8 * MiB) as vol:
+        db = open_inbox(vol)
+        filler = fill(vol, 1 * MiB)
+
+        def write_5_mb() -> None:
+            with db.transaction() as conn:
+                for _ in range(10):  # more than the page cache holds: it spills inside the block
+                    conn.execute(
+                        "INSERT INTO inbox (received_ns, event_type, call_id, body) VALUES (0, 't', 'c', ?)",
+                        (os.urandom(500_000),),
+                    )
+
+        with pytest.raises(sqlite3.OperationalError) as info:
+            write_5_mb()
+        assert str(info.value) == "database or disk is full"
+        assert info.value.__context__ is None  # no second error raised while handling it
+        assert not db.conn.in_transaction
+        filler.unlink()
+        with db.transaction() as conn:  # space is back: the same connection writes again
+            conn.execute(
+                "INSERT INTO inbox (received_ns, event_type, call_id, body) VALUES (0, 't', 'c', x'00')"
+            )
+        db.close()
+
+
+def test_free_space_is_measured_against_the_floor_and_cached(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "vol", 8 * MiB) as vol:
+        filler = fill(vol, 1 * MiB)
+        space = FreeSpace(vol, 2 * MiB, ttl_s=3600)
+        problem = space.problem()
+        assert problem == f"free space {free_bytes(vol)} bytes below OTELBRIDGE_MIN_FREE_BYTES ({2 * MiB})"
+        filler.unlink()
+        assert space.problem() == problem  # the reading is cached: no statvfs per request
+        assert space.problem(fresh=True) is None
+        # bytes written within one reading are counted off it
+        room = free_bytes(vol) - 2 * MiB
+        assert space.problem(room) is None
+        assert space.problem() is None  # exactly at the floor
+        assert space.problem(1) is None  # a write may go below it (the reserve is for that)...
+        # ... and then nothing more until space returns
+        assert (
+            space.problem() == f"free space {2 * MiB - 1} bytes below OTELBRIDGE_MIN_FREE_BYTES ({2 * MiB})"
+        )
+        assert FreeSpace(vol, 0).problem(10 * MiB) is None  # 0: no floor
+
+
+def test_probe_write_commits_a_real_write(tmp_path: Path) -> None:
+    """An empty transaction writes nothing and passes on any disk; the probe commits a change
+    that another connection sees (``data_version`` moves only for a commit by another one)."""
+    db = open_inbox(tmp_path)
+    other = sqlite3.connect(tmp_path / "inbox.db")
+    before = other.execute("PRAGMA data_version").fetchone()[0]
+    with db.transaction():
+        pass
+    assert other.execute("PRAGMA data_version").fetchone()[0] == before
+    probe_write(db)
+    assert other.execute("PRAGMA data_version").fetchone()[0] != before
+    other.close()
+    db.close()
+
+
+def test_opening_the_store_on_a_full_volume_says_the_volume_is_full(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "vol", 4 * MiB) as vol:
+        open_inbox(vol).close()  # a store from before, as at a restart
+        fill(vol, 0)
+        with pytest.raises(StoreError) as info:
+            open_inbox(vol)
+        assert f"cannot open {vol / 'inbox.db'}: " in str(info.value)
+        assert "; the volume has 0 bytes free. Fix: free space on it" in str(info.value)

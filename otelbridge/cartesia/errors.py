@@ -9,6 +9,16 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 _MAX_PROBLEMS = 5
+#: caps, in characters: a field name, one problem, and the whole description. A description
+#: goes into a 422 answer and a log line; nothing in it may grow with the request body.
+_MAX_PART_CHARS = 64
+_MAX_PROBLEM_CHARS = 240
+MAX_DESCRIPTION_CHARS = 1000
+
+
+def cap(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters (an ellipsis marks the cut)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def field_path(loc: Sequence[int | str], prefix: str = "") -> str:
@@ -18,9 +28,9 @@ def field_path(loc: Sequence[int | str], prefix: str = "") -> str:
         if isinstance(part, int):
             path += f"[{part}]"
         elif path:
-            path += f".{part}"
+            path += f".{cap(part, _MAX_PART_CHARS)}"
         else:
-            path = str(part)
+            path = cap(str(part), _MAX_PART_CHARS)
     return path
 
 
@@ -52,19 +62,21 @@ def _describe(error: ErrorDetails, prefix: str) -> str:
     elif error["type"] not in ("value_error", "assertion_error"):
         message = f"{message} (got {type(error['input']).__name__})"
     if not path:
-        return message
+        return cap(message, _MAX_PROBLEM_CHARS)
     if message.startswith(f"{path}:"):
-        return message  # a model validator that already names its field
-    return f"{path}: {message}"
+        return cap(message, _MAX_PROBLEM_CHARS)  # a model validator that already names its field
+    return cap(f"{path}: {message}", _MAX_PROBLEM_CHARS)
 
 
 def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
     """All problems of ``exc`` on one line, each as ``path: problem``, joined by ``; ``.
 
-    Input values are named by type only, so that transcript text never leaks into a log.
+    Input values are named by type only, so that transcript text never leaks into a log
+    (our own validators' messages never quote their input either); at most
+    :data:`MAX_DESCRIPTION_CHARS` characters.
     """
     errors = exc.errors(include_url=False)
     parts = [_describe(e, prefix) for e in errors[:_MAX_PROBLEMS]]
     if len(errors) > _MAX_PROBLEMS:
         parts.append(f"and {len(errors) - _MAX_PROBLEMS} more problems")
-    return "; ".join(dict.fromkeys(parts))
+    return cap("; ".join(dict.fromkeys(parts)), MAX_DESCRIPTION_CHARS)

@@ -5,17 +5,24 @@
   signal backs off — ``Retry-After`` when the backend gives one (capped at 15 minutes), else
   exponential from ``retry_initial_backoff`` to ``retry_max_backoff`` with equal jitter — and
   the same request is tried again, so order is kept and nothing is skipped.
+* a refused merged export (400, 413 and their gRPC twins: one bad request, or a backend with a
+  smaller size limit) is split in halves, each sent alone and split again if refused, so that
+  only the spooled requests the backend refuses on their own are dead-lettered; after a "too
+  large" the signal merges at most half as much from then on.
 * anything else (400, 401, 403, 404, 413…): the request moves to ``dead_letters`` with the
   status and the backend's message; counted and logged at ERROR.
 
-Deletion happens after the backend's 2xx: a crash between the two re-sends one request on
-restart (backends such as Tempo de-duplicate by span id; README, "Nothing lost").
+A 2xx is recorded at once in ``acks.db`` (its own file: no wait for ``state.db``'s lock, which
+the processor holds through a batch), then the spool rows are deleted; a start deletes the
+recorded ones unsent. A ``kill -9`` between the backend's 2xx and that record re-sends one
+export (backends such as Tempo de-duplicate by span id; README, "Nothing lost").
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +43,10 @@ MAX_RETRY_AFTER_S = 900.0
 #: trace requests spooled one after the other are sent together up to this many body bytes
 #: (half gRPC's default 4 MiB message limit): a backlog drains in few large requests
 MERGE_MAX_BYTES: dict[Signal, int] = {"traces": 2 * 1024 * 1024, "metrics": 0}
+#: refusals a merged export may owe to one of its parts or to its size: its parts are tried alone
+SPLIT_ON: frozenset[str] = frozenset({"400", "413", "grpc INVALID_ARGUMENT", "grpc RESOURCE_EXHAUSTED"})
+#: ... of which these say the export was too large
+TOO_LARGE: frozenset[str] = frozenset({"413", "grpc RESOURCE_EXHAUSTED"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +73,10 @@ class Outgoing:
     def call_ends(self) -> list[int]:
         return [end for e in self.entries for end in e.call_ends]
 
+    def halves(self) -> list[Outgoing]:
+        middle = len(self.entries) // 2
+        return [Outgoing(self.entries[:middle]), Outgoing(self.entries[middle:])]
+
 
 @dataclass(slots=True)
 class SignalState:
@@ -86,16 +101,38 @@ class Sender:
         rng: random.Random | None = None,
         merge_max_bytes: dict[Signal, int] | None = None,
         reader: Database | None = None,
+        acks: Database | None = None,
     ) -> None:
         self._db, self._spool, self._transport, self._metrics = state, spool, transport, metrics
+        self._acks = acks  # acks.db; None: acknowledgements are not recorded (tests)
+        #: acknowledged spool ids deleted since, forgotten in acks.db with the next record
+        self._forget: list[int] = []
         self._reader = reader or state  # where the spool is read; writes go through ``state``
         self._initial, self._max = initial_backoff_s, max_backoff_s
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
-        self._merge = merge_max_bytes if merge_max_bytes is not None else MERGE_MAX_BYTES
+        self._merge = dict(merge_max_bytes if merge_max_bytes is not None else MERGE_MAX_BYTES)
         self._wake = {s: anyio.Event() for s in SIGNALS}
         self.states = {s: SignalState(heartbeat_ns=clock()) for s in SIGNALS}
         self._idle = dict.fromkeys(SIGNALS, True)
+        self.recovered = self._recover() if acks is not None else 0
+
+    def _recover(self) -> int:
+        """Spool rows acknowledged before a crash (listed in acks.db, not yet deleted from the
+        spool) are deleted unsent; how many."""
+        assert self._acks is not None
+        with self._acks.reading() as conn:
+            acked = self._spool.acked(conn)
+        if not acked:
+            return 0
+        with self._db.transaction() as conn:
+            deleted = self._spool.delete_acked(conn, acked)
+        with self._acks.transaction() as conn:
+            self._spool.forget_acked(conn, acked)
+        if deleted:
+            log.info("%d spooled request(s) acknowledged by the backend before the last stop: "
+                     "deleted, not sent again", deleted)  # fmt: skip
+        return deleted
 
     def notify(self) -> None:
         for event in self._wake.values():
@@ -121,7 +158,7 @@ class Sender:
                     await self._wake[signal].wait()
                 continue
             self._idle[signal] = False
-            result = await anyio.to_thread.run_sync(self._transport.send, signal, request.body)
+            result = await self._send(signal, request)
             self._metrics.export_attempts.add(
                 1, {c.SELF_ATTR_SIGNAL: signal, c.SELF_ATTR_OUTCOME: result.outcome}
             )
@@ -129,8 +166,46 @@ class Sender:
                 await self._ok(signal, request, result)
             elif result.outcome == "retry":
                 await self._retry(signal, request, result)
+            elif len(request.entries) > 1 and result.status in SPLIT_ON:
+                await self._split(signal, request, result)
             else:
                 await self._reject(signal, request, result)
+
+    async def _split(self, signal: Signal, request: Outgoing, result: SendResult) -> None:
+        """A refused merged export: its halves go alone (split again while refused), so that a
+        request that would pass alone is never dead-lettered with a bad neighbour."""
+        state = self.states[signal]
+        size = len(request.body)
+        if result.status in TOO_LARGE and self._merge.get(signal, 0) >= size // 2:
+            self._merge[signal] = size // 2
+            log.warning(
+                "%s export of %d bytes refused as too large by %s (%s); sending it in parts, and "
+                "merging at most %d bytes per export from now on",
+                signal, size, self._transport.endpoint(signal), result.status, self._merge[signal],
+            )  # fmt: skip
+        else:
+            log.warning(
+                "%s export of %d merged requests refused by %s (%s: %s); sending them in parts",
+                signal, len(request.entries), self._transport.endpoint(signal), result.status,
+                result.message,
+            )  # fmt: skip
+        parts = request.halves()
+        while parts:
+            part = parts.pop(0)
+            state.heartbeat_ns = self._clock()
+            answer = await self._send(signal, part)
+            self._metrics.export_attempts.add(
+                1, {c.SELF_ATTR_SIGNAL: signal, c.SELF_ATTR_OUTCOME: answer.outcome}
+            )
+            if answer.outcome == "ok":
+                await self._ok(signal, part, answer)
+            elif answer.outcome == "retry":  # the rest waits, in order, for the backend
+                await self._retry(signal, Outgoing([e for p in (part, *parts) for e in p.entries]), answer)
+                return
+            elif len(part.entries) > 1 and answer.status in SPLIT_ON:
+                parts[:0] = part.halves()
+            else:
+                await self._reject(signal, part, answer)
 
     def _next(self, signal: Signal) -> Outgoing | None:
         with self._reader.reading() as conn:
@@ -143,6 +218,8 @@ class Sender:
                 self._spool.delete(conn, *request.ids)
 
         await anyio.to_thread.run_sync(done)
+        if self._acks is not None:
+            self._forget += request.ids
         state = self.states[signal]
         if state.failures:
             log.info("%s export recovered after %d failed attempt(s)", signal, state.failures)
@@ -162,6 +239,31 @@ class Sender:
             )
         elif result.partial_message:
             log.warning("%s export: backend warning: %s", signal, result.partial_message)
+
+    async def _send(self, signal: Signal, request: Outgoing) -> SendResult:
+        forget, self._forget = self._forget, []
+        result = await anyio.to_thread.run_sync(self._send_and_record, signal, request, forget)
+        if result.outcome != "ok":
+            self._forget[:0] = forget  # not recorded: forgotten with the next acknowledgement
+        return result
+
+    def _send_and_record(self, signal: Signal, request: Outgoing, forget: list[int]) -> SendResult:
+        """Send; on a 2xx, record it in acks.db in the same worker thread, before anything can
+        wait: not for state.db's lock, nor for the event loop of a process that runs at the
+        lowest CPU priority (under load, a hop back to it took tens of milliseconds)."""
+        result = self._transport.send(signal, request.body)
+        if result.outcome == "ok" and self._acks is not None:
+            self._record_ack(request, forget)
+        return result
+
+    def _record_ack(self, request: Outgoing, forget: list[int]) -> None:
+        assert self._acks is not None
+        try:
+            with self._acks.transaction() as conn:
+                self._spool.record_acked(conn, request.entries, forget)
+        except sqlite3.Error as exc:  # the delete that follows is what matters; it may still work
+            log.warning("cannot record an acknowledged export in %s (%s); a crash before the spool's "
+                        "delete would send it again", self._acks.path, exc)  # fmt: skip
 
     async def _retry(self, signal: Signal, request: Outgoing, result: SendResult) -> None:
         state = self.states[signal]

@@ -2,10 +2,10 @@
 
 Requests are added inside the processor's transaction (together with the ledger entries of
 their spans), so a request is spooled exactly when its spans are marked exported. The sender
-takes them oldest first per signal; a 2xx deletes, a retryable answer reschedules, any other
-answer moves the request to ``dead_letters``. Caps: ``max_bytes`` (the oldest requests are
-dropped beyond it) and ``max_age_ns`` (older requests are dropped); every drop is counted and
-logged loudly by the caller.
+takes them oldest first per signal; a 2xx is recorded at once in ``acks.db``, then deletes; a
+retryable answer reschedules, any other answer moves the request to ``dead_letters``. Caps:
+``max_bytes`` (the oldest requests are dropped beyond it) and ``max_age_ns`` (older requests
+are dropped); every drop is counted and logged loudly by the caller.
 """
 
 from __future__ import annotations
@@ -135,6 +135,34 @@ class Spool:
 
     def delete(self, conn: sqlite3.Connection, *entry_ids: int) -> None:
         conn.executemany("DELETE FROM spool WHERE id=?", [(i,) for i in entry_ids])
+
+    # --- acknowledgements (acks.db, see store.ACKS_SCHEMA) -----------------------------
+    @staticmethod
+    def record_acked(acks: sqlite3.Connection, entries: list[SpoolEntry], forget: list[int]) -> None:
+        """In ``acks.db``: ``entries`` were acknowledged; ``forget`` were since deleted from the
+        spool (forgotten here in the same commit: one sync per export)."""
+        acks.executemany(
+            "INSERT OR REPLACE INTO acked (spool_id, created_ns) VALUES (?, ?)",
+            [(e.id, e.created_ns) for e in entries],
+        )
+        acks.executemany("DELETE FROM acked WHERE spool_id=?", [(i,) for i in forget])
+
+    @staticmethod
+    def acked(acks: sqlite3.Connection) -> list[tuple[int, int]]:
+        return [(int(i), int(c)) for i, c in acks.execute("SELECT spool_id, created_ns FROM acked")]
+
+    def delete_acked(self, conn: sqlite3.Connection, acked: list[tuple[int, int]]) -> int:
+        """Delete the spool rows a backend acknowledged before a crash left them; their count."""
+        deleted = 0
+        for spool_id, created_ns in acked:
+            deleted += conn.execute(
+                "DELETE FROM spool WHERE id=? AND created_ns=?", (spool_id, created_ns)
+            ).rowcount
+        return deleted
+
+    @staticmethod
+    def forget_acked(acks: sqlite3.Connection, acked: list[tuple[int, int]]) -> None:
+        acks.executemany("DELETE FROM acked WHERE spool_id=?", [(i,) for i, _ in acked])
 
     def retried(self, conn: sqlite3.Connection, next_attempt_ns: int, *entry_ids: int) -> None:
         conn.executemany(

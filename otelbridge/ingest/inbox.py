@@ -10,6 +10,7 @@ single webhook waits for one commit only.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import sqlite3
 import threading
@@ -20,13 +21,19 @@ from dataclasses import dataclass
 import anyio
 
 from otelbridge.ingest.receiver import StoreUnavailable
-from otelbridge.store import Database
+from otelbridge.store import Database, FreeSpace, probe_write
 
 log = logging.getLogger("otelbridge.inbox")
 
 MAX_BATCH = 1024
 
 NewRow = tuple[int, str, str, bytes]  # received_ns, event type, call id, body
+#: why a batch was not stored: the detail for the log, and the reason the caller may be told
+Refusal = tuple[str, str | None]
+
+#: what a webhook refused for the free-space floor is told (fixed: one cached answer for all)
+LOW_SPACE_PUBLIC = "free space on the state volume is below OTELBRIDGE_MIN_FREE_BYTES"
+FULL_PUBLIC = "the state volume is full"
 
 _INSERT = "INSERT INTO inbox (received_ns, event_type, call_id, body) VALUES (?, ?, ?, ?)"
 _DELETE_THROUGH = "DELETE FROM inbox WHERE id <= ?"
@@ -47,11 +54,20 @@ class SqliteInbox:
     meanwhile: the next commit does not wait for the event loop to come round (with a worker
     thread per commit it did, and the loop sat idle a fifth of the time under load)."""
 
-    def __init__(self, db: Database, *, on_commit: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        on_commit: Callable[[], None] = lambda: None,
+        free_space: FreeSpace | None = None,
+    ) -> None:
         self._db = db
         self._on_commit = on_commit
+        #: checked by the committer once per batch (a cached reading, not a statvfs per request)
+        self._space = free_space
+        self._low_space: str | None = None  # the free-space problem webhooks are refused for
         self._cond = threading.Condition(threading.Lock())
-        self._pending: list[tuple[NewRow, asyncio.Future[str | None]]] = []
+        self._pending: list[tuple[NewRow, asyncio.Future[Refusal | None]]] = []
         self._idle = False  # the committer waits on _cond for work
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -64,15 +80,15 @@ class SqliteInbox:
     async def append(self, body: bytes, event_type: str, call_id: str) -> None:
         if self._closed:
             raise StoreUnavailable("otelbridge is shutting down")
-        waiter: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Refusal | None] = asyncio.get_running_loop().create_future()
         with self._cond:
             self._pending.append(((time.time_ns(), event_type, call_id, body), waiter))
             if self._idle:
                 self._idle = False
                 self._cond.notify()
-        error = await waiter
-        if error is not None:
-            raise StoreUnavailable(error)
+        refusal = await waiter
+        if refusal is not None:
+            raise StoreUnavailable(refusal[0], public=refusal[1])
 
     def trim_through(self, last_id: int) -> None:
         """Rows up to ``last_id`` have been processed: the next group commit deletes them, in
@@ -107,22 +123,27 @@ class SqliteInbox:
                     return
                 batch = self._pending[:MAX_BATCH]
                 del self._pending[:MAX_BATCH]
-            error: str | None = None
+            rows = [row for row, _ in batch]
+            error = self._refuse_for_space(sum(len(row[3]) for row in rows))
             trim = self._trim_to if self._trim_to > self._trimmed else None
             try:
-                self._write([row for row, _ in batch], trim)
-                if trim is not None:
-                    self._trimmed = trim
+                if error is None:
+                    self._write(rows, trim)
+                    if trim is not None:
+                        self._trimmed = trim
             except (sqlite3.Error, OSError) as exc:
-                error = f"the state store cannot be written ({type(exc).__name__}: {exc})"
-                log.error("inbox commit of %d webhook(s) failed: %s", len(batch), error)
+                detail = f"the state store cannot be written ({type(exc).__name__}: {exc})"
+                error = (detail, FULL_PUBLIC if _is_full(exc) else None)
+                log.error("inbox commit of %d webhook(s) failed: %s", len(batch), detail)
             try:
                 loop.call_soon_threadsafe(self._answer, batch, error)
             except RuntimeError:  # the event loop is closed: nobody is waiting any more
                 return
 
-    def _answer(self, batch: list[tuple[NewRow, asyncio.Future[str | None]]], error: str | None) -> None:
-        self.last_error = error
+    def _answer(
+        self, batch: list[tuple[NewRow, asyncio.Future[Refusal | None]]], error: Refusal | None
+    ) -> None:
+        self.last_error = None if error is None else error[0]
         for _, waiter in batch:
             if not waiter.done():  # a request that gave up (store timeout) is cancelled
                 waiter.set_result(error)
@@ -142,10 +163,49 @@ class SqliteInbox:
             conn.execute(_DELETE_THROUGH, (trim_through,))
             conn.execute(insert, values)
 
-    def probe(self) -> None:
-        """Raise when the inbox cannot take a write transaction (for /readyz)."""
-        with self._db.transaction():
-            pass
+    def _refuse_for_space(self, writing: int) -> Refusal | None:
+        """A refusal when writing ``writing`` bytes would go below the free-space floor; logs
+        once when refusing starts and once when it ends."""
+        problem = None if self._space is None else self._space.problem(writing)
+        self._note_low_space(problem)
+        return None if problem is None else (problem, LOW_SPACE_PUBLIC)
+
+    def _note_low_space(self, problem: str | None) -> None:
+        if problem is not None and self._low_space is None:
+            assert self._space is not None
+            log.error("refusing webhooks (503): %s on the state volume. %s", problem, self._space.fix())
+        elif problem is None and self._low_space is not None:
+            log.info(
+                "free space on the state volume is back above OTELBRIDGE_MIN_FREE_BYTES: taking webhooks"
+            )
+        self._low_space = problem
+
+    def health(self) -> str | None:
+        """What keeps webhooks from being stored now, or None. The daemon calls it every second
+        (from a worker thread), so a problem clears by itself once it is gone — behind a load
+        balancer that gates on readiness, no webhook would come to clear it. The free space is
+        read afresh; after a failed commit, a real write must succeed again."""
+        if self._space is not None:
+            problem = self._space.problem(fresh=True)
+            self._note_low_space(problem)
+            if problem is not None:
+                return problem
+        failed = self.last_error
+        if failed is None:
+            return None
+        try:
+            probe_write(self._db)
+        except (sqlite3.Error, OSError) as exc:
+            return f"the state store cannot be written ({type(exc).__name__}: {exc})"
+        if self.last_error is failed:  # no newer failure meanwhile
+            self.last_error = None
+        return None
+
+
+def _is_full(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
 
 
 def _insert_many(rows: list[NewRow]) -> tuple[str, list[object]]:

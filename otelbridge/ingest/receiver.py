@@ -76,7 +76,13 @@ _MAX_MEDIA_TYPES = 64  # distinct Content-Type values whose verdict is remembere
 
 
 class StoreUnavailable(Exception):
-    """Raised by an :class:`Inbox` when the event cannot be stored durably (answered 503)."""
+    """Raised by an :class:`Inbox` when the event cannot be stored durably (answered 503). The
+    message goes to the log only; ``public``, when given, is a reason safe to tell the caller
+    (it names the problem, never a path or a value), e.g. that the state volume is full."""
+
+    def __init__(self, *args: object, public: str | None = None) -> None:
+        super().__init__(*args)
+        self.public = public
 
 
 class Inbox(Protocol):
@@ -398,7 +404,7 @@ class _WebhookReceiver:
         try:
             await self._append(body, event.type, call_id)
         except StoreUnavailable as exc:
-            return self._unavailable(f"event store unavailable: {exc or type(exc).__name__}")
+            return self._unavailable(f"event store unavailable: {exc or type(exc).__name__}", exc.public)
         except TimeoutError:
             return self._unavailable(f"event store did not confirm within {self._store_timeout:g} s")
         return _ACCEPTED
@@ -452,10 +458,12 @@ class _WebhookReceiver:
         state.body_complete = True
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _unavailable(self, detail: str) -> _Answer:
+    def _unavailable(self, detail: str, reason: str | None = None) -> _Answer:
         return _Answer(
             "unavailable",
-            "the event store is unavailable; retry later",
+            f"the event store is unavailable ({reason}); retry later"
+            if reason
+            else "the event store is unavailable; retry later",
             detail=detail,
             headers=(_RETRY_AFTER,),
         )

@@ -53,3 +53,24 @@ def test_round_trip_format() -> None:
 def test_float_offsets_round_to_nearest_ns() -> None:
     assert offset_to_ns(10.387875000000001) == 10_387_875_000
     assert offset_to_ns(0.0) == 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "+14155550123",  # a phone number where a time should be
+        "2025-06-24T23:36:40.1234567890Z",
+        "2025-02-30T23:36:40Z",
+        "2025-06-24T23:36:40+25:00",
+        "2025-06-24T23:36:61Z",
+        "+14155550123 " * 400_000,
+    ],
+)
+def test_reasons_never_quote_the_value_and_stay_short(text: str) -> None:
+    """The reason goes into a 422 answer and the log: the body's value (a phone number, or
+    megabytes) never does."""
+    with pytest.raises(ValueError, match=r"expected e\.g\.|invalid") as caught:
+        parse_rfc3339_ns(text)
+    reason = str(caught.value)
+    assert text.strip() not in reason and "+1415" not in reason and "23:36" not in reason
+    assert len(reason) < 120

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -20,21 +21,28 @@ from otelbridge.delivery.sender import Sender
 from otelbridge.delivery.spool import Spool
 from otelbridge.delivery.telemetry import Gauges, SelfMetrics
 from otelbridge.delivery.transport import SendResult
-from otelbridge.store import Database, open_state
+from otelbridge.store import Database, acks_path, open_acks, open_state, state_path
 
 
 class ScriptedTransport:
-    """Answers from a script (then ok), recording what it was sent and when."""
+    """Answers from a script (then ``judge``'s answer, then ok), recording what it was sent and
+    when."""
 
-    def __init__(self, *answers: SendResult) -> None:
+    def __init__(
+        self, *answers: SendResult, judge: Callable[[bytes], SendResult | None] | None = None
+    ) -> None:
         self.answers = list(answers)
+        self.judge = judge
         self.sent: list[tuple[Signal, bytes, float]] = []
         self.lock = threading.Lock()
 
     def send(self, signal: Signal, body: bytes) -> SendResult:
         with self.lock:
             self.sent.append((signal, body, time.monotonic()))
-            return self.answers.pop(0) if self.answers else SendResult("ok", "200", "")
+            if self.answers:
+                return self.answers.pop(0)
+            judged = self.judge(body) if self.judge is not None else None
+            return judged or SendResult("ok", "200", "")
 
     def endpoint(self, signal: Signal) -> str:
         return f"scripted/{signal}"
@@ -44,7 +52,12 @@ class ScriptedTransport:
 
 
 def _sender(
-    db: Database, transport: ScriptedTransport, reader: InMemoryMetricReader, *, merge: int = 0
+    db: Database,
+    transport: ScriptedTransport,
+    reader: InMemoryMetricReader,
+    *,
+    merge: int = 0,
+    acks: Database | None = None,
 ) -> Sender:
     """A sender that sends each spooled request alone unless ``merge`` bytes are allowed."""
     provider = MeterProvider(metric_readers=[reader])
@@ -57,6 +70,7 @@ def _sender(
         max_backoff_s=0.2,
         rng=random.Random(7),
         merge_max_bytes={"traces": merge, "metrics": 0},
+        acks=acks,
     )
 
 
@@ -193,17 +207,144 @@ def test_a_request_over_the_cap_still_goes_alone(tmp_path: Path) -> None:
 def test_a_merged_request_retried_then_rejected_keeps_each_part(tmp_path: Path) -> None:
     db = open_state(tmp_path)
     _fill(db, b"a", b"b")
-    transport = ScriptedTransport(
-        SendResult("retry", "503", "busy", retry_after=0.0), SendResult("reject", "400", "bad span")
-    )
+    bad = SendResult("reject", "400", "bad span")
+    transport = ScriptedTransport(SendResult("retry", "503", "busy", retry_after=0.0), bad, bad, bad)
     reader = InMemoryMetricReader()
     _run_until(_sender(db, transport, reader, merge=100), lambda: _depth(db) == 0)
-    assert [b for _, b, _ in transport.sent] == [b"ab", b"ab"]
+    assert [b for _, b, _ in transport.sent] == [b"ab", b"ab", b"a", b"b"]  # refused alone too
     with db.reading() as conn:
         rows = conn.execute("SELECT body, status FROM dead_letters ORDER BY id").fetchall()
     assert rows == [(b"a", "400"), (b"b", "400")]  # one dead letter per spooled request
     assert _counter(reader, "otelbridge.export.dead_letters") == {(("signal", "traces"),): 2}
     db.close()
+
+
+def _dead(db: Database) -> list[tuple[bytes, str]]:
+    with db.reading() as conn:
+        return [(bytes(b), s) for b, s in conn.execute("SELECT body, status FROM dead_letters ORDER BY id")]
+
+
+def test_a_merged_export_refused_as_too_large_is_split_and_every_part_delivered(tmp_path: Path) -> None:
+    """A backend with a smaller size limit than the merge's (413): before, every spooled
+    request of the export was dead-lettered, though each would pass alone."""
+    db = open_state(tmp_path)
+    _fill(db, b"aa", b"bb", b"cc", b"dd")
+    limit = 4  # the backend's: bodies over 4 bytes are refused
+    transport = ScriptedTransport(
+        judge=lambda body: SendResult("reject", "413", "too large") if len(body) > limit else None
+    )
+    reader = InMemoryMetricReader()
+    sender = _sender(db, transport, reader, merge=100)
+    _run_until(sender, lambda: _depth(db) == 0)
+    assert [b for _, b, _ in transport.sent] == [b"aabbccdd", b"aabb", b"ccdd"]
+    assert _dead(db) == []
+    assert _counter(reader, "otelbridge.export.dead_letters") == {}
+    # the signal merges at most half the refused size from then on: no second refusal
+    _fill(db, b"ee", b"ff", b"gg")
+    _run_until(sender, lambda: _depth(db) == 0)
+    assert [b for _, b, _ in transport.sent][3:] == [b"eeff", b"gg"]
+
+
+def test_a_merged_export_refused_400_dead_letters_only_the_bad_request(tmp_path: Path) -> None:
+    """One bad request in a merged export (400): the others are delivered, it alone is dead."""
+    db = open_state(tmp_path)
+    _fill(db, b"a", b"b", b"X", b"d", b"e")
+    transport = ScriptedTransport(
+        judge=lambda body: SendResult("reject", "400", "invalid span") if b"X" in body else None
+    )
+    reader = InMemoryMetricReader()
+    _run_until(_sender(db, transport, reader, merge=100), lambda: _depth(db) == 0)
+    assert [b for _, b, _ in transport.sent] == [b"abXde", b"ab", b"Xde", b"X", b"de"]
+    assert _dead(db) == [(b"X", "400")]
+    assert _counter(reader, "otelbridge.export.dead_letters") == {(("signal", "traces"),): 1}
+    attempts = _counter(reader, "otelbridge.export.attempts")
+    assert attempts == {
+        (("outcome", "ok"), ("signal", "traces")): 2,
+        (("outcome", "reject"), ("signal", "traces")): 3,
+    }
+
+
+def test_a_part_that_meets_an_outage_waits_in_order(tmp_path: Path) -> None:
+    db = open_state(tmp_path)
+    _fill(db, b"a", b"b", b"c", b"d")
+    transport = ScriptedTransport(
+        SendResult("reject", "400", "bad"),  # abcd
+        SendResult("ok", "200", ""),  # ab
+        SendResult("retry", "503", "busy", retry_after=0.0),  # cd
+    )
+    _run_until(_sender(db, transport, InMemoryMetricReader(), merge=100), lambda: _depth(db) == 0)
+    assert [b for _, b, _ in transport.sent] == [b"abcd", b"ab", b"cd", b"cd"]
+    assert _dead(db) == []
+
+
+def test_a_refusal_that_is_not_about_the_content_is_not_split(tmp_path: Path) -> None:
+    db = open_state(tmp_path)
+    _fill(db, b"a", b"b")
+    transport = ScriptedTransport(SendResult("reject", "401", "bad key"))
+    _run_until(_sender(db, transport, InMemoryMetricReader(), merge=100), lambda: _depth(db) == 0)
+    assert [b for _, b, _ in transport.sent] == [b"ab"]
+    assert _dead(db) == [(b"a", "401"), (b"b", "401")]
+
+
+def test_an_acknowledged_export_is_recorded_without_waiting_for_state_db(tmp_path: Path) -> None:
+    """The processor holds state.db's write lock through a batch (seconds under load): the
+    sender's record of a 2xx must not wait behind it, or a kill -9 meanwhile re-sends it."""
+    db, acks = open_state(tmp_path), open_acks(tmp_path)
+    _fill(db, b"a")
+    holder = sqlite3.connect(state_path(tmp_path), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # a long write transaction of someone else's
+    watcher = sqlite3.connect(acks_path(tmp_path))
+    transport = ScriptedTransport()
+    sender = _sender(db, transport, InMemoryMetricReader(), acks=acks)
+    recorded_while_held = False
+
+    def acked() -> bool:
+        return bool(watcher.execute("SELECT COUNT(*) FROM acked").fetchone()[0])
+
+    async def main() -> None:
+        nonlocal recorded_while_held
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sender.run, "traces")
+            with anyio.move_on_after(3):
+                while not acked():
+                    await anyio.sleep(0.01)
+            recorded_while_held = acked()
+            holder.execute("ROLLBACK")  # the delete may go on now
+            with anyio.fail_after(5):
+                while _depth(db):
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(main)
+    finally:
+        holder.close()
+        watcher.close()
+    assert [b for _, b, _ in transport.sent] == [b"a"]
+    assert recorded_while_held, "the ack waited for state.db's write lock"
+    db.close()
+    acks.close()
+
+
+def test_a_start_deletes_what_was_acknowledged_before_a_crash_unsent(tmp_path: Path) -> None:
+    db, acks = open_state(tmp_path), open_acks(tmp_path)
+    _fill(db, b"acked", b"not acked")
+    spool = Spool(max_bytes=1 << 20, max_age_ns=1 << 62)
+    with db.reading() as conn:
+        first, second = spool.take(conn, "traces", max_bytes=1 << 20)
+    with acks.transaction() as conn:  # what the killed sender had recorded
+        spool.record_acked(conn, [first], [])
+        # a row of another state.db (same id, another time) is not this spool's
+        conn.execute("INSERT INTO acked VALUES (?, ?)", (second.id, second.created_ns + 1))
+    transport = ScriptedTransport()
+    sender = _sender(db, transport, InMemoryMetricReader(), acks=acks)
+    assert sender.recovered == 1
+    _run_until(sender, lambda: _depth(db) == 0)
+    assert [b for _, b, _ in transport.sent] == [b"not acked"]
+    with acks.reading() as conn:
+        assert conn.execute("SELECT spool_id FROM acked").fetchall() == [(second.id,)]  # the new one
+    db.close()
+    acks.close()
 
 
 def test_metrics_requests_are_never_merged(tmp_path: Path) -> None:

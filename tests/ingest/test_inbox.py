@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -10,9 +12,19 @@ from pathlib import Path
 import anyio
 import pytest
 
-from otelbridge.ingest.inbox import SqliteInbox, delete_inbox_through, inbox_depth, read_inbox
+from otelbridge.ingest.inbox import (
+    FULL_PUBLIC,
+    LOW_SPACE_PUBLIC,
+    SqliteInbox,
+    delete_inbox_through,
+    inbox_depth,
+    read_inbox,
+)
 from otelbridge.ingest.receiver import StoreUnavailable
-from otelbridge.store import Database, inbox_path, open_inbox
+from otelbridge.store import Database, FreeSpace, free_bytes, inbox_path, open_inbox
+from tests.support.tmpfs import fill, tmpfs
+
+MiB = 1024 * 1024
 
 
 def _committed_rows(state_dir: Path) -> list[tuple[int, str, str, bytes]]:
@@ -25,9 +37,11 @@ def _committed_rows(state_dir: Path) -> list[tuple[int, str, str, bytes]]:
 
 
 @contextlib.asynccontextmanager
-async def _running(db: Database, on_commit: Callable[[], None] = lambda: None) -> AsyncIterator[SqliteInbox]:
+async def _running(
+    db: Database, on_commit: Callable[[], None] = lambda: None, free_space: FreeSpace | None = None
+) -> AsyncIterator[SqliteInbox]:
     """An inbox with its committer running; closed (everything queued committed) on exit."""
-    inbox = SqliteInbox(db, on_commit=on_commit)
+    inbox = SqliteInbox(db, on_commit=on_commit, free_space=free_space)
     async with anyio.create_task_group() as tg:
         tg.start_soon(inbox.run)
         yield inbox
@@ -68,8 +82,12 @@ def test_store_failure_is_store_unavailable(tmp_path: Path) -> None:
         db = open_inbox(tmp_path)
         db.close()  # every write now fails
         async with _running(db) as inbox:
-            with pytest.raises(StoreUnavailable, match="cannot be written"):
+            with pytest.raises(StoreUnavailable, match="cannot be written") as info:
                 await inbox.append(b"{}", "call_turn", "c")
+            assert info.value.public is None  # not a full disk: the caller is told nothing more
+            assert inbox.last_error is not None
+            health = await anyio.to_thread.run_sync(inbox.health)  # the probe write fails too
+            assert health is not None and "cannot be written" in health
             assert inbox.last_error is not None
 
     anyio.run(main)
@@ -169,3 +187,80 @@ def test_a_full_batch_is_one_statement_within_sqlite_limits(tmp_path: Path) -> N
 
     anyio.run(main)
     assert [int(bytes(r[3])) for r in _committed_rows(tmp_path)] == list(range(total))
+
+
+# --- a full state volume (a real tmpfs) ---------------------------------------------------------
+def test_below_the_free_space_floor_webhooks_are_refused_and_health_recovers_without_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Below OTELBRIDGE_MIN_FREE_BYTES nothing is written (the reserve stays for processing and
+    trimming); once space returns, ``health`` says so with no webhook arriving (readiness
+    behind a load balancer that gates on it would otherwise never recover)."""
+    caplog.set_level(logging.INFO, logger="otelbridge.inbox")
+    with tmpfs(tmp_path / "vol", 8 * MiB) as vol:
+
+        async def main() -> None:
+            async with _running(open_inbox(vol), free_space=FreeSpace(vol, 2 * MiB)) as inbox:
+                await inbox.append(b"before", "call_turn", "c")
+                filler = fill(vol, 1 * MiB)
+                health = await anyio.to_thread.run_sync(inbox.health)
+                assert health is not None and "below OTELBRIDGE_MIN_FREE_BYTES (2097152)" in health
+                for _ in range(3):
+                    with pytest.raises(StoreUnavailable) as info:
+                        await inbox.append(b"refused", "call_turn", "c")
+                    assert info.value.public == LOW_SPACE_PUBLIC
+                filler.unlink()
+                assert await anyio.to_thread.run_sync(inbox.health) is None
+                assert inbox.last_error is None
+                await inbox.append(b"after", "call_turn", "c")
+
+        anyio.run(main)
+        assert [bytes(r[3]) for r in _committed_rows(vol)] == [b"before", b"after"]
+    refusing = [r for r in caplog.records if "refusing webhooks" in r.getMessage()]
+    assert len(refusing) == 1, "one line when refusing starts, not one per batch"
+    assert "Fix: free space on the volume of" in refusing[0].getMessage()
+    assert any("taking webhooks" in r.getMessage() for r in caplog.records)
+
+
+def test_a_burst_within_one_free_space_reading_is_counted_against_the_floor(tmp_path: Path) -> None:
+    """The volume is read once a second at most (statvfs stays off the request path); the bytes
+    committed meanwhile are counted off the reading, so a burst stops at the floor instead of
+    running the disk full."""
+    with tmpfs(tmp_path / "vol", 8 * MiB) as vol:
+        fill(vol, 3 * MiB)
+        space = FreeSpace(vol, 2 * MiB, ttl_s=3600)  # one reading for the whole test
+
+        async def main() -> list[str | None]:
+            publics: list[str | None] = []
+            async with _running(open_inbox(vol), free_space=space) as inbox:
+                for _ in range(8):  # 4 MB into 1 MB above the floor
+                    try:
+                        await inbox.append(b"x" * 500_000, "call_turn", "c")
+                        publics.append(None)
+                    except StoreUnavailable as exc:
+                        publics.append(exc.public)
+            return publics
+
+        publics = anyio.run(main)
+        assert publics[0] is None and publics[-1] == LOW_SPACE_PUBLIC, publics
+        assert FULL_PUBLIC not in publics  # the disk itself never ran out
+        assert free_bytes(vol) > 1 * MiB
+
+
+def test_after_a_full_disk_health_clears_the_error_once_space_is_back(tmp_path: Path) -> None:
+    """No floor (0): SQLite itself runs out of space; the caller is told the volume is full, and
+    the error clears by itself once a real write succeeds again, with no webhook needed."""
+    with tmpfs(tmp_path / "vol", 8 * MiB) as vol:
+
+        async def main() -> None:
+            async with _running(open_inbox(vol), free_space=FreeSpace(vol, 0)) as inbox:
+                filler = fill(vol, 256 * 1024)
+                with pytest.raises(StoreUnavailable, match="database or disk is full") as info:
+                    await inbox.append(os.urandom(2 * MiB), "call_turn", "c")
+                assert info.value.public == FULL_PUBLIC
+                assert inbox.last_error is not None
+                filler.unlink()
+                assert await anyio.to_thread.run_sync(inbox.health) is None
+                assert inbox.last_error is None
+
+        anyio.run(main)

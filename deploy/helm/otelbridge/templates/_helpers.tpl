@@ -105,13 +105,15 @@ the daemon's integer settings refuse.
 {{- end }}
 
 {{/* The ConfigMap's data: every non-secret setting, OTELBRIDGE_* and OTEL_*. */}}
+{{- /* Without persistence the state lives in a subdirectory that otelbridge creates 0700: an
+emptyDir's root is world-writable (0777), which otelbridge refuses for its state. */}}
 {{- define "otelbridge.configData" -}}
 {{- $env := dict
   "OTELBRIDGE_LISTEN_HOST" "0.0.0.0"
   "OTELBRIDGE_LISTEN_PORT" (include "otelbridge.envValue" .Values.webhook.port)
   "OTELBRIDGE_ADMIN_HOST" "0.0.0.0"
   "OTELBRIDGE_ADMIN_PORT" (include "otelbridge.envValue" .Values.admin.port)
-  "OTELBRIDGE_STATE_DIR" (include "otelbridge.stateDir" .)
+  "OTELBRIDGE_STATE_DIR" (ternary (include "otelbridge.stateDir" .) (printf "%s/state" (include "otelbridge.stateDir" .)) .Values.persistence.enabled)
   "OTELBRIDGE_SHUTDOWN_TIMEOUT" (include "otelbridge.envValue" .Values.shutdownTimeout)
 }}
 {{- if .Values.webhook.allowUnauthenticated }}
