@@ -14,6 +14,7 @@ be unusable:
 from __future__ import annotations
 
 import json
+import sys
 from typing import Annotated, Any, Final, NotRequired
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, with_config
@@ -63,9 +64,15 @@ def _empty_map_if_none(value: object) -> object:
     return {} if value is None else value
 
 
+_FLOAT_MAX: Final = sys.float_info.max
+
+
 def _metric_value(value: object) -> object:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, int) and not -_FLOAT_MAX <= value <= _FLOAT_MAX:
+        # JSON allows any integer; a metric holds a 64-bit float (mapping would overflow)
+        raise ValueError("a LogMetric value must be a number a 64-bit float can hold (|value| <= 1.8e308)")
     if isinstance(value, int | float | str):
         return value
     raise ValueError("a LogMetric value must be a number or a string")

@@ -53,10 +53,13 @@ class MetricRecorder:
         self._instruments: dict[str, Histogram | Counter] = {}
         self._log_metric_names: set[str] = set()
         self._string_values: dict[str, set[str]] = {}
+        #: the kind each LogMetric name was first recorded as (one instrument per name)
+        self._kinds: dict[str, InstrumentKind] = {}
         self._max_names = max_log_metric_names
         self._max_values = max_string_values
-        #: observations folded by the bounds, by reason (for self-metrics)
-        self.folded: dict[str, int] = {"name": 0, "value": 0}
+        #: observations folded by the bounds, by reason (for self-metrics): past the name limit,
+        #: past the value limit, or of the other kind than the name's first (number vs string)
+        self.folded: dict[str, int] = {"name": 0, "value": 0, "kind": 0}
 
     def record(self, points: Iterable[MetricPoint]) -> None:
         """Record ``points``; counter points of one series are summed first (one SDK call
@@ -77,13 +80,14 @@ class MetricRecorder:
         if name.startswith(c.METRIC_LOG_METRIC_PREFIX):
             if name not in self._log_metric_names:
                 if len(self._log_metric_names) >= self._max_names:
-                    self.folded["name"] += 1
-                    self._counter(c.METRIC_LOG_METRIC_OTHER, "1",
-                                  "LogMetric observations past the name limit").add(
-                        1, {c.METRIC_ATTR_AGENT_ID: str(attributes.get(c.METRIC_ATTR_AGENT_ID, ""))}
-                    )  # fmt: skip
+                    self._fold(point, "name")
                     return
                 self._log_metric_names.add(name)
+            # A name sent as a number and (in this call or another) as a string would need a
+            # histogram and a counter of one name, which no backend can hold: the first wins.
+            if self._kinds.setdefault(name, point.kind) is not point.kind:
+                self._fold(point, "kind")
+                return
             value = attributes.get(c.METRIC_ATTR_LOG_VALUE)
             if isinstance(value, str):
                 seen = self._string_values.setdefault(name, set())
@@ -100,6 +104,13 @@ class MetricRecorder:
             self._histogram(point).record(point.value, attributes, context=context)
         else:
             self._counter(name, point.unit, point.description).add(point.value, attributes, context=context)
+
+    def _fold(self, point: MetricPoint, reason: str) -> None:
+        """Count ``point`` in ``cartesia.log_metric.other`` instead of its own instrument."""
+        self.folded[reason] += 1
+        agent = str(point.attributes.get(c.METRIC_ATTR_AGENT_ID, ""))
+        description = "LogMetric observations past the name limit or of another kind than their name's first"
+        self._counter(c.METRIC_LOG_METRIC_OTHER, "1", description).add(1, {c.METRIC_ATTR_AGENT_ID: agent})
 
     def _histogram(self, point: MetricPoint) -> Histogram:
         instrument = self._instruments.get(point.instrument)

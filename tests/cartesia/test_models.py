@@ -161,3 +161,17 @@ def test_timestamp_ns_reads_one_field_as_the_models_do() -> None:
     for bad in ("yesterday", True, 1.5, "1969-12-31T23:59:59Z"):
         with pytest.raises(ValueError, match=r"RFC 3339|outside the times"):
             timestamp_ns(bad)
+
+
+def test_a_log_metric_integer_no_float_can_hold_is_refused_naming_the_field() -> None:
+    """JSON allows a 309-digit integer; a metric cannot hold it, and mapping it would fail after
+    the webhook was acknowledged (the call was then never exported): refused on receipt."""
+
+    def item(value: object) -> dict[str, object]:
+        return {"role": "system", "start_timestamp": 1, "log_metric": {"name": "m", "value": value}}
+
+    for huge in (10**309, -(10**309)):
+        problem = _problem(_call(transcript=[item(huge)]))
+        assert problem.startswith("transcript[0].log_metric.value: ")
+        assert "64-bit float" in problem and "1000" not in problem  # names the limit, not the value
+    assert parse_call(_call(transcript=[item(10**308)])).transcript[0].log_metric is not None

@@ -66,3 +66,18 @@ def test_string_value_bound() -> None:
     values = {str(dp.attributes[c.LOG_METRIC_VALUE]): dp.value for dp in metrics["cartesia.log_metric.tier"]}
     assert values == {"a": 2, "b": 1, "other": 2}
     assert recorder.folded["value"] == 2
+
+
+def test_a_name_sent_as_a_number_and_as_a_string_keeps_its_first_kind() -> None:
+    """One instrument per name: a LogMetric sent as a number, then (this call or another) as a
+    string, counts the string in cartesia.log_metric.other instead of crashing the recorder."""
+    points = [
+        _point("cartesia.log_metric.n", 1.0, unit="1"),
+        _point("cartesia.log_metric.n", 1, InstrumentKind.COUNTER, "1", **{c.LOG_METRIC_VALUE: "x"}),
+        _point("cartesia.log_metric.n", 2.0, unit="1"),
+    ]
+    metrics, recorder = _collect(points)
+    (histogram,) = metrics["cartesia.log_metric.n"]
+    assert isinstance(histogram, HistogramDataPoint) and histogram.count == 2
+    assert [dp.value for dp in metrics["cartesia.log_metric.other"]] == [1]
+    assert recorder.folded["kind"] == 1
