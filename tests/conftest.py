@@ -1,8 +1,13 @@
-"""Shared pytest configuration: the ``--update-golden`` option of the golden-file tests."""
+"""Shared pytest configuration: the ``--update-golden`` option of the golden-file tests, and
+the real OTLP receiver most end-to-end tests export to."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+
+from tests.support.otlp_receiver import HttpOtlpReceiver
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -19,3 +24,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def update_golden(request: pytest.FixtureRequest) -> bool:
     """True when the run was asked to rewrite golden files (``pytest --update-golden``)."""
     return bool(request.config.getoption("--update-golden"))
+
+
+@pytest.fixture
+def receiver() -> Iterator[HttpOtlpReceiver]:
+    """A real OTLP/HTTP receiver on 127.0.0.1, stopped after the test."""
+    with HttpOtlpReceiver() as r:
+        yield r

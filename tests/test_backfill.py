@@ -204,12 +204,6 @@ def api() -> Iterator[CartesiaStandIn]:
 
 
 @pytest.fixture
-def receiver() -> Iterator[HttpOtlpReceiver]:
-    with HttpOtlpReceiver() as r:
-        yield r
-
-
-@pytest.fixture
 def backfills(tmp_path: Path, api: CartesiaStandIn, receiver: HttpOtlpReceiver) -> Iterator[Backfills]:
     b = Backfills(tmp_path, api, receiver)
     try:

@@ -13,8 +13,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from otelbridge.cartesia.models import parse_call
 from otelbridge.mapping import ids, map_call
 from tests.support.otlp_receiver import HttpOtlpReceiver
@@ -35,12 +33,6 @@ def trace_ids(call_ids: list[str]) -> set[str]:
 
 def lines_naming(stderr: str, text: str) -> list[str]:
     return [line for line in stderr.splitlines() if text in line]
-
-
-@pytest.fixture
-def receiver() -> Any:
-    with HttpOtlpReceiver() as r:
-        yield r
 
 
 # --- input files -----------------------------------------------------------------------------

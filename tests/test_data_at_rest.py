@@ -83,12 +83,6 @@ class Serves:
 
 
 @pytest.fixture
-def receiver() -> Iterator[HttpOtlpReceiver]:
-    with HttpOtlpReceiver() as r:
-        yield r
-
-
-@pytest.fixture
 def serves(tmp_path: Path, receiver: HttpOtlpReceiver) -> Iterator[Serves]:
     s = Serves(tmp_path)
     try:

@@ -47,12 +47,6 @@ RECOVERY_S = 10.0
 
 
 @pytest.fixture
-def receiver() -> Iterator[HttpOtlpReceiver]:
-    with HttpOtlpReceiver() as r:
-        yield r
-
-
-@pytest.fixture
 def daemons(tmp_path: Path, receiver: HttpOtlpReceiver) -> Iterator[Daemons]:
     d = Daemons(tmp_path, receiver)
     try:

@@ -112,12 +112,6 @@ class Daemons:
 
 
 @pytest.fixture
-def receiver() -> Iterator[HttpOtlpReceiver]:
-    with HttpOtlpReceiver() as r:
-        yield r
-
-
-@pytest.fixture
 def daemons(tmp_path: Path, receiver: HttpOtlpReceiver) -> Iterator[Daemons]:
     d = Daemons(tmp_path, receiver)
     try:
