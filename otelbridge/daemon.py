@@ -39,6 +39,7 @@ import anyio.abc
 from anyio.abc import TaskStatus
 
 from otelbridge.delivery.resource import service_resource
+from otelbridge.httplimits import HttpLimits, connection_cap, raise_fd_limit
 from otelbridge.ingest.inbox import SqliteInbox
 from otelbridge.ingest.receiver import build_webhook_app
 from otelbridge.settings import ENV_PREFIX, Settings
@@ -131,7 +132,19 @@ class Daemon:
             inbox=self.inbox, secrets=self._secrets, max_body_bytes=s.max_body_bytes,
             on_outcome=self._on_outcome, path=WEBHOOK_PATH,
         )  # fmt: skip
-        server = quiet_server(app)
+        fd_limit = raise_fd_limit()
+        limits = HttpLimits(
+            max_header_bytes=s.max_header_bytes, max_headers=s.max_headers, max_url_bytes=s.max_url_bytes,
+            head_timeout=s.head_timeout, body_timeout=s.body_timeout, idle_timeout=s.idle_timeout,
+            max_connections=connection_cap(s.max_connections, fd_limit),
+            # a body past the limit is discarded up to twice the limit (at least 32 MiB: a 20 MB
+            # upload by a client that writes before it reads), so its sender reads the 413
+            drain_bytes=max(2 * s.max_body_bytes, 32 * 1024 * 1024),
+            on_refusal=lambda outcome: self._on_outcome("unknown", outcome),
+        )  # fmt: skip
+        log.info("webhook listener: at most %d connections (OTELBRIDGE_MAX_CONNECTIONS=%d, "
+                 "open-file limit %d)", limits.max_connections, s.max_connections, fd_limit)  # fmt: skip
+        server = quiet_server(app, limits)
         server_done, inbox_done, pipeline_done = anyio.Event(), anyio.Event(), anyio.Event()
         async with anyio.create_task_group() as tg:
 

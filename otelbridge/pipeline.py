@@ -54,6 +54,7 @@ from otelbridge.delivery.sender import Sender
 from otelbridge.delivery.spool import Spool
 from otelbridge.delivery.telemetry import Telemetry
 from otelbridge.delivery.transport import Transport, make_transport, probe
+from otelbridge.httplimits import HttpLimits
 from otelbridge.ingest.inbox import inbox_depth
 from otelbridge.ingest.poller import Poller
 from otelbridge.ingest.processor import BatchResult, Processor, load_unexported_points
@@ -533,7 +534,11 @@ async def run_pipeline() -> int:
 
 
 async def _serve(pipeline: Pipeline, admin_sock: socket.socket, stdin: anyio.AsyncFile[bytes]) -> int:
-    admin = quiet_server(build_admin_app(pipeline.readiness, pipeline.metrics_text, pipeline.liveness))
+    # loopback /readyz and /metrics: the default limits with a small cap
+    admin = quiet_server(
+        build_admin_app(pipeline.readiness, pipeline.metrics_text, pipeline.liveness),
+        HttpLimits(max_connections=64),
+    )
     async with anyio.create_task_group() as tg:
         await pipeline.run_loops(tg)
         admin_done = anyio.Event()

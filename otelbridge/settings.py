@@ -92,6 +92,34 @@ class Settings(BaseSettings):
         ge=1024,
         description="largest webhook body accepted, in bytes (413 beyond)",
     )
+    max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="largest request line plus headers, in bytes (431 beyond)",
+    )
+    max_headers: int = Field(
+        default=100, ge=1, le=10_000, description="most header fields in a request (431 beyond)"
+    )
+    max_url_bytes: int = Field(
+        default=8 * 1024, ge=256, le=1024 * 1024, description="longest request target, in bytes (414 beyond)"
+    )
+    head_timeout: float = Field(
+        default=10.0, gt=0, description="seconds from a request's first byte to the end of its headers (408)"
+    )
+    body_timeout: float = Field(
+        default=30.0, gt=0, description="seconds from the end of the headers to the end of the body (408)"
+    )
+    idle_timeout: float = Field(
+        default=15.0,
+        gt=0,
+        description="seconds a connection may stay open without sending a request (closed); also keep-alive",
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="open webhook connections at most, kept below the open-file limit (503 beyond)",
+    )
     min_free_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=0,

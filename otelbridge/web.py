@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import uvicorn
 from starlette.types import ASGIApp
 
+from otelbridge.httplimits import HttpLimits, protocol_class
+
 
 class StartupError(Exception):
     """otelbridge serve cannot start: the message names the setting and the fix."""
@@ -63,7 +65,9 @@ class QuietServer(uvicorn.Server):
         yield
 
 
-def quiet_server(app: ASGIApp) -> QuietServer:
+def quiet_server(app: ASGIApp, limits: HttpLimits | None = None) -> QuietServer:
+    """uvicorn+httptools with the abusive-client limits of :mod:`otelbridge.httplimits`."""
+    limits = limits or HttpLimits()
     config = uvicorn.Config(
         app,
         lifespan="off",
@@ -71,6 +75,9 @@ def quiet_server(app: ASGIApp) -> QuietServer:
         server_header=False,
         log_config=None,
         timeout_graceful_shutdown=5,
-        http="httptools",
+        http=protocol_class(limits),
+        # limit_concurrency is not used: it counts idle connections and 503s the legitimate
+        # sender in text/plain; the cap in httplimits refuses new connections instead
+        timeout_keep_alive=limits.idle_timeout,  # type: ignore[arg-type]  # a float is fine: call_later
     )
     return QuietServer(config)

@@ -1,0 +1,301 @@
+"""Limits against abusive HTTP clients, as a thin layer over uvicorn's httptools protocol.
+
+No maintained ASGI server answers its own refusals in our JSON shape or drains a body after an
+early 413 (docs/server-limits-research.md), so this subclass of uvicorn's ``HttpToolsProtocol``
+(passed as ``uvicorn.Config(http=<class>)``) adds, while llhttp still does all the parsing:
+
+- head bytes and header count (431), URL length (414);
+- timeouts for the head, the body, and a connection that never sends a request (408 JSON
+  where an answer is possible, else close);
+- a connection cap (503 JSON, then close);
+- after an answer that closes with the body unread (the receiver's early 413): read and
+  discard the rest up to a bound, then close, so a client that writes first reads the 413;
+- malformed HTTP (bad request line, duplicate Content-Length, CL+TE) answered 400 JSON.
+
+It overrides uvicorn 0.55 internals (pinned; tests/test_http_limits.py checks they exist):
+``connection_made``, ``data_received``, ``on_message_begin``, ``on_headers_complete``,
+``on_message_complete``, ``connection_lost``, ``timeout_keep_alive_task``,
+``timeout_keep_alive_handler``, ``_unset_keepalive_if_required``, ``cycle.response_started``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import resource
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Final
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from otelbridge.ingest.receiver import _encode
+
+logger = logging.getLogger("otelbridge.http")
+
+SWEEP_EVERY: Final = 0.25  # timeouts fire up to this late
+LOG_EVERY: Final = 60.0  # refusals are logged as one counted line a minute, never one per client
+FD_RESERVE: Final = 64  # fds kept for the process itself: sockets, SQLite files and -wal, logs, pipes
+
+_REASON: Final = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
+
+
+def _noop(outcome: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    max_url_bytes: int = 8 * 1024
+    head_timeout: float = 10.0
+    body_timeout: float = 30.0
+    idle_timeout: float = 15.0
+    max_connections: int = 1000
+    drain_bytes: int = 32 * 1024 * 1024
+    drain_timeout: float = 5.0
+    # called once per refusal with its outcome (the daemon counts it in otelbridge.webhooks)
+    on_refusal: Callable[[str], None] = field(default=_noop, compare=False)
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (no privilege needed); the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if want > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError) as exc:
+            logger.warning("cannot raise the open-file limit from %d to %d: %s", soft, want, exc)
+    return soft
+
+
+def connection_cap(setting: int, fd_soft_limit: int) -> int:
+    """The cap kept below the fd limit, so accept() never fails silently with EMFILE."""
+    return max(1, min(setting, fd_soft_limit - FD_RESERVE))
+
+
+def error_response(status: int, code: str, message: str) -> bytes:
+    body = _encode(code, message)  # type: ignore[arg-type,unused-ignore]  # the receiver's exact JSON
+    head = (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+    )
+    return head % (status, _REASON[status], len(body)) + body
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class _RefusalLog:
+    """Counts refusals and logs them as one line at most every LOG_EVERY seconds."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.last = -math.inf
+
+    def add(self, loop: asyncio.AbstractEventLoop, what: str) -> None:
+        self.counts[what] += 1
+        now = loop.time()
+        if now - self.last >= LOG_EVERY:
+            self.last = now
+            detail = ", ".join(f"{n} {w}" for w, n in sorted(self.counts.items()))
+            logger.warning("webhook listener refused or closed connections: %s (counted a minute)", detail)
+            self.counts.clear()
+
+
+class _DrainingTransport:
+    """What uvicorn's request cycle writes to: close() becomes 'drain, then close' while the
+    request body is still coming."""
+
+    def __init__(self, proto: LimitedHttpToolsProtocol, real: asyncio.Transport) -> None:
+        self._proto, self._real = proto, real
+        # bound once: no __getattr__ on the hot path
+        self.write, self.writelines = real.write, real.writelines
+        self.get_extra_info, self.pause_reading, self.resume_reading = (
+            real.get_extra_info,
+            real.pause_reading,
+            real.resume_reading,
+        )
+        self.set_protocol, self.get_protocol = real.set_protocol, real.get_protocol
+        self.is_reading, self.abort = real.is_reading, real.abort
+        self.get_write_buffer_size = real.get_write_buffer_size
+
+    def __getattr__(self, name: str) -> Any:  # anything else, off the hot path
+        return getattr(self._real, name)
+
+    def is_closing(self) -> bool:
+        return self._proto._draining or self._real.is_closing()
+
+    def close(self) -> None:
+        p = self._proto
+        if p._in_body and not p._draining and not self._real.is_closing():
+            p._start_drain()
+        elif not p._draining:
+            self._real.close()
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    limits: ClassVar[HttpLimits]
+    _log: ClassVar[_RefusalLog]
+    _sweep: ClassVar[asyncio.TimerHandle | None]
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._real = transport  # uvloop's transport is no asyncio.Transport subclass: no isinstance
+        self._deadline = 0.0
+        self._why = ""
+        self._in_body = self._draining = self._in_head = False
+        self._drained = self._head_raw = self._chunk = 0
+        super().connection_made(_DrainingTransport(self, transport))  # type: ignore[arg-type]
+        if len(self.connections) > self.limits.max_connections:
+            self._refuse("unavailable", "too many connections; retry later")
+            return
+        # uvicorn arms its keep-alive timer only after a response: arm it from the start, so
+        # a connection that never sends a request is closed too
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.limits.idle_timeout, self.timeout_keep_alive_handler
+        )
+
+    def data_received(self, data: bytes) -> None:
+        if self._draining:
+            self._drained += len(data)
+            if self._drained > self.limits.drain_bytes:
+                self._real.close()
+                return
+        self._chunk = len(data)
+        try:
+            self.parser.feed_data(data)
+            if self._in_head:
+                # httptools passes a header on only once it is complete, gluing its parts
+                # meanwhile: bound an unfinished head by its raw bytes here
+                self._head_raw += len(data)
+                if self._head_raw > self.limits.max_header_bytes:
+                    limit = self.limits.max_header_bytes
+                    raise _Reject(431, "header_too_large", f"request head exceeds {limit} bytes")
+            else:
+                self._head_raw = 0
+        except _Reject as exc:
+            self._refuse(exc.code, exc.message, exc.status)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__cause__ or exc.__context__
+            if not isinstance(cause, _Reject):
+                raise
+            self._refuse(cause.code, cause.message, cause.status)
+        except httptools.HttpParserUpgrade:
+            self._refuse("bad_request", "protocol upgrades are not supported", 400)
+        except httptools.HttpParserError as exc:
+            if self._draining:
+                self._real.close()
+            else:
+                self._refuse("bad_request", f"malformed HTTP request: {exc}"[:200], 400)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._unset_keepalive_if_required()
+        self._in_head = True
+        self._arm(self.limits.head_timeout, "request head not received in time")
+
+    def on_headers_complete(self) -> None:
+        # uvicorn's on_url / on_header collected the head, bounded by the raw count in
+        # data_received: the limits are checked once here, not per header (cheaper)
+        lim = self.limits
+        self._in_head = False
+        self._deadline = 0.0
+        if len(self.url) > lim.max_url_bytes:
+            raise _Reject(414, "uri_too_long", f"request target exceeds {lim.max_url_bytes} bytes")
+        if len(self.headers) > lim.max_headers:
+            raise _Reject(431, "header_too_large", f"more than {lim.max_headers} header fields")
+        # one chunk may hold a whole head plus body: count the head itself only then
+        if self._head_raw + self._chunk > lim.max_header_bytes and (
+            len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers) > lim.max_header_bytes
+        ):
+            raise _Reject(431, "header_too_large", f"request head exceeds {lim.max_header_bytes} bytes")
+        super().on_headers_complete()
+        self._in_body = True
+        self._arm(lim.body_timeout, "request body not received in time")
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        self._head_raw = 0
+        self._deadline = 0.0
+        if self._draining:  # the unwanted body is all read: a clean close now
+            self._real.close()
+            return
+        super().on_message_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._deadline = 0.0
+        super().connection_lost(exc)
+
+    # --- deadlines, refusals, drain -----------------------------------------------------
+    def _arm(self, delay: float, why: str) -> None:
+        # a float deadline checked by one sweep per server, not a TimerHandle per request
+        self._deadline = self.loop.time() + delay
+        self._why = why
+        cls = type(self)
+        if cls._sweep is None:
+            cls._sweep = self.loop.call_later(SWEEP_EVERY, cls._run_sweep, self.loop, self.connections)
+
+    @classmethod
+    def _run_sweep(cls, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
+        now = loop.time()
+        for p in list(connections):
+            d = p._deadline
+            if d and d <= now:
+                p._expire()
+        # stops by itself once no connection is open (so nothing is left at shutdown)
+        cls._sweep = loop.call_later(SWEEP_EVERY, cls._run_sweep, loop, connections) if connections else None
+
+    def _expire(self) -> None:
+        self._deadline = 0.0
+        if self._in_body and self.cycle is not None:
+            # the app has the request and counts it itself (http.disconnect: "bad_request"),
+            # so only the log line counts it here: one outcome per request
+            self._log.add(self.loop, "timeout")
+            if not self.cycle.response_started and not self._real.is_closing():
+                self._real.write(error_response(408, "timeout", self._why))
+            self._real.close()  # after an answer already started, only closing is left
+        else:
+            self._refuse("timeout", self._why, 408)
+
+    def _count(self, outcome: str) -> None:
+        self.limits.on_refusal(outcome)
+        self._log.add(self.loop, outcome)
+
+    def _refuse(self, code: str, message: str, status: int = 503) -> None:
+        self._deadline = 0.0
+        self._count(code)
+        if not self._real.is_closing():
+            self._real.write(error_response(status, code, message))
+            self._real.close()
+
+    def _start_drain(self) -> None:
+        self._draining = True
+        self._deadline = 0.0
+        if self.cycle is not None and self.cycle.waiting_for_100_continue:
+            self._real.close()  # a client waiting for 100-continue sends nothing: close now
+            return
+        self._real.resume_reading()  # uvicorn pauses reading at its high-water mark
+        self.loop.call_later(self.limits.drain_timeout, self._real.close)
+
+
+def protocol_class(limits: HttpLimits) -> type[LimitedHttpToolsProtocol]:
+    """A protocol class with ``limits`` bound, one per server (uvicorn instantiates it)."""
+    return type(
+        "LimitedHttpToolsProtocol",
+        (LimitedHttpToolsProtocol,),
+        {"limits": limits, "_log": _RefusalLog(), "_sweep": None},
+    )
