@@ -233,11 +233,16 @@ def test_an_export_acknowledged_while_state_db_is_locked_is_not_sent_again(
         Poster(daemon.webhook_url, SECRET, threads=1).post_all(one_call)
         assert receiver.wait_until(lambda: any(r.answer == 503 for r in receiver.requests))
 
-        def spooled() -> int:
+        def spooled_and_retry_recorded() -> bool:
+            # the sender records the 503 (attempts + 1) in state.db: the lock must come after that
+            # write, or the sender waits for it instead of sending (a race on a loaded machine)
             with contextlib.closing(sqlite3.connect(f"file:{state / 'state.db'}?mode=ro", uri=True)) as c:
-                return int(c.execute("SELECT COALESCE(SUM(items), 0) FROM spool").fetchone()[0])
+                items, attempts = c.execute(
+                    "SELECT COALESCE(SUM(items), 0), MAX(attempts) FROM spool"
+                ).fetchone()
+            return int(items) >= len(expected) and (attempts or 0) >= 1
 
-        assert receiver.wait_until(lambda: spooled() >= len(expected), 1.0)
+        assert receiver.wait_until(spooled_and_retry_recorded, 5.0)
         holder = sqlite3.connect(state / "state.db", isolation_level=None)
         try:
             holder.execute("BEGIN IMMEDIATE")
