@@ -161,6 +161,7 @@ class Pipeline:
             encode,
             call_timeout_ns=int(settings.call_timeout * 1e9),
             retention_ns=int(settings.state_retention * 1e9),
+            deployments_per_agent=settings.deployments_per_agent,
         )
         self.transport = transport or make_transport(self.exporters)
         self.sender = Sender(
@@ -277,6 +278,8 @@ class Pipeline:
             self.metrics.processing_errors.add(result.failed_events)
         if result.late_log_items:
             self.metrics.late_log_items.add(result.late_log_items)
+        if result.deployments_folded:
+            self.metrics.deployments_folded.add(result.deployments_folded)
         for (signal_name, reason), (requests, items) in result.dropped.by.items():
             self.metrics.dropped.add(requests, {c.SELF_ATTR_SIGNAL: signal_name, c.SELF_ATTR_REASON: reason})
             log.error(

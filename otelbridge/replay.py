@@ -31,6 +31,7 @@ from otelbridge.delivery.transport import Transport, display_endpoint, make_tran
 from otelbridge.ingest.assembly import CallAssembler
 from otelbridge.ingest.files import InputFileError, Record, RecordKind, read_records
 from otelbridge.mapping import MappedCall, UnplaceableCallError, map_call
+from otelbridge.mapping.deployments import RecentDeployments, fold, folded_count
 from otelbridge.retry import backoff
 from otelbridge.settings import Settings
 
@@ -44,6 +45,8 @@ class ReplayReport:
     calls: int = 0
     spans: int = 0
     points: int = 0
+    #: points whose deployment read ``other`` (past OTELBRIDGE_DEPLOYMENTS_PER_AGENT)
+    deployments_folded: int = 0
     undelivered: int = 0
 
     @property
@@ -116,12 +119,19 @@ class Replay:
                 (api_call, None) if assembled is None else (api_call.merged_with(assembled[0]), assembled[1])
             )
         mapped = []
+        agents: dict[str, str] = {}
         options = self.settings.mapping_options()
         for call, fallback in calls.values():
             try:
                 mapped.append(map_call(call, options, fallback_end_ns=fallback))
+                agents[call.id] = call.agent_id
             except UnplaceableCallError as exc:
                 self._bad(f"call {call.id}", str(exc).removeprefix(f"call {call.id}: "))
+        # the deployment bound ranks by call start: label in that order, as the daemon would live
+        recent = RecentDeployments(self.settings.deployments_per_agent)
+        for one in sorted(mapped, key=lambda m: m.start_ns):
+            one.points = fold(one.points, recent.labeller(agents[one.call_id], one.start_ns))
+            self.report.deployments_folded += folded_count(one.points)
         self.report.calls = len(mapped)
         self.report.spans = sum(len(m.spans) for m in mapped)
         self.report.points = sum(len(m.points) for m in mapped)
@@ -226,6 +236,11 @@ class Replay:
             extras.append(f"{r.bad_files} files unreadable")
         if r.ignored_events:
             extras.append(f"{r.ignored_events} events of unknown type ignored")
+        if r.deployments_folded:
+            extras.append(
+                f"{r.deployments_folded} points of deployments past "
+                "OTELBRIDGE_DEPLOYMENTS_PER_AGENT read 'other'"
+            )
         if r.undelivered:
             extras.append(f"{r.undelivered} items NOT delivered")
         return line + (f"; {', '.join(extras)}" if extras else "")

@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     log_metric_max_values: int = Field(
         default=20, ge=1, description="distinct values kept per string LogMetric"
     )
+    deployments_per_agent: int = Field(
+        default=20,
+        ge=0,
+        description="most recent deployments per agent whose id metrics carry; older ones read other",
+    )
 
     # --- otelbridge serve -------------------------------------------------------------
     listen_host: str = Field(

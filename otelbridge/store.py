@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS calls (
     summary_exported INTEGER NOT NULL DEFAULT 0,
     pending          INTEGER NOT NULL DEFAULT 0,   -- events kept in call_events
     last_event_ns    INTEGER NOT NULL,   -- wall clock of the latest delivery (timeouts)
-    closed_ns        INTEGER             -- when the root went out
+    closed_ns        INTEGER,            -- when the root went out
+    deployment_id    TEXT                -- the deployment that serves it, once known
 );
 CREATE INDEX IF NOT EXISTS calls_open ON calls (closed_ns, last_event_ns);
 CREATE TABLE IF NOT EXISTS call_events (
@@ -60,6 +61,22 @@ CREATE TABLE IF NOT EXISTS call_events (
     body    BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS call_events_call ON call_events (call_id);
+-- the spoken turns of each call received so far: what the response latency of a turn
+-- streamed alone needs to know of the turns before it (mapping/latency.py)
+CREATE TABLE IF NOT EXISTS turns (
+    call_id  TEXT NOT NULL,
+    start_us INTEGER NOT NULL,
+    role     TEXT NOT NULL,
+    end_us   INTEGER,
+    PRIMARY KEY (call_id, start_us, role)
+) WITHOUT ROWID;
+-- the most recent deployments of each agent, which keep their id in metrics (mapping/deployments.py)
+CREATE TABLE IF NOT EXISTS deployments (
+    agent_id      TEXT NOT NULL,
+    deployment_id TEXT NOT NULL,
+    last_call_ns  INTEGER NOT NULL,        -- start of its latest call
+    PRIMARY KEY (agent_id, deployment_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ledger (
     call_id     TEXT NOT NULL,
     span_id     INTEGER NOT NULL,          -- signed view of the 64-bit id
@@ -493,6 +510,7 @@ def open_state(state_dir: Path) -> Database:
                     "run that version, or point OTELBRIDGE_STATE_DIR at a new directory"
                 )
             _add_missing_columns(conn, "backfill", {"head_id": "TEXT", "head_start_ns": "INTEGER"})
+            _add_missing_columns(conn, "calls", {"deployment_id": "TEXT"})
     except BaseException:
         db.close()  # after the transaction let go of the connection (closing inside it hung)
         raise

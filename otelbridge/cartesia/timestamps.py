@@ -10,6 +10,7 @@ from __future__ import annotations
 import calendar
 import datetime as _dt
 import re
+from typing import Final
 
 _RFC3339 = re.compile(
     r"(?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})[Tt ]"
@@ -67,6 +68,11 @@ def format_rfc3339_ns(ns: int) -> str:
     seconds, nanos = divmod(ns, _NS_PER_S)
     base = _dt.datetime.fromtimestamp(seconds, tz=_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{base}.{nanos:09d}Z"
+
+
+#: Offsets from call start beyond a day are not a real call: the mapping clamps them (so times
+#: stay inside 64 bits) and computes no response latency from them.
+MAX_OFFSET_S: Final = 86_400.0
 
 
 def offset_to_ns(seconds: float) -> int:

@@ -73,6 +73,11 @@ class SelfMetrics:
             "Log items that arrived after their call's root span was exported",
         )
         self.spans = meter.create_counter(c.SELF_SPANS, "{span}", "Spans spooled for export")
+        self.deployments_folded = meter.create_counter(
+            c.SELF_DEPLOYMENTS_FOLDED,
+            "{point}",
+            "Metric points whose cartesia.deployment.id reads other: past OTELBRIDGE_DEPLOYMENTS_PER_AGENT",
+        )
         self.export_attempts = meter.create_counter(
             c.SELF_EXPORT_ATTEMPTS,
             "{request}",
@@ -125,7 +130,7 @@ class SelfMetrics:
     def _start_at_zero(self) -> None:
         """Every counter series whose labels are known up front starts at 0, so ``increase()``
         sees 0 rather than no data and ``absent()`` alerts do not fire on a healthy daemon."""
-        for counter in (self.spans, self.processing_errors, self.late_log_items):
+        for counter in (self.spans, self.processing_errors, self.late_log_items, self.deployments_folded):
             counter.add(0)
         for event_type in sorted(KNOWN_EVENT_TYPES):
             self.events.add(0, {c.SELF_ATTR_TYPE: event_type})

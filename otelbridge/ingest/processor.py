@@ -49,8 +49,10 @@ from otelbridge.ingest.assembly import CallAssembler
 from otelbridge.ingest.inbox import delete_inbox_through, read_inbox
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping import ids
+from otelbridge.mapping.deployments import Labeller, fold, folded_count, labeller
 from otelbridge.mapping.evaluations import map_evaluation
 from otelbridge.mapping.increments import Increment, analysis_span, call_increment, turn_increment
+from otelbridge.mapping.latency import TurnTiming, preceding, spoken_timings
 from otelbridge.mapping.policy import MappingOptions
 from otelbridge.mapping.records import InstrumentKind, MetricPoint, SpanRecord
 from otelbridge.mapping.traces import CallContext, UnplaceableCallError
@@ -90,6 +92,7 @@ class _Call:
     pending: bool = False
     last_event_ns: int = 0
     closed_ns: int | None = None
+    deployment_id: str | None = None
     new: bool = True
 
 
@@ -104,6 +107,8 @@ class BatchResult:
     failed_events: int = 0
     dropped: Dropped = field(default_factory=Dropped)
     events_by_type: dict[str, int] = field(default_factory=dict)
+    #: points whose deployment read ``other`` (past the per-agent bound)
+    deployments_folded: int = 0
 
 
 def point_to_json(point: MetricPoint) -> str:
@@ -133,6 +138,7 @@ class Processor:
         *,
         call_timeout_ns: int,
         retention_ns: int,
+        deployments_per_agent: int = 20,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self._state, self._inbox, self._spool = state, inbox, spool
@@ -140,6 +146,7 @@ class Processor:
         self._encode = encode_spans
         self._call_timeout_ns = call_timeout_ns
         self._retention_ns = retention_ns
+        self._deployments_per_agent = deployments_per_agent
         self._clock = clock
         #: what this processor last deleted inbox.db through (None: nothing yet), and the rows
         #: and bytes taken since
@@ -215,6 +222,7 @@ class Processor:
                 spans += increment.spans
                 points += increment.points
                 self._save(conn, call)
+            result.deployments_folded += folded_count(points)
             self._spool_batch(conn, spans, points, now, result)
             cutoff = now - self._retention_ns
             old = [
@@ -222,6 +230,7 @@ class Processor:
                 for r in conn.execute("SELECT call_id FROM calls WHERE closed_ns < ? LIMIT 5000", (cutoff,))
             ]
             conn.executemany("DELETE FROM ledger WHERE call_id=?", [(o,) for o in old])
+            conn.executemany("DELETE FROM turns WHERE call_id=?", [(o,) for o in old])
             conn.executemany("DELETE FROM calls WHERE call_id=?", [(o,) for o in old])
             conn.execute("DELETE FROM dead_letters WHERE failed_ns < ?", (cutoff,))
             result.dropped = self._spool.enforce_caps(conn, now)
@@ -278,6 +287,7 @@ class Processor:
             result.failed_events += 1
             return Increment()
         conn.execute("RELEASE event")
+        result.deployments_folded += folded_count(increment.points)
         return increment
 
     def _evaluation(
@@ -298,6 +308,7 @@ class Processor:
         call.last_event_ns = max(call.last_event_ns, received_ns)
         if event.call is not None:
             call.agent_name = event.call.agent_name or call.agent_name
+            call.deployment_id = event.call.deployment_id or call.deployment_id
             if event.call.start_time is not None and call.start_ns is None:
                 call.start_ns = event.call.start_time
         if event.type == CALL_STARTED and event.is_legacy and call.start_ns is None:
@@ -306,12 +317,17 @@ class Processor:
         increment = Increment()
 
         if event.type == CALL_TURN and event.turn is not None:
+            timing = TurnTiming.of(event.turn)
             if call.start_ns is not None:
                 increment = turn_increment(
-                    self._context(call), event.turn, self._exported_of(conn, call_id, event.turn)
+                    self._context(call),
+                    event.turn,
+                    self._exported_of(conn, call_id, event.turn),
+                    self._preceding(conn, call_id, timing),
                 )
             else:
                 self._keep(conn, call, body)
+            self._remember_turns(conn, call_id, [timing])
         elif event.type == CALL_STARTED:
             if not closed:
                 self._keep(conn, call, body)
@@ -340,10 +356,14 @@ class Processor:
         return increment
 
     def _taken(self, conn: sqlite3.Connection, call: _Call, increment: Increment, now: int) -> None:
-        """Ledger the spans of ``increment`` and note what its root settles."""
+        """Ledger the spans of ``increment``, bound the deployments of its points and note what
+        its root settles."""
         if not increment.spans:
             return
         self._ledger(conn, call.call_id, increment.spans, now)
+        if increment.points:
+            call_ns = call.start_ns if call.start_ns is not None else increment.spans[0].start_ns
+            increment.points = fold(increment.points, self._labeller(conn, call.agent_id, call_ns))
         root = increment.root
         if root is not None:
             call.root_exported = True
@@ -374,6 +394,7 @@ class Processor:
         if not assembled:
             return Increment()
         built = assembled[0]
+        self._remember_turns(conn, call.call_id, spoken_timings(built.call.transcript))
         try:
             increment = call_increment(
                 built.call,
@@ -381,6 +402,7 @@ class Processor:
                 self._exported(conn, call.call_id),
                 with_root=with_root,
                 fallback_end_ns=built.fallback_end_ns,
+                known_turns=self._turns(conn, call.call_id),
             )
         except UnplaceableCallError as exc:
             log.warning("%s; its spans wait for an event with a time", exc)
@@ -397,7 +419,9 @@ class Processor:
 
     def _context(self, call: _Call) -> CallContext:
         assert call.start_ns is not None
-        return CallContext(call.call_id, call.agent_id, call.agent_name, call.start_ns, self._options)
+        return CallContext(
+            call.call_id, call.agent_id, call.agent_name, call.start_ns, self._options, call.deployment_id
+        )
 
     # --- storage ----------------------------------------------------------------------------
     @staticmethod
@@ -421,6 +445,47 @@ class Processor:
         return {r[0] & 0xFFFFFFFFFFFFFFFF for r in rows}
 
     @staticmethod
+    def _turns(conn: sqlite3.Connection, call_id: str) -> list[TurnTiming]:
+        rows = conn.execute("SELECT role, start_us, end_us FROM turns WHERE call_id=?", (call_id,))
+        return [TurnTiming(*row) for row in rows]
+
+    @staticmethod
+    def _preceding(conn: sqlite3.Connection, call_id: str, turn: TurnTiming) -> TurnTiming | None:
+        """The received turn before ``turn``: of those starting last before it (one index seek)."""
+        rows = conn.execute(
+            "SELECT role, start_us, end_us FROM turns WHERE call_id=? AND start_us = "
+            "(SELECT MAX(start_us) FROM turns WHERE call_id=? AND start_us < ?)",
+            (call_id, call_id, turn.start_us),
+        )
+        return preceding([TurnTiming(*row) for row in rows], turn.start_us)
+
+    @staticmethod
+    def _remember_turns(conn: sqlite3.Connection, call_id: str, turns: list[TurnTiming]) -> None:
+        conn.executemany(
+            "INSERT OR IGNORE INTO turns (call_id, start_us, role, end_us) VALUES (?, ?, ?, ?)",
+            [(call_id, t.start_us, t.role, t.end_us) for t in turns],
+        )
+
+    def _labeller(self, conn: sqlite3.Connection, agent_id: str, call_ns: int) -> Labeller:
+        """Deployment labels for a call of ``agent_id``, the ranking kept in ``deployments``."""
+        recent = dict(
+            conn.execute("SELECT deployment_id, last_call_ns FROM deployments WHERE agent_id=?", (agent_id,))
+        )
+
+        def changed(deployment_id: str, last_call_ns: int, evicted: str | None) -> None:
+            if evicted is not None:
+                conn.execute(
+                    "DELETE FROM deployments WHERE agent_id=? AND deployment_id=?", (agent_id, evicted)
+                )
+            conn.execute(
+                "INSERT INTO deployments VALUES (?, ?, ?) ON CONFLICT(agent_id, deployment_id) "
+                "DO UPDATE SET last_call_ns=excluded.last_call_ns",
+                (agent_id, deployment_id, last_call_ns),
+            )
+
+        return labeller(recent, call_ns, self._deployments_per_agent, changed)
+
+    @staticmethod
     def _ledger(conn: sqlite3.Connection, call_id: str, spans: list[SpanRecord], now: int) -> None:
         conn.executemany(
             "INSERT OR IGNORE INTO ledger (call_id, span_id, exported_ns) VALUES (?, ?, ?)",
@@ -442,7 +507,7 @@ class Processor:
     def _load(conn: sqlite3.Connection, call_id: str) -> _Call | None:
         row = conn.execute(
             "SELECT agent_id, agent_name, start_ns, root_exported, summary_exported, pending, "
-            "last_event_ns, closed_ns FROM calls WHERE call_id=?",
+            "last_event_ns, closed_ns, deployment_id FROM calls WHERE call_id=?",
             (call_id,),
         ).fetchone()
         if row is None:
@@ -457,6 +522,7 @@ class Processor:
             bool(row[5]),
             row[6],
             row[7],
+            row[8],
             new=False,
         )
 
@@ -464,11 +530,12 @@ class Processor:
     def _save(conn: sqlite3.Connection, call: _Call) -> None:
         conn.execute(
             "INSERT INTO calls (call_id, agent_id, agent_name, start_ns, root_exported, summary_exported, "
-            "pending, last_event_ns, closed_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "pending, last_event_ns, closed_ns, deployment_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(call_id) DO UPDATE SET agent_id=excluded.agent_id, agent_name=excluded.agent_name, "
             "start_ns=excluded.start_ns, root_exported=excluded.root_exported, "
             "summary_exported=excluded.summary_exported, pending=excluded.pending, "
-            "last_event_ns=excluded.last_event_ns, closed_ns=excluded.closed_ns",
+            "last_event_ns=excluded.last_event_ns, closed_ns=excluded.closed_ns, "
+            "deployment_id=excluded.deployment_id",
             (
                 call.call_id,
                 call.agent_id,
@@ -479,6 +546,7 @@ class Processor:
                 int(call.pending),
                 call.last_event_ns,
                 call.closed_ns,
+                call.deployment_id,
             ),
         )
         call.new = False

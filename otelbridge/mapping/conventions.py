@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-CONTRACT_VERSION: Final = "2.0.0"
+CONTRACT_VERSION: Final = "2.1.0"
 INSTRUMENTATION_SCOPE: Final = "otelbridge"
 PROVIDER_NAME: Final = "cartesia"
 
@@ -70,6 +70,8 @@ TURN_VAD_BUFFER_MS: Final = "cartesia.turn.vad_buffer_ms"
 TURN_START_OFFSET: Final = "cartesia.turn.start_offset"
 TTS_TTFB: Final = "cartesia.tts.ttfb"
 STT_TTFB: Final = "cartesia.stt.ttfb"
+#: seconds from the end of the caller's turn to the start of the assistant turn (since 2.1.0)
+TURN_RESPONSE_LATENCY: Final = "cartesia.turn.response_latency"
 
 # --- span events ------------------------------------------------------------------------
 EVENT_TEXT_CHUNK: Final = "cartesia.text_chunk"
@@ -97,6 +99,7 @@ METRIC_TTS_TTFB: Final = "cartesia.tts.ttfb"
 METRIC_STT_TTFB: Final = "cartesia.stt.ttfb"
 METRIC_CALL_DURATION: Final = "cartesia.call.duration"
 METRIC_TURN_DURATION: Final = "cartesia.turn.duration"
+METRIC_RESPONSE_LATENCY: Final = "cartesia.turn.response_latency"
 METRIC_CALLS: Final = "cartesia.calls"
 METRIC_TURNS: Final = "cartesia.turns"
 METRIC_TOOL_CALLS: Final = "cartesia.tool_calls"
@@ -107,6 +110,11 @@ METRIC_LOG_METRIC_OTHER: Final = "cartesia.log_metric.other"
 TTFB_BUCKETS_S: Final = (
     0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75,
     1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0,
+)  # fmt: skip
+#: response latency in seconds: 100 ms steps to 1 s, then resolving to 10 s.
+RESPONSE_LATENCY_BUCKETS_S: Final = (
+    0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 1.75,
+    2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.5, 10.0,
 )  # fmt: skip
 CALL_DURATION_BUCKETS_S: Final = (
     1.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
@@ -128,6 +136,11 @@ METRIC_ATTR_INTERRUPTED: Final = TURN_INTERRUPTED
 METRIC_ATTR_TOOL_NAME: Final = GEN_AI_TOOL_NAME
 METRIC_ATTR_LOG_VALUE: Final = LOG_METRIC_VALUE
 METRIC_ATTR_LOG_NAME: Final = LOG_METRIC_NAME
+#: on the TTFB, response latency, turn duration and call metrics (since 2.1.0): the call's
+#: deployment, DEPLOYMENT_NONE without one, DEPLOYMENT_OTHER past the per-agent limit
+METRIC_ATTR_DEPLOYMENT_ID: Final = DEPLOYMENT_ID
+DEPLOYMENT_NONE: Final = "none"
+DEPLOYMENT_OTHER: Final = "other"
 
 # --- self-metrics of otelbridge serve (instrumentation scope SELF_SCOPE) -----------------
 SELF_SCOPE: Final = "otelbridge.self"
@@ -146,6 +159,7 @@ SELF_SPOOL_BYTES: Final = "otelbridge.spool.size"  # By
 SELF_SPOOL_OLDEST_AGE: Final = "otelbridge.spool.oldest_age"  # s
 SELF_INBOX_DEPTH: Final = "otelbridge.inbox.depth"  # {event}
 SELF_OPEN_CALLS: Final = "otelbridge.calls.open"  # {call}
+SELF_DEPLOYMENTS_FOLDED: Final = "otelbridge.deployments.folded"  # {point}
 SELF_ATTR_TYPE: Final = "type"
 SELF_ATTR_OUTCOME: Final = "outcome"
 SELF_ATTR_SIGNAL: Final = "signal"

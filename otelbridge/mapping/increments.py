@@ -21,12 +21,13 @@ Rules (docs/conventions.md, "Streaming"):
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from otelbridge.cartesia.models import AgentCall, TranscriptItem
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping import ids
+from otelbridge.mapping.latency import TurnTiming, latency_after
 from otelbridge.mapping.metrics import map_call_points, turn_points
 from otelbridge.mapping.policy import AttributeSink, MappingOptions
 from otelbridge.mapping.records import MetricPoint, SpanRecord
@@ -55,10 +56,12 @@ def call_increment(
     *,
     with_root: bool,
     fallback_end_ns: int | None = None,
+    known_turns: Iterable[TurnTiming] = (),
 ) -> Increment:
     """Everything of ``call`` not yet in ``exported``. Without ``with_root`` the root span, the
-    call-level points and every log item stay back (for the call's end)."""
-    spans = map_call_spans(call, options, fallback_end_ns)
+    call-level points and every log item stay back (for the call's end). ``known_turns``: the
+    call's turns received apart from ``call`` (for response latency)."""
+    spans = map_call_spans(call, options, fallback_end_ns, known_turns)
     root = spans.root
     root_new = with_root and root.span_id not in exported
     emit = {s.span_id for s in spans.all() if s.span_id not in exported}
@@ -84,10 +87,13 @@ def call_increment(
     return Increment([s for s in spans.all() if s.span_id in emit], points, late)
 
 
-def turn_increment(ctx: CallContext, item: TranscriptItem, exported: Collection[int]) -> Increment:
-    """One turn of a ``call_turn`` webhook (and its tool calls), minus what is out already."""
-    spans = map_turn(ctx, item)
-    points = turn_points(ctx.agent_id, item, spans)
+def turn_increment(
+    ctx: CallContext, item: TranscriptItem, exported: Collection[int], previous: TurnTiming | None = None
+) -> Increment:
+    """One turn of a ``call_turn`` webhook (and its tool calls), minus what is out already;
+    ``previous`` is the spoken turn before it among those received (for response latency)."""
+    spans = map_turn(ctx, item, response_latency=latency_after(previous, TurnTiming.of(item)))
+    points = turn_points(ctx, item, spans)
     emit = {s.span_id for s in spans if s.span_id not in exported}
     return Increment([s for s in spans if s.span_id in emit], [p for p in points if p.span_id in emit])
 

@@ -13,7 +13,7 @@ from typing import Final
 from otelbridge.cartesia.models import AgentCall, LogMetric, TranscriptItem
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping.records import InstrumentKind, MetricPoint, SpanRecord
-from otelbridge.mapping.traces import CallSpans
+from otelbridge.mapping.traces import CallContext, CallSpans
 
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.\-]")
 _MAX_INSTRUMENT_NAME: Final = 255
@@ -41,23 +41,35 @@ def _point(
     )
 
 
-def turn_points(agent_id: str, item: TranscriptItem, spans: list[SpanRecord]) -> list[MetricPoint]:
+def deployment_label(deployment_id: str | None) -> str:
+    """The metric attribute of a call's deployment, before the per-agent bound."""
+    return deployment_id or c.DEPLOYMENT_NONE
+
+
+def turn_points(ctx: CallContext, item: TranscriptItem, spans: list[SpanRecord]) -> list[MetricPoint]:
     """Points of one spoken turn: ``spans`` is what :func:`map_turn` returned for it."""
     turn, tools = spans[0], spans[1:]
-    agent: dict[str, str | bool | int] = {c.METRIC_ATTR_AGENT_ID: agent_id}
+    agent: dict[str, str | bool | int] = {c.METRIC_ATTR_AGENT_ID: ctx.agent_id}
+    deployed = {**agent, c.METRIC_ATTR_DEPLOYMENT_ID: deployment_label(ctx.deployment_id)}
     points: list[MetricPoint] = []
     if item.tts_ttfb is not None and item.tts_ttfb >= 0:
         points.append(_point(c.METRIC_TTS_TTFB, InstrumentKind.HISTOGRAM, "s",
                              "Text-to-speech time to first byte, as Cartesia reports it",
-                             item.tts_ttfb, agent, turn))  # fmt: skip
+                             item.tts_ttfb, deployed, turn))  # fmt: skip
     if item.stt_ttfb is not None and item.stt_ttfb >= 0:
         points.append(_point(c.METRIC_STT_TTFB, InstrumentKind.HISTOGRAM, "s",
                              "Speech-to-text time to first byte, as Cartesia reports it",
-                             item.stt_ttfb, agent, turn))  # fmt: skip
+                             item.stt_ttfb, deployed, turn))  # fmt: skip
+    latency = turn.attributes.get(c.TURN_RESPONSE_LATENCY)
+    if isinstance(latency, float):
+        points.append(_point(c.METRIC_RESPONSE_LATENCY, InstrumentKind.HISTOGRAM, "s",
+                             "Silence between the end of the caller's turn and the agent's answer",
+                             latency, deployed, turn))  # fmt: skip
     role = {**agent, c.METRIC_ATTR_ROLE: item.role}
     points.append(_point(c.METRIC_TURN_DURATION, InstrumentKind.HISTOGRAM, "s",
                          "Duration of a spoken turn", (turn.end_ns - turn.start_ns) / 1e9,
-                         role, turn))  # fmt: skip
+                         {**role, c.METRIC_ATTR_DEPLOYMENT_ID: deployed[c.METRIC_ATTR_DEPLOYMENT_ID]},
+                         turn))  # fmt: skip
     interrupted = turn.attributes.get(c.TURN_INTERRUPTED) is True
     points.append(_point(c.METRIC_TURNS, InstrumentKind.COUNTER, "{turn}", "Spoken turns",
                          1, {**role, c.METRIC_ATTR_INTERRUPTED: interrupted}, turn))  # fmt: skip
@@ -106,19 +118,17 @@ def call_level_points(call: AgentCall, root: SpanRecord) -> list[MetricPoint]:
     """Points of the call itself: only for a final call (one with an outcome)."""
     if not call.is_final:
         return []
-    attrs: dict[str, str | bool | int] = {
+    base: dict[str, str | bool | int] = {
         c.METRIC_ATTR_AGENT_ID: call.agent_id,
         c.METRIC_ATTR_STATUS: call.status,
-        c.METRIC_ATTR_END_REASON: call.end_reason or "unknown",
+        c.METRIC_ATTR_DEPLOYMENT_ID: deployment_label(call.deployment_id),
     }
-    points = [_point(c.METRIC_CALLS, InstrumentKind.COUNTER, "{call}",
-                     "Calls by outcome", 1, attrs, root)]  # fmt: skip
+    points = [_point(c.METRIC_CALLS, InstrumentKind.COUNTER, "{call}", "Calls by outcome", 1,
+                     {**base, c.METRIC_ATTR_END_REASON: call.end_reason or "unknown"}, root)]  # fmt: skip
     if call.start_time is not None and call.end_time is not None and call.end_time >= call.start_time:
         points.append(_point(c.METRIC_CALL_DURATION, InstrumentKind.HISTOGRAM, "s",
                              "Call duration as reported (end_time - start_time)",
-                             (call.end_time - call.start_time) / 1e9,
-                             {c.METRIC_ATTR_AGENT_ID: call.agent_id,
-                              c.METRIC_ATTR_STATUS: call.status}, root))  # fmt: skip
+                             (call.end_time - call.start_time) / 1e9, base, root))  # fmt: skip
     return points
 
 
@@ -130,7 +140,7 @@ def map_call_points(call: AgentCall, spans: CallSpans) -> list[MetricPoint]:
     for index, item in enumerate(call.transcript):
         turn = spans.by_item.get(index)
         if turn is not None:
-            points.extend(turn_points(call.agent_id, item, [turn, *tools_by_parent.get(turn.span_id, [])]))
+            points.extend(turn_points(spans.ctx, item, [turn, *tools_by_parent.get(turn.span_id, [])]))
         elif item.log_metric is not None and index in spans.log_metric_spans:
             points.append(log_metric_point(call.agent_id, item.log_metric, spans.log_metric_spans[index]))
     return points

@@ -73,3 +73,9 @@ class MappedCall:
     @property
     def root(self) -> SpanRecord | None:
         return next((s for s in self.spans if s.is_root), None)
+
+    @property
+    def start_ns(self) -> int:
+        """When the call started (its root span's start)."""
+        root = self.root
+        return root.start_ns if root is not None else min((s.start_ns for s in self.spans), default=0)

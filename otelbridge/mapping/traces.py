@@ -17,19 +17,19 @@ silently.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from otelbridge.cartesia.models import AgentCall, TranscriptItem
-from otelbridge.cartesia.timestamps import offset_to_ns
+from otelbridge.cartesia.timestamps import MAX_OFFSET_S, offset_to_ns
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping import ids
+from otelbridge.mapping.latency import TurnTiming, response_latencies
 from otelbridge.mapping.policy import AttributeSink, MappingOptions, to_text
 from otelbridge.mapping.records import Attributes, EventRecord, SpanRecord
 
 _TOLERANCE_NS: Final = 1_000_000  # 1 ms
-#: Offsets beyond a day are not a real call; clamped so times stay inside 64 bits.
-MAX_OFFSET_S: Final = 86_400.0
 
 
 class UnplaceableCallError(ValueError):
@@ -45,6 +45,7 @@ class CallContext:
     agent_name: str | None
     start_ns: int
     options: MappingOptions
+    deployment_id: str | None = None
     trace_id: int = 0
     root_span_id: int = 0
 
@@ -116,9 +117,12 @@ def turn_operation(role: str) -> str:
     return c.OPERATION_USER_TURN if role == "user" else c.OPERATION_ASSISTANT_TURN
 
 
-def map_turn(ctx: CallContext, item: TranscriptItem, occurrence: int = 1) -> list[SpanRecord]:
+def map_turn(
+    ctx: CallContext, item: TranscriptItem, occurrence: int = 1, response_latency: float | None = None
+) -> list[SpanRecord]:
     """One spoken turn -> its span (first) and its tool-call spans. Used alike for a turn
-    arriving alone in a ``call_turn`` webhook and for a turn of a whole transcript."""
+    arriving alone in a ``call_turn`` webhook and for a turn of a whole transcript;
+    ``response_latency`` is the turn's (:mod:`otelbridge.mapping.latency`), if it has one."""
     adjust = _Adjustments()
     start_off = _offset(item.start_timestamp, adjust, "start")
     if item.end_timestamp is None:
@@ -155,6 +159,7 @@ def map_turn(ctx: CallContext, item: TranscriptItem, occurrence: int = 1) -> lis
     sink.put(c.TURN_VAD_BUFFER_MS, item.vad_buffer_ms)
     sink.put(c.TTS_TTFB, item.tts_ttfb)
     sink.put(c.STT_TTFB, item.stt_ttfb)
+    sink.put(c.TURN_RESPONSE_LATENCY, response_latency)
 
     for index, chunk in enumerate(item.text_chunks):
         at, moved = _clamp(
@@ -363,6 +368,7 @@ def _span_in_progress(turns: list[SpanRecord], at_ns: int, root: SpanRecord) -> 
 
 @dataclass(slots=True)
 class CallSpans:
+    ctx: CallContext
     root: SpanRecord
     turns: list[SpanRecord]
     #: (turn or tool span) per transcript item index, for the metric mapping
@@ -377,10 +383,18 @@ class CallSpans:
         return [self.root, *self.turns, *self.tools]
 
 
-def map_call_spans(call: AgentCall, options: MappingOptions, fallback_end_ns: int | None = None) -> CallSpans:
+def map_call_spans(
+    call: AgentCall,
+    options: MappingOptions,
+    fallback_end_ns: int | None = None,
+    known_turns: Iterable[TurnTiming] = (),
+) -> CallSpans:
+    """``known_turns``: turns of the call learnt apart from its transcript (streamed ones), which
+    can precede a transcript turn for its response latency."""
     start_ns, end_ns, adjustments = call_anchor(call, fallback_end_ns)
-    ctx = CallContext(call.id, call.agent_id, call.agent_name, start_ns, options)
+    ctx = CallContext(call.id, call.agent_id, call.agent_name, start_ns, options, call.deployment_id)
     root = root_span(ctx, call, end_ns, adjustments)
+    latencies = response_latencies(call.transcript, known_turns)
     turns: list[SpanRecord] = []
     tools: list[SpanRecord] = []
     by_item: dict[int, SpanRecord] = {}
@@ -390,7 +404,7 @@ def map_call_spans(call: AgentCall, options: MappingOptions, fallback_end_ns: in
             continue
         base = ids.turn_key(item.role, item.start_timestamp)
         occurrences[base] = occurrences.get(base, 0) + 1
-        turn, *turn_tools = map_turn(ctx, item, occurrences[base])
+        turn, *turn_tools = map_turn(ctx, item, occurrences[base], latencies.get(index))
         turns.append(turn)
         tools.extend(turn_tools)
         by_item[index] = turn
@@ -414,4 +428,4 @@ def map_call_spans(call: AgentCall, options: MappingOptions, fallback_end_ns: in
     for span in turns:
         span.events.sort(key=lambda e: e.time_ns)
     root.events.sort(key=lambda e: e.time_ns)
-    return CallSpans(root, turns, by_item, tools, log_metric_spans, log_events)
+    return CallSpans(ctx, root, turns, by_item, tools, log_metric_spans, log_events)

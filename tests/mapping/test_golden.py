@@ -43,6 +43,7 @@ FIXTURES: Final = (
     "unknown_fields.json",
     "legacy_shape.jsonl",
     "bad_timing.json",
+    "response_latency.json",
 )
 DIFF_LINES: Final = 60
 TURN_NAMES: Final = frozenset({"user_turn", "assistant_turn"})
@@ -280,6 +281,46 @@ def test_interrupted_turns_overlap_and_are_marked() -> None:
     assert metric_event in barge_in.events
     interrupted_counts = points(fixture, instrument="cartesia.turns")
     assert sum(p["attributes"]["cartesia.turn.interrupted"] for p in interrupted_counts) == 2
+
+
+def test_response_latency_follows_its_definition() -> None:
+    """docs/conventions.md "Response latency", worked out by hand on the fixture's turns."""
+    fixture, call_id = "response_latency.json", "ac_sid_Rl5pWq8ZcTn2XvKe7MbLd3"
+    group = call_spans(fixture, call_id)
+    by_start = {round(t.attributes["cartesia.turn.start_offset"], 6): t for t in turns_of(group)}
+    expected = {
+        0.3: None,  # the greeting: no turn before it
+        4.35: 0.35,  # after the caller's 2.5 .. 4.000000000000001 (float noise: exact to 1 us)
+        6.2: None,  # follows another assistant turn
+        8.5: None,  # starts before the caller (6.8 .. 9.0) has finished: an overlap
+        11.3: 0.0,  # at the very microsecond the caller stopped (11.300000000000001)
+        13.0: None,  # the caller's turn before it has no end
+        15.1: 0.2,  # 14.9 -> 15.1, a latency of exactly 0.2 s, not 0.20000000000000107
+    }
+    for start, latency in expected.items():
+        span = by_start[start]
+        assert span.name == "assistant_turn"
+        assert span.attributes.get("cartesia.turn.response_latency") == latency, start
+    for span in turns_of(group):
+        if span.name == "user_turn":
+            assert "cartesia.turn.response_latency" not in span.attributes
+    # one histogram point per latency, on the assistant turn's span (its exemplar), per deployment
+    latency_points = points(fixture, instrument="cartesia.turn.response_latency")
+    assert sorted(p["value"] for p in latency_points) == [0.0, 0.2, 0.35]
+    for point in latency_points:
+        assert point["unit"] == "s" and point["kind"] == "histogram"
+        assert point["attributes"] == {
+            "cartesia.agent.id": "agent_C3J27XDCG2LmlZGEONYlgC",
+            "cartesia.deployment.id": "dep_NewRelease01",
+        }
+        start = next(t for t in group if span_hex(call_id, point["span_key"]) == t.span_id)
+        assert start.attributes["cartesia.turn.response_latency"] == point["value"]
+    # the deployment on every metric the contract lists, and on no other
+    deployed = {"cartesia.tts.ttfb", "cartesia.stt.ttfb", "cartesia.turn.response_latency",
+                "cartesia.turn.duration", "cartesia.calls", "cartesia.call.duration"}  # fmt: skip
+    for point in document(fixture)["metric_points"]:
+        carries = point["attributes"].get("cartesia.deployment.id")
+        assert carries == ("dep_NewRelease01" if point["instrument"] in deployed else None), point
 
 
 def test_tools_are_children_of_their_turn_with_arguments_and_results() -> None:

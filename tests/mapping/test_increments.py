@@ -6,6 +6,7 @@ from otelbridge.cartesia.models import AgentCall, parse_call
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping import map_call
 from otelbridge.mapping.increments import analysis_span, call_increment, turn_increment
+from otelbridge.mapping.latency import TurnTiming, preceding
 from otelbridge.mapping.policy import MappingOptions
 from otelbridge.mapping.traces import CallContext
 
@@ -52,10 +53,13 @@ def test_streamed_turns_then_completion_equal_the_whole_call() -> None:
     whole = map_call(call, OPTIONS)
     exported: set[int] = set()
     spans, points = [], []
+    received: list[TurnTiming] = []
     for item in call.transcript:
         if item.is_system:
             continue
-        inc = turn_increment(_ctx(call), item, exported)
+        timing = TurnTiming.of(item)
+        inc = turn_increment(_ctx(call), item, exported, preceding(received, timing.start_us))
+        received.append(timing)
         exported |= {s.span_id for s in inc.spans}
         spans += inc.spans
         points += inc.points
@@ -69,6 +73,10 @@ def test_streamed_turns_then_completion_equal_the_whole_call() -> None:
     assert [s.key for s in final.spans] == ["root"]
     # every point of the whole call, once (log metric point now on the root)
     assert sorted(p.instrument for p in points) == sorted(p.instrument for p in whole.points)
+    # the assistant turn answered 0.5 s after the caller stopped, streamed or whole
+    streamed = next(p for p in points if p.instrument == c.METRIC_RESPONSE_LATENCY)
+    assert streamed == next(p for p in whole.points if p.instrument == c.METRIC_RESPONSE_LATENCY)
+    assert streamed.value == 0.5
     log_point = next(p for p in points if p.instrument.startswith(c.METRIC_LOG_METRIC_PREFIX))
     assert log_point.span_id == final.spans[0].span_id
     # the log items went onto the root, as its events

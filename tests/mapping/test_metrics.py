@@ -44,7 +44,8 @@ def _mapped(status: str = "completed") -> list:  # type: ignore[type-arg]
 def test_points_of_a_call() -> None:
     points = {(p.instrument, p.kind): p for p in _mapped()}
     tts = points[(c.METRIC_TTS_TTFB, InstrumentKind.HISTOGRAM)]
-    assert tts.value == 0.2 and tts.unit == "s" and tts.attributes == {c.AGENT_ID: "agent_1"}
+    no_deployment = {c.AGENT_ID: "agent_1", c.DEPLOYMENT_ID: c.DEPLOYMENT_NONE}
+    assert tts.value == 0.2 and tts.unit == "s" and tts.attributes == no_deployment
     assert tts.span_key == "turn:assistant:500"
     assert points[(c.METRIC_STT_TTFB, InstrumentKind.HISTOGRAM)].value == 0.07
     calls = points[(c.METRIC_CALLS, InstrumentKind.COUNTER)]
@@ -52,6 +53,7 @@ def test_points_of_a_call() -> None:
         c.AGENT_ID: "agent_1",
         c.CALL_STATUS: "completed",
         c.CALL_END_REASON: "agent_hangup",
+        c.DEPLOYMENT_ID: c.DEPLOYMENT_NONE,
     }
     assert points[(c.METRIC_CALL_DURATION, InstrumentKind.HISTOGRAM)].value == 30.5
     assert points[(c.METRIC_TOOL_CALLS, InstrumentKind.COUNTER)].attributes[c.GEN_AI_TOOL_NAME] == "book_slot"
