@@ -15,20 +15,19 @@ with ``key`` one of
 
 A turn's identity is its role and start time, never its position: the webhook stream and
 the API transcript number turns differently, and both must give the same span id.
+
+The hashing itself (prefixes, trace id bytes, span id of a key) lives in :mod:`otelbridge.link`,
+which agents import without the daemon's dependencies; this module adds the keys.
 """
 
 from __future__ import annotations
 
-import hashlib
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Final
 
-TRACE_PREFIX: Final = "cartesia.call.v1:"
-SPAN_PREFIX: Final = "cartesia.span.v1:"
+from otelbridge.link import ROOT_KEY, SPAN_PREFIX, TRACE_PREFIX, span_id, trace_id_bytes
 
-
-def trace_id_bytes(call_id: str) -> bytes:
-    return hashlib.sha256((TRACE_PREFIX + call_id).encode("utf-8")).digest()[:16]
+# Not otelbridge.link's trace_id/trace_id_hex: those refuse an empty call id, and the daemon maps
+# whatever id Cartesia sent (an evaluation's callId is not validated non-empty).
 
 
 def trace_id(call_id: str) -> int:
@@ -40,16 +39,17 @@ def trace_id_hex(call_id: str) -> str:
     return trace_id_bytes(call_id).hex()
 
 
-def span_id(call_id: str, key: str) -> int:
-    digest = hashlib.sha256(f"{SPAN_PREFIX}{call_id}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big")
+def decimal_units(seconds: float, exponent: int) -> int:
+    """Seconds -> integer units of 10**-exponent s, half up on the number's shortest decimal
+    text (so ``10.387875000000001`` and ``10.387875`` agree)."""
+    # to_integral_value, not quantize: quantize raises InvalidOperation past the context's
+    # 28 digits (an absurd offset like 1e25 must still give a key, not crash the mapping).
+    return int(Decimal(repr(float(seconds))).scaleb(exponent).to_integral_value(ROUND_HALF_UP))
 
 
 def start_ms(start_timestamp: float) -> int:
     """Seconds from call start -> integer milliseconds, half up on the decimal text."""
-    # to_integral_value, not quantize: quantize raises InvalidOperation past the context's
-    # 28 digits (an absurd offset like 1e25 must still give a key, not crash the mapping).
-    return int(Decimal(repr(float(start_timestamp))).scaleb(3).to_integral_value(ROUND_HALF_UP))
+    return decimal_units(start_timestamp, 3)
 
 
 def _occurrence(key: str, occurrence: int) -> str:
@@ -57,7 +57,7 @@ def _occurrence(key: str, occurrence: int) -> str:
 
 
 def root_key() -> str:
-    return "root"
+    return ROOT_KEY
 
 
 def analysis_key() -> str:
@@ -83,3 +83,22 @@ def turn_span_id(call_id: str, role: str, start_timestamp: float, occurrence: in
 
 def tool_span_id(call_id: str, turn: str, tool_call_id: str, occurrence: int = 1) -> int:
     return span_id(call_id, tool_key(turn, tool_call_id, occurrence))
+
+
+__all__ = [
+    "SPAN_PREFIX",
+    "TRACE_PREFIX",
+    "analysis_key",
+    "decimal_units",
+    "root_key",
+    "root_span_id",
+    "span_id",
+    "start_ms",
+    "tool_key",
+    "tool_span_id",
+    "trace_id",
+    "trace_id_bytes",
+    "trace_id_hex",
+    "turn_key",
+    "turn_span_id",
+]

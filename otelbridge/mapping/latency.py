@@ -20,20 +20,26 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Final
 
 from otelbridge.cartesia.models import TranscriptItem
 from otelbridge.cartesia.timestamps import MAX_OFFSET_S
+from otelbridge.mapping import ids
 
 _MAX_US: Final = int(MAX_OFFSET_S * 1_000_000)
 USER: Final = "user"
 ASSISTANT: Final = "assistant"
 
 
+#: far outside any latency, inside what SQLite's 64-bit integers hold (an offset like 1e300
+#: keeps its place in the order of turns and gives no latency)
+_BOUND_US: Final = 2**62
+
+
 def micros(seconds: float) -> int:
     """Seconds from call start -> integer microseconds, half up on the decimal text."""
-    return int(Decimal(repr(float(seconds))).scaleb(6).to_integral_value(ROUND_HALF_UP))
+    us = ids.decimal_units(seconds, 6)
+    return max(-_BOUND_US, min(us, _BOUND_US))
 
 
 @dataclass(frozen=True, slots=True)

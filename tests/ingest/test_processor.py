@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
@@ -20,9 +23,9 @@ from otelbridge.ingest import processor as processor_module
 from otelbridge.ingest.assembly import CallAssembler
 from otelbridge.ingest.processor import Processor, load_unexported_points
 from otelbridge.mapping import conventions as c
-from otelbridge.mapping import map_call
+from otelbridge.mapping import ids, map_call
 from otelbridge.mapping.policy import MappingOptions
-from otelbridge.mapping.records import SpanRecord
+from otelbridge.mapping.records import MetricPoint, SpanRecord
 from otelbridge.store import Database, open_inbox, open_state
 from tests.support.inbox_events import store_events
 from tests.support.samples import webhook_events
@@ -327,3 +330,260 @@ def test_the_processor_checkpoints_the_inbox_wal_so_the_webhook_side_need_not(
     assert database_file.stat().st_size == before  # 5 rows taken: not yet
     assert harness.processor.process_batch(limit=5).events == 5
     assert database_file.stat().st_size > before + 10_000  # copied back into the database file
+
+
+# --- response latency and deployments (contract 2.1.0) -----------------------------------
+
+
+def _latency_points(points: list[MetricPoint]) -> set[tuple[int, float, str]]:
+    return {
+        (p.span_id, float(p.value), str(p.attributes[c.DEPLOYMENT_ID]))
+        for p in points
+        if p.instrument == c.METRIC_RESPONSE_LATENCY
+    }
+
+
+def _span_latencies(spans: list[Span]) -> dict[int, float]:
+    out = {}
+    for span in spans:
+        for kv in span.attributes:
+            if kv.key == c.TURN_RESPONSE_LATENCY:
+                out[int.from_bytes(span.span_id, "big")] = kv.value.double_value
+    return out
+
+
+def _whole(events: list[dict[str, Any]]) -> tuple[dict[int, float], set[tuple[int, float, str]]]:
+    """Response latencies (span attribute, histogram points) of the whole calls of ``events``."""
+    assembler = CallAssembler()
+    for event in events:
+        assembler.add(parse_webhook_event(event))
+    latencies: dict[int, float] = {}
+    points: list[MetricPoint] = []
+    for built in assembler.calls():
+        mapped = map_call(built.call, fallback_end_ns=built.fallback_end_ns)
+        for span in mapped.spans:
+            if c.TURN_RESPONSE_LATENCY in span.attributes:
+                latencies[span.span_id] = float(span.attributes[c.TURN_RESPONSE_LATENCY])  # type: ignore[arg-type]
+        points += mapped.points
+    return latencies, _latency_points(points)
+
+
+def test_sample_stream_gives_the_response_latencies_and_deployments_of_the_whole_calls(
+    harness: Harness,
+) -> None:
+    events = _events()
+    harness.put(*events)
+    harness.run()
+    latencies, points = _whole(events)
+    assert len(latencies) >= 10  # the samples answer callers: the test has something to compare
+    assert _span_latencies(harness.spans()) == latencies
+    stored = [p for _, p in load_unexported_points(harness.state)]
+    assert _latency_points(stored) == points
+    # every TTFB, latency, turn-duration and call point names its deployment; the samples have two
+    deployments = {
+        p.attributes[c.DEPLOYMENT_ID]
+        for p in stored
+        if p.instrument
+        in (c.METRIC_TTS_TTFB, c.METRIC_RESPONSE_LATENCY, c.METRIC_TURN_DURATION, c.METRIC_CALLS)
+    }
+    assert {"dep_tjfIZ4SOcMz9", "dep_L1mHoOsFaQfD"} <= deployments
+    assert all(c.DEPLOYMENT_ID not in p.attributes for p in stored if p.instrument == c.METRIC_TURNS)
+
+
+def _call_events(
+    call_id: str, turns: list[dict[str, Any]], deployment: str | None
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    base = {"call_id": call_id, "agent_id": "agent_lat", "webhook_id": "wh"}
+    call: dict[str, Any] = {
+        "id": call_id,
+        "agent_id": "agent_lat",
+        "start_time": "2026-11-21T10:00:00Z",
+        "status": "started",
+        "deployment_id": deployment,
+        "transcript": [],
+    }
+    started = {**base, "type": "call_started", "timestamp": "2026-11-21T10:00:00Z", "call": call}
+    turn_events = [
+        {**base, "type": "call_turn", "timestamp": "2026-11-21T10:00:30Z", "turn": t} for t in turns
+    ]
+    final = {**call, "status": "completed", "end_time": "2026-11-21T10:01:00Z", "transcript": turns}
+    completed = {**base, "type": "call_completed", "timestamp": "2026-11-21T10:01:00Z", "call": final}
+    return started, turn_events, completed
+
+
+_turn_strategy = st.fixed_dictionaries(
+    {
+        "role": st.sampled_from(["user", "assistant", "user", "assistant", "agent2"]),
+        # whole milliseconds plus Cartesia's float noise
+        "start_timestamp": st.builds(
+            lambda ms, noise: ms / 1000 + noise,
+            st.integers(0, 40_000),
+            st.sampled_from([0.0, 1e-15, -1e-15, 4e-7]),
+        ),
+        "length": st.one_of(st.none(), st.floats(-0.5, 6.0, allow_nan=False)),
+        "tts_ttfb": st.floats(0.05, 1.0),
+    }
+)
+
+
+def _turns(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Turns in start order, one per (role, start millisecond), as a transcript holds them."""
+    seen, out = set(), []
+    for t in sorted(raw, key=lambda t: t["start_timestamp"]):
+        key = (t["role"], round(t["start_timestamp"] * 1000))
+        if key in seen:
+            continue
+        seen.add(key)
+        turn: dict[str, Any] = {"role": t["role"], "start_timestamp": t["start_timestamp"], "text": "x"}
+        if t["length"] is not None:
+            turn["end_timestamp"] = t["start_timestamp"] + t["length"]
+        if t["role"] == "assistant":
+            turn["tts_ttfb"] = t["tts_ttfb"]
+        out.append(turn)
+    return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    raw=st.lists(_turn_strategy, min_size=1, max_size=12),
+    plan=st.lists(st.sampled_from(["send", "send", "twice", "restart"]), min_size=12, max_size=12),
+    streamed=st.integers(0, 12),
+    deployment=st.sampled_from(["dep_A", None]),
+)
+def test_streamed_turns_with_restarts_give_the_whole_calls_response_latencies(
+    raw: list[dict[str, Any]], plan: list[str], streamed: int, deployment: str | None
+) -> None:
+    """Turns streamed in start order (some twice, the processor restarted between two of them,
+    the stream cut short so the last ones arrive only in the completion) give each assistant
+    turn the response latency, span attribute and histogram point, of the whole call."""
+    turns = _turns(raw)
+    started, turn_events, completed = _call_events("ac_latency", turns, deployment)
+    with tempfile.TemporaryDirectory() as tmp:
+        harness = Harness(Path(tmp) / "state")
+        try:
+            harness.put(started)
+            harness.run()
+            for event, step in zip(turn_events[:streamed], plan, strict=False):
+                if step == "restart":
+                    harness.close()
+                    harness.open()
+                harness.put(*([event] * (2 if step == "twice" else 1)))
+                harness.run()
+            harness.put(completed)
+            harness.run()
+            latencies, points = _whole([started, completed])
+            assert _span_latencies(harness.spans()) == latencies
+            stored = [p for _, p in load_unexported_points(harness.state)]
+            assert _latency_points(stored) == points
+        finally:
+            harness.close()
+
+
+def test_a_turn_delivered_after_a_later_assistant_turn_cannot_change_what_it_exported(
+    harness: Harness,
+) -> None:
+    """The documented limit of streaming (docs/conventions.md 5.1): the caller's turn arrives
+    after the assistant turn that answered it, which went out with the latency it could know."""
+    turns = [
+        {"role": "user", "start_timestamp": 1.0, "end_timestamp": 2.0, "text": "hi"},
+        {"role": "user", "start_timestamp": 3.0, "end_timestamp": 4.5, "text": "are you there?"},
+        {"role": "assistant", "start_timestamp": 5.0, "end_timestamp": 6.0, "text": "yes"},
+    ]
+    started, turn_events, completed = _call_events("ac_reordered", turns, None)
+    harness.put(started, turn_events[0], turn_events[2], turn_events[1], completed)
+    harness.run()
+    assert list(_span_latencies(harness.spans()).values()) == [3.0]  # from 2.0, not from 4.5
+    assert list(_whole([started, completed])[0].values()) == [0.5]
+
+
+def test_a_turn_streamed_after_the_completion_takes_its_predecessor_from_the_state_store(
+    harness: Harness,
+) -> None:
+    turns = [
+        {"role": "user", "start_timestamp": 1.0, "end_timestamp": 2.5, "text": "hi"},
+        {"role": "assistant", "start_timestamp": 3.25, "end_timestamp": 4.0, "text": "hello"},
+    ]
+    started, turn_events, completed = _call_events("ac_late_turn", turns[:1], "dep_A")
+    harness.put(started, completed)  # the completion knows only the caller's turn
+    harness.run()
+    harness.close()
+    harness.open()  # and the daemon restarted since
+    harness.put({**turn_events[0], "turn": turns[1]})
+    harness.run()
+    assert list(_span_latencies(harness.spans()).values()) == [0.75]
+
+
+def _deployment_call(call_id: str, deployment: str, minute: int) -> dict[str, Any]:
+    start = f"2026-11-21T10:{minute:02d}:00Z"
+    call = {
+        "id": call_id,
+        "agent_id": "agent_dep",
+        "start_time": start,
+        "end_time": f"2026-11-21T10:{minute:02d}:30Z",
+        "status": "completed",
+        "deployment_id": deployment,
+        "transcript": [{"role": "assistant", "start_timestamp": 0.5, "end_timestamp": 1.0, "tts_ttfb": 0.2}],
+    }
+    return {
+        "type": "call_completed",
+        "call_id": call_id,
+        "agent_id": "agent_dep",
+        "timestamp": start,
+        "call": call,
+    }
+
+
+def test_deployments_past_the_bound_read_other_and_the_ranking_survives_a_restart(tmp_path: Path) -> None:
+    harness = Harness(tmp_path / "state")
+    harness.processor = _bounded(harness, limit=2)
+    harness.put(_deployment_call("ac_1", "dep_1", 1), _deployment_call("ac_2", "dep_2", 2))
+    harness.run()
+    harness.close()
+    harness.open()
+    harness.processor = _bounded(harness, limit=2)
+    # dep_3 is newer than both: it pushes dep_1 out; dep_1's later call of an older time reads other
+    harness.put(_deployment_call("ac_3", "dep_3", 3), _deployment_call("ac_4", "dep_1", 0))
+    result = harness.processor.process_batch()
+    labels = {
+        p.span_id: p.attributes[c.DEPLOYMENT_ID]
+        for _, p in load_unexported_points(harness.state)
+        if p.instrument == c.METRIC_CALLS
+    }
+    by_call = {call: labels[ids.root_span_id(call)] for call in ("ac_1", "ac_2", "ac_3", "ac_4")}
+    assert by_call == {"ac_1": "dep_1", "ac_2": "dep_2", "ac_3": "dep_3", "ac_4": c.DEPLOYMENT_OTHER}
+    assert result.deployments_folded == 4  # ac_4's call counter, call and turn duration, TTFB
+    # a call of dep_1 newer than every kept one brings it back
+    harness.put(_deployment_call("ac_5", "dep_1", 9))
+    harness.run()
+    with harness.state.reading() as conn:
+        kept = {
+            r[0] for r in conn.execute("SELECT deployment_id FROM deployments WHERE agent_id='agent_dep'")
+        }
+    assert kept == {"dep_3", "dep_1"}
+    harness.close()
+
+
+def _bounded(harness: Harness, limit: int) -> Processor:
+    return Processor(
+        harness.state,
+        harness.inbox,
+        Spool(max_bytes=1 << 30, max_age_ns=1 << 62),
+        MappingOptions(),
+        _encode,
+        call_timeout_ns=3600 * 10**9,
+        retention_ns=7 * 86400 * 10**9,
+        deployments_per_agent=limit,
+    )
+
+
+def test_absurd_turn_offsets_are_remembered_without_failing_the_event(harness: Harness) -> None:
+    """Found by tests/fuzz: an offset like 1e300 is 1e306 microseconds, past SQLite's integers."""
+    turns = [
+        {"role": "user", "start_timestamp": 1e300, "end_timestamp": 1e301, "text": "?"},
+        {"role": "assistant", "start_timestamp": 2e300, "end_timestamp": 3e300, "text": "!"},
+    ]
+    started, turn_events, completed = _call_events("ac_absurd", turns, "dep_A")
+    harness.put(started, *turn_events, completed)
+    result = harness.processor.process_batch()
+    assert result.failed_events == 0 and result.events == 4
+    assert len(harness.spans()) == 3 and _span_latencies(harness.spans()) == {}

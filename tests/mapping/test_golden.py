@@ -313,8 +313,9 @@ def test_response_latency_follows_its_definition() -> None:
             "cartesia.agent.id": "agent_C3J27XDCG2LmlZGEONYlgC",
             "cartesia.deployment.id": "dep_NewRelease01",
         }
-        start = next(t for t in group if span_hex(call_id, point["span_key"]) == t.span_id)
-        assert start.attributes["cartesia.turn.response_latency"] == point["value"]
+        turn = next(t for t in group if span_hex(call_id, point["span_key"]) == t.span_id)
+        assert turn.name == "assistant_turn"
+        assert turn.attributes["cartesia.turn.response_latency"] == point["value"]
     # the deployment on every metric the contract lists, and on no other
     deployed = {"cartesia.tts.ttfb", "cartesia.stt.ttfb", "cartesia.turn.response_latency",
                 "cartesia.turn.duration", "cartesia.calls", "cartesia.call.duration"}  # fmt: skip
