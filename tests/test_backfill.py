@@ -42,9 +42,10 @@ import pytest
 
 from otelbridge.cartesia.models import parse_call
 from otelbridge.cartesia.timestamps import parse_rfc3339_ns
+from otelbridge.mapping import conventions as c
 from otelbridge.mapping import map_call
 from tests.support.cartesia_api import CartesiaStandIn, PageServed, make_call
-from tests.support.otlp_receiver import HttpOtlpReceiver
+from tests.support.otlp_receiver import HttpOtlpReceiver, attributes
 from tests.support.serve_process import clean_env, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -223,6 +224,16 @@ def expected_spans(calls: Iterable[Mapping[str, Any]]) -> set[str]:
     return {f"{span.span_id:016x}" for raw in calls for span in map_call(parse_call(dict(raw))).spans}
 
 
+def expected_latencies(calls: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Span id (hex) -> response latency, of the calls' mapping."""
+    return {
+        f"{span.span_id:016x}": span.attributes[c.TURN_RESPONSE_LATENCY]
+        for raw in calls
+        for span in map_call(parse_call(dict(raw))).spans
+        if c.TURN_RESPONSE_LATENCY in span.attributes
+    }
+
+
 def span_counts(receiver: HttpOtlpReceiver) -> Counter[str]:
     return Counter(span.span_id.hex() for span in receiver.spans())
 
@@ -277,8 +288,9 @@ def test_two_agents_every_span_once_with_one_list_request_per_100_calls(
     api: CartesiaStandIn, receiver: HttpOtlpReceiver, backfills: Backfills
 ) -> None:
     for agent in ("agent_alpha", "agent_bravo"):
-        api.add_synthetic_calls(agent, 150, turns=5)
-    expected = expected_spans(calls_of(api, "agent_alpha") + calls_of(api, "agent_bravo"))
+        api.add_synthetic_calls(agent, 150, turns=5, deployment_id=f"dep_{agent}")
+    calls = calls_of(api, "agent_alpha") + calls_of(api, "agent_bravo")
+    expected = expected_spans(calls)
     assert len(expected) == 300 * 6  # a root and five turns per call
 
     result = backfills.run(env=backfills.env(OTELBRIDGE_AGENT_IDS="agent_alpha,agent_bravo"))
@@ -288,6 +300,22 @@ def test_two_agents_every_span_once_with_one_list_request_per_100_calls(
     assert "2 agent(s) complete" in result.stdout, result.stdout
     assert "Traceback" not in result.stderr, result.stderr
     assert_exactly_once(receiver, expected)
+    # the response latency of each assistant turn answering the caller, as the whole call gives it
+    latencies = {
+        span.span_id.hex(): attrs[c.TURN_RESPONSE_LATENCY]
+        for span in receiver.spans()
+        if c.TURN_RESPONSE_LATENCY in (attrs := attributes(span.attributes))
+    }
+    assert latencies == expected_latencies(calls) and len(latencies) == 300 * 2
+    points = [
+        attributes(p.attributes)
+        for m in receiver.metrics_by_name()[c.METRIC_RESPONSE_LATENCY]
+        for p in m.histogram.data_points
+    ]
+    assert {(p[c.AGENT_ID], p[c.DEPLOYMENT_ID]) for p in points} == {
+        ("agent_alpha", "dep_agent_alpha"),
+        ("agent_bravo", "dep_agent_bravo"),
+    }
     # ceil(150 / 100) = 2 list requests per agent, 100 a page with transcripts, no Get Call for
     # final calls and no agent discovery (the agents are configured)
     assert list_requests_by_agent(api) == {"agent_alpha": 2, "agent_bravo": 2}

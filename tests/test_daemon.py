@@ -150,6 +150,20 @@ def test_concurrent_interleaved_calls_arrive_once_each(
             for e in p.exemplars
         }
         assert exemplar_ids and exemplar_ids <= turn_ids
+        # response latency: exemplars point at the assistant turns that carry the value
+        answered = {
+            s.span_id: kv.value.double_value
+            for s in receiver.spans()
+            for kv in s.attributes
+            if kv.key == c.TURN_RESPONSE_LATENCY
+        }
+        latency_exemplars = {
+            e.span_id: e.as_double
+            for m in receiver.metrics_by_name()[c.METRIC_RESPONSE_LATENCY]
+            for p in m.histogram.data_points
+            for e in p.exemplars
+        }
+        assert latency_exemplars and all(answered[k] == v for k, v in latency_exemplars.items())
         # resource and self-metrics over OTLP
         assert receiver.trace_resources()[0]["service.instance.id"] == "test-instance"
         assert c.SELF_WEBHOOKS in receiver.metric_names()

@@ -31,6 +31,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from otelbridge.mapping import ids
+from otelbridge.mapping.conventions import RESPONSE_LATENCY_BUCKETS_S
 from tests.support.otlp_receiver import GRPC_TRACES_METHOD, GrpcOtlpReceiver, HttpOtlpReceiver, attributes
 from tests.support.samples import LIST_CALLS, WEBHOOKS, webhook_events
 
@@ -205,6 +206,24 @@ def assert_metrics(receiver: HttpOtlpReceiver | GrpcOtlpReceiver) -> None:
         by_status[status] = by_status.get(status, 0) + point.as_int
     assert by_status == {"completed": 10, "failed": 2}
     assert {"cartesia.stt.ttfb", "cartesia.turn.duration", "cartesia.turns"} <= receiver.metric_names()
+
+    # response latency: one observation per assistant turn span that has one, its exemplar
+    latency = histogram(receiver, "cartesia.turn.response_latency")
+    answered = {
+        s.span_id.hex(): attributes(s.attributes)["cartesia.turn.response_latency"]
+        for s in receiver.spans()
+        if "cartesia.turn.response_latency" in attributes(s.attributes)
+    }
+    assert answered and latency.unit == "s"
+    assert sum(p.count for p in latency.histogram.data_points) == len(answered)
+    assert sum(p.sum for p in latency.histogram.data_points) == pytest.approx(sum(answered.values()))
+    names = {s.span_id.hex(): s.name for s in receiver.spans()}
+    for point in latency.histogram.data_points:
+        assert list(point.explicit_bounds) == list(RESPONSE_LATENCY_BUCKETS_S)
+        assert attributes(point.attributes)["cartesia.deployment.id"].startswith("dep_")
+        for exemplar in point.exemplars:
+            assert names[exemplar.span_id.hex()] == "assistant_turn"
+            assert answered[exemplar.span_id.hex()] == exemplar.as_double
 
 
 # --- OTLP/HTTP: one replay of every sample, many assertions ----------------------------------

@@ -17,7 +17,8 @@ from otelbridge.cartesia.models import parse_call
 from otelbridge.delivery.sdk import build_resource, encode_trace_request, to_readable_spans
 from otelbridge.delivery.spool import Spool
 from otelbridge.ingest.poller import Poller
-from otelbridge.ingest.processor import Processor
+from otelbridge.ingest.processor import Processor, load_unexported_points
+from otelbridge.mapping import conventions as c
 from otelbridge.mapping import map_call
 from otelbridge.mapping.policy import MappingOptions
 from otelbridge.mapping.records import SpanRecord
@@ -94,6 +95,22 @@ class World:
                     for span in ss.spans:
                         counts[int.from_bytes(span.span_id, "big")] += 1
         return counts
+
+    def latencies(self) -> dict[int, float]:
+        """Span id -> ``cartesia.turn.response_latency`` of every exported span that has one."""
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        with self.state.reading() as conn:
+            bodies = [r[0] for r in conn.execute("SELECT body FROM spool WHERE signal='traces'")]
+        out: dict[int, float] = {}
+        for body in bodies:
+            for rs in ExportTraceServiceRequest.FromString(body).resource_spans:
+                for ss in rs.scope_spans:
+                    for span in ss.spans:
+                        for kv in span.attributes:
+                            if kv.key == c.TURN_RESPONSE_LATENCY:
+                                out[int.from_bytes(span.span_id, "big")] = kv.value.double_value
+        return out
 
     def close(self) -> None:
         self.state.close()
@@ -260,6 +277,40 @@ def test_webhooks_and_polling_give_each_span_once(api: CartesiaStandIn, tmp_path
     assert {hex(k): n for k, n in counts.items() if n > 1} == {}
     expected = _expected(calls)
     assert expected <= set(counts)
+    w.close()
+
+
+def test_polled_calls_carry_the_response_latencies_and_deployments_of_their_mapping(
+    api: CartesiaStandIn, tmp_path: Path
+) -> None:
+    calls = sample_calls()
+    api.add_calls(calls)
+    w = World(api, tmp_path / "state", sorted({c["agent_id"] for c in calls}))
+    w.poll()
+    w.process()
+    expected: dict[int, float] = {}
+    expected_points: set[tuple[int, float, str]] = set()
+    for raw in calls:
+        mapped = map_call(parse_call(raw))
+        expected |= {
+            s.span_id: float(s.attributes[c.TURN_RESPONSE_LATENCY])  # type: ignore[arg-type]
+            for s in mapped.spans
+            if c.TURN_RESPONSE_LATENCY in s.attributes
+        }
+        expected_points |= {
+            (p.span_id, float(p.value), str(p.attributes[c.DEPLOYMENT_ID]))
+            for p in mapped.points
+            if p.instrument == c.METRIC_RESPONSE_LATENCY
+        }
+    assert len(expected) >= 5
+    assert w.latencies() == expected
+    stored = {
+        (p.span_id, float(p.value), str(p.attributes[c.DEPLOYMENT_ID]))
+        for _, p in load_unexported_points(w.state)
+        if p.instrument == c.METRIC_RESPONSE_LATENCY
+    }
+    assert stored == expected_points
+    assert {d for _, _, d in stored} == {call["deployment_id"] for call in calls if call.get("deployment_id")}
     w.close()
 
 
