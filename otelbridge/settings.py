@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     deployments_per_agent: int = Field(
         default=20,
         ge=0,
-        description="most recent deployments per agent whose id metrics carry; older ones read other",
+        description="most recent deployments per agent (by first call) whose id metrics carry; older: other",
     )
 
     # --- otelbridge serve -------------------------------------------------------------

@@ -52,7 +52,10 @@ CREATE TABLE IF NOT EXISTS calls (
     pending          INTEGER NOT NULL DEFAULT 0,   -- events kept in call_events
     last_event_ns    INTEGER NOT NULL,   -- wall clock of the latest delivery (timeouts)
     closed_ns        INTEGER,            -- when the root went out
-    deployment_id    TEXT                -- the deployment that serves it, once known
+    deployment_id    TEXT,               -- the deployment that serves it, once known
+    latest_role      TEXT,               -- the latest-starting of its turns in `turns`
+    latest_start_us  INTEGER,
+    latest_end_us    INTEGER
 );
 CREATE INDEX IF NOT EXISTS calls_open ON calls (closed_ns, last_event_ns);
 CREATE TABLE IF NOT EXISTS call_events (
@@ -70,11 +73,12 @@ CREATE TABLE IF NOT EXISTS turns (
     end_us   INTEGER,
     PRIMARY KEY (call_id, start_us, role)
 ) WITHOUT ROWID;
--- the most recent deployments of each agent, which keep their id in metrics (mapping/deployments.py)
+-- every deployment of each agent with the start of its first call: the most recent keep their
+-- id in metrics (mapping/deployments.py)
 CREATE TABLE IF NOT EXISTS deployments (
     agent_id      TEXT NOT NULL,
     deployment_id TEXT NOT NULL,
-    last_call_ns  INTEGER NOT NULL,        -- start of its latest call
+    first_call_ns INTEGER NOT NULL,
     PRIMARY KEY (agent_id, deployment_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ledger (
@@ -510,7 +514,16 @@ def open_state(state_dir: Path) -> Database:
                     "run that version, or point OTELBRIDGE_STATE_DIR at a new directory"
                 )
             _add_missing_columns(conn, "backfill", {"head_id": "TEXT", "head_start_ns": "INTEGER"})
-            _add_missing_columns(conn, "calls", {"deployment_id": "TEXT"})
+            _add_missing_columns(
+                conn,
+                "calls",
+                {
+                    "deployment_id": "TEXT",
+                    "latest_role": "TEXT",
+                    "latest_start_us": "INTEGER",
+                    "latest_end_us": "INTEGER",
+                },
+            )
     except BaseException:
         db.close()  # after the transaction let go of the connection (closing inside it hung)
         raise

@@ -93,6 +93,9 @@ class _Call:
     last_event_ns: int = 0
     closed_ns: int | None = None
     deployment_id: str | None = None
+    #: the latest (by start) of the turns received, as in ``turns``: the predecessor of a turn
+    #: that starts after it, read without a query (turns mostly arrive in start order)
+    latest_turn: TurnTiming | None = None
     new: bool = True
 
 
@@ -147,6 +150,8 @@ class Processor:
         self._call_timeout_ns = call_timeout_ns
         self._retention_ns = retention_ns
         self._deployments_per_agent = deployments_per_agent
+        #: agent -> its deployments' first calls, as read in the current transaction
+        self._first_calls: dict[str, dict[str, int]] = {}
         self._clock = clock
         #: what this processor last deleted inbox.db through (None: nothing yet), and the rows
         #: and bytes taken since
@@ -165,6 +170,7 @@ class Processor:
         now = self._clock()
         spans: list[SpanRecord] = []
         points: list[MetricPoint] = []
+        self._first_calls.clear()
         with self._state.transaction() as conn:
             # read inside the write transaction: two callers can never take the same rows
             watermark = inbox_watermark(conn)
@@ -202,6 +208,7 @@ class Processor:
         result = BatchResult()
         spans: list[SpanRecord] = []
         points: list[MetricPoint] = []
+        self._first_calls.clear()
         with self._state.transaction() as conn:
             stale = conn.execute(
                 "SELECT call_id FROM calls WHERE closed_ns IS NULL AND last_event_ns < ? LIMIT 500",
@@ -283,6 +290,7 @@ class Processor:
         except Exception:  # a bug must not wedge the inbox: skip the event, loudly
             conn.execute("ROLLBACK TO event")
             conn.execute("RELEASE event")
+            self._first_calls.clear()  # it may hold what the rollback undid
             log.exception("call %s: %s event could not be processed and was skipped", call_id, event.type)
             result.failed_events += 1
             return Increment()
@@ -323,11 +331,11 @@ class Processor:
                     self._context(call),
                     event.turn,
                     self._exported_of(conn, call_id, event.turn),
-                    self._preceding(conn, call_id, timing),
+                    self._preceding(conn, call, timing),
                 )
             else:
                 self._keep(conn, call, body)
-            self._remember_turns(conn, call_id, [timing])
+            self._remember_turns(conn, call, [timing])
         elif event.type == CALL_STARTED:
             if not closed:
                 self._keep(conn, call, body)
@@ -394,7 +402,7 @@ class Processor:
         if not assembled:
             return Increment()
         built = assembled[0]
-        self._remember_turns(conn, call.call_id, spoken_timings(built.call.transcript))
+        self._remember_turns(conn, call, spoken_timings(built.call.transcript))
         try:
             increment = call_increment(
                 built.call,
@@ -450,40 +458,50 @@ class Processor:
         return [TurnTiming(*row) for row in rows]
 
     @staticmethod
-    def _preceding(conn: sqlite3.Connection, call_id: str, turn: TurnTiming) -> TurnTiming | None:
-        """The received turn before ``turn``: of those starting last before it (one index seek)."""
+    def _preceding(conn: sqlite3.Connection, call: _Call, turn: TurnTiming) -> TurnTiming | None:
+        """The received turn before ``turn``: the latest one when ``turn`` starts after it, else of
+        those starting last before it (one index seek)."""
+        latest = call.latest_turn
+        if latest is None or latest.start_us < turn.start_us:
+            return latest
         rows = conn.execute(
             "SELECT role, start_us, end_us FROM turns WHERE call_id=? AND start_us = "
             "(SELECT MAX(start_us) FROM turns WHERE call_id=? AND start_us < ?)",
-            (call_id, call_id, turn.start_us),
+            (call.call_id, call.call_id, turn.start_us),
         )
         return preceding([TurnTiming(*row) for row in rows], turn.start_us)
 
     @staticmethod
-    def _remember_turns(conn: sqlite3.Connection, call_id: str, turns: list[TurnTiming]) -> None:
-        conn.executemany(
-            "INSERT OR IGNORE INTO turns (call_id, start_us, role, end_us) VALUES (?, ?, ?, ?)",
-            [(call_id, t.start_us, t.role, t.end_us) for t in turns],
-        )
+    def _remember_turns(conn: sqlite3.Connection, call: _Call, turns: list[TurnTiming]) -> None:
+        if not turns:
+            return
+        sql = "INSERT OR IGNORE INTO turns (call_id, start_us, role, end_us) VALUES (?, ?, ?, ?)"
+        if len(turns) == 1:  # a streamed turn: execute is cheaper than executemany for one row
+            conn.execute(sql, (call.call_id, turns[0].start_us, turns[0].role, turns[0].end_us))
+        else:
+            conn.executemany(sql, [(call.call_id, t.start_us, t.role, t.end_us) for t in turns])
+        candidates = turns if call.latest_turn is None else [call.latest_turn, *turns]
+        call.latest_turn = max(candidates, key=lambda t: t.order)
 
     def _labeller(self, conn: sqlite3.Connection, agent_id: str, call_ns: int) -> Labeller:
-        """Deployment labels for a call of ``agent_id``, the ranking kept in ``deployments``."""
-        recent = dict(
-            conn.execute("SELECT deployment_id, last_call_ns FROM deployments WHERE agent_id=?", (agent_id,))
-        )
-
-        def changed(deployment_id: str, last_call_ns: int, evicted: str | None) -> None:
-            if evicted is not None:
+        """Deployment labels for a call of ``agent_id``, the first calls kept in ``deployments``
+        (read once per agent and transaction: most events of a batch are turns of few agents)."""
+        first_calls = self._first_calls.get(agent_id)
+        if first_calls is None:
+            first_calls = self._first_calls[agent_id] = dict(
                 conn.execute(
-                    "DELETE FROM deployments WHERE agent_id=? AND deployment_id=?", (agent_id, evicted)
+                    "SELECT deployment_id, first_call_ns FROM deployments WHERE agent_id=?", (agent_id,)
                 )
-            conn.execute(
-                "INSERT INTO deployments VALUES (?, ?, ?) ON CONFLICT(agent_id, deployment_id) "
-                "DO UPDATE SET last_call_ns=excluded.last_call_ns",
-                (agent_id, deployment_id, last_call_ns),
             )
 
-        return labeller(recent, call_ns, self._deployments_per_agent, changed)
+        def changed(deployment_id: str, first_call_ns: int) -> None:
+            conn.execute(
+                "INSERT INTO deployments VALUES (?, ?, ?) ON CONFLICT(agent_id, deployment_id) "
+                "DO UPDATE SET first_call_ns=excluded.first_call_ns",
+                (agent_id, deployment_id, first_call_ns),
+            )
+
+        return labeller(first_calls, call_ns, self._deployments_per_agent, changed)
 
     @staticmethod
     def _ledger(conn: sqlite3.Connection, call_id: str, spans: list[SpanRecord], now: int) -> None:
@@ -507,7 +525,8 @@ class Processor:
     def _load(conn: sqlite3.Connection, call_id: str) -> _Call | None:
         row = conn.execute(
             "SELECT agent_id, agent_name, start_ns, root_exported, summary_exported, pending, "
-            "last_event_ns, closed_ns, deployment_id FROM calls WHERE call_id=?",
+            "last_event_ns, closed_ns, deployment_id, latest_role, latest_start_us, latest_end_us "
+            "FROM calls WHERE call_id=?",
             (call_id,),
         ).fetchone()
         if row is None:
@@ -523,6 +542,7 @@ class Processor:
             row[6],
             row[7],
             row[8],
+            None if row[9] is None else TurnTiming(row[9], row[10], row[11]),
             new=False,
         )
 
@@ -530,12 +550,14 @@ class Processor:
     def _save(conn: sqlite3.Connection, call: _Call) -> None:
         conn.execute(
             "INSERT INTO calls (call_id, agent_id, agent_name, start_ns, root_exported, summary_exported, "
-            "pending, last_event_ns, closed_ns, deployment_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "pending, last_event_ns, closed_ns, deployment_id, latest_role, latest_start_us, latest_end_us) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(call_id) DO UPDATE SET agent_id=excluded.agent_id, agent_name=excluded.agent_name, "
             "start_ns=excluded.start_ns, root_exported=excluded.root_exported, "
             "summary_exported=excluded.summary_exported, pending=excluded.pending, "
             "last_event_ns=excluded.last_event_ns, closed_ns=excluded.closed_ns, "
-            "deployment_id=excluded.deployment_id",
+            "deployment_id=excluded.deployment_id, latest_role=excluded.latest_role, "
+            "latest_start_us=excluded.latest_start_us, latest_end_us=excluded.latest_end_us",
             (
                 call.call_id,
                 call.agent_id,
@@ -547,6 +569,7 @@ class Processor:
                 call.last_event_ns,
                 call.closed_ns,
                 call.deployment_id,
+                *((None, None, None) if (t := call.latest_turn) is None else (t.role, t.start_us, t.end_us)),
             ),
         )
         call.new = False

@@ -1,14 +1,16 @@
 """The per-agent bound on ``cartesia.deployment.id`` in metrics: pure, no I/O.
 
-Every deployment is a new id, so the attribute would grow series without end. An agent's
-``limit`` deployments whose latest call started most recently keep their id; a point of any
-other deployment reads ``other`` (and is counted). Recency is the call's start time, not the
-time a point is made, so a backfill that reads calls newest first ranks them as live traffic
-would. Calls without a deployment read ``none`` and take no place.
+Every deployment is a new id, so the attribute would grow series without end. Of an agent's
+deployments, the ``limit`` most recent keep their id; the points of older ones read ``other``
+(and are counted). A deployment's age is the start of its first call seen — when it went live,
+as far as otelbridge can tell — so an old deployment that still serves calls stays ``other``
+once ``limit`` newer ones have appeared, and the label of a call does not depend on the order
+calls are read in once the deployments are known (a backfill reads the newest first). Calls
+without a deployment read ``none`` and take no place.
 
-The ranking needs memory across calls: ``otelbridge serve`` keeps it in state.db (so a restart
-changes nothing), ``otelbridge replay`` in :class:`RecentDeployments`; both decide with
-:func:`admit`.
+The ages need memory across calls: ``otelbridge serve`` and ``backfill`` keep them in state.db
+(so a restart changes nothing), ``otelbridge replay`` in :class:`RecentDeployments`; both
+decide with :func:`labeller`.
 """
 
 from __future__ import annotations
@@ -20,41 +22,33 @@ from otelbridge.mapping import conventions as c
 from otelbridge.mapping.records import MetricPoint
 
 
-def admit(recent: Mapping[str, int], deployment_id: str, call_ns: int, limit: int) -> tuple[bool, str | None]:
-    """Does ``deployment_id`` keep its id after a call starting at ``call_ns``, given the agent's
-    ``recent`` deployments (id -> latest call start, at most ``limit``)? And which one does it
-    push out (``None``: none)? A deployment only as recent as the oldest kept one stays out."""
-    if deployment_id in recent or len(recent) < limit:
-        return True, None
-    if limit <= 0:
-        return False, None
-    oldest = min(recent, key=lambda d: (recent[d], d))
-    if call_ns > recent[oldest]:
-        return True, oldest
-    return False, None
+def is_recent(first_calls: Mapping[str, int], deployment_id: str, limit: int) -> bool:
+    """Is ``deployment_id`` one of the ``limit`` most recent of ``first_calls`` (deployment id ->
+    start of its first call)? Of two first seen at the same nanosecond, the greater id is newer."""
+    mine = (first_calls[deployment_id], deployment_id)
+    newer = sum(1 for other, first in first_calls.items() if (first, other) > mine)
+    return newer < limit
 
 
 #: deployment id -> the label its points carry
 Labeller = Callable[[str], str]
-#: told of each change to ``recent``: (deployment id, its latest call start, the id pushed out)
-OnChange = Callable[[str, int, str | None], None]
+#: told when a deployment's first call moves earlier (or it is new): (deployment id, that start)
+OnChange = Callable[[str, int], None]
 
 
-def labeller(recent: dict[str, int], call_ns: int, limit: int, on_change: OnChange | None = None) -> Labeller:
-    """Labels for the points of one call of an agent whose ``recent`` deployments are given
-    (and kept up to date)."""
+def labeller(
+    first_calls: dict[str, int], call_ns: int, limit: int, on_change: OnChange | None = None
+) -> Labeller:
+    """Labels for the points of one call (starting at ``call_ns``) of an agent whose
+    deployments' first calls are ``first_calls`` (kept up to date)."""
 
     def label(deployment_id: str) -> str:
-        kept, evicted = admit(recent, deployment_id, call_ns, limit)
-        if not kept:
-            return c.DEPLOYMENT_OTHER
-        if evicted is not None:
-            del recent[evicted]
-        if evicted is not None or recent.get(deployment_id, call_ns - 1) < call_ns:
-            recent[deployment_id] = call_ns
+        first = first_calls.get(deployment_id)
+        if first is None or call_ns < first:
+            first_calls[deployment_id] = call_ns
             if on_change is not None:
-                on_change(deployment_id, call_ns, evicted)
-        return deployment_id
+                on_change(deployment_id, call_ns)
+        return deployment_id if is_recent(first_calls, deployment_id, limit) else c.DEPLOYMENT_OTHER
 
     return label
 
@@ -62,12 +56,16 @@ def labeller(recent: dict[str, int], call_ns: int, limit: int, on_change: OnChan
 def fold(points: list[MetricPoint], label: Labeller) -> list[MetricPoint]:
     """``points`` with each deployment attribute replaced by its label."""
     out = []
+    labels: dict[str, str] = {}  # the points of one call share one or two deployments
     for point in points:
         deployment = point.attributes.get(c.METRIC_ATTR_DEPLOYMENT_ID)
-        labelled = (
-            label(deployment) if isinstance(deployment, str) and deployment != c.DEPLOYMENT_NONE else None
-        )
-        if labelled is None or labelled == deployment:
+        if not isinstance(deployment, str) or deployment == c.DEPLOYMENT_NONE:
+            out.append(point)
+            continue
+        labelled = labels.get(deployment)
+        if labelled is None:
+            labelled = labels[deployment] = label(deployment)
+        if labelled == deployment:
             out.append(point)
         else:
             out.append(replace(point, attributes={**point.attributes, c.METRIC_ATTR_DEPLOYMENT_ID: labelled}))
@@ -79,11 +77,11 @@ def folded_count(points: list[MetricPoint]) -> int:
 
 
 class RecentDeployments:
-    """The bound kept in memory, for one run of ``otelbridge replay``."""
+    """The deployments' first calls kept in memory, for one run of ``otelbridge replay``."""
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
-        self._recent: dict[str, dict[str, int]] = {}
+        self._first_calls: dict[str, dict[str, int]] = {}
 
     def labeller(self, agent_id: str, call_ns: int) -> Labeller:
-        return labeller(self._recent.setdefault(agent_id, {}), call_ns, self._limit)
+        return labeller(self._first_calls.setdefault(agent_id, {}), call_ns, self._limit)

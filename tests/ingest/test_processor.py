@@ -541,25 +541,29 @@ def test_deployments_past_the_bound_read_other_and_the_ranking_survives_a_restar
     harness.close()
     harness.open()
     harness.processor = _bounded(harness, limit=2)
-    # dep_3 is newer than both: it pushes dep_1 out; dep_1's later call of an older time reads other
-    harness.put(_deployment_call("ac_3", "dep_3", 3), _deployment_call("ac_4", "dep_1", 0))
+    # dep_3 went live after both: it pushes dep_1 out, whose later calls (of any start) read other
+    harness.put(_deployment_call("ac_3", "dep_3", 3), _deployment_call("ac_4", "dep_1", 4))
     result = harness.processor.process_batch()
+    assert result.deployments_folded == 4  # ac_4's call counter, call and turn duration, TTFB
+    harness.put(_deployment_call("ac_5", "dep_2", 5), _deployment_call("ac_6", "dep_4", 6))
+    harness.put(_deployment_call("ac_7", "dep_2", 7), _deployment_call("ac_8", "dep_1", 0))
+    harness.run()
     labels = {
         p.span_id: p.attributes[c.DEPLOYMENT_ID]
         for _, p in load_unexported_points(harness.state)
         if p.instrument == c.METRIC_CALLS
     }
-    by_call = {call: labels[ids.root_span_id(call)] for call in ("ac_1", "ac_2", "ac_3", "ac_4")}
-    assert by_call == {"ac_1": "dep_1", "ac_2": "dep_2", "ac_3": "dep_3", "ac_4": c.DEPLOYMENT_OTHER}
-    assert result.deployments_folded == 4  # ac_4's call counter, call and turn duration, TTFB
-    # a call of dep_1 newer than every kept one brings it back
-    harness.put(_deployment_call("ac_5", "dep_1", 9))
-    harness.run()
+    by_call = {call: labels[ids.root_span_id(f"ac_{call}")] for call in range(1, 9)}
+    other = c.DEPLOYMENT_OTHER
+    # ac_6: dep_4 went live, dep_2 is now the third most recent; ac_8: an older call of dep_1
+    assert by_call == {
+        1: "dep_1", 2: "dep_2", 3: "dep_3", 4: other, 5: "dep_2", 6: "dep_4", 7: other, 8: other
+    }  # fmt: skip
     with harness.state.reading() as conn:
-        kept = {
-            r[0] for r in conn.execute("SELECT deployment_id FROM deployments WHERE agent_id='agent_dep'")
-        }
-    assert kept == {"dep_3", "dep_1"}
+        first = dict(
+            conn.execute("SELECT deployment_id, first_call_ns FROM deployments WHERE agent_id='agent_dep'")
+        )
+    assert sorted(first, key=first.__getitem__) == ["dep_1", "dep_2", "dep_3", "dep_4"]
     harness.close()
 
 
