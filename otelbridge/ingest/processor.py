@@ -402,6 +402,8 @@ class Processor:
         if not assembled:
             return Increment()
         built = assembled[0]
+        # turns received before (streamed): they may precede a transcript turn the stream missed
+        known = self._turns(conn, call.call_id) if call.latest_turn is not None else []
         self._remember_turns(conn, call, spoken_timings(built.call.transcript))
         try:
             increment = call_increment(
@@ -410,7 +412,7 @@ class Processor:
                 self._exported(conn, call.call_id),
                 with_root=with_root,
                 fallback_end_ns=built.fallback_end_ns,
-                known_turns=self._turns(conn, call.call_id),
+                known_turns=known,
             )
         except UnplaceableCallError as exc:
             log.warning("%s; its spans wait for an event with a time", exc)

@@ -40,11 +40,19 @@ def trace_id_hex(call_id: str) -> str:
 
 
 def decimal_units(seconds: float, exponent: int) -> int:
-    """Seconds -> integer units of 10**-exponent s, half up on the number's shortest decimal
-    text (so ``10.387875000000001`` and ``10.387875`` agree)."""
+    """Seconds -> integer units of 10**-exponent s, half up (away from zero) on the number's
+    shortest decimal text (so ``10.387875000000001`` and ``10.387875`` agree)."""
+    text = repr(float(seconds))
+    if "e" not in text and "n" not in text:  # plain digits: the text's own arithmetic, exactly
+        negative = text.startswith("-")
+        whole, _, fraction = text.lstrip("-").partition(".")
+        units = int(whole + fraction[:exponent].ljust(exponent, "0"))
+        if fraction[exponent : exponent + 1] >= "5":
+            units += 1
+        return -units if negative else units
     # to_integral_value, not quantize: quantize raises InvalidOperation past the context's
     # 28 digits (an absurd offset like 1e25 must still give a key, not crash the mapping).
-    return int(Decimal(repr(float(seconds))).scaleb(exponent).to_integral_value(ROUND_HALF_UP))
+    return int(Decimal(text).scaleb(exponent).to_integral_value(ROUND_HALF_UP))
 
 
 def start_ms(start_timestamp: float) -> int:

@@ -233,12 +233,15 @@ def synthetic_call(
     stt_ttfb: Sequence[float] = (),
     log_metrics: Sequence[tuple[str, float | str]] = (),
     turn_s: float = 2.0,
+    answers: Sequence[float] = (),
+    deployment_id: str | None = None,
 ) -> list[bytes]:
     """The webhook bodies of one finished call that ends now: ``call_started``, one ``call_turn``
     per TTFB (the assistant turns with ``tts_ttfb``, then the user turns with ``stt_ttfb``, each
-    ``turn_s`` long) and ``call_completed`` with the whole transcript and ``log_metrics`` as
-    system items, in the shapes of examples/webhooks.jsonl. Every body is checked against the
-    daemon's own webhook model."""
+    ``turn_s`` long), then per value of ``answers`` a caller's turn and the assistant turn that
+    answers it that many seconds after its end (its response latency), and ``call_completed``
+    with the whole transcript and ``log_metrics`` as system items, in the shapes of
+    examples/webhooks.jsonl. Every body is checked against the daemon's own webhook model."""
     turns: list[dict[str, Any]] = []
     offset = 0.5
     for role, key, values in (("assistant", "tts_ttfb", tts_ttfb), ("user", "stt_ttfb", stt_ttfb)):
@@ -257,6 +260,15 @@ def synthetic_call(
                 turn["vad_buffer_ms"] = 200
             turns.append(turn)
             offset += turn_s
+    for latency in answers:
+        user_end = round(offset + turn_s - 0.1, 6)
+        turns.append({"role": "user", "text": "Where is my order?", "start_timestamp": round(offset, 6),
+                      "end_timestamp": user_end, "stt_ttfb": 0.1, "vad_buffer_ms": 200})  # fmt: skip
+        answer_at = round(user_end + latency, 6)
+        turns.append({"role": "assistant", "text": "It ships today.", "start_timestamp": answer_at,
+                      "end_timestamp": round(answer_at + turn_s - 0.1, 6), "tts_ttfb": 0.2,
+                      "end_reason": "tts_completed"})  # fmt: skip
+        offset = answer_at + turn_s
     total = offset + 0.5
     start = datetime.now(UTC) - timedelta(seconds=total)
     system = [
@@ -269,7 +281,8 @@ def synthetic_call(
         for name, value in log_metrics
     ]
     head = {"call_id": call_id, "agent_id": agent_id, "webhook_id": f"agent_webhook_{agent_id[-8:]}"}
-    call = {"id": call_id, "agent_id": agent_id, "agent_name": "synthetic", "start_time": _iso(start)}
+    call = {"id": call_id, "agent_id": agent_id, "agent_name": "synthetic", "start_time": _iso(start),
+            "deployment_id": deployment_id}  # fmt: skip
     events: list[dict[str, Any]] = [
         {
             "type": "call_started",

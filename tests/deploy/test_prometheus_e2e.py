@@ -198,3 +198,68 @@ def test_rules_use_the_daemons_metric_and_label_names(stack: Stack) -> None:
         }
         problems += [f"{name}: label {label} not on {sorted(metrics)}" for label in sorted(used - carried)]
     assert problems == []
+
+
+LATENCY_ALERT = "CartesiaResponseLatencyHigh"
+LATENCY_AGENT = "agent_E2eLatencyProbe00000001"
+HEALTHY_LATENCY_S, SLOW_LATENCY_S = 0.6, 4.0
+
+
+def latency_alerts(stack: Stack) -> list[dict[str, Any]]:
+    return [a for a in stack.prometheus.alerts() if a["labels"]["alertname"] == LATENCY_ALERT]
+
+
+def test_healthy_then_slow_response_latency_per_deployment(stack: Stack) -> None:
+    """The response latency alert on a real serve's histogram: quiet on prompt answers, pending
+    once a new deployment answers slowly; the two deployments' p95 side by side, as the
+    dashboard's "p95 by deployment" shows them."""
+    prometheus = stack.prometheus
+    _, window, minimum = guard(LATENCY_ALERT)
+    assert HEALTHY_LATENCY_S < threshold(LATENCY_ALERT) < SLOW_LATENCY_S and minimum <= 50
+    answers = minimum + 10
+    stack.post(
+        synthetic_call("ac_sid_E2eLatWarm000000001", LATENCY_AGENT, answers=[0.5], deployment_id="dep_old")
+    )
+    stack.wait_scraped()
+    stack.post(
+        synthetic_call(
+            "ac_sid_E2eLatHealthy00001",
+            LATENCY_AGENT,
+            answers=[HEALTHY_LATENCY_S] * answers,
+            deployment_id="dep_old",
+        )
+    )
+    stack.wait_scraped()
+
+    def guard_reached() -> bool | None:
+        metric = "cartesia_turn_response_latency_seconds_count"
+        seen = scalar(
+            prometheus.query(f'sum(increase({metric}{{cartesia_agent_id="{LATENCY_AGENT}"}}[{window}]))')
+        )
+        return True if seen >= minimum else None
+
+    wait_until(guard_reached, STATE_TIMEOUT_S, f"{LATENCY_ALERT}'s guard met by {LATENCY_AGENT}")
+    prometheus.evaluated_after(datetime.now(UTC))
+    assert latency_alerts(stack) == [], "the response latency alert is pending on prompt answers"
+
+    stack.post(
+        synthetic_call(
+            "ac_sid_E2eLatSlow000000001",
+            LATENCY_AGENT,
+            answers=[SLOW_LATENCY_S] * answers,
+            deployment_id="dep_new",
+        )
+    )
+    stack.wait_scraped()
+    (alert,) = wait_until(lambda: latency_alerts(stack) or None, STATE_TIMEOUT_S, f"{LATENCY_ALERT} pending")
+    assert alert["state"] == "pending" and alert["labels"]["cartesia_agent_id"] == LATENCY_AGENT, alert
+    assert float(alert["value"]) > threshold(LATENCY_ALERT), alert
+    by_deployment = {
+        r["metric"]["cartesia_deployment_id"]: float(r["value"][1])
+        for r in prometheus.query(
+            "histogram_quantile(0.95, sum by (cartesia_deployment_id, le) (rate("
+            f'cartesia_turn_response_latency_seconds_bucket{{cartesia_agent_id="{LATENCY_AGENT}"}}[10m])))'
+        )
+    }
+    assert set(by_deployment) == {"dep_old", "dep_new"}
+    assert by_deployment["dep_old"] < threshold(LATENCY_ALERT) < by_deployment["dep_new"]

@@ -2,9 +2,12 @@
 
 import hashlib
 import re
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from otelbridge.mapping import ids
 
@@ -70,3 +73,19 @@ def test_documented_vectors_match_the_code() -> None:
         assert re.search(rf"`{re.escape(call_id)}`\s*\|\s*`{trace}`", text), call_id
     for key, span in SPAN_VECTORS:
         assert re.search(rf"`{re.escape(key)}`\s*\|\s*`{span}`", text), key
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.floats(allow_nan=False, allow_infinity=False)
+    | st.builds(
+        lambda ms, noise: ms / 1000 + noise,
+        st.integers(-(10**9), 10**9),
+        st.sampled_from([0.0, 1e-15, -1e-15, 4e-7, 5e-7, -5e-7, 5e-4, -5e-4]),
+    ),
+    st.sampled_from([3, 6]),
+)
+def test_decimal_units_is_decimal_half_up_on_the_shortest_text(seconds: float, exponent: int) -> None:
+    """The digit arithmetic on the text gives exactly what decimal's ROUND_HALF_UP gives."""
+    expected = int(Decimal(repr(seconds)).scaleb(exponent).to_integral_value(ROUND_HALF_UP))
+    assert ids.decimal_units(seconds, exponent) == expected
