@@ -50,7 +50,8 @@ def turn_points(ctx: CallContext, item: TranscriptItem, spans: list[SpanRecord])
     """Points of one spoken turn: ``spans`` is what :func:`map_turn` returned for it."""
     turn, tools = spans[0], spans[1:]
     agent: dict[str, str | bool | int] = {c.METRIC_ATTR_AGENT_ID: ctx.agent_id}
-    deployed = {**agent, c.METRIC_ATTR_DEPLOYMENT_ID: deployment_label(ctx.deployment_id)}
+    deployment = {c.METRIC_ATTR_DEPLOYMENT_ID: deployment_label(ctx.deployment_id)}
+    deployed = {**agent, **deployment}
     points: list[MetricPoint] = []
     if item.tts_ttfb is not None and item.tts_ttfb >= 0:
         points.append(_point(c.METRIC_TTS_TTFB, InstrumentKind.HISTOGRAM, "s",
@@ -68,8 +69,7 @@ def turn_points(ctx: CallContext, item: TranscriptItem, spans: list[SpanRecord])
     role = {**agent, c.METRIC_ATTR_ROLE: item.role}
     points.append(_point(c.METRIC_TURN_DURATION, InstrumentKind.HISTOGRAM, "s",
                          "Duration of a spoken turn", (turn.end_ns - turn.start_ns) / 1e9,
-                         {**role, c.METRIC_ATTR_DEPLOYMENT_ID: deployed[c.METRIC_ATTR_DEPLOYMENT_ID]},
-                         turn))  # fmt: skip
+                         {**role, **deployment}, turn))  # fmt: skip
     interrupted = turn.attributes.get(c.TURN_INTERRUPTED) is True
     points.append(_point(c.METRIC_TURNS, InstrumentKind.COUNTER, "{turn}", "Spoken turns",
                          1, {**role, c.METRIC_ATTR_INTERRUPTED: interrupted}, turn))  # fmt: skip

@@ -53,9 +53,12 @@ def _expected_span_ids(events: list[dict[str, Any]]) -> set[bytes]:
 
 
 class Harness:
-    def __init__(self, state_dir: Path, clock: list[int] | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, clock: list[int] | None = None, *, deployments_per_agent: int = 20
+    ) -> None:
         self.state_dir = state_dir
         self.clock = clock
+        self.deployments_per_agent = deployments_per_agent
         self.open()
 
     def open(self) -> None:
@@ -70,6 +73,7 @@ class Harness:
             _encode,
             call_timeout_ns=3600 * 10**9,
             retention_ns=7 * 86400 * 10**9,
+            deployments_per_agent=self.deployments_per_agent,
             clock=(lambda: clock[0]) if clock is not None else time.time_ns,
         )
 
@@ -534,13 +538,11 @@ def _deployment_call(call_id: str, deployment: str, minute: int) -> dict[str, An
 
 
 def test_deployments_past_the_bound_read_other_and_the_ranking_survives_a_restart(tmp_path: Path) -> None:
-    harness = Harness(tmp_path / "state")
-    harness.processor = _bounded(harness, limit=2)
+    harness = Harness(tmp_path / "state", deployments_per_agent=2)
     harness.put(_deployment_call("ac_1", "dep_1", 1), _deployment_call("ac_2", "dep_2", 2))
     harness.run()
     harness.close()
     harness.open()
-    harness.processor = _bounded(harness, limit=2)
     # dep_3 went live after both: it pushes dep_1 out, whose later calls (of any start) read other
     harness.put(_deployment_call("ac_3", "dep_3", 3), _deployment_call("ac_4", "dep_1", 4))
     result = harness.processor.process_batch()
@@ -565,19 +567,6 @@ def test_deployments_past_the_bound_read_other_and_the_ranking_survives_a_restar
         )
     assert sorted(first, key=first.__getitem__) == ["dep_1", "dep_2", "dep_3", "dep_4"]
     harness.close()
-
-
-def _bounded(harness: Harness, limit: int) -> Processor:
-    return Processor(
-        harness.state,
-        harness.inbox,
-        Spool(max_bytes=1 << 30, max_age_ns=1 << 62),
-        MappingOptions(),
-        _encode,
-        call_timeout_ns=3600 * 10**9,
-        retention_ns=7 * 86400 * 10**9,
-        deployments_per_agent=limit,
-    )
 
 
 def test_absurd_turn_offsets_are_remembered_without_failing_the_event(harness: Harness) -> None:
