@@ -27,10 +27,10 @@ from tests.support.serve_process import (
     Delivery,
     Poster,
     ServeProcess,
-    clean_env,
     expected_span_ids,
     free_port,
     sample_deliveries,
+    serve_env,
 )
 
 SECRET = "whsec_bench_crash_window"
@@ -72,16 +72,7 @@ def main() -> int:
     acked: set[int] = set()
     kills: list[float] = []
     with HttpOtlpReceiver() as receiver:
-        env = clean_env(
-            {
-                "OTELBRIDGE_STATE_DIR": str(work / "state"),
-                "OTELBRIDGE_LISTEN_PORT": str(listen),
-                "OTELBRIDGE_ADMIN_PORT": str(admin),
-                "OTELBRIDGE_WEBHOOK_SECRET": SECRET,
-                "OTEL_METRIC_EXPORT_INTERVAL": "1000",
-                **receiver.env(),
-            }
-        )
+        env = serve_env(work / "state", listen, admin, SECRET, receiver.env(), fast_retries=False)
         for round_ in range(args.kills + 1):
             daemon = ServeProcess(work, env, listen_port=listen, admin_port=admin).start().wait_ready(30)
             poster = Poster(daemon.webhook_url, SECRET, threads=8)

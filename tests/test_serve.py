@@ -33,12 +33,12 @@ from tests.support.serve_process import (
     Delivery,
     Poster,
     ServeProcess,
-    clean_env,
     expected_span_ids,
     free_port,
     post_webhook,
     run_cli,
     sample_deliveries,
+    serve_env,
 )
 
 SECRET = "whsec_e2e_Q7v4LmZ2pX9tK3rW"
@@ -62,18 +62,9 @@ class Daemons:
         self, state_dir: Path | None, listen_port: int, admin_port: int, extra: dict[str, str | None]
     ) -> dict[str, str]:
         """The daemon's complete environment; a ``None`` in ``extra`` removes that variable."""
-        values: dict[str, str | None] = {
-            "OTELBRIDGE_STATE_DIR": str(state_dir) if state_dir is not None else None,
-            "OTELBRIDGE_LISTEN_PORT": str(listen_port),
-            "OTELBRIDGE_ADMIN_PORT": str(admin_port),
-            "OTELBRIDGE_WEBHOOK_SECRET": SECRET,
-            "OTELBRIDGE_RETRY_INITIAL_BACKOFF": "0.05",
-            "OTELBRIDGE_RETRY_MAX_BACKOFF": "0.3",
-            "OTEL_METRIC_EXPORT_INTERVAL": "500",
-            **self.receiver.env(),
-            **extra,
-        }
-        return clean_env({k: v for k, v in values.items() if v is not None})
+        return serve_env(
+            state_dir, listen_port, admin_port, SECRET, self.receiver.env(), extra, metric_interval_ms=500
+        )
 
     def start(
         self,

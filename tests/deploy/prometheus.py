@@ -37,10 +37,10 @@ from tests.support.serve_process import (
     Delivery,
     Poster,
     ServeProcess,
-    clean_env,
     free_port,
     post_webhook,
     sample_deliveries,
+    serve_env,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -354,18 +354,7 @@ class Stack:
 def _start_stack(workdir: Path) -> Generator[Stack, None, None]:
     with HttpOtlpReceiver() as receiver:
         listen_port, admin_port = free_port(), free_port()
-        env = clean_env(
-            {
-                "OTELBRIDGE_STATE_DIR": str(workdir / "state"),
-                "OTELBRIDGE_LISTEN_PORT": str(listen_port),
-                "OTELBRIDGE_ADMIN_PORT": str(admin_port),
-                "OTELBRIDGE_WEBHOOK_SECRET": SECRET,
-                "OTELBRIDGE_RETRY_INITIAL_BACKOFF": "0.05",
-                "OTELBRIDGE_RETRY_MAX_BACKOFF": "0.3",
-                "OTEL_METRIC_EXPORT_INTERVAL": "1000",
-                **receiver.env(),
-            }
-        )
+        env = serve_env(workdir / "state", listen_port, admin_port, SECRET, receiver.env())
         serve = ServeProcess(workdir, env, listen_port=listen_port, admin_port=admin_port)
         prometheus = PrometheusProcess(workdir, [f"127.0.0.1:{admin_port}"], [RULES])
         try:

@@ -71,10 +71,10 @@ from tests.support.otlp_receiver import HttpOtlpReceiver
 from tests.support.serve_process import (
     SECRET_HEADER,
     ServeProcess,
-    clean_env,
     expected_span_ids,
     free_port,
     sample_deliveries,
+    serve_env,
 )
 
 SECRET: Final = "whsec_fuzz_3Jq8RtV2mL6pZ9sW"
@@ -351,20 +351,8 @@ def fuzzer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzer]:
     workdir = tmp_path_factory.mktemp("fuzz")
     with HttpOtlpReceiver() as receiver:
         listen_port, admin_port = free_port(), free_port()
-        env = clean_env(
-            {
-                "OTELBRIDGE_STATE_DIR": str(workdir / "state"),
-                "OTELBRIDGE_LISTEN_PORT": str(listen_port),
-                "OTELBRIDGE_ADMIN_PORT": str(admin_port),
-                "OTELBRIDGE_WEBHOOK_SECRET": SECRET,
-                "OTELBRIDGE_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
-                "OTELBRIDGE_LOG_FORMAT": "json",
-                "OTELBRIDGE_RETRY_INITIAL_BACKOFF": "0.05",
-                "OTELBRIDGE_RETRY_MAX_BACKOFF": "0.3",
-                "OTEL_METRIC_EXPORT_INTERVAL": "1000",
-                **receiver.env(),
-            }
-        )
+        extra = {"OTELBRIDGE_MAX_BODY_BYTES": str(MAX_BODY_BYTES), "OTELBRIDGE_LOG_FORMAT": "json"}
+        env = serve_env(workdir / "state", listen_port, admin_port, SECRET, receiver.env(), extra)
         serve = ServeProcess(workdir, env, listen_port=listen_port, admin_port=admin_port)
         try:
             serve.start().wait_ready(30.0)

@@ -90,6 +90,35 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def serve_env(
+    state_dir: Path | None,
+    listen_port: int,
+    admin_port: int,
+    secret: str,
+    receiver: Mapping[str, str],
+    extra: Mapping[str, str | None] | None = None,
+    *,
+    metric_interval_ms: int = 1000,
+    fast_retries: bool = True,
+) -> dict[str, str]:
+    """The complete environment of a test ``otelbridge serve`` (over :func:`clean_env`): its
+    state directory (``None``: unset), ports and secret, a metric export interval in ms, the
+    receiver's ``OTEL_*`` variables, retry backoffs short enough for a test (``fast_retries``),
+    then ``extra``, where ``None`` removes a variable."""
+    values: dict[str, str | None] = {
+        "OTELBRIDGE_STATE_DIR": str(state_dir) if state_dir is not None else None,
+        "OTELBRIDGE_LISTEN_PORT": str(listen_port),
+        "OTELBRIDGE_ADMIN_PORT": str(admin_port),
+        "OTELBRIDGE_WEBHOOK_SECRET": secret,
+        "OTEL_METRIC_EXPORT_INTERVAL": str(metric_interval_ms),
+        **receiver,
+    }
+    if fast_retries:
+        values |= {"OTELBRIDGE_RETRY_INITIAL_BACKOFF": "0.05", "OTELBRIDGE_RETRY_MAX_BACKOFF": "0.3"}
+    values |= extra or {}
+    return clean_env({k: v for k, v in values.items() if v is not None})
+
+
 def run_cli(
     args: Sequence[str], env: Mapping[str, str], cwd: Path, timeout: float = 30.0
 ) -> subprocess.CompletedProcess[str]:
