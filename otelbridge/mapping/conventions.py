@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-CONTRACT_VERSION: Final = "2.1.0"
+CONTRACT_VERSION: Final = "3.0.0"
 INSTRUMENTATION_SCOPE: Final = "otelbridge"
 PROVIDER_NAME: Final = "cartesia"
 

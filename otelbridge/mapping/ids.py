@@ -6,15 +6,18 @@
 with ``key`` one of
 
 * ``root`` for the call;
-* ``turn:{role}:{start_ms}`` for a spoken turn, ``start_ms`` being its ``start_timestamp`` in
-  integer milliseconds, rounded half up from the decimal text of the number (so that
-  ``10.387875000000001`` and ``10.387875`` agree), with ``:{n}`` appended for the n-th
-  (n >= 2) turn of one transcript sharing role and millisecond;
+* ``turn:{role}:{start}`` for a spoken turn, ``start`` being its ``start_timestamp`` in
+  milliseconds to the microsecond (``5000.1`` for 5.0001 s, ``410`` for 0.41 s), rounded half
+  up from the decimal text of the number (so that ``10.387875000000001`` and ``10.387875``
+  agree), with ``:{n}`` appended for the n-th (n >= 2) turn of one transcript sharing role and
+  microsecond;
 * ``{turn key}:tool:{tool_call_id}`` for a tool call, scoped by the turn that made it
   (``:{n}`` again for the n-th repeat of one id within that turn).
 
-A turn's identity is its role and start time, never its position: the webhook stream and
-the API transcript number turns differently, and both must give the same span id.
+A turn's identity is its role and start time, never its position or its arrival: the webhook
+stream and the API transcript number turns differently, and both must give the same span id.
+Contract 3.0 keys turns to the microsecond (was: the millisecond) so that two turns of one
+millisecond each get their own key whatever order their webhooks arrive in.
 
 The hashing itself (prefixes, trace id bytes, span id of a key) lives in :mod:`otelbridge.link`,
 which agents import without the daemon's dependencies; this module adds the keys.
@@ -60,6 +63,15 @@ def start_ms(start_timestamp: float) -> int:
     return decimal_units(start_timestamp, 3)
 
 
+def start_key(start_timestamp: float) -> str:
+    """The start of a turn in a key: milliseconds with up to three decimals (microseconds),
+    half up on the decimal text; a whole millisecond reads as before contract 3.0."""
+    us = decimal_units(start_timestamp, 6)
+    sign = "-" if us < 0 else ""
+    ms, frac = divmod(abs(us), 1000)
+    return f"{sign}{ms}" if frac == 0 else f"{sign}{ms}.{frac:03d}".rstrip("0")
+
+
 def _occurrence(key: str, occurrence: int) -> str:
     return key if occurrence <= 1 else f"{key}:{occurrence}"
 
@@ -73,7 +85,7 @@ def analysis_key() -> str:
 
 
 def turn_key(role: str, start_timestamp: float, occurrence: int = 1) -> str:
-    return _occurrence(f"turn:{role}:{start_ms(start_timestamp)}", occurrence)
+    return _occurrence(f"turn:{role}:{start_key(start_timestamp)}", occurrence)
 
 
 def tool_key(turn: str, tool_call_id: str, occurrence: int = 1) -> str:
@@ -101,6 +113,7 @@ __all__ = [
     "root_key",
     "root_span_id",
     "span_id",
+    "start_key",
     "start_ms",
     "tool_key",
     "tool_span_id",

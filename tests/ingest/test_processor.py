@@ -580,3 +580,113 @@ def test_absurd_turn_offsets_are_remembered_without_failing_the_event(harness: H
     result = harness.processor.process_batch()
     assert result.failed_events == 0 and result.events == 4
     assert len(harness.spans()) == 3 and _span_latencies(harness.spans()) == {}
+
+
+# --- turns of one millisecond, delivered in any order (issue 18) ------------------------------
+
+
+def _comparable(spans: list[Span]) -> dict[bytes, Any]:
+    """Span id -> everything the backend sees of it, but the response latency, which a stream
+    out of start order cannot know (the documented limit above)."""
+    out: dict[bytes, Any] = {}
+    for span in spans:
+        attributes = sorted(
+            (kv.key, kv.value.SerializeToString(deterministic=True))
+            for kv in span.attributes
+            if kv.key != c.TURN_RESPONSE_LATENCY
+        )
+        events = [(e.name, e.time_unix_nano, e.SerializeToString(deterministic=True)) for e in span.events]
+        out[span.span_id] = (
+            span.name,
+            span.parent_span_id,
+            span.start_time_unix_nano,
+            span.end_time_unix_nano,
+            attributes,
+            events,
+        )
+    return out
+
+
+def _replayed(events: list[dict[str, Any]]) -> list[Span]:
+    assembler = CallAssembler()
+    for event in events:
+        assembler.add(parse_webhook_event(event))
+    (built,) = assembler.calls()
+    mapped = map_call(built.call, fallback_end_ns=built.fallback_end_ns)
+    request = ExportTraceServiceRequest.FromString(_encode(mapped.spans))
+    return [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+
+
+_same_ms_turn = st.fixed_dictionaries(
+    {
+        "role": st.sampled_from(["user", "assistant"]),
+        # few milliseconds, several microseconds in each: turns of one millisecond are common
+        "ms": st.integers(4_998, 5_002),
+        "us": st.integers(0, 999),
+        "length": st.one_of(st.none(), st.floats(0.0, 3.0, allow_nan=False)),
+        "text": st.text(min_size=1, max_size=6),
+    }
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    raw=st.lists(_same_ms_turn, min_size=2, max_size=8),
+    order=st.randoms(use_true_random=False),
+    twice=st.sets(st.integers(0, 7)),
+    restart_at=st.integers(0, 8),
+)
+def test_turns_of_one_millisecond_streamed_in_any_order_give_the_spans_of_replay(
+    raw: list[dict[str, Any]], order: random.Random, twice: set[int], restart_at: int
+) -> None:
+    """Any permutation of a call's ``call_turn`` deliveries, some twice, with a restart between
+    two of them, gives exactly the spans replay gives of the same stream (the repro: a long
+    turn at 5.0001 s and a short one at 5.0003 s, the short one delivered first)."""
+    transcript, seen = [], set()
+    for t in sorted(raw, key=lambda t: (t["ms"], t["us"])):
+        start = round(t["ms"] / 1000 + t["us"] / 1e6, 6)
+        if (t["role"], start) in seen:  # one speaker cannot start two turns in one microsecond
+            continue
+        seen.add((t["role"], start))
+        turn: dict[str, Any] = {"role": t["role"], "start_timestamp": start, "text": t["text"]}
+        if t["length"] is not None:
+            turn["end_timestamp"] = round(start + t["length"], 6)
+        transcript.append(turn)
+    started, turn_events, completed = _call_events("ac_same_ms", transcript, "dep_A")
+    deliveries = list(turn_events)
+    order.shuffle(deliveries)
+    with tempfile.TemporaryDirectory() as tmp:
+        harness = Harness(Path(tmp) / "state")
+        try:
+            harness.put(started)
+            for index, event in enumerate(deliveries):
+                if index == restart_at:
+                    harness.close()
+                    harness.open()
+                harness.put(*([event] * (2 if index in twice else 1)))
+                harness.run()
+            harness.put(completed)
+            harness.run()
+            streamed = harness.spans()
+        finally:
+            harness.close()
+    assert sorted(Counter(s.span_id for s in streamed).values())[-1] == 1  # each span once
+    assert _comparable(streamed) == _comparable(_replayed([started, *deliveries, completed]))
+    assert len(streamed) == len(transcript) + 1  # every turn and the root
+
+
+def test_the_reported_repro_keeps_both_turns(harness: Harness) -> None:
+    long = {"role": "user", "start_timestamp": 5.0001, "end_timestamp": 9.0, "text": "a long question"}
+    short = {"role": "user", "start_timestamp": 5.0003, "end_timestamp": 5.2, "text": "hm"}
+    started, (long_event, short_event), completed = _call_events("ac_repro", [long, short], None)
+    harness.put(started, short_event)
+    harness.run()
+    harness.put(long_event)  # after the short one, streamed at once: not held until the end
+    harness.run()
+    assert len(harness.spans()) == 2
+    harness.put(completed)
+    harness.run()
+    texts = Counter(
+        kv.value.string_value for s in harness.spans() for kv in s.attributes if kv.key == c.TURN_TEXT
+    )
+    assert texts == {"a long question": 1, "hm": 1}

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 import pytest
 
+from otelbridge.mapping import ids
 from otelbridge.mapping.conventions import CONTRACT_VERSION
 from tests.mapping.golden import (
     INSTANCE_ID,
@@ -239,12 +240,12 @@ def test_phone_numbers_are_masked_to_their_last_four_digits() -> None:
     assert seen >= 14
 
 
-def test_turn_span_ids_follow_role_and_start_millisecond() -> None:
-    # 8.9000004 s -> 8900 ms; 0.731204 -> 731; 14.001556 -> 14002 (half up); -0.25 -> -250
+def test_turn_span_ids_follow_role_and_start_microsecond() -> None:
+    # 8.9000004 s -> 8900 ms (to the microsecond); 0.731204 -> 731.204; 14.001556 -> 14001.556
     cases = [
         ("interrupted_turns.json", "ac_sid_4kQ9bRzT1nVwXe7YpLm2Hd", "assistant", "turn:assistant:8900"),
-        ("tools_with_results.json", "ac_sid_Tq8vWn3KcZ5yLp0RbXe2Ju", "user", "turn:user:731"),
-        ("tools_with_results.json", "ac_sid_Tq8vWn3KcZ5yLp0RbXe2Ju", "assistant", "turn:assistant:14002"),
+        ("tools_with_results.json", "ac_sid_Tq8vWn3KcZ5yLp0RbXe2Ju", "user", "turn:user:731.204"),
+        ("tools_with_results.json", "ac_sid_Tq8vWn3KcZ5yLp0RbXe2Ju", "assistant", "turn:assistant:14001.556"),
         ("bad_timing.json", "ac_sid_Bt1mQx7RzWn3YkLp5VcE9d", "user", "turn:user:-250"),
     ]
     for fixture, call_id, role, key in cases:
@@ -334,7 +335,7 @@ def test_tools_are_children_of_their_turn_with_arguments_and_results() -> None:
     expected = []
     for item in call["transcript"]:
         seen: dict[str, int] = {}
-        turn_key = f"turn:{item['role']}:{round(item['start_timestamp'] * 1000)}"
+        turn_key = f"turn:{item['role']}:{ids.start_key(item['start_timestamp'])}"
         for tool in item.get("tool_calls") or []:
             seen[tool["id"]] = seen.get(tool["id"], 0) + 1
             key = f"{turn_key}:tool:{tool['id']}" + (f":{seen[tool['id']]}" if seen[tool["id"]] > 1 else "")

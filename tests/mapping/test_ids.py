@@ -25,8 +25,10 @@ SPAN_VECTORS = [
     ("root", "6393b6c70a47799e"),
     ("turn:assistant:410", "acb2895a28df4514"),
     ("turn:user:3500", "c342fd2c570d1425"),
-    ("turn:assistant:10388", "e0510d2ee58f60c5"),
-    ("turn:user:1001", "3d07b39d1e7af605"),
+    ("turn:assistant:10387.875", "f62888cef30c26eb"),
+    ("turn:user:1000.5", "fee9f75ca6dfd3aa"),
+    ("turn:user:5000.1", "ab4a54fe0684f35f"),
+    ("turn:user:5000.3", "0d11f265549dbe72"),
     ("turn:user:3500:2", "1199e656ac13e989"),
     ("turn:assistant:410:tool:call_123", "da83490865bf2178"),
 ]
@@ -49,10 +51,15 @@ def test_span_id_vectors(key: str, expected: str) -> None:
     [
         ("assistant", 0.41, 1, "turn:assistant:410"),
         ("user", 3.5, 1, "turn:user:3500"),
-        ("assistant", 10.387875000000001, 1, "turn:assistant:10388"),  # float noise
-        ("assistant", 10.387875, 1, "turn:assistant:10388"),
-        ("user", 1.0005, 1, "turn:user:1001"),  # half up on the decimal text, not the binary float
-        ("user", 0.0004, 1, "turn:user:0"),
+        ("assistant", 10.387875000000001, 1, "turn:assistant:10387.875"),  # float noise
+        ("assistant", 10.387875, 1, "turn:assistant:10387.875"),
+        ("user", 1.0005, 1, "turn:user:1000.5"),
+        ("user", 5.0001, 1, "turn:user:5000.1"),  # two turns of one millisecond: two keys
+        ("user", 5.0003, 1, "turn:user:5000.3"),
+        ("user", 0.0000005, 1, "turn:user:0.001"),  # half up on the decimal text, not the binary float
+        ("user", 0.0000004, 1, "turn:user:0"),
+        ("user", -0.0015, 1, "turn:user:-1.5"),
+        ("user", -0.25, 1, "turn:user:-250"),
         ("user", 3.5, 2, "turn:user:3500:2"),
     ],
 )

@@ -246,9 +246,17 @@ def c_text(value: str) -> Any:
 
 
 def test_duplicate_turn_keys_in_one_transcript_stay_distinct() -> None:
-    mapped = map_call(_call([_turn("user", 1.0, 2.0), _turn("user", 1.0004, 2.5)]))
+    mapped = map_call(_call([_turn("user", 1.0, 2.0), _turn("user", 1.0, 2.5)]))
     keys = [s.key for s in _by_name(mapped, "user_turn")]
     assert keys == ["turn:user:1000", "turn:user:1000:2"]
+
+
+def test_turns_of_one_millisecond_keep_their_own_keys_in_any_order() -> None:
+    long, short = _turn("user", 5.0001, 7.5), _turn("user", 5.0003, 5.2)
+    for order in ([long, short], [short, long]):
+        mapped = map_call(_call(order))
+        keys = {s.attributes["cartesia.turn.start_offset"]: s.key for s in _by_name(mapped, "user_turn")}
+        assert keys == {5.0001: "turn:user:5000.1", 5.0003: "turn:user:5000.3"}
 
 
 def test_a_turn_alone_gets_the_same_ids_as_in_the_whole_call() -> None:
