@@ -18,9 +18,10 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python3 -m venv /opt/otelbridge
 WORKDIR /src
 # Dependencies first, read from pyproject.toml, so that a change to the code alone reuses this
-# (slow) layer; otelbridge itself is installed without dependencies below.
+# (slow) layer; otelbridge itself is installed without dependencies below. The postgres extra
+# is included: OTELBRIDGE_DATABASE_URL works in the image as it is.
 COPY pyproject.toml ./
-RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+RUN python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["postgres"]))' \
         > /tmp/requirements.txt \
  && /opt/otelbridge/bin/pip install --only-binary=:all: -r /tmp/requirements.txt
 COPY README.md LICENSE ./

@@ -301,11 +301,11 @@ def run_ack_only(port: int, state_dir: Path, secret: str) -> None:
     import anyio
     import uvicorn
 
-    from otelbridge.ingest.inbox import SqliteInbox
+    from otelbridge.ingest.inbox import GroupCommitInbox
     from otelbridge.ingest.receiver import build_webhook_app
     from otelbridge.store import open_inbox
 
-    inbox = SqliteInbox(open_inbox(state_dir))
+    inbox = GroupCommitInbox(open_inbox(state_dir))
 
     async def serve() -> None:
         app = build_webhook_app(inbox=inbox, secrets=[secret.encode()], max_body_bytes=8 * 1024 * 1024)
@@ -735,7 +735,7 @@ def freshness(
 #: where a sampled stack belongs: the first area one of whose markers is in the stack
 PROFILE_AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("webhook handler: secret, JSON, schema validation, append", ("_WebhookReceiver",)),
-    ("inbox committer thread (one multi-row INSERT a commit)", ("SqliteInbox._",)),
+    ("inbox committer thread (one multi-row INSERT a commit)", ("GroupCommitInbox._",)),
     ("processor: OTLP encoding of the batch's spans", ("Daemon.__init__.<locals>.encode",)),
     ("processor: parse, map, ledger, calls (per event)", ("Processor._event",)),
     ("processor: spool write, points, watermark, inbox delete", ("Processor.",)),

@@ -9,12 +9,9 @@ export; when one runs, backfill only stores and the daemon exports.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import TextIO
 
 import anyio
@@ -24,29 +21,13 @@ from otelbridge.delivery.resource import service_resource
 from otelbridge.ingest.poller import BackfillProgress, backfill_agent
 from otelbridge.pipeline import Pipeline
 from otelbridge.settings import Settings
-from otelbridge.store import Database, ensure_state_dir, open_inbox, open_private, open_state
+from otelbridge.store import InboxStore, StateStore, open_engine
 
 log = logging.getLogger("otelbridge.backfill")
 
 EXIT_OK, EXIT_FAILED = 0, 1
 #: the export wait gives up when the spool has not shrunk for this long
 STALL_S = 60.0
-
-
-@contextlib.contextmanager
-def _pipeline_lock(state_dir: Path) -> Iterator[bool]:
-    """True when this process may run the pipeline (no daemon or other backfill runs one)."""
-    ensure_state_dir(state_dir)
-    with open_private(state_dir / "pipeline.lock") as f:  # 0600, never through a link
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class _Meter:
@@ -106,13 +87,21 @@ async def run_backfill(
             return _failed(err, exc)
         progress = BackfillProgress()
         meter = _Meter(err, progress, client, len(agents))
-        state, inbox = open_state(settings.state_dir), open_inbox(settings.state_dir)
+        database_url = settings.database_url_value()
+        engine = open_engine(settings.state_dir, database_url, role="backfill")
+        state, inbox = engine.state(), engine.inbox()
+        pipeline: Pipeline | None = None
         try:
-            with _pipeline_lock(settings.state_dir) as own_pipeline:
-                return await _run(
-                    settings, client, state, inbox, agents, since_ns, until_ns, dry_run,
-                    own_pipeline and not dry_run, progress, meter, out, err,
-                )  # fmt: skip
+            if not dry_run:
+                # this process exports only when no serve (no leader) runs the pipeline
+                pipeline = Pipeline(settings, service_resource(settings), database_url=database_url)
+                if not await anyio.to_thread.run_sync(pipeline.lease.acquire, 0.0):
+                    pipeline.close()
+                    pipeline = None
+            return await _run(
+                settings, client, state, inbox, agents, since_ns, until_ns, dry_run,
+                pipeline, progress, meter, out, err,
+            )  # fmt: skip
         finally:
             state.close()
             inbox.close()
@@ -121,19 +110,19 @@ async def run_backfill(
 async def _run(
     settings: Settings,
     client: CartesiaClient,
-    state: Database,
-    inbox: Database,
+    state: StateStore,
+    inbox: InboxStore,
     agents: list[str],
     since_ns: int | None,
     until_ns: int | None,
     dry_run: bool,
-    export: bool,
+    pipeline: Pipeline | None,
     progress: BackfillProgress,
     meter: _Meter,
     out: TextIO,
     err: TextIO,
 ) -> int:
-    pipeline = Pipeline(settings, service_resource(settings)) if export else None
+    export = pipeline is not None
     failure: CartesiaError | None = None
     left: dict[str, int] = {}
     try:
@@ -157,30 +146,12 @@ async def _run(
                     break
             meter.done()
             if pipeline is not None:
-                left = await _export(pipeline, meter)
+                left = await pipeline.flush(STALL_S)
             tg.cancel_scope.cancel()
     finally:
         if pipeline is not None:
             pipeline.close()
     return _summary(progress, failure, dry_run, export, left, settings, out, err)
-
-
-async def _export(pipeline: Pipeline, meter: _Meter) -> dict[str, int]:
-    """Process everything stored and send until the spool is empty (or stops shrinking)."""
-    await pipeline.process_all()
-    await pipeline.collect_metrics()
-    pipeline.sender.notify()
-    best, best_at = None, time.monotonic()
-    while True:
-        depth = await anyio.to_thread.run_sync(pipeline.spool_depth)
-        total = sum(depth.values())
-        if total == 0:
-            return depth
-        if best is None or total < best:
-            best, best_at = total, time.monotonic()
-        elif time.monotonic() - best_at > STALL_S:
-            return depth
-        await anyio.sleep(0.1)
 
 
 def _failed(err: TextIO, exc: CartesiaError) -> int:

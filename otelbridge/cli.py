@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from otelbridge import __version__
 from otelbridge.delivery.environment import SIGNALS, ExporterKind, OtelEnvironment, Signal
@@ -86,6 +87,23 @@ def _parser() -> argparse.ArgumentParser:
     backfill.add_argument(
         "--dry-run", action="store_true", help="count what would be exported; store nothing"
     )
+    drain = commands.add_parser(
+        "drain",
+        help="process and send what a stopped serve left in the state directory, then exit",
+        description="Take the SQLite state in OTELBRIDGE_STATE_DIR (whatever OTELBRIDGE_DATABASE_URL "
+        "says), process every stored webhook and send every spooled export, then exit: 0 when the "
+        "directory holds nothing unsent, 1 when the backend stopped taking exports (run it again), "
+        "3 while a serve still runs on it. The step that moves an installation to PostgreSQL "
+        "(docs/postgres.md).",
+    )
+    _config_option(drain)
+    drain.add_argument(
+        "--stall",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up when the spool has not shrunk for this long (default 60)",
+    )
     return parser
 
 
@@ -142,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("serve", "check") and settings is not None:
         problems += _secret_problems(settings)
         problems += _api_key_problems(settings, required=False)
+    if args.command in ("serve", "check", "backfill") and settings is not None:
+        problems += _database_problems(settings)
     if problems or settings is None:
         sys.stderr.write(f"otelbridge: {SettingsError(problems).render()}\n")
         return EXIT_USAGE
@@ -153,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(settings, exporters)
     if args.command == "backfill":
         return _backfill(args, settings)
+    if args.command == "drain":
+        return _drain(args, settings)
     if args.command == "replay":
         from otelbridge.replay import run_replay
 
@@ -202,19 +224,43 @@ def _api_key_problems(settings: Settings, *, required: bool) -> list[str]:
     return []
 
 
+def _database_problems(settings: Settings) -> list[str]:
+    try:
+        settings.database_url_value()
+    except SettingsError as exc:
+        return exc.problems
+    return []
+
+
+def _drain(args: argparse.Namespace, settings: Settings) -> int:
+    import anyio
+
+    from otelbridge.drain import run_drain
+    from otelbridge.logs import configure_logging
+    from otelbridge.store import StoreError
+
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        return anyio.run(run_drain, settings, args.stall, sys.stdout, sys.stderr)
+    except StoreError as exc:
+        sys.stderr.write(f"otelbridge drain: {exc}\n")
+        return EXIT_USAGE
+
+
 def _backfill(args: argparse.Namespace, settings: Settings) -> int:
     import anyio
 
     from otelbridge.allocator import fix_mmap_threshold
     from otelbridge.backfill import run_backfill
     from otelbridge.logs import configure_logging
+    from otelbridge.store import database_secrets
 
     fix_mmap_threshold()
 
     api_key = settings.cartesia_api_key_value()
     assert api_key is not None
     configure_logging(settings.log_format, "warning" if settings.log_level == "info" else settings.log_level,
-                      secrets=[api_key])  # fmt: skip
+                      secrets=[api_key, *database_secrets(settings.database_url_value())])  # fmt: skip
     since, _ = _time_arg("--since", args.since)
     until, _ = _time_arg("--until", args.until)
     try:
@@ -235,18 +281,19 @@ def _serve(settings: Settings, warnings: Sequence[str]) -> int:
 
     from otelbridge.daemon import serve
     from otelbridge.logs import configure_logging
-    from otelbridge.store import StoreError
+    from otelbridge.store import StoreError, database_secrets
     from otelbridge.web import InUseError, StartupError
 
     secrets = settings.webhook_secrets()
     api_key = settings.cartesia_api_key_value()
-    hidden = [s.decode() for s in secrets] + ([api_key] if api_key else [])
+    database_url = settings.database_url_value()
+    hidden = [s.decode() for s in secrets] + ([api_key] if api_key else []) + database_secrets(database_url)
     configure_logging(settings.log_format, settings.log_level, secrets=hidden)
     _warn(warnings)
     if api_key is None and settings.poll_interval > 0:
         logging.getLogger("otelbridge").info("no OTELBRIDGE_CARTESIA_API_KEY: List Calls polling is off")
     try:
-        anyio.run(serve, settings, secrets, api_key, backend_options={"use_uvloop": True})
+        anyio.run(serve, settings, secrets, api_key, database_url, backend_options={"use_uvloop": True})
     except (StartupError, StoreError) as exc:
         logging.getLogger("otelbridge").error("cannot start: %s", exc)
         return EXIT_IN_USE if isinstance(exc, InUseError) else EXIT_USAGE
@@ -266,20 +313,23 @@ def _serve(settings: Settings, warnings: Sequence[str]) -> int:
 
 def _check(settings: Settings, exporters: dict[Signal, ExporterKind]) -> int:
     from otelbridge.delivery.transport import make_transport, probe
-    from otelbridge.store import StoreError, open_inbox, open_state
 
     out = sys.stdout
     out.write("settings: ok\n")
     failed = False
-    try:
-        for db in (open_state(settings.state_dir), open_inbox(settings.state_dir)):
-            with db.transaction():
-                pass
-            db.close()
-        out.write(f"state directory {settings.state_dir.absolute()}: writable\n")
-    except StoreError as exc:
-        out.write(f"state directory: FAILED: {exc}\n")
-        failed = True
+    database_url = settings.database_url_value()
+    if database_url:
+        try:
+            from otelbridge.store.postgres import describe
+        except ImportError:
+            out.write("database: FAILED: the PostgreSQL driver is not installed. "
+                      "Fix: pip install 'otelbridge[postgres]'\n")  # fmt: skip
+            return EXIT_FAILED
+        ok, line = describe(database_url)
+        out.write(f"database {line}\n" if ok else f"database: FAILED: {line}\n")
+        failed = not ok
+    else:
+        failed = _check_state_dir(settings, out)
     transport = make_transport(exporters)
     try:
         for signal in SIGNALS:
@@ -296,6 +346,23 @@ def _check(settings: Settings, exporters: dict[Signal, ExporterKind]) -> int:
     finally:
         transport.close()
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _check_state_dir(settings: Settings, out: TextIO) -> bool:
+    """True when the SQLite state cannot be used (a real write into each file)."""
+    from otelbridge.store import StoreError, StoreWriteError, open_inbox, open_state
+
+    try:
+        for store in (open_state(settings.state_dir), open_inbox(settings.state_dir)):
+            try:
+                store.probe()  # a real write, committed
+            finally:
+                store.close()
+        out.write(f"state directory {settings.state_dir.absolute()}: writable\n")
+    except (StoreError, StoreWriteError) as exc:
+        out.write(f"state directory: FAILED: {exc}\n")
+        return True
+    return False
 
 
 if __name__ == "__main__":  # pragma: no cover

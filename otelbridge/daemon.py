@@ -1,6 +1,6 @@
 """``otelbridge serve``: the webhook side, and the supervisor of the pipeline process.
 
-    webhook listener ─► SqliteInbox (group commit, inbox.db) ─► 2xx
+    webhook listener ─► GroupCommitInbox (group commit, inbox.db) ─► 2xx
                               │ "w" on the pipeline's stdin
                               ▼
     pipeline process (otelbridge.pipeline): processor, senders, metrics, admin listener
@@ -20,7 +20,6 @@ dies is restarted after a second; ``kill -9`` of this process takes the pipeline
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -32,7 +31,6 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import anyio
 import anyio.abc
@@ -40,17 +38,14 @@ from anyio.abc import TaskStatus
 
 from otelbridge.delivery.resource import service_resource
 from otelbridge.httplimits import HttpLimits, connection_cap, raise_fd_limit
-from otelbridge.ingest.inbox import SqliteInbox
+from otelbridge.ingest.inbox import GroupCommitInbox
 from otelbridge.ingest.receiver import build_webhook_app
 from otelbridge.settings import ENV_PREFIX, Settings
 from otelbridge.store import (
-    WEBHOOK_SIDE_AUTOCHECKPOINT_PAGES,
+    Engine,
     FreeSpace,
-    StoreError,
-    ensure_state_dir,
-    open_inbox,
-    open_private,
-    read_inbox_watermark,
+    Lease,
+    open_engine,
 )
 from otelbridge.web import InUseError, StartupError, address, bind, quiet_server
 
@@ -69,41 +64,47 @@ class Endpoints:
     admin_url: str
 
 
-def _lock_state_dir(state_dir: Path) -> IO[str]:
-    ensure_state_dir(state_dir)
-    try:
-        handle = open_private(state_dir / "serve.lock")  # 0600, never through a link
-    except OSError as exc:
-        raise StoreError(f"cannot use {state_dir.absolute() / 'serve.lock'}: {exc.strerror}") from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
+def _lock_state_dir(engine: Engine, state_dir: Path) -> Lease | None:
+    """One ``serve`` per state directory where the state is local; none with a shared database,
+    where every replica receives."""
+    if not engine.single_process:
+        return None
+    lease = engine.lease("serve")
+    if not lease.acquire():
         raise InUseError(
             f"OTELBRIDGE_STATE_DIR={str(state_dir)!r} is in use by another otelbridge serve. "
             "Fix: stop it, or give each instance its own state directory"
-        ) from None
-    return handle
+        )
+    return lease
 
 
 class Daemon:
-    def __init__(self, settings: Settings, secrets: list[bytes], api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        secrets: list[bytes],
+        api_key: str | None = None,
+        database_url: str | None = None,
+    ) -> None:
         self.settings = settings
         self._secrets = secrets
         self._api_key = api_key
-        self._lock = _lock_state_dir(settings.state_dir)
+        self._database_url = database_url
+        engine = open_engine(settings.state_dir, database_url, role="receiver")
+        self._lock = _lock_state_dir(engine, settings.state_dir)
         try:
-            self._inbox_db = open_inbox(
-                settings.state_dir, autocheckpoint_pages=WEBHOOK_SIDE_AUTOCHECKPOINT_PAGES
-            )
+            self._inbox_db = engine.inbox(receiving=True)
         except BaseException:
-            self._lock.close()
+            if self._lock is not None:
+                self._lock.release()
             raise
         self._wake = anyio.Event()
-        self.inbox = SqliteInbox(
+        local = engine.single_process
+        self.inbox = GroupCommitInbox(
             self._inbox_db,
             on_commit=self._on_commit,
-            free_space=FreeSpace(settings.state_dir, settings.min_free_bytes),
+            # the floor guards a local volume; a database server watches its own space
+            free_space=FreeSpace(settings.state_dir, settings.min_free_bytes) if local else None,
         )
         self.counts: Counter[tuple[str, str]] = Counter()
         self._stop = anyio.Event()
@@ -217,7 +218,8 @@ class Daemon:
 
     def close(self) -> None:
         self._inbox_db.close()
-        self._lock.close()
+        if self._lock is not None:
+            self._lock.release()
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -231,12 +233,26 @@ class Daemon:
     def _config_line(self, admin_fd: int) -> bytes:
         settings = self.settings.model_dump(
             mode="json",
-            exclude={"webhook_secret", "webhook_secret_file", "cartesia_api_key", "cartesia_api_key_file"},
+            exclude={
+                "webhook_secret",
+                "webhook_secret_file",
+                "cartesia_api_key",
+                "cartesia_api_key_file",
+                "database_url",
+                "database_url_file",
+            },
         )
         settings["service_instance_id"] = self.settings.resolved_instance_id()
         resource = {str(k): str(v) for k, v in service_resource(self.settings).attributes.items()}
-        config = {"settings": settings, "resource": resource, "admin_fd": admin_fd, "api_key": self._api_key}
-        # a private pipe: the key is not in argv, nor in the child's environment
+        config = {
+            "settings": settings,
+            "resource": resource,
+            "admin_fd": admin_fd,
+            "api_key": self._api_key,
+            "database_url": self._database_url,
+        }
+        # a private pipe: the key and the database's password are not in argv, nor in the
+        # child's environment
         return json.dumps(config).encode() + b"\n"
 
     async def _supervise(self, admin_sock: socket.socket) -> None:
@@ -285,7 +301,7 @@ class Daemon:
                 self._wake = anyio.Event()
                 await self._tell("w")
             if anyio.current_time() >= next_report:
-                watermark = await anyio.to_thread.run_sync(read_inbox_watermark, self.settings.state_dir)
+                watermark = await anyio.to_thread.run_sync(self._inbox_db.processed_through)
                 if watermark is not None:
                     self.inbox.trim_through(watermark)
                 counts = [[t, o, n] for (t, o), n in self.counts.items()]
@@ -318,6 +334,8 @@ def pipeline_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in environ.items() if not k.upper().startswith(ENV_PREFIX)}
 
 
-async def serve(settings: Settings, secrets: list[bytes], api_key: str | None = None) -> None:
-    daemon = Daemon(settings, secrets, api_key)
+async def serve(
+    settings: Settings, secrets: list[bytes], api_key: str | None = None, database_url: str | None = None
+) -> None:
+    daemon = Daemon(settings, secrets, api_key, database_url)
     await daemon.run()

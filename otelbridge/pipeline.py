@@ -24,19 +24,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import functools
 import json
 import logging
 import os
 import signal
 import socket
-import sqlite3
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -55,7 +52,6 @@ from otelbridge.delivery.spool import Spool
 from otelbridge.delivery.telemetry import Telemetry
 from otelbridge.delivery.transport import Transport, make_transport, probe
 from otelbridge.httplimits import HttpLimits
-from otelbridge.ingest.inbox import inbox_depth
 from otelbridge.ingest.poller import Poller
 from otelbridge.ingest.processor import BatchResult, Processor, load_unexported_points
 from otelbridge.logs import active_redactor, configure_logging
@@ -63,15 +59,11 @@ from otelbridge.mapping import conventions as c
 from otelbridge.mapping.records import SpanRecord
 from otelbridge.settings import Settings
 from otelbridge.store import (
-    Database,
+    DatabaseUnreachableError,
     FreeSpace,
-    ensure_state_dir,
-    open_acks,
-    open_inbox,
-    open_private,
-    open_state,
-    open_state_reader,
-    probe_write,
+    StoreWriteError,
+    database_secrets,
+    open_engine,
 )
 from otelbridge.web import address, quiet_server
 
@@ -84,6 +76,12 @@ STUCK_AFTER_NS = 60 * 1_000_000_000
 #: the webhook side counts as gone when it has not reported for this long
 WEBHOOK_SILENT_NS = 10 * 1_000_000_000
 LOCK_WAIT_S = 30.0
+#: a replica that does not lead tries for the lease this often
+LEASE_RETRY_S = 2.0
+#: how often the leader renews its lease (it is lost after the engine's TTL without renewal)
+LEASE_RENEW_S = 2.0
+#: the exit status of a pipeline that lost its lease (the main process starts a fresh one)
+EXIT_LEASE_LOST = 3
 #: a loop that keeps failing the same way logs its traceback once, then one line this often
 REPEATED_FAILURE_LOG_S = 60.0
 
@@ -98,26 +96,6 @@ class WebhookSide:
     heard_ns: int = field(default_factory=time.time_ns)
 
 
-@contextlib.contextmanager
-def pipeline_lock(state_dir: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
-    """Exclusive ``pipeline.lock``: waits for a pipeline orphaned by a ``kill -9`` to exit."""
-    ensure_state_dir(state_dir)
-    with open_private(state_dir / "pipeline.lock") as f:  # 0600, never through a link
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"another pipeline holds {state_dir / 'pipeline.lock'}") from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 class Pipeline:
     def __init__(
         self,
@@ -126,12 +104,21 @@ class Pipeline:
         *,
         transport: Transport | None = None,
         api_key: str | None = None,
+        database_url: str | None = None,
     ) -> None:
         self.settings = settings
-        self.state: Database = open_state(settings.state_dir)
-        self._state_reader = open_state_reader(settings.state_dir)
-        self._inbox = open_inbox(settings.state_dir)
-        self._acks = open_acks(settings.state_dir)  # the sender's record of acknowledged exports
+        self.engine = open_engine(settings.state_dir, database_url, role="pipeline")
+        #: who processes, polls and sends: one pipeline per state directory (a file lease), or
+        #: one leader among the replicas sharing a database (a lease row)
+        self.lease = self.engine.lease("pipeline")
+        self.leader = False
+        #: the leader's transactions, each fenced by the lease where it can be lost
+        self.state = self.engine.state(fence=self.lease)
+        #: what every replica writes whether it leads or not (its own metrics, readiness)
+        self.shared = self.state if self.engine.single_process else self.engine.state()
+        self._state_reader = self.engine.state_reader()
+        self._inbox = self.engine.inbox()
+        self._acks = self.engine.acks()  # the sender's record of acknowledged exports
         self.spool = Spool(max_bytes=settings.spool_max_bytes, max_age_ns=int(settings.spool_max_age * 1e9))
         self.environment = OtelEnvironment()
         self.exporters = self.environment.exporters(settings.exporter)
@@ -166,13 +153,13 @@ class Pipeline:
         self.transport = transport or make_transport(self.exporters)
         self.sender = Sender(
             self.state,
-            self.spool,
             self.transport,
             self.metrics,
             initial_backoff_s=settings.retry_initial_backoff,
             max_backoff_s=settings.retry_max_backoff,
             reader=self._state_reader,
             acks=self._acks,
+            recover=False,  # when this process takes the lease (run_loops)
         )
         self.wake = anyio.Event()
         self._processing = anyio.Lock()
@@ -215,21 +202,53 @@ class Pipeline:
     def close(self) -> None:
         self.telemetry.shutdown()
         self.transport.close()
-        for db in (self.state, self._state_reader, self._inbox, self._acks):
-            db.close()
+        stores = {id(s): s for s in (self.state, self.shared, self._state_reader, self._inbox, self._acks)}
+        for store in stores.values():
+            store.close()
+        self.lease.release()
 
     # --- loops ---------------------------------------------------------------------------------
     async def run_loops(self, tg: anyio.abc.TaskGroup) -> None:
-        # Points stored but not yet in a spooled metrics request (a crash or kill -9 before
-        # the last collection): record them again, once.
+        """Every replica collects its own metrics and keeps its gauges; the lease holder also
+        processes, sends and polls (at once where the lease was taken before the start)."""
+        tg.start_soon(resilient, "metrics collection", self._metrics_loop)
+        tg.start_soon(resilient, "housekeeping", self._housekeeping_loop)
+        if self.lease.held:
+            await self._lead(tg)
+        else:
+            tg.start_soon(self._campaign, tg)
+
+    async def _campaign(self, tg: anyio.abc.TaskGroup) -> None:
+        """Wait for the lease (another replica leads meanwhile), then lead."""
+        while not await anyio.to_thread.run_sync(self.lease.acquire, 0.0):
+            await anyio.sleep(LEASE_RETRY_S)
+        log.info("this replica leads now: processing, polling and sending")
+        await self._lead(tg)
+
+    async def _lead(self, tg: anyio.abc.TaskGroup) -> None:
+        self.leader = True
+        self.telemetry.gauges.leader = 1
+        # Acknowledged exports a crash left in the spool are deleted unsent, and points stored
+        # but not yet in a spooled metrics request (a crash or kill -9 before the last
+        # collection) are recorded again, once.
+        await anyio.to_thread.run_sync(self.sender.recover)
         self.telemetry.record(await anyio.to_thread.run_sync(load_unexported_points, self.state))
         tg.start_soon(resilient, "processor", self._process_loop)
         for signal_name in SIGNALS:
             tg.start_soon(resilient, f"{signal_name} sender", functools.partial(self.sender.run, signal_name))
-        tg.start_soon(resilient, "metrics collection", self._metrics_loop)
-        tg.start_soon(resilient, "housekeeping", self._housekeeping_loop)
         if self.poller is not None:
             tg.start_soon(resilient, "List Calls poller", self.poller.run)
+        tg.start_soon(self._keep_lease)
+
+    async def _keep_lease(self) -> None:
+        """Renew the lease; on any failed renewal, stop at once: every leader transaction is
+        fenced, so nothing more could commit, and the main process starts a fresh pipeline
+        (a new holder id) that waits for the lease like any other replica."""
+        while True:
+            await anyio.sleep(LEASE_RENEW_S)
+            if not await anyio.to_thread.run_sync(self.lease.renew):
+                log.error("the pipeline lease was lost (not renewed in time): stepping down")
+                os._exit(EXIT_LEASE_LOST)
 
     async def probe_endpoints(self) -> None:
         """An empty export to each OTLP endpoint, beside start-up (it delays nothing): one clear
@@ -297,7 +316,8 @@ class Pipeline:
     async def collect_metrics(self) -> None:
         through = self.telemetry.recorded_through
         if self.exporters["metrics"] == "none":  # /metrics still serves them; nothing to send
-            await anyio.to_thread.run_sync(self._forget_points, through)
+            if self.leader:
+                await anyio.to_thread.run_sync(self._forget_points, through)
             return
         collected = self.telemetry.collect_otlp()
         if collected is None:
@@ -306,20 +326,23 @@ class Pipeline:
         epoch = self.telemetry.epoch
         cumulative = self.telemetry.temporality == "cumulative"
 
+        leader = self.leader
+
         def spool_it() -> None:
             now = time.time_ns()
-            with self.state.transaction() as conn:
-                newest = self.spool.add(conn, "metrics", body, items, now, epoch=epoch)
+            with (self.state if leader else self.shared).transaction() as tx:
+                newest = tx.spool_add("metrics", body, items, now, epoch=epoch)
                 if cumulative:
-                    self.spool.supersede_metrics(conn, epoch, newest)
-                _forget_points(conn, through)
+                    tx.spool_supersede_metrics(epoch, newest)
+                if leader:  # the points are the leader's: in its meter now, and in this request
+                    tx.forget_points(through)
 
         await anyio.to_thread.run_sync(spool_it)
         self.sender.notify()
 
     def _forget_points(self, through: int) -> None:
-        with self.state.transaction() as conn:
-            _forget_points(conn, through)
+        with self.state.transaction() as tx:
+            tx.forget_points(through)
 
     async def _housekeeping_loop(self) -> None:
         while True:
@@ -328,20 +351,39 @@ class Pipeline:
 
     def _refresh_gauges(self) -> None:
         gauges = self.telemetry.gauges
-        with self.state.reading() as conn:
-            stats = self.spool.stats(conn)
-            gauges.open_calls = int(
-                conn.execute("SELECT COUNT(*) FROM calls WHERE closed_ns IS NULL").fetchone()[0]
-            )
+        with self.shared.reading() as tx:
+            stats = tx.spool_stats()
+            gauges.open_calls = tx.open_calls()
         gauges.spool_depth = dict(stats.depth)
         gauges.spool_bytes = stats.bytes
         oldest = stats.oldest_ns
         gauges.spool_oldest_age_s = 0.0 if oldest is None else max(0.0, (time.time_ns() - oldest) / 1e9)
-        gauges.inbox_depth = inbox_depth(self._inbox, self.processor.watermark())
+        gauges.inbox_depth = self._inbox.backlog()
+
+    async def flush(self, stall_s: float) -> dict[str, int]:
+        """Process everything stored and send until the spool is empty, or has not shrunk for
+        ``stall_s`` (the backend refuses or is down); what is left, by signal."""
+        await self.process_all()
+        await self.collect_metrics()
+        self.sender.notify()
+        best, best_at = None, time.monotonic()
+        while True:
+            depth = await anyio.to_thread.run_sync(self.spool_depth)
+            total = sum(depth.values())
+            if total == 0:
+                return depth
+            if best is None or total < best:
+                best, best_at = total, time.monotonic()
+            elif time.monotonic() - best_at > stall_s:
+                return depth
+            await anyio.sleep(0.1)
+
+    def inbox_backlog(self) -> int:
+        return self._inbox.backlog()
 
     def spool_depth(self) -> dict[str, int]:
-        with self.state.reading() as conn:
-            return self.spool.stats(conn).depth
+        with self.state.reading() as tx:
+            return tx.spool_stats().depth
 
     async def drain(self, timeout_s: float) -> None:
         """Process what is stored, spool a last metrics collection, send for ``timeout_s``. A
@@ -383,17 +425,20 @@ class Pipeline:
 
     async def readiness(self) -> Readiness:
         checks: dict[str, dict[str, Any]] = {}
-        space = FreeSpace(self.settings.state_dir, self.settings.min_free_bytes)
+        local = self.engine.single_process
+        space = FreeSpace(self.settings.state_dir, self.settings.min_free_bytes) if local else None
 
         def probe() -> str | None:
             # free space against the floor first: on a full disk a one-page write still fits
             # in the WAL's old frames and would pass
-            problem = space.problem(fresh=True)
+            problem = None if space is None else space.problem(fresh=True)
             if problem is not None:
                 return problem
             try:
-                for db in (self._inbox, self.state):
-                    probe_write(db)  # a real write: an empty transaction writes nothing
+                self._inbox.probe()  # a real write: an empty transaction writes nothing
+                self.shared.probe()
+            except StoreWriteError as exc:
+                return str(exc)
             except Exception as exc:
                 return f"{type(exc).__name__}: {exc}"
             return None
@@ -411,11 +456,14 @@ class Pipeline:
             "ok": not silent,
             "reason": "the webhook listener has not reported for 10s" if silent else "listening",
         }
-        stalled = [sig for sig, st in self.sender.states.items() if now - st.heartbeat_ns > STUCK_AFTER_NS]
-        delivery: dict[str, Any] = {
-            "ok": not stalled,
-            "reason": f"the {', '.join(stalled)} delivery loop has not run for 60s" if stalled else "running",
-        }
+        if self.leader:
+            stalled = [
+                sig for sig, st in self.sender.states.items() if now - st.heartbeat_ns > STUCK_AFTER_NS
+            ]
+            reason = f"the {', '.join(stalled)} delivery loop has not run for 60s" if stalled else "running"
+        else:  # webhooks are still taken here; the lease holder sends them
+            stalled, reason = [], "another replica leads: it processes and sends"
+        delivery: dict[str, Any] = {"ok": not stalled, "reason": reason, "leader": self.leader}
         for sig, st in self.sender.states.items():
             delivery[sig] = {"failures": st.failures, "last_error": st.last_error}
         checks["delivery"] = delivery
@@ -476,11 +524,6 @@ class Pipeline:
         return True
 
 
-def _forget_points(conn: sqlite3.Connection, through: int) -> None:
-    """Stored metric points up to ``through`` are in the meter now (and in a spooled request)."""
-    conn.execute("DELETE FROM points WHERE id <= ?", (through,))
-
-
 async def resilient(
     name: str,
     loop: Callable[[], Awaitable[None]],
@@ -523,17 +566,39 @@ async def run_pipeline() -> int:
         settings = Settings(**config["settings"])
         # The API key is redacted (the OTLP header values too: configure_logging adds them);
         # this process never holds the webhook secrets (see daemon.pipeline_environment).
-        hidden = [config["api_key"]] if config.get("api_key") else []
+        database_url = config.get("database_url")
+        hidden = ([config["api_key"]] if config.get("api_key") else []) + database_secrets(database_url)
         configure_logging(settings.log_format, settings.log_level, secrets=hidden)
         admin_sock = socket.socket(fileno=config["admin_fd"])
-        with await anyio.to_thread.run_sync(pipeline_lock, settings.state_dir):
-            pipeline = Pipeline(settings, Resource(config["resource"]), api_key=config.get("api_key"))
-            try:
-                return await _serve(pipeline, admin_sock, stdin)
-            finally:
-                if pipeline.client is not None:
-                    await pipeline.client.aclose()
-                pipeline.close()
+        pipeline = await _open(settings, Resource(config["resource"]), config.get("api_key"), database_url)
+        try:
+            # One pipeline per state directory: wait for one orphaned by a kill -9 to exit. With
+            # a shared database the lease is campaigned for while serving (run_loops).
+            if pipeline.engine.single_process and not await anyio.to_thread.run_sync(
+                pipeline.lease.acquire, LOCK_WAIT_S
+            ):
+                raise RuntimeError(f"another pipeline holds the lease of {settings.state_dir}")
+            return await _serve(pipeline, admin_sock, stdin)
+        finally:
+            if pipeline.client is not None:
+                await pipeline.client.aclose()
+            pipeline.close()
+
+
+async def _open(
+    settings: Settings, resource: Resource, api_key: str | None, database_url: str | None
+) -> Pipeline:
+    """The pipeline, once its database answers: a database that is down at start (or restarting)
+    is waited for, logged once a minute, instead of a crash a second."""
+    next_line = 0.0
+    while True:
+        try:
+            return Pipeline(settings, resource, api_key=api_key, database_url=database_url)
+        except DatabaseUnreachableError as exc:
+            if time.monotonic() >= next_line:
+                log.warning("%s; trying again every %gs", exc, LEASE_RETRY_S)
+                next_line = time.monotonic() + REPEATED_FAILURE_LOG_S
+            await anyio.sleep(LEASE_RETRY_S)
 
 
 async def _serve(pipeline: Pipeline, admin_sock: socket.socket, stdin: anyio.AsyncFile[bytes]) -> int:

@@ -135,6 +135,14 @@ class Settings(BaseSettings):
         default=Path("otelbridge-state"),
         description="directory of the SQLite state (inbox, spool, ledger); must be writable",
     )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL libpq URI (postgresql://user:password@host:5432/db?sslmode=...); several "
+        "replicas share it. Empty: SQLite in state_dir. libpq's PG* variables fill what it leaves out",
+    )
+    database_url_file: Path | None = Field(
+        default=None, description="file holding the PostgreSQL URI (a mounted Secret's key)"
+    )
     shutdown_timeout: float = Field(
         default=10.0, ge=0, description="seconds to drain and flush on SIGTERM/SIGINT"
     )
@@ -239,6 +247,35 @@ class Settings(BaseSettings):
             raise SettingsError([f"{where}: the file is empty. Fix: put the Cartesia API key in it"])
         return key
 
+    def database_url_value(self) -> str | None:
+        """The PostgreSQL URI, from the variable or the file (None: SQLite); raises
+        ``SettingsError`` when the file cannot be read or the value is not a PostgreSQL URI."""
+        if self.database_url is not None:
+            url, where = self.database_url.get_secret_value().strip(), env_name("database_url")
+        elif self.database_url_file is not None:
+            where = f"{env_name('database_url_file')}={str(self.database_url_file)!r}"
+            try:
+                url = self.database_url_file.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise SettingsError(
+                    [f"{where}: cannot read the file ({reason}). Fix: point it at a readable file"]
+                ) from None
+            if not url:
+                raise SettingsError([f"{where}: the file is empty. Fix: put the PostgreSQL URI in it"])
+        else:
+            return None
+        if not url:
+            return None
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise SettingsError(
+                [
+                    f"{where}: not a PostgreSQL URI (it must start with postgresql://). Fix: set it as "
+                    "postgresql://USER:PASSWORD@HOST:5432/DATABASE, or unset it to keep the state in SQLite"
+                ]
+            )
+        return url
+
     def mapping_options(self) -> MappingOptions:
         return MappingOptions(
             text_policy=self.transcript_text,
@@ -293,7 +330,7 @@ def _default_text(field: str) -> str:
 
 
 #: fields whose values never appear in messages
-_SECRET_FIELDS = frozenset({"webhook_secret", "cartesia_api_key"})
+_SECRET_FIELDS = frozenset({"webhook_secret", "cartesia_api_key", "database_url"})
 
 
 def _field_hint(field: str) -> str:
@@ -392,7 +429,7 @@ def load_settings(config_file: Path | None = None, **overrides: object) -> Setti
         for name, value in otel.items():  # the environment wins, as for the settings
             os.environ.setdefault(name, value)
     values = {**from_file, **overrides}
-    for field in ("webhook_secret", "cartesia_api_key"):
+    for field in ("webhook_secret", "cartesia_api_key", "database_url"):
         if all(f in values or _getenv_ci(env_name(f)) for f in (field, f"{field}_file")):
             problems.append(
                 f"{env_name(field)} and {env_name(field + '_file')} are both set. Fix: set only one of them"

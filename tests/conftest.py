@@ -9,6 +9,8 @@ import pytest
 
 from tests.support.otlp_receiver import HttpOtlpReceiver
 
+pytest_plugins = ["tests.support.postgres"]
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(

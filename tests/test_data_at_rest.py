@@ -129,9 +129,9 @@ def test_store_files_are_0600_and_the_directory_0700_whatever_the_umask(tmp_path
         from pathlib import Path
         from otelbridge.store import open_inbox, open_private, open_state
         state_dir = Path({str(state_dir)!r})
-        dbs = [open_inbox(state_dir), open_state(state_dir)]
-        for db in dbs:
-            with db.transaction() as conn:
+        stores = [open_inbox(state_dir), open_state(state_dir)]
+        for store in stores:
+            with store.db.transaction() as conn:
                 conn.execute("CREATE TABLE IF NOT EXISTS t (x)")
                 conn.execute("INSERT INTO t VALUES (1)")
         open_private(state_dir / "serve.lock").close()
@@ -308,19 +308,13 @@ def test_a_backend_echoing_the_honeycomb_key_leaks_it_nowhere(
 
 def test_a_deleted_webhook_body_does_not_stay_readable_in_the_inbox_file(tmp_path: Path) -> None:
     """The inbox deletes bodies once processed: their bytes are zeroed, not left in the page."""
-    db = open_inbox(tmp_path)
+    inbox = open_inbox(tmp_path)
     marker = b"+14155550123 transcript: my card number is 4111"
-    with db.transaction() as conn:
-        for n in range(3):
-            conn.execute(
-                "INSERT INTO inbox (received_ns, event_type, call_id, body) VALUES (0, 't', 'c', ?)",
-                (marker + str(n).encode(),),
-            )
-    with db.transaction() as conn:
-        conn.execute("DELETE FROM inbox WHERE id <= 2")
-    with db.reading() as conn:
+    inbox.append([(0, "t", "c", marker + str(n).encode()) for n in range(3)])
+    inbox.delete_through(2)
+    with inbox.db.reading() as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     data = (tmp_path / "inbox.db").read_bytes()
-    db.close()
+    inbox.close()
     assert marker + b"2" in data  # the row kept is there
     assert marker + b"0" not in data and marker + b"1" not in data

@@ -7,27 +7,41 @@ message naming the problem and ``/readyz`` says why it is not ready; once space 
 ready again by itself, with no traffic (a load balancer gating on readiness sends none), and
 every acknowledged event is exported. On a volume with no space at all, the log shows SQLite's
 own error once with its traceback (not "cannot rollback", not once a second), and the drain
-ends cleanly.
+ends cleanly. A batch whose volume fills inside one event fails whole, committing nothing;
+processed again once space returns, it spools each span and each point once.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import shutil
+import sqlite3
 import time
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 
-from otelbridge.ingest.inbox import append_rows
+from otelbridge.delivery.sdk import build_resource, encode_trace_request, to_readable_spans
+from otelbridge.delivery.spool import Spool
+from otelbridge.ingest.processor import Processor
+from otelbridge.mapping.policy import MappingOptions
+from otelbridge.mapping.records import SpanRecord
 from otelbridge.pipeline import Pipeline, resilient
 from otelbridge.settings import load_settings
-from otelbridge.store import inbox_watermark, open_inbox
+from otelbridge.store import StoreWriteError, free_bytes, open_inbox, open_state, state_path
+from tests.support.inbox_events import store_events
 from tests.support.otlp_receiver import HttpOtlpReceiver
+from tests.support.samples import webhook_events
 from tests.support.serve_process import (
     SECRET_HEADER,
     Delivery,
@@ -207,7 +221,7 @@ def test_with_no_space_left_the_log_names_sqlites_error_once_and_the_drain_ends_
         pipeline = Pipeline(settings, Resource({}))
         try:
             inbox = open_inbox(state)
-            append_rows(inbox, [(time.time_ns(), d.event["type"], d.call_id, d.body) for d in deliveries])
+            inbox.append([(time.time_ns(), d.event["type"], d.call_id, d.body) for d in deliveries])
             inbox.close()
             filler = fill(vol, 0)
             attempts = 0
@@ -237,8 +251,7 @@ def test_with_no_space_left_the_log_names_sqlites_error_once_and_the_drain_ends_
 
             filler.unlink()  # space is back: everything stored is still there and processed
             anyio.run(pipeline.process_all)
-            with pipeline.state.reading() as conn:
-                assert inbox_watermark(conn) == len(deliveries)
+            assert pipeline.processor.watermark() == len(deliveries)
         finally:
             pipeline.close()
 
@@ -249,8 +262,8 @@ def test_a_loop_failing_the_same_way_logs_one_traceback_then_a_counted_line_per_
     """A closed store: every attempt fails alike. One traceback, then one short line per
     ``quiet_s`` counting the failures; a different error gets its traceback again."""
     caplog.set_level(logging.INFO, logger="otelbridge.pipeline")
-    db = open_inbox(tmp_path)
-    db.close()
+    inbox = open_inbox(tmp_path)
+    inbox.close()
     attempts = 0
 
     async def loop() -> None:
@@ -258,7 +271,7 @@ def test_a_loop_failing_the_same_way_logs_one_traceback_then_a_counted_line_per_
         attempts += 1
         if attempts == 40:
             raise RuntimeError("something else")
-        with db.transaction():  # sqlite3.ProgrammingError: Cannot operate on a closed database.
+        with inbox.db.transaction():  # sqlite3.ProgrammingError: Cannot operate on a closed database.
             pass
 
     async def main() -> None:
@@ -275,3 +288,160 @@ def test_a_loop_failing_the_same_way_logs_one_traceback_then_a_counted_line_per_
     counted = [r.getMessage() for r in records if not r.exc_info]
     assert 1 <= len(counted) <= 6, counted  # about one per 0.3 s, not one per attempt
     assert all(" time(s) in 0.3s (ProgrammingError: " in line for line in counted), counted
+
+
+# --- a volume that fills inside one event's savepoint ---------------------------------------------
+RESOURCE = build_resource("test", "i-1")
+#: the processors' clock: what a run stores must not depend on when it ran
+NOW_NS = 1_790_000_000 * 10**9
+
+
+def _encode(spans: list[SpanRecord]) -> bytes:
+    return bytes(encode_trace_request(to_readable_spans(spans, RESOURCE)).SerializeToString())
+
+
+class Store:
+    """``state.db`` and ``inbox.db`` in ``state_dir`` and a Processor on them (as the processor
+    tests build it)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.state = open_state(state_dir)
+        self.inbox = open_inbox(state_dir)
+        self.processor = Processor(
+            self.state,
+            self.inbox,
+            Spool(max_bytes=1 << 30, max_age_ns=1 << 62),
+            MappingOptions(),
+            _encode,
+            call_timeout_ns=3600 * 10**9,
+            retention_ns=7 * 86400 * 10**9,
+            clock=lambda: NOW_NS,
+        )
+
+    def run(self) -> None:
+        while self.processor.process_batch().events:
+            pass
+
+    def close(self) -> None:
+        self.state.close()
+        self.inbox.close()
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What ``state.db`` holds, read from the file by a connection of its own."""
+
+    watermark: int
+    rows: dict[str, int]  # per table
+    span_ids: list[bytes]  # of every spooled traces request
+    points: list[str]  # JSON, not yet in a metrics request
+
+
+def committed(state_dir: Path) -> Committed:
+    conn = sqlite3.connect(f"file:{state_path(state_dir)}?mode=ro", uri=True)
+    try:
+        tables = [name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        rows = {table: conn.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0] for table in tables}
+        found = conn.execute("SELECT value FROM meta WHERE key='inbox_watermark'").fetchone()
+        span_ids = []
+        for (body,) in conn.execute("SELECT body FROM spool WHERE signal='traces' ORDER BY id"):
+            for rs in ExportTraceServiceRequest.FromString(body).resource_spans:
+                span_ids += [s.span_id for ss in rs.scope_spans for s in ss.spans]
+        points = [point for (point,) in conn.execute("SELECT point FROM points ORDER BY id")]
+    finally:
+        conn.close()
+    return Committed(int(found[0]) if found else 0, rows, span_ids, points)
+
+
+def call_started(call_id: str) -> dict[str, Any]:
+    """The samples' first ``call_started`` (with its call), for ``call_id``."""
+    sample = next(e for e in webhook_events() if e["type"] == "call_started" and e.get("call"))
+    started = copy.deepcopy(sample)
+    started["call_id"] = started["call"]["id"] = call_id
+    return started
+
+
+def small_call() -> list[dict[str, Any]]:
+    """``call_started`` and four turns of one call (left open): a few kB to store."""
+    turn = next(e for e in webhook_events() if e["type"] == "call_turn")
+    turns = []
+    for n in range(4):
+        t = copy.deepcopy(turn)
+        t["call_id"] = "ac_sid_small"
+        t["turn"]["role"] = "user" if n % 2 else "assistant"
+        t["turn"]["start_timestamp"], t["turn"]["end_timestamp"] = 0.5 + 3 * n, 2.5 + 3 * n
+        turns.append(t)
+    return [call_started("ac_sid_small"), *turns]
+
+
+def big_event(size: int) -> dict[str, Any]:
+    """``call_started`` of another call with ``size`` bytes more (kept in ``call_events``)."""
+    return {**call_started("ac_sid_big"), "padding": "x" * size}
+
+
+def cache_bytes(conn: sqlite3.Connection) -> int:
+    """SQLite's page cache of ``conn``: a transaction writing more spills to the WAL before
+    its COMMIT."""
+    size = int(conn.execute("PRAGMA cache_size").fetchone()[0])
+    return -size * 1024 if size < 0 else size * int(conn.execute("PRAGMA page_size").fetchone()[0])
+
+
+def test_a_volume_filling_inside_one_big_event_fails_the_whole_batch_and_spools_each_span_once(
+    tmp_path: Path,
+) -> None:
+    """One batch: a small call, then an event too big for the space left, which SQLite spills
+    to the WAL inside the event's savepoint; SQLITE_FULL rolls the whole transaction back.
+    The batch must fail whole (before the fix the event was skipped as a bug and the rest of
+    the batch committed statement by statement, without the watermark: processed again once
+    space came back, its spans and points were spooled twice)."""
+    small = small_call()
+    with tmpfs(tmp_path / "vol", 32 * MiB) as vol:
+        # what the small call takes on this volume: processed alone, on a store of its own
+        probe = Store(vol / "probe")
+        try:
+            store_events(probe.inbox, small)
+            free = free_bytes(vol)
+            probe.run()
+            need = free - free_bytes(vol)
+            cache = cache_bytes(probe.state.db.conn)
+        finally:
+            probe.close()
+        shutil.rmtree(vol / "probe")
+        assert need > 0
+        leave = 2 * need  # room for the small call, twice over
+        events = [*small, big_event(2 * cache + 4 * leave)]  # spills far more than `leave`
+
+        store = Store(vol / "state")
+        try:
+            store_events(store.inbox, events)
+            filler = fill(vol, leave)
+            assert need < free_bytes(vol) <= leave
+            before = committed(store.state_dir)
+            with pytest.raises(StoreWriteError) as raised:
+                store.processor.process_batch()
+            after = committed(store.state_dir)
+            assert (after.span_ids, after.points, after.watermark) == ([], [], 0)
+            assert after == before  # nothing committed, in any table
+            assert "database or disk is full" in str(raised.value) and raised.value.full
+
+            filler.unlink()  # space is back: the same inbox, processed again
+            store.run()
+            recovered = committed(store.state_dir)
+        finally:
+            store.close()
+
+    roomy_store = Store(tmp_path / "roomy")  # the same events where space never runs out
+    try:
+        store_events(roomy_store.inbox, events)
+        roomy_store.run()
+    finally:
+        roomy_store.close()
+    roomy = committed(tmp_path / "roomy")
+    assert roomy.span_ids and roomy.points
+    assert len(set(roomy.span_ids)) == len(roomy.span_ids) and len(set(roomy.points)) == len(roomy.points)
+
+    assert recovered.watermark == roomy.watermark == len(events)
+    assert len(set(recovered.span_ids)) == len(recovered.span_ids) == len(roomy.span_ids)  # each once
+    assert set(recovered.span_ids) == set(roomy.span_ids)
+    assert Counter(recovered.points) == Counter(roomy.points)  # each point once

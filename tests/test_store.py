@@ -11,39 +11,37 @@ from pathlib import Path
 import pytest
 
 from otelbridge.store import (
-    SCHEMA_VERSION,
-    FairLock,
     FreeSpace,
     StoreError,
     free_bytes,
     open_inbox,
     open_state,
     open_state_reader,
-    probe_write,
     state_path,
 )
+from otelbridge.store.sqlite import SCHEMA_VERSION, FairLock, probe_write
 from tests.support.tmpfs import fill, tmpfs
 
 MiB = 1024 * 1024
 
 
 def test_a_store_from_before_the_backfill_mark_gets_its_columns_and_keeps_its_rows(tmp_path: Path) -> None:
-    db = open_state(tmp_path)
-    with db.transaction() as conn:
+    state = open_state(tmp_path)
+    with state.db.transaction() as conn:
         conn.execute(
             "INSERT INTO backfill (agent_id, range, cursor, done, calls) VALUES ('a', '..', 'c', 1, 7)"
         )
         conn.execute("ALTER TABLE backfill DROP COLUMN head_id")
         conn.execute("ALTER TABLE backfill DROP COLUMN head_start_ns")
-    db.close()
+    state.close()
 
-    db = open_state(tmp_path)
-    with db.reading() as conn:
+    state = open_state(tmp_path)
+    with state.db.reading() as conn:
         rows = conn.execute(
             "SELECT agent_id, cursor, done, calls, head_id, head_start_ns FROM backfill"
         ).fetchall()
-    db.close()
-    assert rows == [("a", "c", 1, 7, None, None)]
+    state.close()
+    assert [tuple(row) for row in rows] == [("a", "c", 1, 7, None, None)]
 
 
 def test_a_store_written_by_a_newer_version_is_refused_by_name(tmp_path: Path) -> None:
@@ -101,14 +99,14 @@ def test_a_thread_that_releases_and_asks_again_at_once_lets_the_waiting_one_go_f
 
 
 def test_a_reader_connection_sees_what_the_writer_committed(tmp_path: Path) -> None:
-    db = open_state(tmp_path)
+    state = open_state(tmp_path)
     reader = open_state_reader(tmp_path)
-    with db.transaction() as conn:
-        conn.execute("INSERT INTO meta VALUES ('k', 'v')")
-    with reader.reading() as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key='k'").fetchone() == ("v",)
+    with state.transaction() as tx:
+        tx.set_meta("k", "v")
+    with reader.reading() as tx:
+        assert tx.get_meta("k") == "v"
     reader.close()
-    db.close()
+    state.close()
 
 
 # --- a full disk (a real tmpfs) ------------------------------------------------------------------
@@ -118,7 +116,7 @@ def test_a_write_the_disk_cannot_hold_raises_sqlites_own_error_and_leaves_the_st
     """SQLite rolls back by itself on SQLITE_FULL: the transaction helper must not roll back a
     second time ("cannot rollback - no transaction is active"), which hid the real error."""
     with tmpfs(tmp_path / "vol", 8 * MiB) as vol:
-        db = open_inbox(vol)
+        db = open_inbox(vol).db  # the engine's transaction helper itself
         filler = fill(vol, 1 * MiB)
 
         def write_5_mb() -> None:
@@ -166,16 +164,19 @@ def test_free_space_is_measured_against_the_floor_and_cached(tmp_path: Path) -> 
 def test_probe_write_commits_a_real_write(tmp_path: Path) -> None:
     """An empty transaction writes nothing and passes on any disk; the probe commits a change
     that another connection sees (``data_version`` moves only for a commit by another one)."""
-    db = open_inbox(tmp_path)
+    inbox = open_inbox(tmp_path)
     other = sqlite3.connect(tmp_path / "inbox.db")
     before = other.execute("PRAGMA data_version").fetchone()[0]
-    with db.transaction():
+    with inbox.db.transaction():
         pass
     assert other.execute("PRAGMA data_version").fetchone()[0] == before
-    probe_write(db)
-    assert other.execute("PRAGMA data_version").fetchone()[0] != before
+    probe_write(inbox.db)
+    after_probe_write = other.execute("PRAGMA data_version").fetchone()[0]
+    assert after_probe_write != before
+    inbox.probe()  # the store's probe (what readiness calls) is the same real write
+    assert other.execute("PRAGMA data_version").fetchone()[0] != after_probe_write
     other.close()
-    db.close()
+    inbox.close()
 
 
 def test_opening_the_store_on_a_full_volume_says_the_volume_is_full(tmp_path: Path) -> None:

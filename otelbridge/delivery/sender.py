@@ -12,8 +12,8 @@
 * anything else (400, 401, 403, 404, 413…): the request moves to ``dead_letters`` with the
   status and the backend's message; counted and logged at ERROR.
 
-A 2xx is recorded at once in ``acks.db`` (its own file: no wait for ``state.db``'s lock, which
-the processor holds through a batch), then the spool rows are deleted; a start deletes the
+A 2xx is recorded at once in the ack log (``acks.db``, its own file: no wait for ``state.db``'s
+lock, which the processor holds through a batch), then the spool rows are deleted; a start deletes the
 recorded ones unsent. A ``kill -9`` between the backend's 2xx and that record re-sends one
 export (backends such as Tempo de-duplicate by span id; README, "Nothing lost").
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import random
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,12 +29,11 @@ from dataclasses import dataclass
 import anyio
 
 from otelbridge.delivery.environment import SIGNALS, Signal
-from otelbridge.delivery.spool import Spool, SpoolEntry
 from otelbridge.delivery.telemetry import SelfMetrics
 from otelbridge.delivery.transport import SendResult, Transport
 from otelbridge.mapping import conventions as c
 from otelbridge.retry import backoff
-from otelbridge.store import Database
+from otelbridge.store import AckLog, SpoolEntry, StateStore, StoreWriteError
 
 log = logging.getLogger("otelbridge.sender")
 
@@ -90,8 +88,7 @@ class SignalState:
 class Sender:
     def __init__(
         self,
-        state: Database,
-        spool: Spool,
+        state: StateStore,
         transport: Transport,
         metrics: SelfMetrics,
         *,
@@ -100,11 +97,12 @@ class Sender:
         clock: Callable[[], int] = time.time_ns,
         rng: random.Random | None = None,
         merge_max_bytes: dict[Signal, int] | None = None,
-        reader: Database | None = None,
-        acks: Database | None = None,
+        reader: StateStore | None = None,
+        acks: AckLog | None = None,
+        recover: bool = True,
     ) -> None:
-        self._db, self._spool, self._transport, self._metrics = state, spool, transport, metrics
-        self._acks = acks  # acks.db; None: acknowledgements are not recorded (tests)
+        self._db, self._transport, self._metrics = state, transport, metrics
+        self._acks = acks  # None: acknowledgements are not recorded (tests)
         #: acknowledged spool ids deleted since, forgotten in acks.db with the next record
         self._forget: list[int] = []
         self._reader = reader or state  # where the spool is read; writes go through ``state``
@@ -115,23 +113,25 @@ class Sender:
         self._wake = {s: anyio.Event() for s in SIGNALS}
         self.states = {s: SignalState(heartbeat_ns=clock()) for s in SIGNALS}
         self._idle = dict.fromkeys(SIGNALS, True)
-        self.recovered = self._recover() if acks is not None else 0
+        self.recovered = 0
+        if recover:
+            self.recover()
 
-    def _recover(self) -> int:
-        """Spool rows acknowledged before a crash (listed in acks.db, not yet deleted from the
-        spool) are deleted unsent; how many."""
-        assert self._acks is not None
-        with self._acks.reading() as conn:
-            acked = self._spool.acked(conn)
+    def recover(self) -> int:
+        """Spool rows acknowledged before a crash (listed in the ack log, not yet deleted from
+        the spool) are deleted unsent; how many."""
+        if self._acks is None:
+            return 0
+        acked = self._acks.acked()
         if not acked:
             return 0
-        with self._db.transaction() as conn:
-            deleted = self._spool.delete_acked(conn, acked)
-        with self._acks.transaction() as conn:
-            self._spool.forget_acked(conn, acked)
+        with self._db.transaction() as tx:
+            deleted = tx.spool_delete_acked(acked)
+        self._acks.forget(acked)
         if deleted:
             log.info("%d spooled request(s) acknowledged by the backend before the last stop: "
                      "deleted, not sent again", deleted)  # fmt: skip
+        self.recovered += deleted
         return deleted
 
     def notify(self) -> None:
@@ -208,14 +208,14 @@ class Sender:
                 await self._reject(signal, part, answer)
 
     def _next(self, signal: Signal) -> Outgoing | None:
-        with self._reader.reading() as conn:
-            entries = self._spool.take(conn, signal, max_bytes=self._merge.get(signal, 0))
+        with self._reader.reading() as tx:
+            entries = tx.spool_take(signal, self._merge.get(signal, 0))
         return Outgoing(entries) if entries else None
 
     async def _ok(self, signal: Signal, request: Outgoing, result: SendResult) -> None:
         def done() -> None:
-            with self._db.transaction() as conn:
-                self._spool.delete(conn, *request.ids)
+            with self._db.transaction() as tx:
+                tx.spool_delete(request.ids)
 
         await anyio.to_thread.run_sync(done)
         if self._acks is not None:
@@ -259,11 +259,10 @@ class Sender:
     def _record_ack(self, request: Outgoing, forget: list[int]) -> None:
         assert self._acks is not None
         try:
-            with self._acks.transaction() as conn:
-                self._spool.record_acked(conn, request.entries, forget)
-        except sqlite3.Error as exc:  # the delete that follows is what matters; it may still work
-            log.warning("cannot record an acknowledged export in %s (%s); a crash before the spool's "
-                        "delete would send it again", self._acks.path, exc)  # fmt: skip
+            self._acks.record(request.entries, forget)
+        except StoreWriteError as exc:  # the delete that follows is what matters; it may still work
+            log.warning("cannot record an acknowledged export (%s); a crash before the spool's "
+                        "delete would send it again", exc)  # fmt: skip
 
     async def _retry(self, signal: Signal, request: Outgoing, result: SendResult) -> None:
         state = self.states[signal]
@@ -276,8 +275,8 @@ class Sender:
         state.retry_at_ns = self._clock() + int(delay * 1e9)
 
         def retried() -> None:
-            with self._db.transaction() as conn:
-                self._spool.retried(conn, state.retry_at_ns, *request.ids)
+            with self._db.transaction() as tx:
+                tx.spool_retried(request.ids, state.retry_at_ns)
 
         await anyio.to_thread.run_sync(retried)
         level = logging.WARNING if state.failures == 1 or state.failures % 10 == 0 else logging.DEBUG
@@ -298,9 +297,9 @@ class Sender:
 
     async def _reject(self, signal: Signal, request: Outgoing, result: SendResult) -> None:
         def dead() -> None:
-            with self._db.transaction() as conn:
+            with self._db.transaction() as tx:
                 for one in request.entries:
-                    self._spool.dead_letter(conn, one, self._clock(), result.status, result.message)
+                    tx.dead_letter(one, self._clock(), result.status, result.message)
 
         await anyio.to_thread.run_sync(dead)
         self._metrics.dead_letters.add(len(request.entries), {c.SELF_ATTR_SIGNAL: signal})

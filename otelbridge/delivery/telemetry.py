@@ -53,6 +53,8 @@ class Gauges:
     spool_oldest_age_s: float = 0.0
     inbox_depth: int = 0
     open_calls: int = 0
+    #: 1 while this process holds the pipeline lease (processes, polls and sends)
+    leader: int = 0
 
 
 class SelfMetrics:
@@ -123,6 +125,12 @@ class SelfMetrics:
             [lambda _: [Observation(self.gauges.open_calls)]],
             "{call}",
             "Calls started but not yet exported whole",
+        )
+        meter.create_observable_gauge(
+            c.SELF_LEADER,
+            [lambda _: [Observation(self.gauges.leader)]],
+            "1",
+            "1 on the replica that processes, polls and sends; 0 on the others",
         )
 
         self._start_at_zero()

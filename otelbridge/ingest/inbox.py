@@ -1,7 +1,8 @@
 """The durable inbox of webhook bodies, with group commit.
 
-A request handler calls :meth:`SqliteInbox.append` and gets control back only once its body is
-in a committed transaction of ``inbox.db`` (WAL, ``synchronous=FULL``). One committer thread
+A request handler calls :meth:`GroupCommitInbox.append` and gets control back only once its body
+is in a committed transaction of the store's inbox (:class:`~otelbridge.store.InboxStore`). One
+committer thread
 takes every body waiting at that moment and writes them in one transaction: while it commits,
 the next bodies queue up, so under load one fsync acknowledges many webhooks and at rest a
 single webhook waits for one commit only.
@@ -10,24 +11,20 @@ single webhook waits for one commit only.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import anyio
 
 from otelbridge.ingest.receiver import StoreUnavailable
-from otelbridge.store import Database, FreeSpace, probe_write
+from otelbridge.store import FreeSpace, InboxStore, NewRow, StoreWriteError
 
 log = logging.getLogger("otelbridge.inbox")
 
 MAX_BATCH = 1024
 
-NewRow = tuple[int, str, str, bytes]  # received_ns, event type, call id, body
 #: why a batch was not stored: the detail for the log, and the reason the caller may be told
 Refusal = tuple[str, str | None]
 
@@ -35,18 +32,8 @@ Refusal = tuple[str, str | None]
 LOW_SPACE_PUBLIC = "free space on the state volume is below OTELBRIDGE_MIN_FREE_BYTES"
 FULL_PUBLIC = "the state volume is full"
 
-_INSERT = "INSERT INTO inbox (received_ns, event_type, call_id, body) VALUES (?, ?, ?, ?)"
-_DELETE_THROUGH = "DELETE FROM inbox WHERE id <= ?"
 
-
-@dataclass(frozen=True, slots=True)
-class InboxRow:
-    id: int
-    received_ns: int
-    body: bytes
-
-
-class SqliteInbox:
+class GroupCommitInbox:
     """Request handlers await a plain asyncio future each (uvicorn runs asyncio; a future costs
     a few microseconds where an anyio Event costs ten, measured in docs/benchmarks.md). One
     committer thread of its own takes whatever is waiting, writes it in one statement, hands
@@ -56,12 +43,12 @@ class SqliteInbox:
 
     def __init__(
         self,
-        db: Database,
+        store: InboxStore,
         *,
         on_commit: Callable[[], None] = lambda: None,
         free_space: FreeSpace | None = None,
     ) -> None:
-        self._db = db
+        self._store = store
         self._on_commit = on_commit
         #: checked by the committer once per batch (a cached reading, not a statvfs per request)
         self._space = free_space
@@ -131,9 +118,9 @@ class SqliteInbox:
                     self._write(rows, trim)
                     if trim is not None:
                         self._trimmed = trim
-            except (sqlite3.Error, OSError) as exc:
-                detail = f"the state store cannot be written ({type(exc).__name__}: {exc})"
-                error = (detail, FULL_PUBLIC if _is_full(exc) else None)
+            except StoreWriteError as exc:
+                detail = str(exc)
+                error = (detail, FULL_PUBLIC if exc.full else None)
                 log.error("inbox commit of %d webhook(s) failed: %s", len(batch), detail)
             try:
                 loop.call_soon_threadsafe(self._answer, batch, error)
@@ -153,15 +140,7 @@ class SqliteInbox:
             self._on_commit()
 
     def _write(self, rows: list[NewRow], trim_through: int | None = None) -> None:
-        """One INSERT of every row: in autocommit it is its own transaction, and the thread
-        gives up and takes back the GIL once, not once a row (executemany) plus BEGIN/COMMIT."""
-        insert, values = _insert_many(rows)
-        if trim_through is None:
-            self._db.execute_atomic(insert, values)
-            return
-        with self._db.transaction() as conn:
-            conn.execute(_DELETE_THROUGH, (trim_through,))
-            conn.execute(insert, values)
+        self._store.append(rows, trim_through=trim_through)
 
     def _refuse_for_space(self, writing: int) -> Refusal | None:
         """A refusal when writing ``writing`` bytes would go below the free-space floor; logs
@@ -194,54 +173,9 @@ class SqliteInbox:
         if failed is None:
             return None
         try:
-            probe_write(self._db)
-        except (sqlite3.Error, OSError) as exc:
-            return f"the state store cannot be written ({type(exc).__name__}: {exc})"
+            self._store.probe()
+        except StoreWriteError as exc:
+            return str(exc)
         if self.last_error is failed:  # no newer failure meanwhile
             self.last_error = None
         return None
-
-
-def _is_full(exc: BaseException) -> bool:
-    if isinstance(exc, sqlite3.Error):
-        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
-
-
-def _insert_many(rows: list[NewRow]) -> tuple[str, list[object]]:
-    """One multi-row INSERT (at most MAX_BATCH x 4 parameters, far below SQLite's 32,766)."""
-    return _INSERT + ", (?, ?, ?, ?)" * (len(rows) - 1), [value for row in rows for value in row]
-
-
-def read_inbox(db: Database, after_id: int, limit: int, max_bytes: int = 8 * 1024 * 1024) -> list[InboxRow]:
-    """Up to ``limit`` rows after ``after_id``, stopping once ``max_bytes`` of bodies are read
-    (at least one row): a batch of whole polled calls stays small in memory."""
-    rows: list[InboxRow] = []
-    size = 0
-    with db.reading() as conn:
-        cursor = conn.execute(
-            "SELECT id, received_ns, body FROM inbox WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
-        )
-        for row_id, received_ns, body in cursor:
-            rows.append(InboxRow(row_id, received_ns, bytes(body)))
-            size += len(body)
-            if size >= max_bytes:
-                break
-        cursor.close()
-    return rows
-
-
-def append_rows(db: Database, rows: list[NewRow]) -> None:
-    """Append rows in one transaction, outside the group commit (the poller's pages)."""
-    with db.transaction() as conn:
-        conn.executemany(_INSERT, rows)
-
-
-def delete_inbox_through(db: Database, last_id: int) -> None:
-    with db.transaction() as conn:
-        conn.execute(_DELETE_THROUGH, (last_id,))
-
-
-def inbox_depth(db: Database, after_id: int) -> int:
-    with db.reading() as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM inbox WHERE id > ?", (after_id,)).fetchone()[0])

@@ -37,9 +37,8 @@ from pydantic import ValidationError
 from otelbridge.cartesia.client import CallsPage, CartesiaAuthError, CartesiaClient, CartesiaError
 from otelbridge.cartesia.errors import describe_validation_error
 from otelbridge.cartesia.models import AgentCall, parse_call, parse_evaluation, timestamp_ns
-from otelbridge.ingest.inbox import NewRow, append_rows
 from otelbridge.ingest.processor import EVALUATION_EVENT
-from otelbridge.store import Database, get_meta, set_meta
+from otelbridge.store import BackfillCursor, InboxStore, NewRow, RunningCall, StateStore
 
 log = logging.getLogger("otelbridge.poller")
 
@@ -77,8 +76,8 @@ def synthetic_event(call: AgentCall, raw: dict[str, Any], source: str) -> tuple[
 
 
 def store_calls(
-    inbox: Database,
-    state: Database,
+    inbox: InboxStore,
+    state: StateStore,
     raws: Sequence[dict[str, Any]],
     source: str,
     *,
@@ -90,7 +89,7 @@ def store_calls(
     now = time.time_ns() if now_ns is None else now_ns
     stored = Stored()
     rows: list[NewRow] = []
-    running: list[tuple[str, str, int]] = []
+    running: list[RunningCall] = []
     for raw in raws:
         try:
             call = parse_call(raw)
@@ -108,12 +107,12 @@ def store_calls(
             stored.final += 1
         else:
             stored.running += 1
-            running.append((call.id, call.agent_id, now))
+            running.append(RunningCall(call.id, call.agent_id, now))
     if rows:
-        append_rows(inbox, rows)
+        inbox.append(rows)
     if running and remember_running:
-        with state.transaction() as conn:
-            conn.executemany("INSERT OR IGNORE INTO running_calls VALUES (?, ?, ?)", running)
+        with state.transaction() as tx:
+            tx.remember_running(running)
     return stored
 
 
@@ -133,8 +132,8 @@ class Poller:
     def __init__(
         self,
         client: CartesiaClient,
-        state: Database,
-        inbox: Database,
+        state: StateStore,
+        inbox: InboxStore,
         *,
         agent_ids: Sequence[str],
         interval_s: float,
@@ -275,10 +274,10 @@ class Poller:
 
         def store() -> None:
             if rows:
-                append_rows(self._inbox, rows)
+                self._inbox.append(rows)
             if newest is not None:
-                with self._state.transaction() as conn:
-                    set_meta(conn, EVALUATIONS_SINCE, newest[1])
+                with self._state.transaction() as tx:
+                    tx.set_meta(EVALUATIONS_SINCE, newest[1])
 
         await anyio.to_thread.run_sync(store)
         if rows:
@@ -286,8 +285,8 @@ class Poller:
         return len(rows)
 
     def _meta(self, key: str) -> str | None:
-        with self._state.reading() as conn:
-            return get_meta(conn, key)
+        with self._state.reading() as tx:
+            return tx.get_meta(key)
 
     async def recheck_running(self) -> None:
         rows = await anyio.to_thread.run_sync(self._running)
@@ -325,31 +324,21 @@ class Poller:
 
     # --- state ---------------------------------------------------------------------------------
     def _watermark(self, agent_id: str) -> tuple[str | None, int | None]:
-        with self._state.reading() as conn:
-            row = conn.execute(
-                "SELECT watermark_id, watermark_start_ns FROM poll_agents WHERE agent_id=?", (agent_id,)
-            ).fetchone()
-        return (row[0], row[1]) if row else (None, None)
+        with self._state.reading() as tx:
+            mark = tx.poll_watermark(agent_id)
+        return mark.call_id, mark.start_ns
 
     def _save_watermark(self, agent_id: str, head: dict[str, Any]) -> None:
-        with self._state.transaction() as conn:
-            conn.execute(
-                "INSERT INTO poll_agents VALUES (?, ?, ?, ?) ON CONFLICT(agent_id) DO UPDATE SET "
-                "watermark_id=excluded.watermark_id, watermark_start_ns=excluded.watermark_start_ns, "
-                "last_poll_ns=excluded.last_poll_ns",
-                (agent_id, str(head.get("id")), _start_ns(head), self._clock()),
-            )
+        with self._state.transaction() as tx:
+            tx.save_poll_watermark(agent_id, str(head.get("id")), _start_ns(head), self._clock())
 
     def _running(self) -> list[tuple[str, str, int]]:
-        with self._state.reading() as conn:
-            return [
-                (r[0], r[1], r[2])
-                for r in conn.execute("SELECT call_id, agent_id, first_seen_ns FROM running_calls")
-            ]
+        with self._state.reading() as tx:
+            return [(r.call_id, r.agent_id, r.first_seen_ns) for r in tx.running_calls()]
 
     def _forget_running(self, call_id: str) -> None:
-        with self._state.transaction() as conn:
-            conn.execute("DELETE FROM running_calls WHERE call_id=?", (call_id,))
+        with self._state.transaction() as tx:
+            tx.forget_running(call_id)
 
 
 # --- backfill ------------------------------------------------------------------------------------
@@ -369,8 +358,8 @@ class BackfillProgress:
 
 async def backfill_agent(
     client: CartesiaClient,
-    state: Database,
-    inbox: Database,
+    state: StateStore,
+    inbox: InboxStore,
     agent_id: str,
     *,
     since_ns: int | None,
@@ -448,45 +437,13 @@ def _reached(raw: dict[str, Any], start: int | None, mark_id: str | None, mark_s
     return mark_start_ns is not None and start is not None and start < mark_start_ns
 
 
-@dataclass(frozen=True, slots=True)
-class BackfillCursor:
-    cursor: str | None
-    done: bool
-    head_id: str | None
-    head_start_ns: int | None
-
-
-def _backfill_cursor(state: Database, agent_id: str, span: str) -> BackfillCursor:
-    with state.reading() as conn:
-        row = conn.execute(
-            "SELECT cursor, done, head_id, head_start_ns FROM backfill WHERE agent_id=? AND range=?",
-            (agent_id, span),
-        ).fetchone()
-    if row is None:
-        return BackfillCursor(None, False, None, None)
-    return BackfillCursor(row[0], bool(row[1]), row[2], row[3])
-
-
-_SAVE_BACKFILL_UPSERT = (
-    "INSERT INTO backfill (agent_id, range, cursor, done, calls, head_id, head_start_ns) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT(agent_id, range) DO UPDATE SET cursor=excluded.cursor, done=excluded.done, "
-    "calls=backfill.calls + excluded.calls, "
-)
-#: the mark is set once ...
-_SAVE_BACKFILL = _SAVE_BACKFILL_UPSERT + (
-    "head_id=COALESCE(backfill.head_id, excluded.head_id), "
-    "head_start_ns=COALESCE(backfill.head_start_ns, excluded.head_start_ns)"
-)
-#: ... and moved by a finished catch-up
-_SAVE_BACKFILL_NEW_MARK = _SAVE_BACKFILL_UPSERT + (
-    "head_id=COALESCE(excluded.head_id, backfill.head_id), "
-    "head_start_ns=COALESCE(excluded.head_start_ns, backfill.head_start_ns)"
-)
+def _backfill_cursor(state: StateStore, agent_id: str, span: str) -> BackfillCursor:
+    with state.reading() as tx:
+        return tx.backfill_cursor(agent_id, span)
 
 
 def _save_backfill(
-    state: Database,
+    state: StateStore,
     agent_id: str,
     span: str,
     *,
@@ -500,8 +457,8 @@ def _save_backfill(
     pass began) is set once; a finished catch-up (``new_mark``) moves it to its own newest."""
     head_id = str(head["id"]) if head is not None and head.get("id") else None
     head_start = _start_ns(head) if head is not None else None
-    with state.transaction() as conn:
-        conn.execute(
-            _SAVE_BACKFILL_NEW_MARK if new_mark else _SAVE_BACKFILL,
-            (agent_id, span, cursor, int(done), calls, head_id, head_start),
-        )
+    with state.transaction() as tx:
+        tx.save_backfill(
+            agent_id, span, cursor=cursor, done=done, calls=calls,
+            head_id=head_id, head_start_ns=head_start, new_mark=new_mark,
+        )  # fmt: skip

@@ -1,9 +1,9 @@
 """Inbox -> calls -> spool: the streaming assembly of webhook deliveries, exactly once.
 
-:meth:`Processor.process_batch` takes the inbox rows after ``inbox_watermark`` and, in one
-``state.db`` transaction, updates the calls they belong to, spools one OTLP request with every
-new span, records the new span ids in the ledger, stores the new metric points and advances
-the watermark. A crash anywhere leaves either all of it or none of it; re-delivered or
+:meth:`Processor.process_batch` claims inbox rows (:meth:`otelbridge.store.InboxStore.claim`)
+and, in the same transaction of the state store, updates the calls they belong to, spools one
+OTLP request with every new span, records the new span ids in the ledger and stores the new
+metric points. A crash anywhere leaves either all of it or none of it; re-delivered or
 re-processed events find their spans in the ledger and add nothing.
 
 Per event type (see :mod:`otelbridge.mapping.increments` for the rules):
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,9 +43,8 @@ from otelbridge.cartesia.webhooks import (
     parse_webhook_event,
 )
 from otelbridge.delivery.sdk import MAX_SPANS_PER_REQUEST
-from otelbridge.delivery.spool import Dropped, Spool
+from otelbridge.delivery.spool import Spool
 from otelbridge.ingest.assembly import CallAssembler
-from otelbridge.ingest.inbox import delete_inbox_through, read_inbox
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping import ids
 from otelbridge.mapping.deployments import Labeller, fold, folded_count, labeller
@@ -56,14 +54,7 @@ from otelbridge.mapping.latency import TurnTiming, preceding, spoken_timings
 from otelbridge.mapping.policy import MappingOptions
 from otelbridge.mapping.records import InstrumentKind, MetricPoint, SpanRecord
 from otelbridge.mapping.traces import CallContext, UnplaceableCallError
-from otelbridge.store import (
-    INBOX_WATERMARK,
-    Database,
-    checkpoint,
-    inbox_watermark,
-    set_meta,
-    signed64,
-)
+from otelbridge.store import CallRow, Dropped, InboxStore, StateStore, StateTx, StoreWriteError
 
 log = logging.getLogger("otelbridge.processor")
 
@@ -79,24 +70,6 @@ INBOX_TRIM_BYTES = 8 * 1024 * 1024
 INBOX_CHECKPOINT_ROWS = 2000
 #: an LLM-judge result read by the poller (``{"type": ..., "call_id", "agent_id", "evaluation": {...}}``)
 EVALUATION_EVENT = "otelbridge.evaluation"
-
-
-@dataclass(slots=True)
-class _Call:
-    call_id: str
-    agent_id: str
-    agent_name: str | None = None
-    start_ns: int | None = None
-    root_exported: bool = False
-    summary_exported: bool = False
-    pending: bool = False
-    last_event_ns: int = 0
-    closed_ns: int | None = None
-    deployment_id: str | None = None
-    #: the latest (by start) of the turns received, as in ``turns``: the predecessor of a turn
-    #: that starts after it, read without a query (turns mostly arrive in start order)
-    latest_turn: TurnTiming | None = None
-    new: bool = True
 
 
 @dataclass(slots=True)
@@ -133,8 +106,8 @@ def point_from_json(text: str) -> MetricPoint:
 class Processor:
     def __init__(
         self,
-        state: Database,
-        inbox: Database,
+        state: StateStore,
+        inbox: InboxStore,
         spool: Spool,
         options: MappingOptions,
         encode_spans: Callable[[list[SpanRecord]], bytes],
@@ -162,8 +135,8 @@ class Processor:
 
     # --- batches ------------------------------------------------------------------------
     def watermark(self) -> int:
-        with self._state.reading() as conn:
-            return inbox_watermark(conn)
+        """How far the inbox has been processed (the engine's position; 0 before the first)."""
+        return self._inbox.processed_through() or 0
 
     def process_batch(self, limit: int = 500) -> BatchResult:
         result = BatchResult()
@@ -171,34 +144,34 @@ class Processor:
         spans: list[SpanRecord] = []
         points: list[MetricPoint] = []
         self._first_calls.clear()
-        with self._state.transaction() as conn:
-            # read inside the write transaction: two callers can never take the same rows
-            watermark = inbox_watermark(conn)
-            rows = read_inbox(self._inbox, watermark, limit, BATCH_BYTES)
+        with self._state.transaction() as tx:
+            # claimed inside the write transaction: committed with what it produced, or not at all
+            claim = self._inbox.claim(tx, limit, BATCH_BYTES)
+            rows = claim.rows
             for row in rows:
                 result.events += 1
-                increment = self._event(conn, row.body, row.received_ns, result)
+                increment = self._event(tx, row.body, row.received_ns, result)
                 spans += increment.spans
                 points += increment.points
                 result.late_log_items += increment.late_log_items
             if rows:
-                self._spool_batch(conn, spans, points, now, result)
-                watermark = rows[-1].id
-                set_meta(conn, INBOX_WATERMARK, str(watermark))
+                self._spool_batch(tx, spans, points, now, result)
+        watermark = claim.through
         # Deleting processed rows is a write (and an fsync) on inbox.db, whose lock the webhook
         # side needs for every group commit: here it is done every INBOX_TRIM_ROWS rows or when
         # the inbox runs dry (the webhook process also deletes them in its commits). The
-        # watermark, not the deletion, marks progress.
+        # claim, not the deletion, marks progress (an engine that deletes as it claims does
+        # nothing here).
         if rows:
             self._untrimmed_rows += len(rows)
             self._untrimmed_bytes += sum(len(row.body) for row in rows)
             self._uncheckpointed += len(rows)
             if self._uncheckpointed >= INBOX_CHECKPOINT_ROWS:
-                checkpoint(self._inbox)  # here, in the background process, not on the request path
+                self._inbox.checkpoint()  # here, in the background process, not on the request path
                 self._uncheckpointed = 0
         due = self._untrimmed_rows >= INBOX_TRIM_ROWS or self._untrimmed_bytes >= INBOX_TRIM_BYTES
         if watermark != self._trimmed_through and (not rows or due):
-            delete_inbox_through(self._inbox, watermark)
+            self._inbox.delete_through(watermark)
             self._trimmed_through, self._untrimmed_rows, self._untrimmed_bytes = watermark, 0, 0
         return result
 
@@ -209,43 +182,33 @@ class Processor:
         spans: list[SpanRecord] = []
         points: list[MetricPoint] = []
         self._first_calls.clear()
-        with self._state.transaction() as conn:
-            stale = conn.execute(
-                "SELECT call_id FROM calls WHERE closed_ns IS NULL AND last_event_ns < ? LIMIT 500",
-                (now - self._call_timeout_ns,),
-            ).fetchall()
-            for (call_id,) in stale:
-                call = self._load(conn, call_id)
+        with self._state.transaction() as tx:
+            for call_id in tx.stale_calls(now - self._call_timeout_ns, 500):
+                call = tx.load_call(call_id)
                 assert call is not None
                 log.info(
                     "call %s: no news for %ds, exporting it as it stands",
                     call_id,
                     self._call_timeout_ns // 1_000_000_000,
                 )
-                increment = self._sync(conn, call, None, with_root=True)
-                self._taken(conn, call, increment, now)
-                self._close(conn, call, now)
+                increment = self._sync(tx, call, None, with_root=True)
+                self._taken(tx, call, increment, now)
+                self._close(tx, call, now)
                 result.calls_closed += 1
                 spans += increment.spans
                 points += increment.points
-                self._save(conn, call)
+                self._save(tx, call)
             result.deployments_folded += folded_count(points)
-            self._spool_batch(conn, spans, points, now, result)
+            self._spool_batch(tx, spans, points, now, result)
             cutoff = now - self._retention_ns
-            old = [
-                r[0]
-                for r in conn.execute("SELECT call_id FROM calls WHERE closed_ns < ? LIMIT 5000", (cutoff,))
-            ]
-            conn.executemany("DELETE FROM ledger WHERE call_id=?", [(o,) for o in old])
-            conn.executemany("DELETE FROM turns WHERE call_id=?", [(o,) for o in old])
-            conn.executemany("DELETE FROM calls WHERE call_id=?", [(o,) for o in old])
-            conn.execute("DELETE FROM dead_letters WHERE failed_ns < ?", (cutoff,))
-            result.dropped = self._spool.enforce_caps(conn, now)
+            tx.forget_calls_closed_before(cutoff, 5000)
+            tx.purge_dead_letters(cutoff)
+            result.dropped = self._spool.enforce_caps(tx, now)
         return result
 
     def _spool_batch(
         self,
-        conn: sqlite3.Connection,
+        tx: StateTx,
         spans: list[SpanRecord],
         points: list[MetricPoint],
         now: int,
@@ -254,27 +217,19 @@ class Processor:
         for start in range(0, len(spans), MAX_SPANS_PER_REQUEST):
             chunk = spans[start : start + MAX_SPANS_PER_REQUEST]
             call_ends = [s.end_ns for s in chunk if s.parent_span_id is None]
-            self._spool.add(conn, "traces", self._encode(chunk), len(chunk), now, call_ends=call_ends)
+            tx.spool_add("traces", self._encode(chunk), len(chunk), now, call_ends=call_ends)
             result.spans += len(chunk)
         if spans:
-            dropped = self._spool.enforce_caps(conn, now)
-            for key, counts in dropped.by.items():
-                got = result.dropped.by.setdefault(key, [0, 0])
-                got[0] += counts[0]
-                got[1] += counts[1]
+            result.dropped.merge(self._spool.enforce_caps(tx, now))
         for point in points:
-            cur = conn.execute("INSERT INTO points (point) VALUES (?)", (point_to_json(point),))
-            assert cur.lastrowid is not None
-            result.points.append((cur.lastrowid, point))
+            result.points.append((tx.add_point(point_to_json(point)), point))
 
     # --- one event ------------------------------------------------------------------------
-    def _event(
-        self, conn: sqlite3.Connection, body: bytes, received_ns: int, result: BatchResult
-    ) -> Increment:
+    def _event(self, tx: StateTx, body: bytes, received_ns: int, result: BatchResult) -> Increment:
         try:
             data = from_json(body)
             if isinstance(data, dict) and data.get("type") == EVALUATION_EVENT:
-                return self._evaluation(conn, data, received_ns, result)
+                return self._evaluation(tx, data, received_ns, result)
             event = parse_webhook_event(data)
         except (ValueError, ValidationError) as exc:  # validated on receipt: only a schema change
             log.error("inbox event skipped: no longer valid (%s)", type(exc).__name__)
@@ -284,35 +239,34 @@ class Processor:
         call_id = event.resolved_call_id
         if call_id is None or not event.is_known:
             return Increment()
-        conn.execute("SAVEPOINT event")
         try:
-            increment = self._apply(conn, event, body, call_id, received_ns)
+            with tx.savepoint():
+                increment = self._apply(tx, event, body, call_id, received_ns)
+        except StoreWriteError:  # the store failed, not the event: the whole batch fails
+            raise
         except Exception:  # a bug must not wedge the inbox: skip the event, loudly
-            conn.execute("ROLLBACK TO event")
-            conn.execute("RELEASE event")
             self._first_calls.clear()  # it may hold what the rollback undid
             log.exception("call %s: %s event could not be processed and was skipped", call_id, event.type)
             result.failed_events += 1
             return Increment()
-        conn.execute("RELEASE event")
         result.deployments_folded += folded_count(increment.points)
         return increment
 
     def _evaluation(
-        self, conn: sqlite3.Connection, data: dict[str, Any], received_ns: int, result: BatchResult
+        self, tx: StateTx, data: dict[str, Any], received_ns: int, result: BatchResult
     ) -> Increment:
         evaluation = parse_evaluation(data.get("evaluation"))
         result.events_by_type[EVALUATION_EVENT] = result.events_by_type.get(EVALUATION_EVENT, 0) + 1
         span, points = map_evaluation(evaluation, self._options)
-        if span.span_id in self._exported(conn, evaluation.call_id):
+        if span.span_id in tx.exported(evaluation.call_id):
             return Increment()
-        self._ledger(conn, evaluation.call_id, [span], received_ns)
+        self._ledger(tx, evaluation.call_id, [span], received_ns)
         return Increment([span], points)
 
     def _apply(
-        self, conn: sqlite3.Connection, event: WebhookEvent, body: bytes, call_id: str, received_ns: int
+        self, tx: StateTx, event: WebhookEvent, body: bytes, call_id: str, received_ns: int
     ) -> Increment:
-        call = self._load(conn, call_id) or _Call(call_id, event.agent_id or "unknown")
+        call = tx.load_call(call_id) or CallRow(call_id, event.agent_id or "unknown")
         call.last_event_ns = max(call.last_event_ns, received_ns)
         if event.call is not None:
             call.agent_name = event.call.agent_name or call.agent_name
@@ -330,48 +284,48 @@ class Processor:
                 increment = turn_increment(
                     self._context(call),
                     event.turn,
-                    self._exported_of(conn, call_id, event.turn),
-                    self._preceding(conn, call, timing),
+                    self._exported_of(tx, call_id, event.turn),
+                    self._preceding(tx, call, timing),
                 )
             else:
-                self._keep(conn, call, body)
-            self._remember_turns(conn, call, [timing])
+                self._keep(tx, call, body)
+            self._remember_turns(tx, call, [timing])
         elif event.type == CALL_STARTED:
             if not closed:
-                self._keep(conn, call, body)
+                self._keep(tx, call, body)
                 if call.pending and call.start_ns is not None:
-                    increment = self._sync(conn, call, None, with_root=False)
+                    increment = self._sync(tx, call, None, with_root=False)
         elif event.type in END_EVENTS:
             if closed:  # a late or repeated end: only what is still missing
-                increment = self._sync(conn, call, body, with_root=True, kept=False)
+                increment = self._sync(tx, call, body, with_root=True, kept=False)
             else:
-                self._keep(conn, call, body)
-                increment = self._sync(conn, call, None, with_root=True)
-                self._close(conn, call, received_ns)
+                self._keep(tx, call, body)
+                increment = self._sync(tx, call, None, with_root=True)
+                self._close(tx, call, received_ns)
         elif event.type == POST_CALL_ANALYSIS and event.analysis is not None:
             summary = event.analysis.summary
             if not closed:
-                self._keep(conn, call, body)
+                self._keep(tx, call, body)
             elif summary and not call.summary_exported and call.start_ns is not None:
                 at = event.timestamp if event.timestamp is not None else received_ns
                 span = analysis_span(self._context(call), summary, at)
-                if span.span_id not in self._exported(conn, call_id):
+                if span.span_id not in tx.exported(call_id):
                     increment = Increment([span])
                 call.summary_exported = True
 
-        self._taken(conn, call, increment, received_ns)
-        self._save(conn, call)
+        self._taken(tx, call, increment, received_ns)
+        self._save(tx, call)
         return increment
 
-    def _taken(self, conn: sqlite3.Connection, call: _Call, increment: Increment, now: int) -> None:
+    def _taken(self, tx: StateTx, call: CallRow, increment: Increment, now: int) -> None:
         """Ledger the spans of ``increment``, bound the deployments of its points and note what
         its root settles."""
         if not increment.spans:
             return
-        self._ledger(conn, call.call_id, increment.spans, now)
+        self._ledger(tx, call.call_id, increment.spans, now)
         if increment.points:
             call_ns = call.start_ns if call.start_ns is not None else increment.spans[0].start_ns
-            increment.points = fold(increment.points, self._labeller(conn, call.agent_id, call_ns))
+            increment.points = fold(increment.points, self._labeller(tx, call.agent_id, call_ns))
         root = increment.root
         if root is not None:
             call.root_exported = True
@@ -380,20 +334,11 @@ class Processor:
                 call.summary_exported = True
 
     def _sync(
-        self, conn: sqlite3.Connection, call: _Call, body: bytes | None, *, with_root: bool, kept: bool = True
+        self, tx: StateTx, call: CallRow, body: bytes | None, *, with_root: bool, kept: bool = True
     ) -> Increment:
         """Assemble the call from its kept events (and ``body``) and take what is missing."""
         assembler = CallAssembler()
-        bodies = (
-            [
-                r[0]
-                for r in conn.execute(
-                    "SELECT body FROM call_events WHERE call_id=? ORDER BY id", (call.call_id,)
-                )
-            ]
-            if kept
-            else []
-        )
+        bodies = tx.kept_events(call.call_id) if kept else []
         if body is not None:
             bodies.append(body)
         for raw in bodies:
@@ -403,13 +348,13 @@ class Processor:
             return Increment()
         built = assembled[0]
         # turns received before (streamed): they may precede a transcript turn the stream missed
-        known = self._turns(conn, call.call_id) if call.latest_turn is not None else []
-        self._remember_turns(conn, call, spoken_timings(built.call.transcript))
+        known = tx.turns(call.call_id) if call.latest_turn is not None else []
+        self._remember_turns(tx, call, spoken_timings(built.call.transcript))
         try:
             increment = call_increment(
                 built.call,
                 self._options,
-                self._exported(conn, call.call_id),
+                tx.exported(call.call_id),
                 with_root=with_root,
                 fallback_end_ns=built.fallback_end_ns,
                 known_turns=known,
@@ -427,7 +372,7 @@ class Processor:
             call.pending = False
         return increment
 
-    def _context(self, call: _Call) -> CallContext:
+    def _context(self, call: CallRow) -> CallContext:
         assert call.start_ns is not None
         return CallContext(
             call.call_id, call.agent_id, call.agent_name, call.start_ns, self._options, call.deployment_id
@@ -435,151 +380,63 @@ class Processor:
 
     # --- storage ----------------------------------------------------------------------------
     @staticmethod
-    def _exported(conn: sqlite3.Connection, call_id: str) -> set[int]:
-        return {
-            r[0] & 0xFFFFFFFFFFFFFFFF
-            for r in conn.execute("SELECT span_id FROM ledger WHERE call_id=?", (call_id,))
-        }
-
-    def _exported_of(self, conn: sqlite3.Connection, call_id: str, item: TranscriptItem) -> set[int]:
+    def _exported_of(tx: StateTx, call_id: str, item: TranscriptItem) -> set[int]:
         """The ledger entries of one turn's span ids only (a turn webhook of a long call must not
         read the call's whole ledger)."""
         keys = [ids.turn_key(item.role, item.start_timestamp)]
         keys += [ids.tool_key(keys[0], t.id) for t in item.tool_calls]
-        wanted = [signed64(ids.span_id(call_id, k)) for k in keys]
-        marks = ",".join("?" * len(wanted))
-        rows = conn.execute(
-            f"SELECT span_id FROM ledger WHERE call_id=? AND span_id IN ({marks})",  # noqa: S608 - placeholders only
-            (call_id, *wanted),
-        )
-        return {r[0] & 0xFFFFFFFFFFFFFFFF for r in rows}
+        return tx.exported_among(call_id, [ids.span_id(call_id, k) for k in keys])
 
     @staticmethod
-    def _turns(conn: sqlite3.Connection, call_id: str) -> list[TurnTiming]:
-        rows = conn.execute("SELECT role, start_us, end_us FROM turns WHERE call_id=?", (call_id,))
-        return [TurnTiming(*row) for row in rows]
-
-    @staticmethod
-    def _preceding(conn: sqlite3.Connection, call: _Call, turn: TurnTiming) -> TurnTiming | None:
+    def _preceding(tx: StateTx, call: CallRow, turn: TurnTiming) -> TurnTiming | None:
         """The received turn before ``turn``: the latest one when ``turn`` starts after it, else of
         those starting last before it (one index seek)."""
         latest = call.latest_turn
         if latest is None or latest.start_us < turn.start_us:
             return latest
-        rows = conn.execute(
-            "SELECT role, start_us, end_us FROM turns WHERE call_id=? AND start_us = "
-            "(SELECT MAX(start_us) FROM turns WHERE call_id=? AND start_us < ?)",
-            (call.call_id, call.call_id, turn.start_us),
-        )
-        return preceding([TurnTiming(*row) for row in rows], turn.start_us)
+        return preceding(tx.turns_starting_last_before(call.call_id, turn.start_us), turn.start_us)
 
     @staticmethod
-    def _remember_turns(conn: sqlite3.Connection, call: _Call, turns: list[TurnTiming]) -> None:
+    def _remember_turns(tx: StateTx, call: CallRow, turns: list[TurnTiming]) -> None:
         if not turns:
             return
-        sql = "INSERT OR IGNORE INTO turns (call_id, start_us, role, end_us) VALUES (?, ?, ?, ?)"
-        if len(turns) == 1:  # a streamed turn: execute is cheaper than executemany for one row
-            conn.execute(sql, (call.call_id, turns[0].start_us, turns[0].role, turns[0].end_us))
-        else:
-            conn.executemany(sql, [(call.call_id, t.start_us, t.role, t.end_us) for t in turns])
+        tx.remember_turns(call.call_id, turns)
         candidates = turns if call.latest_turn is None else [call.latest_turn, *turns]
         call.latest_turn = max(candidates, key=lambda t: t.order)
 
-    def _labeller(self, conn: sqlite3.Connection, agent_id: str, call_ns: int) -> Labeller:
-        """Deployment labels for a call of ``agent_id``, the first calls kept in ``deployments``
-        (read once per agent and transaction: most events of a batch are turns of few agents)."""
+    def _labeller(self, tx: StateTx, agent_id: str, call_ns: int) -> Labeller:
+        """Deployment labels for a call of ``agent_id``, the first calls kept in the store (read
+        once per agent and transaction: most events of a batch are turns of few agents)."""
         first_calls = self._first_calls.get(agent_id)
         if first_calls is None:
-            first_calls = self._first_calls[agent_id] = dict(
-                conn.execute(
-                    "SELECT deployment_id, first_call_ns FROM deployments WHERE agent_id=?", (agent_id,)
-                )
-            )
+            first_calls = self._first_calls[agent_id] = tx.deployments(agent_id)
 
         def changed(deployment_id: str, first_call_ns: int) -> None:
-            conn.execute(
-                "INSERT INTO deployments VALUES (?, ?, ?) ON CONFLICT(agent_id, deployment_id) "
-                "DO UPDATE SET first_call_ns=excluded.first_call_ns",
-                (agent_id, deployment_id, first_call_ns),
-            )
+            tx.set_deployment(agent_id, deployment_id, first_call_ns)
 
         return labeller(first_calls, call_ns, self._deployments_per_agent, changed)
 
     @staticmethod
-    def _ledger(conn: sqlite3.Connection, call_id: str, spans: list[SpanRecord], now: int) -> None:
-        conn.executemany(
-            "INSERT OR IGNORE INTO ledger (call_id, span_id, exported_ns) VALUES (?, ?, ?)",
-            [(call_id, signed64(s.span_id), now) for s in spans],
-        )
+    def _ledger(tx: StateTx, call_id: str, spans: list[SpanRecord], now: int) -> None:
+        tx.record_exported(call_id, [s.span_id for s in spans], now)
 
     @staticmethod
-    def _keep(conn: sqlite3.Connection, call: _Call, body: bytes) -> None:
-        conn.execute("INSERT INTO call_events (call_id, body) VALUES (?, ?)", (call.call_id, body))
+    def _keep(tx: StateTx, call: CallRow, body: bytes) -> None:
+        tx.keep_event(call.call_id, body)
         call.pending = True
 
     @staticmethod
-    def _close(conn: sqlite3.Connection, call: _Call, now: int) -> None:
+    def _close(tx: StateTx, call: CallRow, now: int) -> None:
         call.closed_ns = now
         call.pending = False
-        conn.execute("DELETE FROM call_events WHERE call_id=?", (call.call_id,))
+        tx.drop_kept_events(call.call_id)
 
     @staticmethod
-    def _load(conn: sqlite3.Connection, call_id: str) -> _Call | None:
-        row = conn.execute(
-            "SELECT agent_id, agent_name, start_ns, root_exported, summary_exported, pending, "
-            "last_event_ns, closed_ns, deployment_id, latest_role, latest_start_us, latest_end_us "
-            "FROM calls WHERE call_id=?",
-            (call_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        return _Call(
-            call_id,
-            row[0],
-            row[1],
-            row[2],
-            bool(row[3]),
-            bool(row[4]),
-            bool(row[5]),
-            row[6],
-            row[7],
-            row[8],
-            None if row[9] is None else TurnTiming(row[9], row[10], row[11]),
-            new=False,
-        )
-
-    @staticmethod
-    def _save(conn: sqlite3.Connection, call: _Call) -> None:
-        conn.execute(
-            "INSERT INTO calls (call_id, agent_id, agent_name, start_ns, root_exported, summary_exported, "
-            "pending, last_event_ns, closed_ns, deployment_id, latest_role, latest_start_us, latest_end_us) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(call_id) DO UPDATE SET agent_id=excluded.agent_id, agent_name=excluded.agent_name, "
-            "start_ns=excluded.start_ns, root_exported=excluded.root_exported, "
-            "summary_exported=excluded.summary_exported, pending=excluded.pending, "
-            "last_event_ns=excluded.last_event_ns, closed_ns=excluded.closed_ns, "
-            "deployment_id=excluded.deployment_id, latest_role=excluded.latest_role, "
-            "latest_start_us=excluded.latest_start_us, latest_end_us=excluded.latest_end_us",
-            (
-                call.call_id,
-                call.agent_id,
-                call.agent_name,
-                call.start_ns,
-                int(call.root_exported),
-                int(call.summary_exported),
-                int(call.pending),
-                call.last_event_ns,
-                call.closed_ns,
-                call.deployment_id,
-                *((None, None, None) if (t := call.latest_turn) is None else (t.role, t.start_us, t.end_us)),
-            ),
-        )
-        call.new = False
+    def _save(tx: StateTx, call: CallRow) -> None:
+        tx.save_call(call)
 
 
-def load_unexported_points(state: Database) -> list[tuple[int, MetricPoint]]:
+def load_unexported_points(state: StateStore) -> list[tuple[int, MetricPoint]]:
     """Points stored but not yet in a spooled metrics request (to re-record after a restart)."""
-    with state.reading() as conn:
-        return [
-            (r[0], point_from_json(r[1])) for r in conn.execute("SELECT id, point FROM points ORDER BY id")
-        ]
+    with state.reading() as tx:
+        return [(point_id, point_from_json(text)) for point_id, text in tx.points()]

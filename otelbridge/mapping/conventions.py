@@ -160,6 +160,7 @@ SELF_SPOOL_OLDEST_AGE: Final = "otelbridge.spool.oldest_age"  # s
 SELF_INBOX_DEPTH: Final = "otelbridge.inbox.depth"  # {event}
 SELF_OPEN_CALLS: Final = "otelbridge.calls.open"  # {call}
 SELF_DEPLOYMENTS_FOLDED: Final = "otelbridge.deployments.folded"  # {point}
+SELF_LEADER: Final = "otelbridge.leader"  # 1 on the replica that processes, polls and sends
 SELF_ATTR_TYPE: Final = "type"
 SELF_ATTR_OUTCOME: Final = "outcome"
 SELF_ATTR_SIGNAL: Final = "signal"

@@ -7,6 +7,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -18,10 +19,10 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from otelbridge.delivery.environment import Signal
 from otelbridge.delivery.sender import Sender
-from otelbridge.delivery.spool import Spool
 from otelbridge.delivery.telemetry import Gauges, SelfMetrics
 from otelbridge.delivery.transport import SendResult
-from otelbridge.store import Database, acks_path, open_acks, open_state, state_path
+from otelbridge.store import AckLog, StateStore, acks_path, open_acks, open_state, state_path
+from otelbridge.store.sqlite import SqliteState
 
 
 class ScriptedTransport:
@@ -52,18 +53,17 @@ class ScriptedTransport:
 
 
 def _sender(
-    db: Database,
+    state: StateStore,
     transport: ScriptedTransport,
     reader: InMemoryMetricReader,
     *,
     merge: int = 0,
-    acks: Database | None = None,
+    acks: AckLog | None = None,
 ) -> Sender:
     """A sender that sends each spooled request alone unless ``merge`` bytes are allowed."""
     provider = MeterProvider(metric_readers=[reader])
     return Sender(
-        db,
-        Spool(max_bytes=1 << 20, max_age_ns=1 << 62),
+        state,
         transport,
         SelfMetrics(provider, Gauges()),
         initial_backoff_s=0.05,
@@ -74,11 +74,10 @@ def _sender(
     )
 
 
-def _fill(db: Database, *bodies: bytes) -> None:
-    spool = Spool(max_bytes=1 << 20, max_age_ns=1 << 62)
-    with db.transaction() as conn:
+def _fill(state: StateStore, *bodies: bytes) -> None:
+    with state.transaction() as tx:
         for body in bodies:
-            spool.add(conn, "traces", body, 1, 0)
+            tx.spool_add("traces", body, 1, 0)
 
 
 def _counter(reader: InMemoryMetricReader, name: str) -> dict[tuple[tuple[str, object], ...], float]:
@@ -112,150 +111,149 @@ def _run_until(sender: Sender, condition: Callable[[], bool], timeout: float = 5
     anyio.run(main)
 
 
-def _depth(db: Database) -> int:
-    with db.reading() as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM spool").fetchone()[0])
+def _depth(state: StateStore) -> int:
+    with state.reading() as tx:
+        return sum(tx.spool_stats().depth.values())
+
+
+def _dead(state: SqliteState) -> list[tuple[bytes, str]]:
+    """The dead letters really in state.db (the store has no reader of them)."""
+    with state.db.reading() as conn:
+        rows = conn.execute("SELECT body, status FROM dead_letters ORDER BY id").fetchall()
+    return [(bytes(r["body"]), r["status"]) for r in rows]
 
 
 def test_retries_in_order_then_delivers_everything_once(tmp_path: Path) -> None:
-    db = open_state(tmp_path)
-    _fill(db, b"1", b"2", b"3")
+    state = open_state(tmp_path)
+    _fill(state, b"1", b"2", b"3")
     transport = ScriptedTransport(
         SendResult("retry", "503", "busy", retry_after=0.0),
         SendResult("retry", "connection error", "refused"),
     )
     reader = InMemoryMetricReader()
-    sender = _sender(db, transport, reader)
-    _run_until(sender, lambda: _depth(db) == 0)
+    sender = _sender(state, transport, reader)
+    _run_until(sender, lambda: _depth(state) == 0)
     bodies = [b for _, b, _ in transport.sent]
     assert bodies == [b"1", b"1", b"1", b"2", b"3"]  # the failed request is retried first; order kept
     attempts = _counter(reader, "otelbridge.export.attempts")
     assert attempts[(("outcome", "retry"), ("signal", "traces"))] == 2
     assert attempts[(("outcome", "ok"), ("signal", "traces"))] == 3
-    db.close()
+    state.close()
 
 
 def test_retry_after_is_honoured(tmp_path: Path) -> None:
-    db = open_state(tmp_path)
-    _fill(db, b"1")
+    state = open_state(tmp_path)
+    _fill(state, b"1")
     transport = ScriptedTransport(SendResult("retry", "429", "slow down", retry_after=0.6))
-    sender = _sender(db, transport, InMemoryMetricReader())
-    _run_until(sender, lambda: _depth(db) == 0)
+    sender = _sender(state, transport, InMemoryMetricReader())
+    _run_until(sender, lambda: _depth(state) == 0)
     (_, _, first), (_, _, second) = transport.sent
     assert second - first >= 0.55
-    db.close()
+    state.close()
 
 
 def test_reject_moves_to_dead_letters_and_goes_on(tmp_path: Path) -> None:
-    db = open_state(tmp_path)
-    _fill(db, b"bad", b"good")
+    state = open_state(tmp_path)
+    _fill(state, b"bad", b"good")
     transport = ScriptedTransport(SendResult("reject", "400", "invalid span"))
     reader = InMemoryMetricReader()
-    sender = _sender(db, transport, reader)
-    _run_until(sender, lambda: _depth(db) == 0)
+    sender = _sender(state, transport, reader)
+    _run_until(sender, lambda: _depth(state) == 0)
     assert [b for _, b, _ in transport.sent] == [b"bad", b"good"]
-    with db.reading() as conn:
-        assert conn.execute("SELECT body, status FROM dead_letters").fetchall() == [(b"bad", "400")]
+    assert _dead(state) == [(b"bad", "400")]
     assert _counter(reader, "otelbridge.export.dead_letters") == {(("signal", "traces"),): 1}
-    db.close()
+    state.close()
 
 
 def test_partial_success_is_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    db = open_state(tmp_path)
-    _fill(db, b"1")
+    state = open_state(tmp_path)
+    _fill(state, b"1")
     transport = ScriptedTransport(SendResult("ok", "200", "", rejected=3, partial_message="too old"))
     reader = InMemoryMetricReader()
-    sender = _sender(db, transport, reader)
-    _run_until(sender, lambda: _depth(db) == 0)
+    sender = _sender(state, transport, reader)
+    _run_until(sender, lambda: _depth(state) == 0)
     assert _counter(reader, "otelbridge.export.rejected") == {(("signal", "traces"),): 3}
     assert "rejected 3 of 1" in caplog.text and "too old" in caplog.text
-    db.close()
+    state.close()
 
 
 def test_backoff_grows_with_jitter_and_is_capped(tmp_path: Path) -> None:
-    db = open_state(tmp_path)
-    sender = _sender(db, ScriptedTransport(), InMemoryMetricReader())
+    state = open_state(tmp_path)
+    sender = _sender(state, ScriptedTransport(), InMemoryMetricReader())
     delays = [sender.backoff(n) for n in range(1, 8)]
     assert 0.025 <= delays[0] <= 0.05
     assert 0.05 <= delays[1] <= 0.1
     assert all(0.1 <= d <= 0.2 for d in delays[3:])  # capped at retry_max_backoff
-    db.close()
+    state.close()
 
 
 def test_a_backlog_goes_out_merged_up_to_the_byte_cap(tmp_path: Path) -> None:
-    db = open_state(tmp_path)
-    _fill(db, b"aa", b"bb", b"cc", b"dd", b"ee")
+    state = open_state(tmp_path)
+    _fill(state, b"aa", b"bb", b"cc", b"dd", b"ee")
     transport = ScriptedTransport()
     reader = InMemoryMetricReader()
-    sender = _sender(db, transport, reader, merge=6)
-    _run_until(sender, lambda: _depth(db) == 0)
+    sender = _sender(state, transport, reader, merge=6)
+    _run_until(sender, lambda: _depth(state) == 0)
     assert [b for _, b, _ in transport.sent] == [b"aabbcc", b"ddee"]  # oldest first, <= 6 bytes each
     attempts = _counter(reader, "otelbridge.export.attempts")
     assert attempts == {(("outcome", "ok"), ("signal", "traces")): 2}
-    db.close()
+    state.close()
 
 
 def test_a_request_over_the_cap_still_goes_alone(tmp_path: Path) -> None:
-    db = open_state(tmp_path)
-    _fill(db, b"x" * 10, b"y")
+    state = open_state(tmp_path)
+    _fill(state, b"x" * 10, b"y")
     transport = ScriptedTransport()
-    _run_until(_sender(db, transport, InMemoryMetricReader(), merge=4), lambda: _depth(db) == 0)
+    _run_until(_sender(state, transport, InMemoryMetricReader(), merge=4), lambda: _depth(state) == 0)
     assert [b for _, b, _ in transport.sent] == [b"x" * 10, b"y"]
-    db.close()
+    state.close()
 
 
 def test_a_merged_request_retried_then_rejected_keeps_each_part(tmp_path: Path) -> None:
-    db = open_state(tmp_path)
-    _fill(db, b"a", b"b")
+    state = open_state(tmp_path)
+    _fill(state, b"a", b"b")
     bad = SendResult("reject", "400", "bad span")
     transport = ScriptedTransport(SendResult("retry", "503", "busy", retry_after=0.0), bad, bad, bad)
     reader = InMemoryMetricReader()
-    _run_until(_sender(db, transport, reader, merge=100), lambda: _depth(db) == 0)
+    _run_until(_sender(state, transport, reader, merge=100), lambda: _depth(state) == 0)
     assert [b for _, b, _ in transport.sent] == [b"ab", b"ab", b"a", b"b"]  # refused alone too
-    with db.reading() as conn:
-        rows = conn.execute("SELECT body, status FROM dead_letters ORDER BY id").fetchall()
-    assert rows == [(b"a", "400"), (b"b", "400")]  # one dead letter per spooled request
+    assert _dead(state) == [(b"a", "400"), (b"b", "400")]  # one dead letter per spooled request
     assert _counter(reader, "otelbridge.export.dead_letters") == {(("signal", "traces"),): 2}
-    db.close()
-
-
-def _dead(db: Database) -> list[tuple[bytes, str]]:
-    with db.reading() as conn:
-        return [(bytes(b), s) for b, s in conn.execute("SELECT body, status FROM dead_letters ORDER BY id")]
+    state.close()
 
 
 def test_a_merged_export_refused_as_too_large_is_split_and_every_part_delivered(tmp_path: Path) -> None:
     """A backend with a smaller size limit than the merge's (413): before, every spooled
     request of the export was dead-lettered, though each would pass alone."""
-    db = open_state(tmp_path)
-    _fill(db, b"aa", b"bb", b"cc", b"dd")
+    state = open_state(tmp_path)
+    _fill(state, b"aa", b"bb", b"cc", b"dd")
     limit = 4  # the backend's: bodies over 4 bytes are refused
     transport = ScriptedTransport(
         judge=lambda body: SendResult("reject", "413", "too large") if len(body) > limit else None
     )
     reader = InMemoryMetricReader()
-    sender = _sender(db, transport, reader, merge=100)
-    _run_until(sender, lambda: _depth(db) == 0)
+    sender = _sender(state, transport, reader, merge=100)
+    _run_until(sender, lambda: _depth(state) == 0)
     assert [b for _, b, _ in transport.sent] == [b"aabbccdd", b"aabb", b"ccdd"]
-    assert _dead(db) == []
+    assert _dead(state) == []
     assert _counter(reader, "otelbridge.export.dead_letters") == {}
     # the signal merges at most half the refused size from then on: no second refusal
-    _fill(db, b"ee", b"ff", b"gg")
-    _run_until(sender, lambda: _depth(db) == 0)
+    _fill(state, b"ee", b"ff", b"gg")
+    _run_until(sender, lambda: _depth(state) == 0)
     assert [b for _, b, _ in transport.sent][3:] == [b"eeff", b"gg"]
 
 
 def test_a_merged_export_refused_400_dead_letters_only_the_bad_request(tmp_path: Path) -> None:
     """One bad request in a merged export (400): the others are delivered, it alone is dead."""
-    db = open_state(tmp_path)
-    _fill(db, b"a", b"b", b"X", b"d", b"e")
+    state = open_state(tmp_path)
+    _fill(state, b"a", b"b", b"X", b"d", b"e")
     transport = ScriptedTransport(
         judge=lambda body: SendResult("reject", "400", "invalid span") if b"X" in body else None
     )
     reader = InMemoryMetricReader()
-    _run_until(_sender(db, transport, reader, merge=100), lambda: _depth(db) == 0)
+    _run_until(_sender(state, transport, reader, merge=100), lambda: _depth(state) == 0)
     assert [b for _, b, _ in transport.sent] == [b"abXde", b"ab", b"Xde", b"X", b"de"]
-    assert _dead(db) == [(b"X", "400")]
+    assert _dead(state) == [(b"X", "400")]
     assert _counter(reader, "otelbridge.export.dead_letters") == {(("signal", "traces"),): 1}
     attempts = _counter(reader, "otelbridge.export.attempts")
     assert attempts == {
@@ -265,37 +263,37 @@ def test_a_merged_export_refused_400_dead_letters_only_the_bad_request(tmp_path:
 
 
 def test_a_part_that_meets_an_outage_waits_in_order(tmp_path: Path) -> None:
-    db = open_state(tmp_path)
-    _fill(db, b"a", b"b", b"c", b"d")
+    state = open_state(tmp_path)
+    _fill(state, b"a", b"b", b"c", b"d")
     transport = ScriptedTransport(
         SendResult("reject", "400", "bad"),  # abcd
         SendResult("ok", "200", ""),  # ab
         SendResult("retry", "503", "busy", retry_after=0.0),  # cd
     )
-    _run_until(_sender(db, transport, InMemoryMetricReader(), merge=100), lambda: _depth(db) == 0)
+    _run_until(_sender(state, transport, InMemoryMetricReader(), merge=100), lambda: _depth(state) == 0)
     assert [b for _, b, _ in transport.sent] == [b"abcd", b"ab", b"cd", b"cd"]
-    assert _dead(db) == []
+    assert _dead(state) == []
 
 
 def test_a_refusal_that_is_not_about_the_content_is_not_split(tmp_path: Path) -> None:
-    db = open_state(tmp_path)
-    _fill(db, b"a", b"b")
+    state = open_state(tmp_path)
+    _fill(state, b"a", b"b")
     transport = ScriptedTransport(SendResult("reject", "401", "bad key"))
-    _run_until(_sender(db, transport, InMemoryMetricReader(), merge=100), lambda: _depth(db) == 0)
+    _run_until(_sender(state, transport, InMemoryMetricReader(), merge=100), lambda: _depth(state) == 0)
     assert [b for _, b, _ in transport.sent] == [b"ab"]
-    assert _dead(db) == [(b"a", "401"), (b"b", "401")]
+    assert _dead(state) == [(b"a", "401"), (b"b", "401")]
 
 
 def test_an_acknowledged_export_is_recorded_without_waiting_for_state_db(tmp_path: Path) -> None:
     """The processor holds state.db's write lock through a batch (seconds under load): the
     sender's record of a 2xx must not wait behind it, or a kill -9 meanwhile re-sends it."""
-    db, acks = open_state(tmp_path), open_acks(tmp_path)
-    _fill(db, b"a")
+    state, acks = open_state(tmp_path), open_acks(tmp_path)
+    _fill(state, b"a")
     holder = sqlite3.connect(state_path(tmp_path), isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # a long write transaction of someone else's
     watcher = sqlite3.connect(acks_path(tmp_path))
     transport = ScriptedTransport()
-    sender = _sender(db, transport, InMemoryMetricReader(), acks=acks)
+    sender = _sender(state, transport, InMemoryMetricReader(), acks=acks)
     recorded_while_held = False
 
     def acked() -> bool:
@@ -311,7 +309,7 @@ def test_an_acknowledged_export_is_recorded_without_waiting_for_state_db(tmp_pat
             recorded_while_held = acked()
             holder.execute("ROLLBACK")  # the delete may go on now
             with anyio.fail_after(5):
-                while _depth(db):
+                while _depth(state):
                     await anyio.sleep(0.01)
             tg.cancel_scope.cancel()
 
@@ -322,41 +320,36 @@ def test_an_acknowledged_export_is_recorded_without_waiting_for_state_db(tmp_pat
         watcher.close()
     assert [b for _, b, _ in transport.sent] == [b"a"]
     assert recorded_while_held, "the ack waited for state.db's write lock"
-    db.close()
+    state.close()
     acks.close()
 
 
 def test_a_start_deletes_what_was_acknowledged_before_a_crash_unsent(tmp_path: Path) -> None:
-    db, acks = open_state(tmp_path), open_acks(tmp_path)
-    _fill(db, b"acked", b"not acked")
-    spool = Spool(max_bytes=1 << 20, max_age_ns=1 << 62)
-    with db.reading() as conn:
-        first, second = spool.take(conn, "traces", max_bytes=1 << 20)
-    with acks.transaction() as conn:  # what the killed sender had recorded
-        spool.record_acked(conn, [first], [])
-        # a row of another state.db (same id, another time) is not this spool's
-        conn.execute("INSERT INTO acked VALUES (?, ?)", (second.id, second.created_ns + 1))
+    state, acks = open_state(tmp_path), open_acks(tmp_path)
+    _fill(state, b"acked", b"not acked")
+    with state.reading() as tx:
+        first, second = tx.spool_take("traces", 1 << 20)
+    # what the killed sender had recorded; an ack of a row of another state.db (same id,
+    # another time) is not this spool's
+    acks.record([first, replace(second, created_ns=second.created_ns + 1)], [])
     transport = ScriptedTransport()
-    sender = _sender(db, transport, InMemoryMetricReader(), acks=acks)
+    sender = _sender(state, transport, InMemoryMetricReader(), acks=acks)
     assert sender.recovered == 1
-    _run_until(sender, lambda: _depth(db) == 0)
+    _run_until(sender, lambda: _depth(state) == 0)
     assert [b for _, b, _ in transport.sent] == [b"not acked"]
-    with acks.reading() as conn:
-        assert conn.execute("SELECT spool_id FROM acked").fetchall() == [(second.id,)]  # the new one
-    db.close()
+    assert acks.acked() == [(second.id, second.created_ns)]  # the new one
+    state.close()
     acks.close()
 
 
 def test_metrics_requests_are_never_merged(tmp_path: Path) -> None:
-    db = open_state(tmp_path)
-    spool = Spool(max_bytes=1 << 20, max_age_ns=1 << 62)
-    with db.transaction() as conn:
+    state = open_state(tmp_path)
+    with state.transaction() as tx:
         for body in (b"m1", b"m2"):
-            spool.add(conn, "metrics", body, 1, 0)
+            tx.spool_add("metrics", body, 1, 0)
     transport = ScriptedTransport()
     sender = Sender(
-        db,
-        spool,
+        state,
         transport,
         SelfMetrics(MeterProvider(), Gauges()),
         initial_backoff_s=0.05,
@@ -367,13 +360,13 @@ def test_metrics_requests_are_never_merged(tmp_path: Path) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(sender.run, "metrics")
             with anyio.fail_after(5):
-                while _depth(db):
+                while _depth(state):
                     await anyio.sleep(0.01)
             tg.cancel_scope.cancel()
 
     anyio.run(main)
     assert [b for _, b, _ in transport.sent] == [b"m1", b"m2"]
-    db.close()
+    state.close()
 
 
 def test_concatenated_trace_requests_are_one_valid_request() -> None:

@@ -12,19 +12,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from otelbridge.ingest.inbox import (
-    FULL_PUBLIC,
-    LOW_SPACE_PUBLIC,
-    SqliteInbox,
-    delete_inbox_through,
-    inbox_depth,
-    read_inbox,
-)
+from otelbridge.ingest.inbox import FULL_PUBLIC, LOW_SPACE_PUBLIC, GroupCommitInbox
 from otelbridge.ingest.receiver import StoreUnavailable
-from otelbridge.store import Database, FreeSpace, free_bytes, inbox_path, open_inbox
+from otelbridge.store import FreeSpace, InboxStore, free_bytes, inbox_path, open_inbox
 from tests.support.tmpfs import fill, tmpfs
 
 MiB = 1024 * 1024
+READ_BYTES = 8 * MiB  # bytes of bodies a read stops after (read_inbox's old default)
 
 
 def _committed_rows(state_dir: Path) -> list[tuple[int, str, str, bytes]]:
@@ -38,10 +32,10 @@ def _committed_rows(state_dir: Path) -> list[tuple[int, str, str, bytes]]:
 
 @contextlib.asynccontextmanager
 async def _running(
-    db: Database, on_commit: Callable[[], None] = lambda: None, free_space: FreeSpace | None = None
-) -> AsyncIterator[SqliteInbox]:
+    store: InboxStore, on_commit: Callable[[], None] = lambda: None, free_space: FreeSpace | None = None
+) -> AsyncIterator[GroupCommitInbox]:
     """An inbox with its committer running; closed (everything queued committed) on exit."""
-    inbox = SqliteInbox(db, on_commit=on_commit, free_space=free_space)
+    inbox = GroupCommitInbox(store, on_commit=on_commit, free_space=free_space)
     async with anyio.create_task_group() as tg:
         tg.start_soon(inbox.run)
         yield inbox
@@ -79,9 +73,9 @@ def test_concurrent_appends_share_commits(tmp_path: Path) -> None:
 
 def test_store_failure_is_store_unavailable(tmp_path: Path) -> None:
     async def main() -> None:
-        db = open_inbox(tmp_path)
-        db.close()  # every write now fails
-        async with _running(db) as inbox:
+        store = open_inbox(tmp_path)
+        store.close()  # every write now fails
+        async with _running(store) as inbox:
             with pytest.raises(StoreUnavailable, match="cannot be written") as info:
                 await inbox.append(b"{}", "call_turn", "c")
             assert info.value.public is None  # not a full disk: the caller is told nothing more
@@ -95,7 +89,7 @@ def test_store_failure_is_store_unavailable(tmp_path: Path) -> None:
 
 def test_append_after_close_is_store_unavailable(tmp_path: Path) -> None:
     async def main() -> None:
-        inbox = SqliteInbox(open_inbox(tmp_path))
+        inbox = GroupCommitInbox(open_inbox(tmp_path))
         inbox.close()
         with pytest.raises(StoreUnavailable, match="shutting down"):
             await inbox.append(b"{}", "call_turn", "c")
@@ -110,16 +104,15 @@ def test_read_delete_and_ids_never_reused(tmp_path: Path) -> None:
                 await inbox.append(f"{i}".encode(), "call_turn", "c")
 
     anyio.run(main)
-    db = open_inbox(tmp_path)
-    rows = read_inbox(db, 0, 10)
+    store = open_inbox(tmp_path)
+    rows = store.read_after(0, 10, READ_BYTES)
     assert [r.body for r in rows] == [b"0", b"1", b"2"]
-    assert inbox_depth(db, rows[0].id) == 2
-    delete_inbox_through(db, rows[-1].id)
-    assert read_inbox(db, 0, 10) == []
-    with db.transaction() as conn:
-        conn.execute("INSERT INTO inbox (received_ns, event_type, call_id, body) VALUES (0, 't', 'c', x'00')")
-    assert read_inbox(db, 0, 10)[0].id > rows[-1].id  # AUTOINCREMENT: the watermark stays valid
-    db.close()
+    assert store.depth(rows[0].id) == 2
+    store.delete_through(rows[-1].id)
+    assert store.read_after(0, 10, READ_BYTES) == []
+    store.append([(0, "t", "c", b"\x00")])
+    assert store.read_after(0, 10, READ_BYTES)[0].id > rows[-1].id  # AUTOINCREMENT: the watermark stays valid
+    store.close()
 
 
 def test_rows_keep_the_order_of_the_appends(tmp_path: Path) -> None:
@@ -151,7 +144,7 @@ def test_trim_through_deletes_processed_rows_in_the_next_commit(tmp_path: Path) 
 
 def test_cancelled_run_still_commits_what_was_queued(tmp_path: Path) -> None:
     async def main() -> None:
-        inbox = SqliteInbox(open_inbox(tmp_path))
+        inbox = GroupCommitInbox(open_inbox(tmp_path))
         with anyio.move_on_after(5) as deadline:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(inbox.run)

@@ -22,13 +22,16 @@ from otelbridge.mapping import conventions as c
 from otelbridge.mapping import map_call
 from otelbridge.mapping.policy import MappingOptions
 from otelbridge.mapping.records import SpanRecord
-from otelbridge.store import Database, open_inbox, open_state
+from otelbridge.store import PollWatermark, open_inbox, open_state
+from otelbridge.store.sqlite import SqliteInboxStore, SqliteState
 from tests.support.cartesia_api import CartesiaStandIn, make_call
 from tests.support.inbox_events import store_events
 from tests.support.samples import sample_calls, webhook_events
 
 LIST = "/agents/calls"
 RESOURCE = build_resource("test", "i-1")
+#: more than any test stores: a read of it takes every inbox row, a take every spooled request
+EVERYTHING = 1 << 62
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +48,8 @@ def _reset(api: CartesiaStandIn) -> None:
 class World:
     def __init__(self, api: CartesiaStandIn, state_dir: Path, agent_ids: list[str]) -> None:
         self.api = api
-        self.state: Database = open_state(state_dir)
-        self.inbox: Database = open_inbox(state_dir)
+        self.state: SqliteState = open_state(state_dir)
+        self.inbox: SqliteInboxStore = open_inbox(state_dir)
         self.agent_ids = agent_ids
         self.processor = Processor(
             self.state,
@@ -73,8 +76,7 @@ class World:
         return anyio.run(main)
 
     def inbox_events(self) -> list[dict[str, Any]]:
-        with self.inbox.reading() as conn:
-            return [json.loads(r[0]) for r in conn.execute("SELECT body FROM inbox ORDER BY id")]
+        return [json.loads(r.body) for r in self.inbox.read_after(0, EVERYTHING, EVERYTHING)]
 
     def process(self) -> None:
         while self.processor.process_batch().events:
@@ -86,8 +88,8 @@ class World:
     def exported(self) -> Counter[int]:
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-        with self.state.reading() as conn:
-            bodies = [r[0] for r in conn.execute("SELECT body FROM spool WHERE signal='traces'")]
+        with self.state.reading() as tx:
+            bodies = [e.body for e in tx.spool_take("traces", EVERYTHING)]
         counts: Counter[int] = Counter()
         for body in bodies:
             for rs in ExportTraceServiceRequest.FromString(body).resource_spans:
@@ -100,8 +102,8 @@ class World:
         """Span id -> ``cartesia.turn.response_latency`` of every exported span that has one."""
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-        with self.state.reading() as conn:
-            bodies = [r[0] for r in conn.execute("SELECT body FROM spool WHERE signal='traces'")]
+        with self.state.reading() as tx:
+            bodies = [e.body for e in tx.spool_take("traces", EVERYTHING)]
         out: dict[int, float] = {}
         for body in bodies:
             for rs in ExportTraceServiceRequest.FromString(body).resource_spans:
@@ -212,8 +214,8 @@ def test_running_calls_are_reread_until_final(world: World, api: CartesiaStandIn
 def test_running_calls_are_given_up(world: World, api: CartesiaStandIn) -> None:
     api.add_call(make_call("agent_a", 1, turns=2, status="started"))
     world.poll(give_up_s=0)
-    with world.state.reading() as conn:
-        assert conn.execute("SELECT COUNT(*) FROM running_calls").fetchone()[0] == 0
+    with world.state.reading() as tx:
+        assert tx.running_calls() == []
 
 
 def test_401_stops_that_agent_with_a_reason(world: World, api: CartesiaStandIn) -> None:
@@ -241,8 +243,8 @@ def test_server_errors_are_retried_and_the_watermark_waits_for_success(
     api.fail_next(10, status=503, path=LIST)  # more than one poll's retries (7 attempts)
     poller = world.poll()
     assert poller.statuses["agent_a"].last_error and "503" in poller.statuses["agent_a"].last_error
-    with world.state.reading() as conn:
-        assert conn.execute("SELECT COUNT(*) FROM poll_agents").fetchone()[0] == 0  # no watermark yet
+    with world.state.reading() as tx:
+        assert tx.poll_watermark("agent_a") == PollWatermark(None, None)  # no watermark yet
     world.poll()
     assert len({e["call_id"] for e in world.inbox_events()}) == 150
 

@@ -26,11 +26,14 @@ from otelbridge.mapping import conventions as c
 from otelbridge.mapping import ids, map_call
 from otelbridge.mapping.policy import MappingOptions
 from otelbridge.mapping.records import MetricPoint, SpanRecord
-from otelbridge.store import Database, open_inbox, open_state
+from otelbridge.store import open_inbox, open_state
+from otelbridge.store.sqlite import SqliteInboxStore, SqliteState
 from tests.support.inbox_events import store_events
 from tests.support.samples import webhook_events
 
 RESOURCE = build_resource("test", "i-1")
+#: more than the spool of any test holds: a take of it reads every request of its signal
+EVERYTHING = 1 << 62
 
 
 def _encode(spans: list[SpanRecord]) -> bytes:
@@ -62,8 +65,8 @@ class Harness:
         self.open()
 
     def open(self) -> None:
-        self.state: Database = open_state(self.state_dir)
-        self.inbox: Database = open_inbox(self.state_dir)
+        self.state: SqliteState = open_state(self.state_dir)
+        self.inbox: SqliteInboxStore = open_inbox(self.state_dir)
         clock = self.clock
         self.processor = Processor(
             self.state,
@@ -89,8 +92,8 @@ class Harness:
             pass
 
     def spans(self) -> list[Span]:
-        with self.state.reading() as conn:
-            bodies = [r[0] for r in conn.execute("SELECT body FROM spool WHERE signal='traces' ORDER BY id")]
+        with self.state.reading() as tx:
+            bodies = [e.body for e in tx.spool_take("traces", EVERYTHING)]  # oldest first
         out: list[Span] = []
         for body in bodies:
             request = ExportTraceServiceRequest.FromString(body)
@@ -123,11 +126,11 @@ def test_sample_stream_gives_the_same_spans_as_replay(harness: Harness) -> None:
     assert all(s.parent_span_id in known for s in spans if s.parent_span_id)
     assert all(roots[s.trace_id] for s in spans)
     # nothing waits: every call closed, no kept events
-    with harness.state.reading() as conn:
-        assert conn.execute("SELECT COUNT(*) FROM calls WHERE closed_ns IS NULL").fetchone()[0] == 0
-        assert conn.execute("SELECT COUNT(*) FROM call_events").fetchone()[0] == 0
-    with harness.inbox.reading() as conn:
-        assert conn.execute("SELECT COUNT(*) FROM inbox").fetchone()[0] == 0
+    with harness.state.reading() as tx:
+        assert tx.open_calls() == 0
+        # of every call, whatever its id (the store reads kept events one call at a time)
+        assert harness.state.db.conn.execute("SELECT COUNT(*) FROM call_events").fetchone()[0] == 0
+    assert harness.inbox.depth(0) == 0  # every row deleted
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -267,9 +270,9 @@ def test_watermark_survives_an_inbox_delete_that_never_happened(tmp_path: Path) 
     assert h.processor.watermark() > watermark
     before = len(h.spans())
     # put the processed rows back, as if their delete had been lost
-    with h.inbox.transaction() as conn:
+    with h.inbox.db.transaction() as conn:  # the engine's own counter: no API resets it
         conn.execute("DELETE FROM sqlite_sequence WHERE name='inbox'")
-    h.put(*events)  # ids continue after the old ones: a real re-delivery, deduplicated by the ledger
+    h.put(*events)  # they get the ids they had (1, 2, ...): at or below the watermark, skipped
     h.run()
     assert len(h.spans()) == before
     h.close()
@@ -302,8 +305,7 @@ def test_processed_inbox_rows_are_deleted_in_bulk_or_when_the_inbox_runs_dry(
     monkeypatch.setattr(processor_module, "INBOX_TRIM_ROWS", 10)
 
     def inbox_rows() -> int:
-        with harness.inbox.reading() as conn:
-            return int(conn.execute("SELECT COUNT(*) FROM inbox").fetchone()[0])
+        return harness.inbox.depth(0)  # every row in inbox.db, processed or not
 
     harness.put(*_events()[:25])
     assert harness.processor.process_batch(limit=4).events == 4
@@ -326,7 +328,7 @@ def test_the_processor_checkpoints_the_inbox_wal_so_the_webhook_side_need_not(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(processor_module, "INBOX_CHECKPOINT_ROWS", 10)
-    harness.inbox.conn.execute("PRAGMA wal_autocheckpoint=0")  # as the webhook process nearly does
+    harness.inbox.db.conn.execute("PRAGMA wal_autocheckpoint=0")  # as the webhook process nearly does
     database_file = harness.state_dir / "inbox.db"
     harness.put(*_events()[:40])
     before = database_file.stat().st_size  # the rows are in the WAL only
@@ -561,10 +563,8 @@ def test_deployments_past_the_bound_read_other_and_the_ranking_survives_a_restar
     assert by_call == {
         1: "dep_1", 2: "dep_2", 3: "dep_3", 4: other, 5: "dep_2", 6: "dep_4", 7: other, 8: other
     }  # fmt: skip
-    with harness.state.reading() as conn:
-        first = dict(
-            conn.execute("SELECT deployment_id, first_call_ns FROM deployments WHERE agent_id='agent_dep'")
-        )
+    with harness.state.reading() as tx:
+        first = tx.deployments("agent_dep")
     assert sorted(first, key=first.__getitem__) == ["dep_1", "dep_2", "dep_3", "dep_4"]
     harness.close()
 

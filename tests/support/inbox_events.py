@@ -8,14 +8,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from otelbridge.cartesia.webhooks import parse_webhook_event
-from otelbridge.ingest.inbox import NewRow, append_rows
-from otelbridge.store import Database
+from otelbridge.store import InboxStore, NewRow
 
 
-def store_events(inbox: Database, events: Iterable[dict[str, Any]]) -> None:
+def store_events(inbox: InboxStore, events: Iterable[dict[str, Any]]) -> None:
     rows: list[NewRow] = []
     for event in events:
         parsed = parse_webhook_event(event)
         assert parsed.resolved_call_id is not None
         rows.append((time.time_ns(), parsed.type, parsed.resolved_call_id, json.dumps(event).encode()))
-    append_rows(inbox, rows)
+    inbox.append(rows)
