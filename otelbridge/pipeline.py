@@ -219,11 +219,19 @@ class Pipeline:
             tg.start_soon(self._campaign, tg)
 
     async def _campaign(self, tg: anyio.abc.TaskGroup) -> None:
-        """Wait for the lease (another replica leads meanwhile), then lead."""
-        while not await anyio.to_thread.run_sync(self.lease.acquire, 0.0):
+        """Wait for the lease (another replica leads meanwhile), then lead. The schema is made
+        first: a database that was down when this replica started is waited for here."""
+        while not await anyio.to_thread.run_sync(self._try_lease):
             await anyio.sleep(LEASE_RETRY_S)
         log.info("this replica leads now: processing, polling and sending")
         await self._lead(tg)
+
+    def _try_lease(self) -> bool:
+        try:
+            self.engine.ensure_schema()
+        except DatabaseUnreachableError:
+            return False
+        return self.lease.acquire(0.0)
 
     async def _lead(self, tg: anyio.abc.TaskGroup) -> None:
         self.leader = True
@@ -446,7 +454,8 @@ class Pipeline:
         with anyio.move_on_after(2.0) as scope:
             problem = await anyio.to_thread.run_sync(probe, abandon_on_cancel=True)
         if scope.cancelled_caught:
-            problem = "a write transaction did not start within 2s"
+            store = "the state store" if local else "the database"
+            problem = f"{store} did not take a write within 2s"
         if problem is None and self.webhooks.inbox_error:
             problem = self.webhooks.inbox_error
         checks["state_store"] = {"ok": problem is None, "reason": problem or "writable"}
@@ -570,7 +579,9 @@ async def run_pipeline() -> int:
         hidden = ([config["api_key"]] if config.get("api_key") else []) + database_secrets(database_url)
         configure_logging(settings.log_format, settings.log_level, secrets=hidden)
         admin_sock = socket.socket(fileno=config["admin_fd"])
-        pipeline = await _open(settings, Resource(config["resource"]), config.get("api_key"), database_url)
+        pipeline = Pipeline(
+            settings, Resource(config["resource"]), api_key=config.get("api_key"), database_url=database_url
+        )
         try:
             # One pipeline per state directory: wait for one orphaned by a kill -9 to exit. With
             # a shared database the lease is campaigned for while serving (run_loops).
@@ -583,22 +594,6 @@ async def run_pipeline() -> int:
             if pipeline.client is not None:
                 await pipeline.client.aclose()
             pipeline.close()
-
-
-async def _open(
-    settings: Settings, resource: Resource, api_key: str | None, database_url: str | None
-) -> Pipeline:
-    """The pipeline, once its database answers: a database that is down at start (or restarting)
-    is waited for, logged once a minute, instead of a crash a second."""
-    next_line = 0.0
-    while True:
-        try:
-            return Pipeline(settings, resource, api_key=api_key, database_url=database_url)
-        except DatabaseUnreachableError as exc:
-            if time.monotonic() >= next_line:
-                log.warning("%s; trying again every %gs", exc, LEASE_RETRY_S)
-                next_line = time.monotonic() + REPEATED_FAILURE_LOG_S
-            await anyio.sleep(LEASE_RETRY_S)
 
 
 async def _serve(pipeline: Pipeline, admin_sock: socket.socket, stdin: anyio.AsyncFile[bytes]) -> int:

@@ -190,8 +190,29 @@ def kill_the_leader(cluster: Cluster, server: PostgresServer) -> None:
 
 
 def restart_the_database(cluster: Cluster, server: PostgresServer) -> None:
+    leader = cluster.leader()
     server.stop_immediate()
-    time.sleep(2.0)  # webhooks meanwhile: 503 everywhere, the sender keeps trying
+    # meanwhile: a replica answers 503 with Retry-After and says why on /readyz, and none
+    # crashes (the sender keeps trying; the leader's pipeline steps down and restarts)
+    replica = next(r for r in cluster.replicas if r is not leader)
+    deadline = time.monotonic() + 10
+    ready = webhook = None
+    with httpx.Client(timeout=5.0) as client:  # /readyz gives its probe 2 s
+        while time.monotonic() < deadline and (ready is None or webhook is None):
+            answer = client.get(f"{replica.admin_url}/readyz")
+            if answer.status_code == 503 and "database" in answer.text:
+                ready = answer
+            posted = client.post(
+                replica.webhook_url,
+                content=_stream()[0].body,
+                headers={"Content-Type": "application/json", "X-Webhook-Secret": SECRET},
+            )
+            if posted.status_code == 503:
+                webhook = posted
+            time.sleep(0.2)
+    assert ready is not None, "/readyz did not name the database while it was down"
+    assert webhook is not None and webhook.headers.get("Retry-After"), "no 503 with Retry-After"
+    assert all(r.running for r in cluster.replicas)
     server.start()
 
 

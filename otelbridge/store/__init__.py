@@ -7,6 +7,7 @@ watches its free space; :mod:`otelbridge.store.lease` gives one process at a tim
 No SQL and no database driver outside this package.
 """
 
+import logging
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -115,7 +116,12 @@ def open_engine(state_dir: Path, database_url: str | None = None, *, role: str =
             "OTELBRIDGE_DATABASE_URL is set but the PostgreSQL driver is not installed. "
             "Fix: pip install 'otelbridge[postgres]' (the container image has it)"
         ) from None
-    return PostgresEngine(database_url, role=role)
+    engine = PostgresEngine(database_url, role=role)
+    try:
+        engine.ensure_schema()
+    except DatabaseUnreachableError as exc:  # start anyway: 503 and not ready until it answers
+        logging.getLogger("otelbridge.store").warning("%s; the schema is checked once it answers", exc)
+    return engine
 
 
 def database_secrets(database_url: str | None) -> list[str]:

@@ -379,6 +379,12 @@ class Engine(Protocol):
         """True when one ``serve`` owns the state (a local directory): a second is refused."""
         ...
 
+    def ensure_schema(self) -> int:
+        """Create or migrate what the engine keeps; its schema version. Raises
+        DatabaseUnreachableError while a database cannot be reached (try again), StoreError when
+        it can never work as it is (privileges, a newer schema)."""
+        ...
+
     def state(self, *, fence: Lease | None = None) -> StateStore:
         """The processing side's store; with ``fence``, each transaction first checks that the
         lease is still held (where the engine can lose it while running)."""

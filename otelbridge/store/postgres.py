@@ -67,7 +67,7 @@ IDLE_IN_TRANSACTION_TIMEOUT_MS: Final = 10_000
 #: TCP keepalives and tcp_user_timeout: a partitioned peer is noticed in ~20 s, not in the
 #: kernel's default two hours (a URL that sets its own keeps them)
 CONNECT_DEFAULTS: Final[dict[str, Any]] = {
-    "connect_timeout": 5,
+    "connect_timeout": 3,
     "keepalives": 1,
     "keepalives_idle": 10,
     "keepalives_interval": 5,
@@ -257,7 +257,9 @@ def connect(url: str, application_name: str) -> psycopg.Connection[dict[str, Any
 class Database:
     """A pool of autocommit connections; :meth:`transaction` is one explicit transaction."""
 
-    def __init__(self, url: str, application_name: str, *, max_size: int = 4) -> None:
+    def __init__(
+        self, url: str, application_name: str, *, max_size: int = 4, timeout_s: float = 10.0
+    ) -> None:
         self.url = url
         self.pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
             url,
@@ -271,7 +273,7 @@ class Database:
             },
             configure=_configure,
             check=ConnectionPool.check_connection,
-            timeout=10.0,
+            timeout=timeout_s,
             open=False,
             name=application_name,
         )
@@ -985,11 +987,19 @@ class PostgresEngine:
     single_process: Final = False
 
     def __init__(self, url: str, *, role: str = "otelbridge") -> None:
+        """Opens nothing yet: pools connect when first used, so a replica starts (and answers
+        its probes) while the database is down."""
         self.url = url
         #: in every connection's application_name, with the pid: pg_stat_activity tells
         #: replicas and their processes apart
         self.role = f"{role}-{os.getpid()}"
-        self.schema_version = migrate(url)
+        self.schema_version: int | None = None
+
+    def ensure_schema(self) -> int:
+        """Migrate once per process (DatabaseUnreachableError: try again later)."""
+        if self.schema_version is None:
+            self.schema_version = migrate(self.url)
+        return self.schema_version
 
     def state(self, *, fence: Lease | None = None) -> PostgresState:
         assert fence is None or isinstance(fence, PostgresLease)
@@ -999,7 +1009,11 @@ class PostgresEngine:
         return PostgresState(Database(self.url, f"otelbridge-{self.role}-reader", max_size=2))
 
     def inbox(self, *, receiving: bool = False) -> PostgresInboxStore:
-        return PostgresInboxStore(Database(self.url, f"otelbridge-{self.role}-inbox", max_size=2))
+        # a webhook waits for a connection briefly: with the database down, 503 at once (the
+        # caller retries) rather than after the receiver's store timeout
+        return PostgresInboxStore(
+            Database(self.url, f"otelbridge-{self.role}-inbox", max_size=2, timeout_s=2.0)
+        )
 
     def acks(self) -> PostgresAckLog:
         return PostgresAckLog(Database(self.url, f"otelbridge-{self.role}-acks", max_size=1))

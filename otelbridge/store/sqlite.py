@@ -984,6 +984,10 @@ class SqliteEngine:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
 
+    def ensure_schema(self) -> int:
+        """Each file's schema is made (and migrated) when it is opened."""
+        return SCHEMA_VERSION
+
     def state(self, *, fence: Lease | None = None) -> SqliteState:
         """``fence`` is unused: a file lease is the kernel's, held until its holder dies."""
         return open_state(self.state_dir)

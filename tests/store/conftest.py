@@ -22,4 +22,6 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     url: str = request.getfixturevalue("postgres_url")
     from otelbridge.store.postgres import PostgresEngine
 
-    yield PostgresEngine(url)
+    engine = PostgresEngine(url)
+    engine.ensure_schema()
+    yield engine

@@ -28,7 +28,9 @@ psycopg = pytest.importorskip("psycopg")
 
 @pytest.fixture
 def engine(postgres_url: str) -> PostgresEngine:
-    return PostgresEngine(postgres_url)
+    engine = PostgresEngine(postgres_url)
+    engine.ensure_schema()
+    return engine
 
 
 def _raw(url: str) -> Any:
