@@ -172,6 +172,8 @@ def map_turn(
         attrs: Attributes = {c.CHUNK_INDEX: index}
         event_sink = AttributeSink(ctx.options, attrs)
         event_sink.text(c.CHUNK_TEXT, chunk.get("text", ""))
+        if event_sink.truncated:  # every cut is listed, on the event that holds it
+            attrs[c.TRUNCATED] = list(dict.fromkeys(event_sink.truncated))
         if moved:
             attrs[c.TIME_ADJUSTED] = True
         span.events.append(EventRecord(c.EVENT_TEXT_CHUNK, at, attrs))

@@ -435,6 +435,22 @@ def test_long_utterance_is_capped_at_a_character_boundary() -> None:
             assert "otelbridge.truncated_attributes" not in span.attributes
 
 
+def test_a_cut_text_chunk_lists_its_cut_on_its_event() -> None:
+    fixture = "long_utterance.json"
+    chunks = raw(fixture)["transcript"][1]["text_chunks"]
+    (long_turn,) = [s for s in spans(document(fixture)) if s.name == "user_turn"]
+    events = [e for e in long_turn.events if e.name == "cartesia.text_chunk"]
+    assert len(events) == len(chunks)
+    for chunk, event in zip(chunks, events, strict=True):
+        text = event.attributes["cartesia.text_chunk.text"]
+        if len(chunk["text"].encode()) > 2048:
+            assert len(text.encode()) <= 2048 and chunk["text"].startswith(text)
+            assert event.attributes["otelbridge.truncated_attributes"] == ["cartesia.text_chunk.text"]
+        else:
+            assert text == chunk["text"] and "otelbridge.truncated_attributes" not in event.attributes
+    assert any(len(c["text"].encode()) == 3211 for c in chunks)  # the reported case: 3,211 bytes
+
+
 def test_unknown_fields_are_ignored_and_2026_statuses_read() -> None:
     fixture = "unknown_fields.json"
     text = rendered_text(fixture)
