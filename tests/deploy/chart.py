@@ -72,8 +72,21 @@ class Rendered:
         return self.one("StatefulSet")
 
     @property
+    def deployment(self) -> dict[str, Any]:
+        return self.one("Deployment")
+
+    @property
+    def workload(self) -> dict[str, Any]:
+        """The one workload: the StatefulSet (SQLite) or the Deployment (PostgreSQL), never both."""
+        found = self.of_kind("StatefulSet") + self.of_kind("Deployment")
+        assert len(found) == 1, (
+            f"{len(found)} workloads: {[(o['kind'], o['metadata']['name']) for o in found]}"
+        )
+        return found[0]
+
+    @property
     def pod_spec(self) -> dict[str, Any]:
-        spec: dict[str, Any] = self.statefulset["spec"]["template"]["spec"]
+        spec: dict[str, Any] = self.workload["spec"]["template"]["spec"]
         return spec
 
     @property

@@ -1,21 +1,25 @@
 """The Helm chart, rendered and linted by real Helm (helm-python-sdk, in process) for its defaults
 and every ci/*-values.yaml, each object checked against the Kubernetes schemas (strict), and the
-chart's promises checked on what it renders: one replica, secrets only by reference, the admin
-port never exposed, a checksum that rolls the pod on a settings change, a grace period above the
-drain, and the rule file and dashboard rendered from their one source."""
+chart's promises checked on what it renders: one replica (a StatefulSet on SQLite) without a
+database and a Deployment of several sharing PostgreSQL with one, secrets only by reference, the
+admin port never exposed, a checksum that rolls the pod on a settings change, a grace period
+above the drain, and the rule file and dashboard rendered from their one source."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import re
+import shutil
 import tarfile
 from pathlib import Path
 from typing import Any
 
 import helm_python as helm
 import pytest
+import yaml
 
 from otelbridge.settings import Settings, SettingsError, load_settings
 from tests.deploy.chart import (
@@ -23,6 +27,7 @@ from tests.deploy.chart import (
     CI_VALUES,
     DASHBOARD_FILE,
     KUBE_VERSION,
+    REPO,
     RULES_FILE,
     Rendered,
     load_values,
@@ -40,8 +45,13 @@ MONITORING = {
 }
 # Variables whose value is a secret: never in a ConfigMap, never a plain env value.
 SECRET_VARS = re.compile(
-    r"^(OTELBRIDGE_WEBHOOK_SECRET|OTELBRIDGE_CARTESIA_API_KEY|OTEL_EXPORTER_OTLP_(\w+_)?HEADERS)$"
+    r"^(OTELBRIDGE_WEBHOOK_SECRET|OTELBRIDGE_CARTESIA_API_KEY|OTELBRIDGE_DATABASE_URL"
+    r"|OTEL_EXPORTER_OTLP_(\w+_)?HEADERS)$"
 )
+# The example CloudNativePG Cluster and its README; the chart names the Secret it makes.
+CNPG_DIR = REPO / "deploy" / "cloudnativepg"
+CNPG_SECRET = "otelbridge-db-app"
+DATABASE = {"database": {"existingSecret": CNPG_SECRET}}
 # Settings the chart sets itself; config may not set them (schema) and they are not in it.
 CHART_OWNED = {
     "listen_host",
@@ -55,11 +65,18 @@ CHART_OWNED = {
     "shutdown_timeout",
     "cartesia_api_key",
     "cartesia_api_key_file",
+    "database_url",
+    "database_url_file",
 }
 
 
 def values_of(path: Path | None) -> dict[str, Any]:
     return load_values(path) if path is not None else {}
+
+
+def with_database(values: dict[str, Any]) -> bool:
+    """Whether ``values`` put the state in PostgreSQL (a Deployment of several replicas)."""
+    return bool(values.get("database", {}).get("existingSecret"))
 
 
 def rejection(values: dict[str, Any]) -> str:
@@ -70,7 +87,7 @@ def rejection(values: dict[str, Any]) -> str:
 
 
 def checksum(rendered: Rendered) -> str:
-    value: str = rendered.statefulset["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    value: str = rendered.workload["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
     return value
 
 
@@ -82,9 +99,13 @@ def case(request: pytest.FixtureRequest) -> tuple[dict[str, Any], Rendered]:
 
 # --- every rendering ------------------------------------------------------------------------
 def test_every_object_is_valid_against_the_kubernetes_schemas(case: tuple[dict[str, Any], Rendered]) -> None:
-    _, rendered = case
+    values, rendered = case
     kinds = {obj["kind"] for obj in rendered.objects}
-    assert {"StatefulSet", "ConfigMap", "Service", "ServiceAccount", "PodDisruptionBudget"} <= kinds
+    workload, other = (
+        ("Deployment", "StatefulSet") if with_database(values) else ("StatefulSet", "Deployment")
+    )
+    assert {workload, "ConfigMap", "Service", "ServiceAccount", "PodDisruptionBudget"} <= kinds
+    assert other not in kinds
     for obj in rendered.objects:
         if obj["apiVersion"] == "monitoring.coreos.com/v1":
             # prometheus-operator's kinds are not in Kubernetes' schemas: their metadata is, and
@@ -95,9 +116,12 @@ def test_every_object_is_valid_against_the_kubernetes_schemas(case: tuple[dict[s
             validate_object(obj)
 
 
-def test_one_replica_non_root_read_only_with_probes(case: tuple[dict[str, Any], Rendered]) -> None:
-    _, rendered = case
-    assert rendered.statefulset["spec"]["replicas"] == 1
+def test_replicas_by_mode_non_root_read_only_with_probes(case: tuple[dict[str, Any], Rendered]) -> None:
+    values, rendered = case
+    # one replica without a database; with one, the number given, else 2
+    assert rendered.workload["spec"]["replicas"] == (
+        (values.get("replicas") or 2) if with_database(values) else 1
+    )
     pod, container = rendered.pod_spec, rendered.container
     assert pod["securityContext"] == {
         "runAsNonRoot": True,
@@ -147,7 +171,8 @@ def test_admin_port_is_never_exposed(case: tuple[dict[str, Any], Rendered]) -> N
     # Headless ClusterIP: no virtual address, no node port, no load balancer; webhook port only elsewhere.
     assert admin[0]["type"] == "ClusterIP" and admin[0]["clusterIP"] == "None"
     assert [p["targetPort"] for p in webhook[0]["ports"]] == ["webhook"]
-    assert rendered.statefulset["spec"]["serviceName"] in services
+    if rendered.workload["kind"] == "StatefulSet":
+        assert rendered.workload["spec"]["serviceName"] in services
     for ingress in rendered.of_kind("Ingress"):
         (rule,) = ingress["spec"]["rules"]
         (path,) = rule["http"]["paths"]
@@ -203,8 +228,12 @@ def test_the_config_map_is_what_the_daemon_accepts(
     settings = load_settings()
     assert settings.listen_host == "0.0.0.0"
     assert settings.admin_host == "0.0.0.0"
-    persistent = case[0].get("persistence", {}).get("enabled", True)
+    database = with_database(case[0])
+    # a claim only without a database; an emptyDir (world-writable) gets a directory under it
+    persistent = case[0].get("persistence", {}).get("enabled", True) and not database
     assert str(settings.state_dir) == ("/var/lib/otelbridge" if persistent else "/var/lib/otelbridge/state")
+    assert settings.database_url is None
+    assert settings.database_url_file == (Path("/etc/otelbridge/database/uri") if database else None)
 
 
 def test_lint_is_clean_in_strict_mode(case: tuple[dict[str, Any], Rendered]) -> None:
@@ -237,6 +266,13 @@ def test_replicas_other_than_one_are_refused() -> None:
             "at '/ingress/tls': additional properties 'secret' not allowed",
         ),
         ({"webhook": {"port": "8080"}}, "at '/webhook/port': got string, want integer"),
+        (
+            {"database": {"secretName": "db"}},
+            "at '/database': additional properties 'secretName' not allowed",
+        ),
+        ({"database": {"existingSecret": "Db_App"}}, "at '/database/existingSecret'"),
+        ({"database": {"secretKey": ""}}, "at '/database/secretKey'"),
+        ({"replicas": "2"}, "at '/replicas': got string, want null or integer"),
         ({"persistence": {"enabled": "yes"}}, "at '/persistence/enabled': got string, want boolean"),
         ({"config": {"transcriptText": "none"}}, "at '/config/transcriptText'"),
         ({"config": {"maxAttributeBytes": 10}}, "at '/config/maxAttributeBytes'"),
@@ -433,6 +469,176 @@ def test_notes_of_a_safe_setup_warn_of_nothing_and_give_the_webhook_url() -> Non
     assert "WARNING" not in notes
     assert "https://otelbridge.voice.example.com/webhooks/cartesia" in notes
     assert "http://ob-otelbridge.voice.svc:80/webhooks/cartesia" in render().notes
+
+
+# --- the two modes: SQLite (a StatefulSet) or PostgreSQL (a Deployment) -----------------------
+def test_without_a_database_one_replica_statefulset_with_a_claim() -> None:
+    rendered = render()
+    assert not rendered.of_kind("Deployment")
+    statefulset = rendered.statefulset
+    assert statefulset["spec"]["replicas"] == 1
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "state"
+    assert "topologySpreadConstraints" not in rendered.pod_spec
+    assert rendered.one("PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    assert "minAvailable" not in rendered.one("PodDisruptionBudget")["spec"]
+    assert not any(key.startswith("OTELBRIDGE_DATABASE") for key in rendered.config)
+    assert "database-url" not in {volume["name"] for volume in rendered.pod_spec["volumes"]}
+    # replicas left empty or given as 1: the same rendering
+    assert render({"replicas": None}).objects == rendered.objects
+    assert render({"replicas": 1}).objects == rendered.objects
+
+
+def test_with_a_database_a_deployment_of_two_replicas_without_a_claim() -> None:
+    rendered = render(DATABASE)
+    assert not rendered.of_kind("StatefulSet") and not rendered.of_kind("PersistentVolumeClaim")
+    deployment = rendered.deployment
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    assert "volumeClaimTemplates" not in spec
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    # persistence.enabled (true by default) makes no claim with a database: an emptyDir, under
+    # which otelbridge makes its (unused) state directory
+    (state,) = [volume for volume in rendered.pod_spec["volumes"] if volume["name"] == "state"]
+    assert state["emptyDir"] == {"sizeLimit": "2Gi"}
+    assert rendered.config["OTELBRIDGE_STATE_DIR"] == "/var/lib/otelbridge/state"
+    (spread,) = rendered.pod_spec["topologySpreadConstraints"]
+    assert spread == {
+        "maxSkew": 1,
+        "topologyKey": "kubernetes.io/hostname",
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": spec["selector"]["matchLabels"]},
+    }
+    budget = rendered.one("PodDisruptionBudget")["spec"]
+    assert budget["minAvailable"] == 1 and "maxUnavailable" not in budget
+    assert budget["selector"] == spec["selector"]
+    for obj in rendered.objects:
+        validate_object(obj)
+
+
+@pytest.mark.parametrize(("secret_key", "expected_key"), [(None, "uri"), ("fqdn-uri", "fqdn-uri")])
+def test_the_database_uri_is_a_mounted_key_of_the_named_secret(
+    secret_key: str | None, expected_key: str
+) -> None:
+    database: dict[str, Any] = {"existingSecret": CNPG_SECRET}
+    if secret_key is not None:
+        database["secretKey"] = secret_key
+    rendered = render({"database": database})
+    path = rendered.config["OTELBRIDGE_DATABASE_URL_FILE"]
+    volumes = {volume["name"]: volume for volume in rendered.pod_spec["volumes"]}
+    mounted = {}
+    for mount in rendered.container["volumeMounts"]:
+        secret = volumes[mount["name"]].get("secret")
+        if secret and secret["secretName"] == CNPG_SECRET:
+            assert mount["readOnly"] is True
+            assert secret["defaultMode"] == 0o440
+            for item in secret["items"]:
+                mounted[f"{mount['mountPath']}/{item['path']}"] = item["key"]
+    assert mounted == {path: expected_key}
+    # Only the path is a setting: the URI is not in the values, so nowhere in a ConfigMap or env.
+    assert "OTELBRIDGE_DATABASE_URL" not in rendered.config
+    for config_map in rendered.of_kind("ConfigMap"):
+        assert not any("postgres" in str(value) for value in config_map.get("data", {}).values())
+    assert "OTELBRIDGE_DATABASE_URL" not in {env["name"] for env in rendered.container.get("env", [])}
+    assert not rendered.of_kind("Secret")
+
+
+@pytest.mark.parametrize(("replicas", "budget"), [(3, {"minAvailable": 1}), (1, {"maxUnavailable": 1})])
+def test_replicas_with_a_database(replicas: int, budget: dict[str, int]) -> None:
+    """Any number with a database. The budget is minAvailable 1 with several; with one it is
+    maxUnavailable as without a database (minAvailable 1 on one pod would block every drain)."""
+    rendered = render({**DATABASE, "replicas": replicas})
+    assert rendered.deployment["spec"]["replicas"] == replicas
+    spec = rendered.one("PodDisruptionBudget")["spec"]
+    assert {key: spec[key] for key in ("minAvailable", "maxUnavailable") if key in spec} == budget
+    off = render({**DATABASE, "replicas": replicas, "podDisruptionBudget": {"enabled": False}})
+    assert not off.of_kind("PodDisruptionBudget")
+
+
+@pytest.mark.parametrize("values", [{"replicas": 2}, {"replicas": 3, "database": {"existingSecret": ""}}])
+def test_several_replicas_without_a_database_are_refused(values: dict[str, Any]) -> None:
+    message = rejection(values)
+    # Helm's schema error names both ends: replicas must be 1, or the database must be named.
+    assert "at '/replicas': value must be 1" in message
+    assert "at '/database/existingSecret': minLength: got 0, want 1" in message
+
+
+def test_without_the_schema_the_chart_still_refuses_several_replicas_on_sqlite(tmp_path: Path) -> None:
+    """``--skip-schema-validation`` skips values.schema.json, not the template's own check."""
+    chart_dir = tmp_path / "otelbridge"
+    shutil.copytree(CHART_DIR, chart_dir)
+    (chart_dir / "values.schema.json").unlink()
+    with pytest.raises(helm.HelmError) as caught:
+        render({"replicas": 2}, chart_dir=chart_dir)
+    assert "replicas is 2 but database.existingSecret is empty" in str(caught.value)
+    assert render({**DATABASE, "replicas": 2}, chart_dir=chart_dir).deployment["spec"]["replicas"] == 2
+
+
+def test_the_pod_is_the_same_in_both_modes() -> None:
+    """One pod template (otelbridge.podTemplate) for both workloads: with the state on an
+    emptyDir in both, the pods differ only by the database's Secret file, the spread across
+    nodes and the settings' checksum."""
+    sqlite = render({"persistence": {"enabled": False}})
+    database = render({**DATABASE, "persistence": {"enabled": False}})
+    sqlite_pod = copy.deepcopy(sqlite.statefulset["spec"]["template"])
+    database_pod = copy.deepcopy(database.deployment["spec"]["template"])
+    for pod in (sqlite_pod, database_pod):
+        del pod["metadata"]["annotations"]["checksum/config"]
+    spec = database_pod["spec"]
+    assert spec.pop("topologySpreadConstraints")
+    (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "database-url"]
+    spec["containers"][0]["volumeMounts"].remove(mount)
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "database-url"]
+    spec["volumes"].remove(volume)
+    assert database_pod == sqlite_pod
+    assert {**sqlite.config, "OTELBRIDGE_DATABASE_URL_FILE": mount["mountPath"] + "/uri"} == database.config
+
+
+@pytest.mark.parametrize("name", ["OTELBRIDGE_DATABASE_URL", "OTELBRIDGE_DATABASE_URL_FILE"])
+def test_extra_env_may_not_choose_the_database(name: str) -> None:
+    message = rejection(
+        {"extraEnv": [{"name": name, "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}
+    )
+    assert f"extraEnv {name}" in message and "database.existingSecret" in message
+
+
+def test_notes_name_the_workload_of_each_mode() -> None:
+    sqlite = render({"persistence": {"enabled": False}}).notes
+    assert "installed as StatefulSet ob-otelbridge in namespace voice" in sqlite
+    assert "port-forward statefulset/ob-otelbridge 9464" in sqlite
+    database = render({**DATABASE, "persistence": {"enabled": False}}).notes
+    assert "installed as Deployment ob-otelbridge in namespace voice" in database
+    assert "port-forward deployment/ob-otelbridge 9464" in database
+    assert f"2 replica(s) share the state in PostgreSQL, the URI read from Secret {CNPG_SECRET}" in database
+    # no claim to lose with a database: persistence.enabled=false warns of nothing
+    assert "WARNING" not in database
+
+
+def test_the_cloudnativepg_example_plugs_into_the_chart() -> None:
+    """deploy/cloudnativepg/cluster.yaml parses, is a CloudNativePG Cluster of 3 instances with an
+    otelbridge database and owner, and its "<cluster>-app" Secret is the one the READMEs and
+    ci/database-values.yaml name."""
+    (cluster,) = [doc for doc in yaml.safe_load_all((CNPG_DIR / "cluster.yaml").read_text()) if doc]
+    assert cluster["apiVersion"] == "postgresql.cnpg.io/v1" and cluster["kind"] == "Cluster"
+    spec = cluster["spec"]
+    assert spec["instances"] == 3
+    assert spec["bootstrap"]["initdb"] == {"database": "otelbridge", "owner": "otelbridge"}
+    assert spec["storage"]["size"]
+    # CloudNativePG takes parameters as strings (YAML's bare on/off would be booleans)
+    assert all(isinstance(value, str) for value in spec["postgresql"]["parameters"].values())
+    validate_object({"apiVersion": "v1", "kind": "ConfigMap", "metadata": cluster["metadata"]})
+    secret = f"{cluster['metadata']['name']}-app"
+    assert secret == CNPG_SECRET
+    readme = (CNPG_DIR / "README.md").read_text()
+    assert f"--set database.existingSecret={secret}" in readme
+    assert f"{cluster['metadata']['name']}-rw" in readme
+    assert "never bundles PostgreSQL" in readme
+    assert f"--set database.existingSecret={secret}" in (CHART_DIR / "README.md").read_text()
+    assert load_values(CHART_DIR / "ci" / "database-values.yaml")["database"]["existingSecret"] == secret
 
 
 # --- one source for the rules and the dashboard ---------------------------------------------
