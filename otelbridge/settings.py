@@ -235,17 +235,7 @@ class Settings(BaseSettings):
             return self.cartesia_api_key.get_secret_value().strip() or None
         if self.cartesia_api_key_file is None:
             return None
-        where = f"{env_name('cartesia_api_key_file')}={str(self.cartesia_api_key_file)!r}"
-        try:
-            key = self.cartesia_api_key_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise SettingsError(
-                [f"{where}: cannot read the file ({reason}). Fix: point it at a readable file"]
-            ) from None
-        if not key:
-            raise SettingsError([f"{where}: the file is empty. Fix: put the Cartesia API key in it"])
-        return key
+        return _read_secret_file("cartesia_api_key_file", self.cartesia_api_key_file, "the Cartesia API key")
 
     def database_url_value(self) -> str | None:
         """The PostgreSQL URI, from the variable or the file (None: SQLite); raises
@@ -253,16 +243,8 @@ class Settings(BaseSettings):
         if self.database_url is not None:
             url, where = self.database_url.get_secret_value().strip(), env_name("database_url")
         elif self.database_url_file is not None:
+            url = _read_secret_file("database_url_file", self.database_url_file, "the PostgreSQL URI")
             where = f"{env_name('database_url_file')}={str(self.database_url_file)!r}"
-            try:
-                url = self.database_url_file.read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-                raise SettingsError(
-                    [f"{where}: cannot read the file ({reason}). Fix: point it at a readable file"]
-                ) from None
-            if not url:
-                raise SettingsError([f"{where}: the file is empty. Fix: put the PostgreSQL URI in it"])
         else:
             return None
         if not url:
@@ -292,6 +274,22 @@ class Settings(BaseSettings):
         if self.service_instance_id is None:
             self.service_instance_id = str(uuid.uuid4())
         return self.service_instance_id
+
+
+def _read_secret_file(field: str, path: Path, what: str) -> str:
+    """The stripped contents of a ``*_FILE`` setting's file; ``SettingsError`` naming the setting
+    when it cannot be read or is empty."""
+    where = f"{env_name(field)}={str(path)!r}"
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise SettingsError(
+            [f"{where}: cannot read the file ({reason}). Fix: point it at a readable file"]
+        ) from None
+    if not value:
+        raise SettingsError([f"{where}: the file is empty. Fix: put {what} in it"])
+    return value
 
 
 def env_name(field: str) -> str:

@@ -31,16 +31,12 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 
-from otelbridge.delivery.sdk import build_resource, encode_trace_request, to_readable_spans
-from otelbridge.delivery.spool import Spool
-from otelbridge.ingest.processor import Processor
-from otelbridge.mapping.policy import MappingOptions
-from otelbridge.mapping.records import SpanRecord
 from otelbridge.pipeline import Pipeline, resilient
 from otelbridge.settings import load_settings
-from otelbridge.store import StoreWriteError, free_bytes, open_inbox, open_state, state_path
+from otelbridge.store import StoreWriteError, free_bytes, open_inbox, state_path
 from tests.support.inbox_events import store_events
 from tests.support.otlp_receiver import HttpOtlpReceiver
+from tests.support.processing import open_processor
 from tests.support.samples import webhook_events
 from tests.support.serve_process import (
     SECRET_HEADER,
@@ -291,33 +287,16 @@ def test_a_loop_failing_the_same_way_logs_one_traceback_then_a_counted_line_per_
 
 
 # --- a volume that fills inside one event's savepoint ---------------------------------------------
-RESOURCE = build_resource("test", "i-1")
 #: the processors' clock: what a run stores must not depend on when it ran
 NOW_NS = 1_790_000_000 * 10**9
 
 
-def _encode(spans: list[SpanRecord]) -> bytes:
-    return bytes(encode_trace_request(to_readable_spans(spans, RESOURCE)).SerializeToString())
-
-
 class Store:
-    """``state.db`` and ``inbox.db`` in ``state_dir`` and a Processor on them (as the processor
-    tests build it)."""
+    """``state.db`` and ``inbox.db`` in ``state_dir`` and a Processor on them."""
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
-        self.state = open_state(state_dir)
-        self.inbox = open_inbox(state_dir)
-        self.processor = Processor(
-            self.state,
-            self.inbox,
-            Spool(max_bytes=1 << 30, max_age_ns=1 << 62),
-            MappingOptions(),
-            _encode,
-            call_timeout_ns=3600 * 10**9,
-            retention_ns=7 * 86400 * 10**9,
-            clock=lambda: NOW_NS,
-        )
+        self.state, self.inbox, self.processor = open_processor(state_dir, clock=lambda: NOW_NS)
 
     def run(self) -> None:
         while self.processor.process_batch().events:

@@ -17,27 +17,20 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otelbridge.cartesia.webhooks import parse_webhook_event
-from otelbridge.delivery.sdk import build_resource, encode_trace_request, to_readable_spans
-from otelbridge.delivery.spool import Spool
+from otelbridge.delivery.sdk import build_resource
 from otelbridge.ingest import processor as processor_module
 from otelbridge.ingest.assembly import CallAssembler
-from otelbridge.ingest.processor import Processor, load_unexported_points
+from otelbridge.ingest.processor import load_unexported_points
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping import ids, map_call
-from otelbridge.mapping.policy import MappingOptions
-from otelbridge.mapping.records import MetricPoint, SpanRecord
-from otelbridge.store import open_inbox, open_state
-from otelbridge.store.sqlite import SqliteInboxStore, SqliteState
+from otelbridge.mapping.records import MetricPoint
 from tests.support.inbox_events import store_events
+from tests.support.processing import encode_spans, open_processor
 from tests.support.samples import webhook_events
 
 RESOURCE = build_resource("test", "i-1")
 #: more than the spool of any test holds: a take of it reads every request of its signal
 EVERYTHING = 1 << 62
-
-
-def _encode(spans: list[SpanRecord]) -> bytes:
-    return bytes(encode_trace_request(to_readable_spans(spans, RESOURCE)).SerializeToString())
 
 
 def _events() -> list[dict[str, Any]]:
@@ -65,19 +58,11 @@ class Harness:
         self.open()
 
     def open(self) -> None:
-        self.state: SqliteState = open_state(self.state_dir)
-        self.inbox: SqliteInboxStore = open_inbox(self.state_dir)
         clock = self.clock
-        self.processor = Processor(
-            self.state,
-            self.inbox,
-            Spool(max_bytes=1 << 30, max_age_ns=1 << 62),
-            MappingOptions(),
-            _encode,
-            call_timeout_ns=3600 * 10**9,
-            retention_ns=7 * 86400 * 10**9,
-            deployments_per_agent=self.deployments_per_agent,
+        self.state, self.inbox, self.processor = open_processor(
+            self.state_dir,
             clock=(lambda: clock[0]) if clock is not None else time.time_ns,
+            deployments_per_agent=self.deployments_per_agent,
         )
 
     def close(self) -> None:
@@ -613,7 +598,7 @@ def _replayed(events: list[dict[str, Any]]) -> list[Span]:
         assembler.add(parse_webhook_event(event))
     (built,) = assembler.calls()
     mapped = map_call(built.call, fallback_end_ns=built.fallback_end_ns)
-    request = ExportTraceServiceRequest.FromString(_encode(mapped.spans))
+    request = ExportTraceServiceRequest.FromString(encode_spans(mapped.spans))
     return [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
 
 
