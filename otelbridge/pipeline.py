@@ -399,16 +399,25 @@ class Pipeline:
         the next start, and the process still exits cleanly."""
         started = time.monotonic()
         failed = False
-        for step, what in ((self.process_all, "process the stored events"),
-                           (self.collect_metrics, "spool a last metrics collection")):  # fmt: skip
+        where = self.settings.state_dir if self.engine.single_process else "the database"
+        steps: list[tuple[Callable[[], Awaitable[None]], str]] = [
+            (self.collect_metrics, "spool a last metrics collection")
+        ]
+        if self.leader:
+            steps.insert(0, (self.process_all, "process the stored events"))
+        for step, what in steps:
             try:
                 await step()
             except Exception as exc:
                 failed = True
                 log.error(
                     "stopping: could not %s (%s: %s); what is stored stays in %s for the next start",
-                    what, type(exc).__name__, exc, self.settings.state_dir,
+                    what, type(exc).__name__, exc, where,
                 )  # fmt: skip
+        if not self.leader:  # what this replica received is the leader's to process and send
+            if not failed:
+                log.info("stopped: another replica leads and exports what this one received")
+            return
         self.sender.notify()
         try:
             with anyio.move_on_after(max(0.0, timeout_s - (time.monotonic() - started))):
@@ -417,12 +426,12 @@ class Pipeline:
             left = await anyio.to_thread.run_sync(self.spool_depth)
         except Exception as exc:
             log.error("stopping: cannot read the spool (%s: %s); it is kept in %s for the next start",
-                      type(exc).__name__, exc, self.settings.state_dir)  # fmt: skip
+                      type(exc).__name__, exc, where)  # fmt: skip
             return
         if sum(left.values()):
             log.warning(
                 "stopping with %d trace and %d metrics request(s) unsent; they are kept in %s and sent "
-                "at the next start", left["traces"], left["metrics"], self.settings.state_dir,
+                "at the next start", left["traces"], left["metrics"], where,
             )  # fmt: skip
         elif not failed:
             log.info("stopped: everything received was exported")
