@@ -7,6 +7,11 @@ All (``.*``) and as one real agent, ``$deployment`` as All and as that agent's d
 ``$instance`` as All, ``$log_metric`` as each LogMetric the variable's query finds;
 ``$__rate_interval`` and ``$__range`` get values that cover the whole test session (its data is
 seconds old, not a steady stream).
+
+With several replicas (pods sharing PostgreSQL) every panel aggregates across them: the panels
+that matter are also run by promtool against the series of two pods and a failover between them
+(the leader dies, the next one's counters start from 0), and the "Replicas" row shows the
+replicas and which one leads.
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ import json
 import math
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.deploy.prometheus import DASHBOARD, SAMPLE_AGENT, STRING_LOG_METRIC, Stack, stack
+from tests.deploy.prometheus import DASHBOARD, SAMPLE_AGENT, STRING_LOG_METRIC, Stack, promtool, scalar, stack
 
 __all__ = ["stack"]  # the shared session fixture, imported for pytest
 
@@ -289,3 +295,177 @@ def test_p95_by_deployment_puts_deployments_side_by_side(stack: Stack) -> None:
         }
         assert {SAMPLE_DEPLOYMENT, "dep_L1mHoOsFaQfD"} <= finite, (target["refId"], result)
         assert all(set(r["metric"]) == {"cartesia_deployment_id"} for r in result), result
+
+
+# --- replicas -----------------------------------------------------------------------------------
+#: what tells the replicas of one otelbridge apart (and its version, which differs across a
+#: rolling upgrade): aggregated away, as in the alert rules
+REPLICA = "instance, pod, otel_scope_version"
+#: gauges of the leader's state: a follower reports 0 or its copy of the shared database's value,
+#: so they are the largest value across a deployment's replicas, never their sum
+LEADER_GAUGES = (
+    "otelbridge_spool_depth",
+    "otelbridge_spool_size_bytes",
+    "otelbridge_inbox_depth",
+    "otelbridge_calls_open",
+)
+#: the row that shows the replicas one by one, on purpose
+REPLICAS_ROW = "Replicas"
+
+
+def row_of() -> dict[str, str]:
+    """Panel title -> the title of the row it sits in (rows are not nested in this dashboard)."""
+    rows: dict[str, str] = {}
+    current = ""
+    for panel in dashboard()["panels"]:
+        if panel["type"] == "row":
+            current = panel["title"]
+        rows[panel["title"]] = current
+    return rows
+
+
+def test_panels_do_not_tell_replicas_apart() -> None:
+    """Outside the "Replicas" row no query groups by a replica's labels (a failover would split a
+    line in two, or a per-replica total would restart at 0), and the leader-only gauges are the
+    largest value across the replicas of a deployment (``max without``), or the largest overall."""
+    rows = row_of()
+    for title, target in targets():
+        expr = target["expr"]
+        if rows[title] == REPLICAS_ROW:
+            continue
+        for clause in re.findall(r"\b(?:by|on) \(([^)]*)\)", expr):
+            assert not {label.strip() for label in clause.split(",")} & {"instance", "pod"}, (
+                f"{title}: {expr}"
+            )
+        assert "{{instance}}" not in target.get("legendFormat", ""), title
+        for gauge in LEADER_GAUGES:
+            for use in re.finditer(rf"\b{gauge}\{{", expr):
+                assert expr[: use.start()].endswith(f"max without ({REPLICA}) ("), f"{title}: {expr}"
+
+
+def replica_panels() -> dict[str, dict[str, Any]]:
+    rows = row_of()
+    return {
+        p["title"]: p
+        for p in dashboard()["panels"]
+        if p["type"] != "row" and rows[p["title"]] == REPLICAS_ROW
+    }
+
+
+def test_replicas_row_shows_the_leader_and_the_replicas(stack: Stack) -> None:
+    """The "Replicas" row: how many replicas report, how many lead (1; the threshold colours 0 and
+    2 red, as the leader alerts page), which one leads and since when. Against the session's one
+    ``serve``: one replica, leading."""
+    panels = replica_panels()
+    assert set(panels) == {"Replica count", "Leaders", "Leader", "Leader by replica"}
+    exprs = {title: panel["targets"][0]["expr"] for title, panel in panels.items()}
+    assert exprs["Replica count"] == 'count(otelbridge_leader{instance=~"$instance"})'
+    assert exprs["Leaders"] == 'sum(otelbridge_leader{instance=~"$instance"})'
+    steps = panels["Leaders"]["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [(s["value"], s["color"]) for s in steps] == [(None, "red"), (1, "green"), (2, "red")]
+    assert panels["Leader"]["options"]["textMode"] == "name"
+    assert "{{instance}}" in panels["Leader"]["targets"][0]["legendFormat"]
+    assert panels["Leader by replica"]["type"] == "timeseries"
+    values = {**BUILTINS, "instance": ".*"}
+    query = stack.prometheus.query
+    assert scalar(query(substitute(exprs["Replica count"], values))) == 1
+    assert scalar(query(substitute(exprs["Leaders"], values))) == 1
+    (leader,) = query(substitute(exprs["Leader"], values))
+    assert leader["metric"]["instance"] == f"127.0.0.1:{stack.serve.admin_port}"
+
+
+# Two replicas: pod A leads and dies after minute 20 (its series stale at 21); pod B, a follower
+# until then, leads from 22 with its leader-only counters from 0 and its gauges from 23. Both
+# receive webhooks all along; both report the shared inbox and spool depth.
+POD_A = 'job="otelbridge",namespace="voice",instance="10.1.0.11:9464",pod="otelbridge-0"'
+POD_B = 'job="otelbridge",namespace="voice",instance="10.1.0.12:9464",pod="otelbridge-1"'
+SELF = 'otel_scope_name="otelbridge.self",otel_scope_version="3.0.0"'
+CALLS = (
+    f'otel_scope_name="otelbridge",cartesia_agent_id="{SAMPLE_AGENT}",'
+    f'cartesia_deployment_id="{SAMPLE_DEPLOYMENT}"'
+)
+FAILOVER_SERIES = [
+    (f"otelbridge_leader{{{POD_A},{SELF}}}", "1x20 stale"),
+    (f"otelbridge_leader{{{POD_B},{SELF}}}", "0x21 1x38"),
+    (f"otelbridge_calls_open{{{POD_A},{SELF}}}", "7x20 stale"),
+    (f"otelbridge_calls_open{{{POD_B},{SELF}}}", "0x22 7x37"),
+    (f"otelbridge_inbox_depth{{{POD_A},{SELF}}}", "4x20 stale"),
+    (f"otelbridge_inbox_depth{{{POD_B},{SELF}}}", "4x60"),
+    (f'otelbridge_spool_depth{{{POD_A},{SELF},signal="traces"}}', "5x20 stale"),
+    (f'otelbridge_spool_depth{{{POD_B},{SELF},signal="traces"}}', "5x60"),
+    (f"otelbridge_spool_size_bytes{{{POD_A},{SELF}}}", "1000x20 stale"),
+    (f"otelbridge_spool_size_bytes{{{POD_B},{SELF}}}", "0x22 1000x37"),
+    (f'otelbridge_webhooks_total{{{POD_A},{SELF},type="call_turn",outcome="accepted"}}', "0+10x20 stale"),
+    (f'otelbridge_webhooks_total{{{POD_B},{SELF},type="call_turn",outcome="accepted"}}', "0+10x60"),
+    (f'cartesia_calls_total{{{POD_A},{CALLS},cartesia_call_status="completed"}}', "0+4x20 stale"),
+    (f'cartesia_calls_total{{{POD_B},{CALLS},cartesia_call_status="completed"}}', "_x22 0+4x38"),
+]
+#: (panel, refId, evaluation time, expected): exact samples by labels, or a (low, high) range for a
+#: sum of rates or increases (Prometheus extrapolates them a little)
+FAILOVER_CHECKS: list[tuple[str, str, str, dict[str, float] | tuple[float, float]]] = [
+    # the leader's gauge, not the follower's 0 (before) nor a gap (after)
+    ("Open calls", "A", "10m", {"{}": 7}),
+    ("Open calls", "A", "40m", {"{}": 7}),
+    ("Inbox depth and open calls", "B", "10m", {"{}": 7}),
+    # two copies of the shared value are one value
+    ("Inbox depth and open calls", "A", "10m", {"{}": 4}),
+    ("Spool depth by signal", "A", "10m", {'{signal="traces"}': 5}),
+    ("Spool bytes and oldest request age", "A", "10m", {"{}": 1000}),
+    ("Spool bytes and oldest request age", "A", "40m", {"{}": 1000}),
+    # 80 calls on pod A, 152 on pod B: a counter that stops and one that starts at 0 add up
+    ("Calls ended", "A", "60m", (225, 240)),
+    # each replica's own receipts, summed: 20 a minute while both run, 10 after
+    ("Webhooks per minute by outcome", "A", "10m", (19.5, 20.5)),
+    ("Webhooks per minute by outcome", "A", "40m", (9.5, 10.5)),
+    ("Replica count", "A", "10m", {"{}": 2}),
+    ("Replica count", "A", "40m", {"{}": 1}),
+    ("Leaders", "A", "10m", {"{}": 1}),
+    ("Leaders", "A", "40m", {"{}": 1}),
+    ("Leader", "A", "10m", {'{instance="10.1.0.11:9464", pod="otelbridge-0"}': 1}),
+    ("Leader", "A", "40m", {'{instance="10.1.0.12:9464", pod="otelbridge-1"}': 1}),
+    (
+        "Leader by replica",
+        "A",
+        "10m",
+        {
+            '{instance="10.1.0.11:9464", pod="otelbridge-0"}': 1,
+            '{instance="10.1.0.12:9464", pod="otelbridge-1"}': 0,
+        },
+    ),
+    ("Leader by replica", "A", "40m", {'{instance="10.1.0.12:9464", pod="otelbridge-1"}': 1}),
+]
+
+
+def test_panels_aggregate_two_replicas_across_a_failover(tmp_path: Path) -> None:
+    """The panels of the leader's gauges, a call counter, the replicas' own receipts and the
+    "Replicas" row, run by ``promtool test rules`` against two pods and a failover."""
+    values = {**BUILTINS, "agent": ".*", "deployment": ".*", "instance": ".*", "log_metric": ""}
+    exprs = []
+    for title, ref, at, expected in FAILOVER_CHECKS:
+        (target,) = [t for panel, t in targets() if panel == title and t["refId"] == ref]
+        expr = substitute(target["expr"], values)
+        if isinstance(expected, tuple):
+            low, high = expected
+            check = {
+                "expr": f"count(({expr}) >= {low} <= {high})",
+                "exp_samples": [{"labels": "{}", "value": 1}],
+            }
+        else:
+            check = {"expr": expr, "exp_samples": [{"labels": lb, "value": v} for lb, v in expected.items()]}
+        exprs.append({**check, "eval_time": at})
+    assert {title for title, *_ in FAILOVER_CHECKS} >= set(replica_panels())
+    test = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": series, "values": v} for series, v in FAILOVER_SERIES],
+                "promql_expr_test": exprs,
+            }
+        ],
+    }
+    path = tmp_path / "dashboard_failover.yaml"
+    path.write_text(json.dumps(test, indent=2), encoding="utf-8")  # JSON is YAML
+    result = promtool("test", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
