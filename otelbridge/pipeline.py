@@ -403,7 +403,9 @@ class Pipeline:
         steps: list[tuple[Callable[[], Awaitable[None]], str]] = [
             (self.collect_metrics, "spool a last metrics collection")
         ]
-        if self.leader:
+        # with a local state directory this process is the only one that can process it
+        leads = self.leader or self.engine.single_process
+        if leads:
             steps.insert(0, (self.process_all, "process the stored events"))
         for step, what in steps:
             try:
@@ -414,7 +416,7 @@ class Pipeline:
                     "stopping: could not %s (%s: %s); what is stored stays in %s for the next start",
                     what, type(exc).__name__, exc, where,
                 )  # fmt: skip
-        if not self.leader:  # what this replica received is the leader's to process and send
+        if not leads:  # what this replica received is the leader's to process and send
             if not failed:
                 log.info("stopped: another replica leads and exports what this one received")
             return

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
         le=1_048_576,
         description="cap on any string attribute, in UTF-8 bytes",
     )
+    text_chunk_events: bool = Field(
+        default=True, description="export cartesia.text_chunk span events on turns (false: leave them out)"
+    )
     log_metric_max_names: int = Field(
         default=50, ge=1, description="distinct LogMetric names turned into instruments"
     )
@@ -264,6 +267,7 @@ class Settings(BaseSettings):
             text_max_chars=self.transcript_max_chars,
             export_phone_numbers=self.export_phone_numbers,
             max_attribute_bytes=self.max_attribute_bytes,
+            text_chunk_events=self.text_chunk_events,
         )
 
     def resolved_service_name(self, environ: Mapping[str, str] | None = None) -> str:

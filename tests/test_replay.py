@@ -346,6 +346,8 @@ def test_transcript_text_drop() -> None:
         for span in spans:
             assert "cartesia.turn.text" not in attributes(span.attributes)
             assert "cartesia.text_chunk.text" not in event_attribute_keys(span)
+            # nor any copy of the words: no OpenInference input or output on any span
+            assert not {"input.value", "output.value"} & set(attributes(span.attributes))
         # the turns are still there, only their words are gone
         assert any(s.name == "assistant_turn" for s in spans)
         assert any(e.name == "cartesia.text_chunk" for s in spans for e in s.events)
@@ -361,6 +363,21 @@ def test_phone_numbers_exported_raw_when_asked() -> None:
             attrs = attributes(root_of(receiver, call_id).attributes)
             assert attrs["cartesia.telephony.from"] == call["telephony_params"]["from"]
             assert attrs["cartesia.telephony.to"] == call["telephony_params"]["to"]
+            person = "to" if call["telephony_params"].get("direction") == "outbound" else "from"
+            assert attrs["user.id"] == call["telephony_params"][person]
+
+
+def test_text_chunk_events_off() -> None:
+    with HttpOtlpReceiver() as receiver:
+        run = run_cli("replay", *ALL_SAMPLES, env={**receiver.env(), "OTELBRIDGE_TEXT_CHUNK_EVENTS": "false"})
+        assert run.returncode == 0, run.stderr
+        spans = receiver.spans()
+        assert len(receiver.spans_by_trace()) == 12
+        assert not [e for s in spans for e in s.events if e.name == "cartesia.text_chunk"]
+        # the turns keep their words and their other events
+        turns = [s for s in spans if s.name in ("user_turn", "assistant_turn")]
+        assert turns and all("cartesia.turn.text" in attributes(s.attributes) for s in turns)
+        assert any(e.name == "cartesia.tts.first_byte" for s in turns for e in s.events)
 
 
 def test_metrics_exporter_none_sends_traces_only_and_succeeds() -> None:

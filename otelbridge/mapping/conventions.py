@@ -73,6 +73,23 @@ STT_TTFB: Final = "cartesia.stt.ttfb"
 #: seconds from the end of the caller's turn to the start of the assistant turn (since 2.1.0)
 TURN_RESPONSE_LATENCY: Final = "cartesia.turn.response_latency"
 
+# --- OpenInference (since 3.0.0): what Arize Phoenix, Langfuse and other LLM-observability
+# backends read to show the conversation (docs/conventions.md, "OpenInference") ---------------
+OI_SPAN_KIND: Final = "openinference.span.kind"
+OI_KIND_AGENT: Final = "AGENT"  # the root
+OI_KIND_CHAIN: Final = "CHAIN"  # turns and call_analysis
+OI_KIND_TOOL: Final = "TOOL"  # tool spans
+OI_INPUT_VALUE: Final = "input.value"
+OI_INPUT_MIME_TYPE: Final = "input.mime_type"
+OI_OUTPUT_VALUE: Final = "output.value"
+OI_OUTPUT_MIME_TYPE: Final = "output.mime_type"
+OI_SESSION_ID: Final = "session.id"
+OI_USER_ID: Final = "user.id"
+#: a JSON object as a string: the call's deployment id and end reason, and its metadata
+OI_METADATA: Final = "metadata"
+MIME_TEXT: Final = "text/plain"
+MIME_JSON: Final = "application/json"
+
 # --- span events ------------------------------------------------------------------------
 EVENT_TEXT_CHUNK: Final = "cartesia.text_chunk"
 EVENT_TTS_FIRST_BYTE: Final = "cartesia.tts.first_byte"

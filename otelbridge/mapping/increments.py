@@ -16,7 +16,8 @@ Rules (docs/conventions.md, "Streaming"):
   otherwise (their turn was streamed earlier) as events of the root span. When the root is
   already out, they can no longer be placed and are counted as ``late_log_items``.
 * A summary that arrives after the root went out becomes a ``call_analysis`` span, a child of
-  the root at the time of the analysis event (:func:`analysis_span`).
+  the root at the time of the analysis event (:func:`analysis_span`), which also carries it as
+  OpenInference's ``output.value`` (the root's can no longer change).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from otelbridge.mapping.latency import TurnTiming, latency_after
 from otelbridge.mapping.metrics import map_call_points, turn_points
 from otelbridge.mapping.policy import AttributeSink, MappingOptions
 from otelbridge.mapping.records import MetricPoint, SpanRecord
-from otelbridge.mapping.traces import CallContext, map_call_spans, map_turn
+from otelbridge.mapping.traces import CallContext, map_call_spans, map_turn, openinference_text
 
 
 @dataclass(slots=True)
@@ -112,6 +113,9 @@ def analysis_span(ctx: CallContext, summary: str, at_ns: int) -> SpanRecord:
     )
     sink = AttributeSink(ctx.options, span.attributes)
     sink.put(c.CALL_SUMMARY, summary)
+    # the root went out without it: here is where an OpenInference backend finds the summary
+    sink.put(c.OI_SPAN_KIND, c.OI_KIND_CHAIN)
+    openinference_text(sink, c.OI_OUTPUT_VALUE, c.OI_OUTPUT_MIME_TYPE, summary, c.MIME_TEXT)
     if sink.truncated:
         span.attributes[c.TRUNCATED] = list(dict.fromkeys(sink.truncated))
     return span

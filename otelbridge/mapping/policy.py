@@ -34,6 +34,8 @@ class MappingOptions:
     text_max_chars: int = DEFAULT_TEXT_MAX_CHARS
     export_phone_numbers: bool = False
     max_attribute_bytes: int = DEFAULT_MAX_ATTRIBUTE_BYTES
+    #: ``cartesia.text_chunk`` span events on turns (``OTELBRIDGE_TEXT_CHUNK_EVENTS``)
+    text_chunk_events: bool = True
 
 
 def cap_bytes(value: str, max_bytes: int) -> tuple[str, bool]:

@@ -30,6 +30,8 @@ from otelbridge.mapping.policy import AttributeSink, MappingOptions, to_text
 from otelbridge.mapping.records import Attributes, EventRecord, SpanRecord
 
 _TOLERANCE_NS: Final = 1_000_000  # 1 ms
+#: a turn's ``text`` when Cartesia sent its words only in the text chunks
+_TEXT_PLACEHOLDER: Final = "-"
 
 
 class UnplaceableCallError(ValueError):
@@ -117,6 +119,37 @@ def turn_operation(role: str) -> str:
     return c.OPERATION_USER_TURN if role == "user" else c.OPERATION_ASSISTANT_TURN
 
 
+def spoken_words(item: TranscriptItem) -> str | None:
+    """What a turn said, as OpenInference's input/output carry it: its ``text``, or when that is
+    missing, blank or Cartesia's ``"-"`` placeholder, its text chunks joined; None without words."""
+    text = item.text
+    if text is not None and text.strip() not in ("", _TEXT_PLACEHOLDER):
+        return text
+    joined = "".join(chunk.get("text", "") for chunk in item.text_chunks).strip()
+    return joined or None
+
+
+def first_user_words(call: AgentCall) -> str | None:
+    """The words of the call's earliest user turn that has any (the root's ``input.value``); of
+    two starting together, the first in the transcript."""
+    first: tuple[float, str] | None = None
+    for item in call.transcript:
+        if item.role != "user":
+            continue
+        words = spoken_words(item)
+        if words is not None and (first is None or item.start_timestamp < first[0]):
+            first = (item.start_timestamp, words)
+    return first[1] if first is not None else None
+
+
+def openinference_text(sink: AttributeSink, key: str, mime_key: str, value: str | None, mime: str) -> None:
+    """An OpenInference ``input.value`` / ``output.value`` under the text policy and the byte cap
+    (every cut listed), with its MIME type when the value is exported."""
+    sink.text(key, value)
+    if key in sink.attributes:
+        sink.put(mime_key, mime)
+
+
 def map_turn(
     ctx: CallContext, item: TranscriptItem, occurrence: int = 1, response_latency: float | None = None
 ) -> list[SpanRecord]:
@@ -160,23 +193,16 @@ def map_turn(
     sink.put(c.TTS_TTFB, item.tts_ttfb)
     sink.put(c.STT_TTFB, item.stt_ttfb)
     sink.put(c.TURN_RESPONSE_LATENCY, response_latency)
+    sink.put(c.DEPLOYMENT_ID, ctx.deployment_id)
+    sink.put(c.OI_SPAN_KIND, c.OI_KIND_CHAIN)
+    # the caller's words are the agent's input; every other speaker's, its output
+    if item.role == "user":
+        openinference_text(sink, c.OI_INPUT_VALUE, c.OI_INPUT_MIME_TYPE, spoken_words(item), c.MIME_TEXT)
+    else:
+        openinference_text(sink, c.OI_OUTPUT_VALUE, c.OI_OUTPUT_MIME_TYPE, spoken_words(item), c.MIME_TEXT)
 
-    for index, chunk in enumerate(item.text_chunks):
-        at, moved = _clamp(
-            ctx.start_ns + offset_to_ns(_offset(chunk["start_timestamp"], adjust, "text_chunk")),
-            start_ns,
-            end_ns,
-            adjust,
-            "text_chunk_outside_turn",
-        )
-        attrs: Attributes = {c.CHUNK_INDEX: index}
-        event_sink = AttributeSink(ctx.options, attrs)
-        event_sink.text(c.CHUNK_TEXT, chunk.get("text", ""))
-        if event_sink.truncated:  # every cut is listed, on the event that holds it
-            attrs[c.TRUNCATED] = list(dict.fromkeys(event_sink.truncated))
-        if moved:
-            attrs[c.TIME_ADJUSTED] = True
-        span.events.append(EventRecord(c.EVENT_TEXT_CHUNK, at, attrs))
+    if ctx.options.text_chunk_events:
+        _text_chunk_events(ctx, item, span, adjust)
     for ttfb, name, attr in (
         (item.tts_ttfb, c.EVENT_TTS_FIRST_BYTE, c.TTS_TTFB),
         (item.stt_ttfb, c.EVENT_STT_FIRST_BYTE, c.STT_TTFB),
@@ -206,6 +232,28 @@ def map_turn(
     return spans
 
 
+def _text_chunk_events(
+    ctx: CallContext, item: TranscriptItem, span: SpanRecord, adjust: _Adjustments
+) -> None:
+    """The turn's ``cartesia.text_chunk`` events, clamped into it, their text under the policy."""
+    for index, chunk in enumerate(item.text_chunks):
+        at, moved = _clamp(
+            ctx.start_ns + offset_to_ns(_offset(chunk["start_timestamp"], adjust, "text_chunk")),
+            span.start_ns,
+            span.end_ns,
+            adjust,
+            "text_chunk_outside_turn",
+        )
+        attrs: Attributes = {c.CHUNK_INDEX: index}
+        event_sink = AttributeSink(ctx.options, attrs)
+        event_sink.text(c.CHUNK_TEXT, chunk.get("text", ""))
+        if event_sink.truncated:  # every cut is listed, on the event that holds it
+            attrs[c.TRUNCATED] = list(dict.fromkeys(event_sink.truncated))
+        if moved:
+            attrs[c.TIME_ADJUSTED] = True
+        span.events.append(EventRecord(c.EVENT_TEXT_CHUNK, at, attrs))
+
+
 def _tool_span(
     ctx: CallContext,
     turn: SpanRecord,
@@ -233,6 +281,12 @@ def _tool_span(
     sink.put(c.GEN_AI_TOOL_CALL_ARGUMENTS, to_text(arguments))
     if result is not None:
         sink.put(c.GEN_AI_TOOL_CALL_RESULT, to_text(result))
+    sink.put(c.DEPLOYMENT_ID, ctx.deployment_id)
+    sink.put(c.OI_SPAN_KIND, c.OI_KIND_TOOL)
+    openinference_text(sink, c.OI_INPUT_VALUE, c.OI_INPUT_MIME_TYPE, to_text(arguments), c.MIME_JSON)
+    if result is not None:
+        mime = c.MIME_TEXT if isinstance(result, str) else c.MIME_JSON
+        openinference_text(sink, c.OI_OUTPUT_VALUE, c.OI_OUTPUT_MIME_TYPE, to_text(result), mime)
     _finish(span, sink, _Adjustments())
     return span
 
@@ -318,9 +372,43 @@ def root_span(ctx: CallContext, call: AgentCall, end_ns: int, adjustments: list[
     if call.status == "failed":
         span.error = call.error_message or call.end_reason or "call failed"
         sink.put(c.ERROR_TYPE, call.end_reason or "call_failed")
+    _root_openinference(sink, call)
     adjust = _Adjustments(list(adjustments))
     _finish(span, sink, adjust)
     return span
+
+
+def _root_openinference(sink: AttributeSink, call: AgentCall) -> None:
+    """The root's OpenInference attributes: the conversation's first words in, its summary out,
+    the call as the session, the caller as the user, and the call's facts as metadata."""
+    sink.put(c.OI_SPAN_KIND, c.OI_KIND_AGENT)
+    openinference_text(sink, c.OI_INPUT_VALUE, c.OI_INPUT_MIME_TYPE, first_user_words(call), c.MIME_TEXT)
+    openinference_text(sink, c.OI_OUTPUT_VALUE, c.OI_OUTPUT_MIME_TYPE, call.summary, c.MIME_TEXT)
+    sink.put(c.OI_SESSION_ID, call.id)
+    tel = call.telephony_params
+    if tel is not None:
+        # the person on the line: the callee of an outbound call, else the caller
+        sink.phone(c.OI_USER_ID, tel.to if tel.direction == "outbound" else tel.from_)
+    sink.put(c.OI_METADATA, _metadata_json(sink, call))
+
+
+def _metadata_json(sink: AttributeSink, call: AgentCall) -> str | None:
+    """OpenInference's ``metadata``: a JSON object of the deployment id and end reason (under their
+    contract names) and the call's metadata keys as they are (ours win a clash). When it would pass
+    the byte cap, only the deployment and end reason, valid JSON still, with the cut listed."""
+    ours: dict[str, Any] = {}
+    if call.deployment_id is not None:
+        ours[c.DEPLOYMENT_ID] = call.deployment_id
+    if call.end_reason is not None:
+        ours[c.CALL_END_REASON] = call.end_reason
+    whole = {**ours, **{k: v for k, v in call.metadata.items() if k not in ours}}
+    if not whole:
+        return None
+    text = to_text(whole)
+    if len(whole) > len(ours) and len(text.encode()) > sink.options.max_attribute_bytes:
+        sink.truncated.append(c.OI_METADATA)
+        text = to_text(ours)
+    return text  # put() still caps it (and lists the cut) should even that pass the cap
 
 
 def _log_attributes(ctx: CallContext, item: TranscriptItem) -> tuple[str, float, Attributes]:

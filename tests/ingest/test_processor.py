@@ -675,3 +675,107 @@ def test_the_reported_repro_keeps_both_turns(harness: Harness) -> None:
         kv.value.string_value for s in harness.spans() for kv in s.attributes if kv.key == c.TURN_TEXT
     )
     assert texts == {"a long question": 1, "hm": 1}
+
+
+# --- OpenInference: a streamed root is the replayed one (contract 3.0.0, section 10) ----------
+
+_OPENINFERENCE = frozenset({
+    c.OI_SPAN_KIND, c.OI_INPUT_VALUE, c.OI_INPUT_MIME_TYPE, c.OI_OUTPUT_VALUE, c.OI_OUTPUT_MIME_TYPE,
+    c.OI_SESSION_ID, c.OI_USER_ID, c.OI_METADATA, c.DEPLOYMENT_ID, c.TRUNCATED,
+})  # fmt: skip
+
+
+def _openinference(spans: list[Span]) -> dict[bytes, dict[str, bytes]]:
+    """Span id -> its OpenInference attributes (and deployment, and what was cut), as exported."""
+    return {
+        s.span_id: {
+            kv.key: kv.value.SerializeToString(deterministic=True)
+            for kv in s.attributes
+            if kv.key in _OPENINFERENCE
+        }
+        for s in spans
+    }
+
+
+def _replayed_calls(events: list[dict[str, Any]]) -> list[Span]:
+    assembler = CallAssembler()
+    for event in events:
+        assembler.add(parse_webhook_event(event))
+    out: list[Span] = []
+    for built in assembler.calls():
+        request = ExportTraceServiceRequest.FromString(
+            encode_spans(map_call(built.call, fallback_end_ns=built.fallback_end_ns).spans)
+        )
+        out += [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    return out
+
+
+def _string(span: Span, key: str) -> str | None:
+    return next((kv.value.string_value for kv in span.attributes if kv.key == key), None)
+
+
+@pytest.mark.parametrize("seed", [None, 1, 2])
+def test_streamed_and_replayed_calls_carry_the_same_openinference_attributes(
+    harness: Harness, seed: int | None
+) -> None:
+    """The root is built from the whole call on both paths: its first words, summary, session,
+    user and metadata come out of the daemon's stream (in order, or shuffled with repeats) as
+    replay gives them, and so do every turn's and tool's input and output."""
+    events = _events()
+    delivered = list(events)
+    if seed is not None:
+        delivered += random.Random(seed).sample(events, len(events) // 3)
+        random.Random(seed).shuffle(delivered)
+    harness.put(*delivered)
+    harness.run()
+    streamed = harness.spans()
+    replayed = _replayed_calls(events)
+    assert _openinference(streamed) == _openinference(replayed)
+    roots = [s for s in streamed if not s.parent_span_id]
+    assert len(roots) == 12
+    # the samples exercise what is compared: first words, summaries, masked callers, metadata
+    assert sum(_string(r, c.OI_INPUT_VALUE) is not None for r in roots) >= 9
+    assert sum(_string(r, c.OI_OUTPUT_VALUE) is not None for r in roots) >= 8
+    assert sum(_string(r, c.OI_METADATA) is not None for r in roots) >= 10
+    users = [u for u in (_string(r, c.OI_USER_ID) for r in roots) if u is not None]
+    assert len(users) >= 8 and all(u.count("*") >= 7 for u in users)
+    for root in roots:
+        assert _string(root, c.OI_SESSION_ID) == _string(root, c.CALL_ID)
+
+
+def test_streamed_root_attributes_are_the_replayed_roots(harness: Harness) -> None:
+    """In delivery order, every attribute of every streamed root is the replayed root's (its
+    events differ: log items of turns already streamed go on the root, section 6)."""
+    events = _events()
+    harness.put(*events)
+    harness.run()
+
+    def roots(spans: list[Span]) -> dict[bytes, Any]:
+        return {k: v[:5] for k, v in _comparable([s for s in spans if not s.parent_span_id]).items()}
+
+    streamed = roots(harness.spans())
+    assert len(streamed) == 12
+    assert streamed == roots(_replayed_calls(events))
+
+
+def test_a_summary_after_the_root_is_the_output_of_call_analysis(harness: Harness) -> None:
+    """A summary that arrives after the root went out: the root has no output.value, the
+    call_analysis span carries it (the one difference from replay, which has it on the root)."""
+    events = _events()
+    analysis = next(e for e in events if e.get("type") == "post_call_analysis")
+    mine = [e for e in events if e.get("call_id") == analysis["call_id"]]
+    for event in mine:
+        if event.get("call"):
+            event["call"].pop("summary", None)
+    harness.put(*[e for e in mine if e is not analysis])
+    harness.run()
+    (root,) = [s for s in harness.spans() if not s.parent_span_id]
+    assert _string(root, c.OI_OUTPUT_VALUE) is None and _string(root, c.OI_INPUT_VALUE)
+    harness.put(analysis)
+    harness.run()
+    (late,) = [s for s in harness.spans() if s.name == c.SPAN_CALL_ANALYSIS]
+    assert _string(late, c.OI_OUTPUT_VALUE) == analysis["analysis"]["summary"]
+    assert _string(late, c.OI_OUTPUT_MIME_TYPE) == "text/plain"
+    assert _string(late, c.OI_SPAN_KIND) == "CHAIN"
+    (replayed_root,) = [s for s in _replayed_calls(mine) if not s.parent_span_id]
+    assert _string(replayed_root, c.OI_OUTPUT_VALUE) == analysis["analysis"]["summary"]

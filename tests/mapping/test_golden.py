@@ -257,6 +257,60 @@ def test_turn_span_ids_follow_role_and_start_microsecond() -> None:
         assert span_hex(call_id, key) in turn_ids, key
 
 
+def test_openinference_attributes_show_the_conversation() -> None:
+    """docs/conventions.md section 10, on every golden: the span kinds, each turn's words as its
+    input (the caller) or output (the agent), the root's first words, summary, session, user and
+    metadata, and the deployment on turn and tool spans."""
+    kinds = {"invoke_agent": "AGENT", "user_turn": "CHAIN", "assistant_turn": "CHAIN", "execute_tool": "TOOL"}
+    roots = 0
+    for fixture in FIXTURES:
+        by_trace: dict[str, list[Span]] = {}
+        for span in spans(document(fixture)):
+            by_trace.setdefault(span.trace_id, []).append(span)
+        for group in by_trace.values():
+            root = root_of(group)
+            roots += 1
+            a = root.attributes
+            for span in group:
+                assert span.attributes["openinference.span.kind"] == kinds[span.name.split(" ")[0]]
+                for io in ("input", "output"):
+                    has_value = f"{io}.value" in span.attributes
+                    assert has_value == (f"{io}.mime_type" in span.attributes), (fixture, span.name)
+                if span is not root:
+                    assert span.attributes.get("cartesia.deployment.id") == a.get("cartesia.deployment.id")
+            turns = turns_of(group)
+            for turn in turns:
+                words, other = ("input", "output") if turn.name == "user_turn" else ("output", "input")
+                assert f"{other}.value" not in turn.attributes
+                text = turn.attributes.get("cartesia.turn.text")
+                if text not in (None, "-"):
+                    assert turn.attributes[f"{words}.value"] == text
+                    assert turn.attributes[f"{words}.mime_type"] == "text/plain"
+            first = next((t for t in turns if t.name == "user_turn" and "input.value" in t.attributes), None)
+            assert a.get("input.value") == (first.attributes["input.value"] if first else None)
+            assert a.get("output.value") == a.get("cartesia.call.summary")
+            call_id = a["cartesia.call.id"]
+            assert a["session.id"] == call_id
+            direction = a.get("cartesia.telephony.direction")
+            caller = "cartesia.telephony.to" if direction == "outbound" else "cartesia.telephony.from"
+            assert a.get("user.id") == a.get(caller)
+            if "metadata" in a:
+                metadata = json.loads(a["metadata"])
+                assert metadata.get("cartesia.deployment.id") == a.get("cartesia.deployment.id")
+                assert metadata.get("cartesia.call.end_reason") == a.get("cartesia.call.end_reason")
+                for key, value in a.items():
+                    if key.startswith("cartesia.call.metadata."):
+                        found: Any = metadata
+                        for part in key.removeprefix("cartesia.call.metadata.").split("."):
+                            found = found[part]
+                        assert found == (json.loads(value) if isinstance(found, list) else value)
+            for tool in (s for s in group if s.name.startswith("execute_tool")):
+                assert tool.attributes["input.value"] == tool.attributes["gen_ai.tool.call.arguments"]
+                assert tool.attributes["input.mime_type"] == "application/json"
+                assert tool.attributes.get("output.value") == tool.attributes.get("gen_ai.tool.call.result")
+    assert roots == 13
+
+
 # --- facts per category -------------------------------------------------------------------
 
 
@@ -429,9 +483,14 @@ def test_long_utterance_is_capped_at_a_character_boundary() -> None:
     assert full_text.startswith(text)
     # the 2048-byte cut falls inside an em dash: it is dropped whole
     assert len(text.encode()) == 2046 and full_text[len(text)] == "—"
-    assert long_turn.attributes["otelbridge.truncated_attributes"] == ["cartesia.turn.text"]
+    # every copy of the text is cut alike and listed: the turn's input.value, the root's first words
+    assert long_turn.attributes["input.value"] == text
+    assert long_turn.attributes["otelbridge.truncated_attributes"] == ["cartesia.turn.text", "input.value"]
+    (root,) = [s for s in all_of_them if s.parent_span_id is None]
+    assert root.attributes["input.value"] == text
+    assert root.attributes["otelbridge.truncated_attributes"] == ["input.value"]
     for span in all_of_them:
-        if span is not long_turn:
+        if span is not long_turn and span is not root:
             assert "otelbridge.truncated_attributes" not in span.attributes
 
 

@@ -25,6 +25,7 @@ from otelbridge.cartesia.models import AgentCall, parse_call
 from otelbridge.delivery.sdk import build_resource, encode_trace_request, to_readable_spans
 from otelbridge.mapping import MappedCall, MappingOptions, TextPolicy, UnplaceableCallError, ids, map_call
 from otelbridge.mapping import conventions as c
+from otelbridge.mapping.latency import response_latencies
 from otelbridge.mapping.records import SpanRecord
 from otelbridge.mapping.traces import CallContext, map_turn
 
@@ -196,6 +197,7 @@ def call_payloads(draw: st.DrawFn) -> dict[str, Any]:
     _optional(draw, payload, "summary", text)
     _optional(draw, payload, "telephony_params", telephony)
     _optional(draw, payload, "metadata", json_objects)
+    _optional(draw, payload, "deployment_id", ids_text)
     _optional(draw, payload, "zdr_enabled", st.booleans())
     payload.update(draw(unknown_fields))
     return payload
@@ -294,15 +296,20 @@ def test_ids_are_stable_and_a_turn_alone_gets_its_whole_call_ids(
     root = first.root
     assert root is not None
     whole: dict[str, SpanRecord] = {s.key: s for s in first.spans}
-    ctx = CallContext(call.id, call.agent_id, call.agent_name, root.start_ns, MappingOptions())
+    ctx = CallContext(
+        call.id, call.agent_id, call.agent_name, root.start_ns, MappingOptions(), call.deployment_id
+    )
     seen: dict[str, int] = {}
-    for item in call.transcript:
+    # the response latency of a streamed turn comes from the turns received before it (section 5.1)
+    latencies = response_latencies(call.transcript)
+    for index, item in enumerate(call.transcript):
         if item.is_system:
             continue
         base = ids.turn_key(item.role, item.start_timestamp)
         seen[base] = seen.get(base, 0) + 1
-        # a call_turn webhook knows nothing of other turns: the first occurrence maps alone
-        alone = map_turn(ctx, item) if seen[base] == 1 else map_turn(ctx, item, seen[base])
+        # a call_turn webhook knows nothing else of other turns: the first occurrence maps alone
+        occurrence = seen[base]
+        alone = map_turn(ctx, item, occurrence, response_latency=latencies.get(index))
         for span in alone:
             match = whole[span.key]
             assert (span.span_id, span.parent_span_id) == (match.span_id, match.parent_span_id)
@@ -350,6 +357,7 @@ def test_string_attributes_respect_the_byte_cap_under_any_options(
                     assert len(value.encode()) <= max_bytes, key
         if policy is TextPolicy.DROP:
             assert c.TURN_TEXT not in span.attributes
+            assert not {c.OI_INPUT_VALUE, c.OI_OUTPUT_VALUE} & set(span.attributes)  # every copy
     _encode(mapped)
 
 
