@@ -258,8 +258,16 @@ class Database:
     """A pool of autocommit connections; :meth:`transaction` is one explicit transaction."""
 
     def __init__(
-        self, url: str, application_name: str, *, max_size: int = 4, timeout_s: float = 10.0
+        self,
+        url: str,
+        application_name: str,
+        *,
+        max_size: int = 4,
+        timeout_s: float = 10.0,
+        check: bool = True,
     ) -> None:
+        """``check``: test a connection on checkout (one round trip more); without it a
+        connection the server cut fails its first statement and the pool replaces it."""
         self.url = url
         self.pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
             url,
@@ -272,7 +280,7 @@ class Database:
                 **CONNECT_DEFAULTS,
             },
             configure=_configure,
-            check=ConnectionPool.check_connection,
+            check=ConnectionPool.check_connection if check else None,
             timeout=timeout_s,
             open=False,
             name=application_name,
@@ -704,24 +712,19 @@ class PostgresInboxStore:
         self.db = db
 
     def append(self, rows: Sequence[NewRow], *, trim_through: int | None = None) -> None:
-        """One multi-row INSERT in one transaction; a body already waiting is skipped. The
-        processed rows are gone already (claiming deletes them): ``trim_through`` is unused."""
+        """One multi-row INSERT; a body already waiting is skipped. The processed rows are gone
+        already (claiming deletes them): ``trim_through`` is unused."""
         if not rows:
             return
-        with _writes("the database cannot be written"), self.db.transaction() as conn:
-            for start in range(0, len(rows), 1000):
-                chunk = rows[start : start + 1000]
-                values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(chunk))
-                params = [
-                    v
-                    for received_ns, event_type, call_id, body in chunk
-                    for v in (received_ns, event_type, call_id, body, hashlib.sha256(body).digest())
-                ]
-                conn.execute(
-                    "INSERT INTO inbox (received_ns, event_type, call_id, body, digest) "  # noqa: S608 - placeholders
-                    f"VALUES {values} ON CONFLICT (digest) DO NOTHING",
-                    params,
-                )
+        chunks = [rows[start : start + 1000] for start in range(0, len(rows), 1000)]
+        with _writes("the database cannot be written"):
+            if len(chunks) == 1:  # one statement in autocommit: atomic, one round trip
+                with self.db.connection() as conn:
+                    _insert_inbox(conn, chunks[0])
+                return
+            with self.db.transaction() as conn:
+                for chunk in chunks:
+                    _insert_inbox(conn, chunk)
 
     def claim(self, tx: StateTx, limit: int, max_bytes: int) -> Claim:
         assert isinstance(tx, PostgresStateTx), (
@@ -768,6 +771,20 @@ class PostgresInboxStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _insert_inbox(conn: psycopg.Connection[dict[str, Any]], rows: Sequence[NewRow]) -> None:
+    values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(rows))
+    params = [
+        v
+        for received_ns, event_type, call_id, body in rows
+        for v in (received_ns, event_type, call_id, body, hashlib.sha256(body).digest())
+    ]
+    conn.execute(
+        "INSERT INTO inbox (received_ns, event_type, call_id, body, digest) "  # noqa: S608 - placeholders
+        f"VALUES {values} ON CONFLICT (digest) DO NOTHING",
+        params,
+    )
 
 
 class PostgresAckLog:
@@ -846,6 +863,12 @@ class PostgresLease:
             asked = time.monotonic()
             try:
                 conn = self._connection()
+                seen = conn.execute(
+                    "SELECT holder, expires_at > clock_timestamp() AS live FROM leases WHERE name=%s",
+                    (self.name,),
+                ).fetchone()
+                if seen is not None and seen["live"] and seen["holder"] != self.holder:
+                    return False  # held: no need to queue behind the leader's transactions
                 with conn.transaction():
                     conn.execute(
                         "INSERT INTO leases (name, holder, epoch, expires_at) "
@@ -1012,7 +1035,7 @@ class PostgresEngine:
         # a webhook waits for a connection briefly: with the database down, 503 at once (the
         # caller retries) rather than after the receiver's store timeout
         return PostgresInboxStore(
-            Database(self.url, f"otelbridge-{self.role}-inbox", max_size=2, timeout_s=2.0)
+            Database(self.url, f"otelbridge-{self.role}-inbox", max_size=2, timeout_s=2.0, check=False)
         )
 
     def acks(self) -> PostgresAckLog:
