@@ -119,6 +119,8 @@ METRIC_TURN_DURATION: Final = "cartesia.turn.duration"
 METRIC_RESPONSE_LATENCY: Final = "cartesia.turn.response_latency"
 METRIC_CALLS: Final = "cartesia.calls"
 METRIC_TURNS: Final = "cartesia.turns"
+#: assistant turns the caller interrupted (barge-in), by agent and deployment; since 3.0.0
+METRIC_TURNS_INTERRUPTED: Final = "cartesia.turns.interrupted"
 METRIC_TOOL_CALLS: Final = "cartesia.tool_calls"
 METRIC_LOG_METRIC_PREFIX: Final = "cartesia.log_metric."
 METRIC_LOG_METRIC_OTHER: Final = "cartesia.log_metric.other"

@@ -73,6 +73,12 @@ def turn_points(ctx: CallContext, item: TranscriptItem, spans: list[SpanRecord])
     interrupted = turn.attributes.get(c.TURN_INTERRUPTED) is True
     points.append(_point(c.METRIC_TURNS, InstrumentKind.COUNTER, "{turn}", "Spoken turns",
                          1, {**role, c.METRIC_ATTR_INTERRUPTED: interrupted}, turn))  # fmt: skip
+    if item.role == "assistant":
+        # 0 for an answer heard out: the agent's deployment has its series from its first
+        # assistant turn on, so rate() sees the first barge-in (a series born at 1 has no increase)
+        points.append(_point(c.METRIC_TURNS_INTERRUPTED, InstrumentKind.COUNTER, "{turn}",
+                             "Assistant turns the caller interrupted (barge-in)",
+                             1 if interrupted else 0, deployed, turn))  # fmt: skip
     for tool in tools:
         name = str(tool.attributes.get(c.GEN_AI_TOOL_NAME, ""))
         points.append(_point(c.METRIC_TOOL_CALLS, InstrumentKind.COUNTER, "{call}",

@@ -5,7 +5,8 @@ dashboard (``pytest -m prometheus tests/deploy``).
 directory, a generated configuration with 1 s scrape and evaluation intervals) and reads its HTTP
 API. :func:`stack` is the session fixture the e2e and dashboard tests share, so that one
 Prometheus and one ``otelbridge serve`` start per session: the daemon exports to an
-:class:`HttpOtlpReceiver`, Prometheus scrapes its admin port with the shipped rule file loaded, and
+:class:`HttpOtlpReceiver`, Prometheus scrapes its admin port with the shipped rule files loaded
+(the alerts and the default SLOs' recording rules and alerts), and
 the sample webhook stream (examples/webhooks.jsonl) plus one synthetic call with a string
 LogMetric (the samples have none) have been posted and scraped when the fixture returns.
 
@@ -45,6 +46,8 @@ from tests.support.serve_process import (
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "otelbridge.rules.yaml"
+#: the default SLOs' recording rules and burn-rate alerts, as the Helm chart renders them
+SLO_RULES = REPO / "deploy" / "prometheus" / "otelbridge.slo.rules.yaml"
 RULE_TESTS = sorted((REPO / "deploy" / "prometheus" / "tests").glob("*.yaml"))
 DASHBOARD = REPO / "deploy" / "grafana" / "otelbridge-dashboard.json"
 #: the scrape job's name: the rules' "daemon down" alerts match jobs named like this
@@ -235,13 +238,16 @@ def synthetic_call(
     turn_s: float = 2.0,
     answers: Sequence[float] = (),
     deployment_id: str | None = None,
+    interrupted: int = 0,
 ) -> list[bytes]:
     """The webhook bodies of one finished call that ends now: ``call_started``, one ``call_turn``
     per TTFB (the assistant turns with ``tts_ttfb``, then the user turns with ``stt_ttfb``, each
     ``turn_s`` long), then per value of ``answers`` a caller's turn and the assistant turn that
     answers it that many seconds after its end (its response latency), and ``call_completed``
     with the whole transcript and ``log_metrics`` as system items, in the shapes of
-    examples/webhooks.jsonl. Every body is checked against the daemon's own webhook model."""
+    examples/webhooks.jsonl. The first ``interrupted`` assistant turns were cut off by the caller
+    (``end_reason`` ``interrupted``, ``was_interrupted``: a barge-in). Every body is checked against
+    the daemon's own webhook model."""
     turns: list[dict[str, Any]] = []
     offset = 0.5
     for role, key, values in (("assistant", "tts_ttfb", tts_ttfb), ("user", "stt_ttfb", stt_ttfb)):
@@ -255,11 +261,14 @@ def synthetic_call(
                 key: value,
             }
             if role == "assistant":
-                turn["end_reason"] = "tts_completed"
+                cut = sum(1 for t in turns if t["role"] == "assistant") < interrupted
+                turn["end_reason"] = "interrupted" if cut else "tts_completed"
+                turn["was_interrupted"] = cut
             else:
                 turn["vad_buffer_ms"] = 200
             turns.append(turn)
             offset += turn_s
+    assert interrupted <= len(tts_ttfb), "only the turns of tts_ttfb can be interrupted"
     for latency in answers:
         user_end = round(offset + turn_s - 0.1, 6)
         turns.append({"role": "user", "text": "Where is my order?", "start_timestamp": round(offset, 6),
@@ -356,7 +365,7 @@ def _start_stack(workdir: Path) -> Generator[Stack, None, None]:
         listen_port, admin_port = free_port(), free_port()
         env = serve_env(workdir / "state", listen_port, admin_port, SECRET, receiver.env())
         serve = ServeProcess(workdir, env, listen_port=listen_port, admin_port=admin_port)
-        prometheus = PrometheusProcess(workdir, [f"127.0.0.1:{admin_port}"], [RULES])
+        prometheus = PrometheusProcess(workdir, [f"127.0.0.1:{admin_port}"], [RULES, SLO_RULES])
         try:
             serve.start()
             prometheus.start()
@@ -369,6 +378,8 @@ def _start_stack(workdir: Path) -> Generator[Stack, None, None]:
                 "prometheus to scrape otelbridge",
             )
             feed_samples(stack)
+            # the SLO recording rules (and the alerts reading them) have seen the samples
+            prometheus.evaluated_after(datetime.now(UTC))
             yield stack
         finally:
             prometheus.close()

@@ -21,6 +21,7 @@ import helm_python as helm
 import pytest
 import yaml
 
+from otelbridge.mapping import conventions
 from otelbridge.settings import Settings, SettingsError, load_settings
 from tests.deploy.chart import (
     CHART_DIR,
@@ -34,6 +35,7 @@ from tests.deploy.chart import (
     render,
     validate_object,
 )
+from tests.deploy.slo_rules import SLO_GROUP_PREFIX, SLO_RULES_FILE, rendered_slo_groups, slo_rules_text
 
 CASES = [pytest.param(None, id="defaults")] + [pytest.param(path, id=path.name) for path in CI_VALUES]
 MONITORING = {
@@ -643,10 +645,141 @@ def test_the_cloudnativepg_example_plugs_into_the_chart() -> None:
 
 # --- one source for the rules and the dashboard ---------------------------------------------
 def test_prometheus_rule_groups_are_the_rule_files_groups() -> None:
+    """The rule file's groups as they are, then the default SLOs' groups: those of the static
+    SLO rule file (checked to be current below)."""
     rendered = render(MONITORING)
     rule = rendered.one("PrometheusRule")
-    assert rule["spec"]["groups"] == load_values(RULES_FILE)["groups"]
-    assert rule["spec"]["groups"]  # the file is not empty
+    groups = load_values(RULES_FILE)["groups"]
+    slo_groups = load_values(SLO_RULES_FILE)["groups"]
+    assert groups and [g["name"] for g in slo_groups] == [
+        "otelbridge-slo-responseLatency",
+        "otelbridge-slo-ttsTtfb",
+    ]
+    assert rule["spec"]["groups"] == groups + slo_groups
+
+
+# --- the SLOs ---------------------------------------------------------------------------------
+def slo_values(**slos: dict[str, Any]) -> dict[str, Any]:
+    return {"monitoring": {"prometheusRule": {"enabled": True, "slos": slos}}}
+
+
+def slo_rules(values: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """SLO name -> its rules, as the chart renders them with ``values``."""
+    return {g["name"].removeprefix(SLO_GROUP_PREFIX): g["rules"] for g in rendered_slo_groups(values)}
+
+
+def rule(rules: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    (found,) = [r for r in rules if name in (r.get("record"), r.get("alert"))]
+    return found
+
+
+def test_the_slo_rule_file_is_what_the_chart_renders() -> None:
+    """deploy/prometheus/otelbridge.slo.rules.yaml is the chart's SLO groups with its defaults,
+    written by tests/deploy/slo_rules.py: neither can change without the other."""
+    assert SLO_RULES_FILE.read_text(encoding="utf-8") == slo_rules_text(), (
+        "deploy/prometheus/otelbridge.slo.rules.yaml is stale: run python3 -m tests.deploy.slo_rules"
+    )
+    assert load_values(SLO_RULES_FILE)["groups"] == rendered_slo_groups()
+
+
+def test_the_charts_slo_buckets_are_the_histograms() -> None:
+    """The bucket boundaries the template accepts as thresholds are the daemon's own."""
+    template = (CHART_DIR / "templates" / "_slo.tpl").read_text(encoding="utf-8")
+    catalogue = re.search(r'define "otelbridge.sloSlis" -}}\n(.*?)\n{{- end }}', template, re.S)
+    assert catalogue is not None
+    slis = yaml.safe_load(catalogue.group(1))
+    assert {name: (sli["metric"], tuple(sli["buckets"])) for name, sli in slis.items()} == {
+        "responseLatency": ("cartesia_turn_response_latency_seconds", conventions.RESPONSE_LATENCY_BUCKETS_S),
+        "ttsTtfb": ("cartesia_tts_ttfb_seconds", conventions.TTFB_BUCKETS_S),
+        "sttTtfb": ("cartesia_stt_ttfb_seconds", conventions.TTFB_BUCKETS_S),
+    }
+    # the defaults' 1.5 s is a boundary of both histograms
+    assert 1.5 in conventions.RESPONSE_LATENCY_BUCKETS_S and 1.5 in conventions.TTFB_BUCKETS_S
+
+
+def test_slo_defaults_and_their_labels() -> None:
+    slos = slo_rules(slo_values())
+    assert set(slos) == {"responseLatency", "ttsTtfb"}
+    for name, rules in slos.items():
+        assert all(r["labels"]["slo"] == name for r in rules)
+        assert rule(rules, "cartesia_slo:objective:ratio")["expr"] == "vector(0.95)"
+        assert rule(rules, "cartesia_slo:sli:ratio_window")["labels"]["slo_window"] == "28d"
+        assert 'le="1.5"' in rule(rules, "cartesia_slo:good:rate5m")["expr"]
+        assert rule(rules, "CartesiaSloBurnFast")["labels"]["severity"] == "critical"
+        assert rule(rules, "CartesiaSloBurnSlow")["labels"]["severity"] == "warning"
+
+
+def test_per_slo_overrides_an_slo_off_and_one_added() -> None:
+    """ci/slo-values.yaml: one field of a default overridden keeps the others; ``enabled: false``
+    drops its group; a new name with every field adds one. A whole-number threshold matches its
+    bucket as Prometheus scrapes it (``le="2.0"``) and as OTLP backends write it (``le="2"``)."""
+    values = load_values(CHART_DIR / "ci" / "slo-values.yaml")
+    slos = slo_rules(values)
+    assert set(slos) == {"responseLatency", "sttTtfb"}
+    latency = slos["responseLatency"]
+    assert rule(latency, "cartesia_slo:objective:ratio")["expr"] == "vector(0.99)"
+    good = rule(latency, "cartesia_slo:good:rate5m")["expr"]
+    assert 'cartesia_turn_response_latency_seconds_bucket{le=~"2(\\\\.0)?"}[5m]' in good
+    assert "(1 - 0.99) > 14.4" in rule(latency, "CartesiaSloBurnFast")["expr"]
+    assert "[28d]" in rule(latency, "cartesia_slo:sli:ratio_window")["expr"]  # the default window kept
+    stt = slos["sttTtfb"]
+    assert 'cartesia_stt_ttfb_seconds_bucket{le="0.5"}[5m]' in rule(stt, "cartesia_slo:good:rate5m")["expr"]
+    assert "[7d]" in rule(stt, "cartesia_slo:sli:ratio_window")["expr"]
+    description = rule(stt, "CartesiaSloBurnFast")["annotations"]["description"]
+    assert "95% of the user turns get their first transcript within 0.5 s over 7d" in description
+    assert "At 14.4x a 7d error budget lasts 0.5 days (8.6% of it burns per 1h)" in description
+    # all off: no SLO group, the rule file's groups still there
+    off = slo_values(responseLatency={"enabled": False}, ttsTtfb={"enabled": False})
+    assert render(off).one("PrometheusRule")["spec"]["groups"] == load_values(RULES_FILE)["groups"]
+
+
+@pytest.mark.parametrize(
+    ("slos", "expected"),
+    [
+        (
+            {"ttsTtfb": {"threshold": 1.6}},
+            "monitoring.prometheusRule.slos.ttsTtfb.threshold: 1.6 s is not a bucket boundary of "
+            "cartesia_tts_ttfb_seconds, so no bucket counts the turns at or under it; choose one of "
+            "0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 1, 1.25, 1.5, 2, "
+            "2.5, 3, 4, 5, 7.5, 10 (docs/conventions.md section 5)",
+        ),
+        (
+            {"responseLatency": {"threshold": 0.025}},
+            "monitoring.prometheusRule.slos.responseLatency.threshold: 0.025 s is not a bucket boundary of "
+            "cartesia_turn_response_latency_seconds",
+        ),
+        (
+            {"responseLatency": {"objective": 0.9}},
+            "monitoring.prometheusRule.slos.responseLatency.objective: 0.9 leaves an error budget the page",
+        ),
+    ],
+)
+def test_slo_thresholds_off_the_buckets_and_low_objectives_are_refused(
+    slos: dict[str, Any], expected: str
+) -> None:
+    assert expected in rejection(slo_values(**slos))
+
+
+SLOS_AT = "at '/monitoring/prometheusRule/slos"
+STT = {"enabled": True, "sli": "sttTtfb", "objective": 0.95, "threshold": 0.5, "window": "28d"}
+
+
+@pytest.mark.parametrize(
+    ("slos", "expected"),
+    [
+        ({"ttsTtfb": {"treshold": 1.5}}, f"{SLOS_AT}/ttsTtfb': additional properties 'treshold' not allowed"),
+        ({"ttsTtfb": {"objective": 1.5}}, f"{SLOS_AT}/ttsTtfb/objective'"),
+        ({"ttsTtfb": {"objective": "95%"}}, f"{SLOS_AT}/ttsTtfb/objective': got string, want number"),
+        ({"ttsTtfb": {"threshold": 0}}, f"{SLOS_AT}/ttsTtfb/threshold'"),
+        ({"ttsTtfb": {"window": "4w"}}, f"{SLOS_AT}/ttsTtfb/window'"),
+        ({"ttsTtfb": {"sli": "llmFirstChunk"}}, f"{SLOS_AT}/ttsTtfb/sli'"),
+        ({"ttsTtfb": {"enabled": "yes"}}, f"{SLOS_AT}/ttsTtfb/enabled': got string, want boolean"),
+        ({"stt": {"enabled": True, "sli": "sttTtfb"}}, f"{SLOS_AT}/stt': missing properties"),
+        ({"stt-ttfb": STT}, "invalid propertyName 'stt-ttfb'"),
+    ],
+)
+def test_slo_values_are_schema_checked(slos: dict[str, Any], expected: str) -> None:
+    assert expected in rejection(slo_values(**slos))
 
 
 def test_dashboard_config_map_holds_the_dashboard_json_as_it_is() -> None:

@@ -12,6 +12,10 @@ With several replicas (pods sharing PostgreSQL) every panel aggregates across th
 that matter are also run by promtool against the series of two pods and a failover between them
 (the leader dies, the next one's counters start from 0), and the "Replicas" row shows the
 replicas and which one leads.
+
+The "SLOs" row reads the recording rules of deploy/prometheus/otelbridge.slo.rules.yaml (loaded in
+the session's Prometheus): the error budget left and the burn rate by deployment of both default
+SLOs, also checked by promtool against known data with those rules.
 """
 
 from __future__ import annotations
@@ -24,8 +28,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.deploy.prometheus import DASHBOARD, SAMPLE_AGENT, STRING_LOG_METRIC, Stack, promtool, scalar, stack
+from tests.deploy.prometheus import (
+    DASHBOARD,
+    SAMPLE_AGENT,
+    SLO_RULES,
+    STRING_LOG_METRIC,
+    Stack,
+    promtool,
+    scalar,
+    stack,
+)
 
 __all__ = ["stack"]  # the shared session fixture, imported for pytest
 
@@ -44,6 +58,7 @@ DEPLOYMENT_METRICS = {
     "cartesia_stt_ttfb_seconds",
     "cartesia_turn_duration_seconds",
     "cartesia_turn_response_latency_seconds",
+    "cartesia_turns_interrupted_total",
 }
 #: a metric and its selector in an expression
 SELECTOR = re.compile(r"\b(cartesia_\w+)\{([^}]*)\}")
@@ -399,6 +414,16 @@ FAILOVER_SERIES = [
     (f'otelbridge_webhooks_total{{{POD_B},{SELF},type="call_turn",outcome="accepted"}}', "0+10x60"),
     (f'cartesia_calls_total{{{POD_A},{CALLS},cartesia_call_status="completed"}}', "0+4x20 stale"),
     (f'cartesia_calls_total{{{POD_B},{CALLS},cartesia_call_status="completed"}}', "_x22 0+4x38"),
+    (
+        f'cartesia_turn_duration_seconds_count{{{POD_A},{CALLS},cartesia_turn_role="assistant"}}',
+        "0+10x20 stale",
+    ),
+    (
+        f'cartesia_turn_duration_seconds_count{{{POD_B},{CALLS},cartesia_turn_role="assistant"}}',
+        "_x22 0+10x38",
+    ),
+    (f"cartesia_turns_interrupted_total{{{POD_A},{CALLS}}}", "0+2x20 stale"),
+    (f"cartesia_turns_interrupted_total{{{POD_B},{CALLS}}}", "_x22 0+2x38"),
 ]
 #: (panel, refId, evaluation time, expected): exact samples by labels, or a (low, high) range for a
 #: sum of rates or increases (Prometheus extrapolates them a little)
@@ -417,6 +442,9 @@ FAILOVER_CHECKS: list[tuple[str, str, str, dict[str, float] | tuple[float, float
     # each replica's own receipts, summed: 20 a minute while both run, 10 after
     ("Webhooks per minute by outcome", "A", "10m", (19.5, 20.5)),
     ("Webhooks per minute by outcome", "A", "40m", (9.5, 10.5)),
+    # 2 of 10 answers cut off on either pod: 20% before and after the switch, one series
+    ("Barge-in rate by deployment", "A", "10m", (0.199, 0.201)),
+    ("Barge-in rate by deployment", "A", "40m", (0.199, 0.201)),
     ("Replica count", "A", "10m", {"{}": 2}),
     ("Replica count", "A", "40m", {"{}": 1}),
     ("Leaders", "A", "10m", {"{}": 1}),
@@ -466,6 +494,159 @@ def test_panels_aggregate_two_replicas_across_a_failover(tmp_path: Path) -> None
         ],
     }
     path = tmp_path / "dashboard_failover.yaml"
+    path.write_text(json.dumps(test, indent=2), encoding="utf-8")  # JSON is YAML
+    result = promtool("test", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- SLOs ---------------------------------------------------------------------------------------
+SLO_ROW = "SLOs"
+#: the default SLOs (deploy/prometheus/otelbridge.slo.rules.yaml) and their panels' title
+DEFAULT_SLOS = {"responseLatency": "Response latency", "ttsTtfb": "TTS TTFB"}
+RECORDED = re.compile(r"\b(cartesia_slo:\w+:\w+)\{([^}]*)\}")
+
+
+def slo_panels() -> dict[str, dict[str, Any]]:
+    rows = row_of()
+    return {
+        p["title"]: p for p in dashboard()["panels"] if p["type"] != "row" and rows[p["title"]] == SLO_ROW
+    }
+
+
+def slo_rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(SLO_RULES.read_text(encoding="utf-8"))["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def slo_of(expr: str) -> str:
+    slos = {m.group(1) for m in re.finditer(r'slo="(\w+)"', expr)}
+    assert len(slos) == 1, expr
+    return slos.pop()
+
+
+def test_slo_row_shows_budget_and_burn_rate_of_both_slos() -> None:
+    """For each default SLO: the error budget left over its window (a bar per agent and deployment)
+    and the burn rate over the page's and the ticket's long windows by deployment, with the alerts'
+    burn rates as threshold lines; every series read is one the SLO rules record, filtered by
+    ``$agent`` and ``$deployment`` (the objective is per SLO, joined on ``slo``)."""
+    panels = slo_panels()
+    assert set(panels) == {
+        f"{title} SLO: {what}"
+        for title in DEFAULT_SLOS.values()
+        for what in ("error budget left", "burn rate by deployment")
+    }
+    recorded = {rule["record"] for rule in slo_rules() if "record" in rule}
+    factors = sorted(
+        {
+            float(f)
+            for rule in slo_rules()
+            if "alert" in rule
+            for f in re.findall(r"> ([0-9.]+)", rule["expr"])
+        }
+    )
+    assert factors == [6.0, 14.4]
+    for slo, title in DEFAULT_SLOS.items():
+        budget = panels[f"{title} SLO: error budget left"]
+        (target,) = budget["targets"]
+        assert target["expr"] == (
+            f'cartesia_slo:error_budget:remaining_ratio{{slo="{slo}",'
+            'cartesia_agent_id=~"$agent",cartesia_deployment_id=~"$deployment"}'
+        )
+        assert target["instant"] is True and budget["fieldConfig"]["defaults"]["unit"] == "percentunit"
+        burn = panels[f"{title} SLO: burn rate by deployment"]
+        windows = []
+        for target in burn["targets"]:
+            expr = target["expr"]
+            assert slo_of(expr) == slo
+            match = re.fullmatch(
+                r"\(1 - cartesia_slo:sli:ratio_rate(\w+)\{([^}]*)\}\) / on \(slo\) group_left \(\) "
+                r"\(1 - cartesia_slo:objective:ratio\{slo=\"(\w+)\"\}\)",
+                expr,
+            )
+            assert match is not None, expr
+            assert (
+                match.group(2)
+                == f'slo="{slo}",cartesia_agent_id=~"$agent",cartesia_deployment_id=~"$deployment"'
+            )
+            windows.append(match.group(1))
+            assert "{{cartesia_deployment_id}}" in target["legendFormat"]
+        assert windows == ["1h", "6h"]
+        steps = burn["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        assert [s["value"] for s in steps] == [None, *factors]
+        for panel in (budget, burn):
+            for target in panel["targets"]:
+                assert {name for name, _ in RECORDED.findall(target["expr"])} <= recorded
+
+
+def test_slo_panels_read_the_recording_rules(stack: Stack) -> None:
+    """Against the session's Prometheus (the SLO rules loaded, the samples scraped): both SLOs have
+    a budget and a burn rate for the sample deployment, per agent and deployment only (no replica
+    label), a budget of at most 100% and a burn rate of at least 0 (NaN only where the window
+    holds no turn's increase: a deployment seen in a single scrape)."""
+    for title, panel in slo_panels().items():
+        for target in panel["targets"]:
+            expr = substitute(target["expr"], {**BUILTINS, "agent": SAMPLE_AGENT, "deployment": ".*"})
+            result = stack.prometheus.query(expr)
+            deployments = {r["metric"]["cartesia_deployment_id"] for r in result}
+            assert SAMPLE_DEPLOYMENT in deployments, (title, result)
+            for series in result:
+                labels = set(series["metric"]) - {"__name__", "slo_window"}
+                assert labels == {"cartesia_agent_id", "cartesia_deployment_id", "slo"}, series
+                value = float(series["value"][1])
+                if series["metric"]["cartesia_deployment_id"] == SAMPLE_DEPLOYMENT:
+                    assert math.isfinite(value), series
+                elif math.isnan(value):  # no turn in the window: a deployment of a single call
+                    continue
+                assert value <= 1 if "budget" in title else value >= 0, (title, series)
+
+
+def test_slo_panels_on_known_data(tmp_path: Path) -> None:
+    """The SLO panels under promtool with the SLO rules loaded, two hours of two deployments of one
+    agent, pod A until minute 60 and pod B from 62 (counters from 0): 1% of the turns late (burn
+    rate 0.2, 80% of the budget left) and 10% late (burn rate 2, the budget overspent: -100%), the
+    same for both SLOs, and the same before and after the switch."""
+    deployments = {SAMPLE_DEPLOYMENT: (9.9, 0.8, 0.2), "dep_late00001": (9.0, -1.0, 2.0)}
+    series = []
+    for metric in ("cartesia_turn_response_latency_seconds", "cartesia_tts_ttfb_seconds"):
+        for deployment, (good, *_) in deployments.items():
+            who = (
+                f'otel_scope_name="otelbridge",cartesia_agent_id="{SAMPLE_AGENT}",'
+                f'cartesia_deployment_id="{deployment}"'
+            )
+            series += [
+                (f'{metric}_bucket{{{POD_A},{who},le="1.5"}}', f"0+{good}x60 stale"),
+                (f'{metric}_bucket{{{POD_B},{who},le="1.5"}}', f"_x62 0+{good}x58"),
+                (f"{metric}_count{{{POD_A},{who}}}", "0+10x60 stale"),
+                (f"{metric}_count{{{POD_B},{who}}}", "_x62 0+10x58"),
+            ]
+    checks = []
+    for title, panel in slo_panels().items():
+        for target in panel["targets"]:
+            for deployment, (_, budget, burn) in deployments.items():
+                expected = budget if "budget" in title else burn
+                values = {**BUILTINS, "agent": SAMPLE_AGENT, "deployment": deployment}
+                expr = substitute(target["expr"], values)
+                for at in ("55m", "120m"):
+                    checks.append(
+                        {
+                            "expr": f"count(({expr}) >= {expected - 0.01:g} <= {expected + 0.01:g})",
+                            "eval_time": at,
+                            "exp_samples": [{"labels": "{}", "value": 1}],
+                        }
+                    )
+    assert len(checks) == 3 * 2 * 2 * 2  # budget, 1h and 6h burn rate; 2 SLOs; 2 deployments; 2 times
+    test = {
+        "rule_files": [str(SLO_RULES)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": s, "values": v} for s, v in series],
+                "promql_expr_test": checks,
+            }
+        ],
+    }
+    path = tmp_path / "dashboard_slo.yaml"
     path.write_text(json.dumps(test, indent=2), encoding="utf-8")  # JSON is YAML
     result = promtool("test", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr

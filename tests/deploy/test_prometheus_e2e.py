@@ -5,20 +5,29 @@ TTFB alert even pending; slow ones then must make it pending, for that agent onl
 agent with few turns stays quiet (the guard). Alert states are read through Prometheus' HTTP API
 (``/api/v1/alerts``, ``/api/v1/rules``). The rules' ``for:`` (10 m) is never waited for: an alert
 is pending as soon as its expression holds, which is what the shipped expressions decide.
+
+The SLO rules (otelbridge.slo.rules.yaml) are loaded too: their recording rules must produce
+series per agent and deployment from the real ``/metrics`` with the share of good turns posted,
+the page must go pending for the deployment that burns only, and the barge-in counter must be
+scraped per deployment.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.deploy.prometheus import (
+    DASHBOARD,
     JOB,
     RULES,
+    SLO_RULES,
     Stack,
     alert_expr,
     scalar,
@@ -267,3 +276,140 @@ def test_healthy_then_slow_response_latency_per_deployment(stack: Stack) -> None
     }
     assert set(by_deployment) == {"dep_old", "dep_new"}
     assert by_deployment["dep_old"] < threshold(LATENCY_ALERT) < by_deployment["dep_new"]
+
+
+# --- SLOs and barge-in ----------------------------------------------------------------------------
+SLO_AGENT = "agent_E2eSloProbe0000000001"
+#: (deployment, SLO) -> the share of good turns the posted calls give it (see the test)
+SLO_EXPECTED = {
+    ("dep_slo_ok", "responseLatency"): 1.0,
+    ("dep_slo_ok", "ttsTtfb"): 1.0,
+    ("dep_slo_late", "responseLatency"): 0.0,
+    ("dep_slo_late", "ttsTtfb"): 20 / 120,
+}
+SLO_LABELS = {"__name__", "cartesia_agent_id", "cartesia_deployment_id", "slo"}
+CUT_OFF, HEARD_OUT = 3, 7
+
+
+def slo_rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(SLO_RULES.read_text(encoding="utf-8"))["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def test_slo_rules_and_barge_in_on_a_real_serve(stack: Stack) -> None:
+    """The default SLOs' rules (otelbridge.slo.rules.yaml) on a real serve's /metrics: every raw
+    series they read is served (the threshold's bucket ``le="1.5"`` as the exporter writes it),
+    every recording rule produces series per agent and deployment and SLO only, the ratios are the
+    share of good turns posted, and the page goes pending for the deployment that burns, for both
+    SLOs, and not for its healthy sibling. The barge-in counter is scraped per deployment from the
+    first assistant turn on (0), counts the interrupted answers, and the dashboard's barge-in rate
+    reads their share."""
+    prometheus = stack.prometheus
+    for rule in slo_rules():
+        for metric, selector in re.findall(r"\b(cartesia_(?!slo:)\w+)(\{[^}]*\})?\[", rule["expr"]):
+            assert prometheus.api("series", **{"match[]": metric + selector}), (
+                f"{metric}{selector} not served"
+            )
+
+    # one call per deployment first: its series are born (a series' first total is no increase),
+    # the barge-in counter at 0 (an assistant turn heard out)
+    for number, deployment in enumerate(("dep_slo_ok", "dep_slo_late"), 1):
+        warm = synthetic_call(
+            f"ac_sid_E2eSloWarm00000000{number}",
+            SLO_AGENT,
+            tts_ttfb=[0.2],
+            answers=[0.5],
+            deployment_id=deployment,
+        )
+        stack.post(warm)
+    stack.wait_scraped()
+    barge_ins = 'cartesia_turns_interrupted_total{cartesia_agent_id="%s",cartesia_deployment_id="%s"}'
+    for deployment in ("dep_slo_ok", "dep_slo_late"):
+        assert scalar(prometheus.query(barge_ins % (SLO_AGENT, deployment))) == 0
+    # dep_slo_ok: 20 prompt answers and 10 more turns, 3 of them cut off by the caller, all fast;
+    # dep_slo_late: 20 answers 3 s late (their TTS fast), then 100 turns with a 3 s TTFB
+    stack.post(
+        synthetic_call(
+            "ac_sid_E2eSloOk0000000001",
+            SLO_AGENT,
+            tts_ttfb=[0.2] * (CUT_OFF + HEARD_OUT),
+            interrupted=CUT_OFF,
+            answers=[0.6] * 20,
+            deployment_id="dep_slo_ok",
+        )
+    )
+    late = "dep_slo_late"
+    stack.post(
+        synthetic_call("ac_sid_E2eSloLate000000001", SLO_AGENT, answers=[3.0] * 20, deployment_id=late)
+    )
+    stack.post(
+        synthetic_call("ac_sid_E2eSloLate000000002", SLO_AGENT, tts_ttfb=[3.0] * 100, deployment_id=late)
+    )
+    stack.wait_scraped()
+
+    def ratios() -> dict[tuple[str, str], float] | None:
+        result = prometheus.query(f'cartesia_slo:sli:ratio_rate5m{{cartesia_agent_id="{SLO_AGENT}"}}')
+        found = {
+            (r["metric"]["cartesia_deployment_id"], r["metric"]["slo"]): float(r["value"][1]) for r in result
+        }
+        close = set(found) == set(SLO_EXPECTED) and all(
+            abs(found[key] - value) < 0.02 for key, value in SLO_EXPECTED.items()
+        )
+        return found if close else None
+
+    wait_until(ratios, STATE_TIMEOUT_S, f"the 5 m SLO ratios of {SLO_AGENT}: {SLO_EXPECTED}")
+    recorded = [rule["record"] for rule in slo_rules() if "record" in rule]
+    assert len(recorded) == 2 * 9  # per SLO: good, total, 4 window ratios, its window, objective, budget
+    for name in dict.fromkeys(recorded):
+        if name == "cartesia_slo:objective:ratio":  # a constant per SLO, no agent
+            assert {r["metric"]["slo"] for r in prometheus.query(name)} == {"responseLatency", "ttsTtfb"}
+            continue
+        result = prometheus.query(f'{name}{{cartesia_agent_id="{SLO_AGENT}"}}')
+        assert {(r["metric"]["cartesia_deployment_id"], r["metric"]["slo"]) for r in result} == set(
+            SLO_EXPECTED
+        ), name
+        for series in result:
+            assert set(series["metric"]) - {"slo_window"} == SLO_LABELS, series  # no instance, job, pod
+            if name == "cartesia_slo:sli:ratio_window":  # the 5 m rates summed: near, not exact yet
+                assert 0 <= float(series["value"][1]) <= 1, series
+            elif name.startswith("cartesia_slo:sli:ratio_rate"):
+                expected = SLO_EXPECTED[(series["metric"]["cartesia_deployment_id"], series["metric"]["slo"])]
+                assert abs(float(series["value"][1]) - expected) < 0.02, series
+
+    def burning() -> set[tuple[str, str, str]] | None:
+        found = {
+            (a["labels"]["alertname"], a["labels"]["cartesia_deployment_id"], a["labels"]["slo"])
+            for a in prometheus.alerts()
+            if a["labels"]["alertname"].startswith("CartesiaSloBurn")
+            and a["labels"].get("cartesia_agent_id") == SLO_AGENT
+        }
+        page = {("CartesiaSloBurnFast", late, slo) for slo in ("responseLatency", "ttsTtfb")}
+        return found if found >= page else None
+
+    found = wait_until(burning, STATE_TIMEOUT_S, f"the SLO page of {late}")
+    prometheus.evaluated_after(datetime.now(UTC))
+    assert {deployment for _, deployment, _ in found} == {late}, found  # dep_slo_ok is healthy
+    for alert in prometheus.alerts():
+        if (
+            alert["labels"]["alertname"] == "CartesiaSloBurnFast"
+            and alert["labels"].get("cartesia_agent_id") == SLO_AGENT
+        ):
+            assert alert["state"] == "pending" and alert["labels"]["severity"] == "critical", alert
+            assert float(alert["value"]) > 14.4, alert
+
+    # barge-in: the 3 cut-off answers of dep_slo_ok, none of dep_slo_late; the dashboard's rate
+    assert scalar(prometheus.query(barge_ins % (SLO_AGENT, "dep_slo_ok"))) == CUT_OFF
+    assert scalar(prometheus.query(barge_ins % (SLO_AGENT, late))) == 0
+    panel = next(
+        p
+        for p in json.loads(DASHBOARD.read_text(encoding="utf-8"))["panels"]
+        if p["title"] == "Barge-in rate by deployment"
+    )
+    expr = panel["targets"][0]["expr"].replace("$agent", SLO_AGENT).replace("$__rate_interval", "5m")
+    rate = {
+        r["metric"]["cartesia_deployment_id"]: float(r["value"][1])
+        for r in prometheus.query(expr.replace("$deployment", ".*"))
+    }
+    # the answers of dep_slo_ok after its first call: 3 of 10 + 20
+    assert abs(rate["dep_slo_ok"] - CUT_OFF / (CUT_OFF + HEARD_OUT + 20)) < 0.01, rate
+    assert rate[late] == 0, rate

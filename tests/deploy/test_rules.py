@@ -1,17 +1,24 @@
 """The shipped alert rules under promtool: ``check rules`` clean, ``test rules`` passing, and every
 alert covered by the unit tests (deploy/prometheus/tests/*.yaml) at least once firing and once
 not firing, and at least once with the series of two replicas and a failover between them; and
-every expression written for several replicas (no grouping by a replica's labels)."""
+every expression written for several replicas (no grouping by a replica's labels). The same for
+the SLO rule file (otelbridge.slo.rules.yaml: recording rules and multi-window multi-burn-rate
+alerts), whose expressions are checked against the SRE workbook's windows and factors."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
-from tests.deploy.prometheus import RULE_TESTS, RULES, alert_expr, promtool
+from tests.deploy.chart import CHART_DIR, load_values
+from tests.deploy.prometheus import RULE_TESTS, RULES, SLO_RULES, alert_expr, promtool
+from tests.deploy.slo_rules import rendered_slo_groups
 
 pytestmark = pytest.mark.prometheus
 
@@ -31,8 +38,13 @@ LEADER_GAUGES = (
 PER_TARGET = {"OtelbridgeDown", "OtelbridgeAbsent"}
 
 
-def alert_names() -> list[str]:
-    return ALERT_LINE.findall(RULES.read_text(encoding="utf-8"))
+def alert_names(path: Path = RULES) -> list[str]:
+    return ALERT_LINE.findall(path.read_text(encoding="utf-8"))
+
+
+def all_alert_names() -> list[str]:
+    """The alerts of both rule files, each name once (an SLO alert has one rule per SLO)."""
+    return list(dict.fromkeys(alert_names() + alert_names(SLO_RULES)))
 
 
 def test_check_rules_is_clean() -> None:
@@ -46,10 +58,11 @@ def test_check_rules_is_clean() -> None:
     assert "WARNING" not in result.stdout + result.stderr
 
 
-def test_every_alert_has_severity_and_runbook_text() -> None:
-    text = RULES.read_text(encoding="utf-8")
+@pytest.mark.parametrize("path", [RULES, SLO_RULES], ids=lambda p: p.name)
+def test_every_alert_has_severity_and_runbook_text(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
     blocks = re.split(r"\n\s*- alert: ", text)[1:]
-    assert len(blocks) == len(alert_names())
+    assert len(blocks) == len(alert_names(path)) > 0
     for block in blocks:
         name = block.split("\n", 1)[0]
         assert re.search(r"\n\s+severity: (critical|warning)\n", block), name
@@ -107,9 +120,9 @@ def test_every_alert_fires_and_stays_quiet_in_the_unit_tests() -> None:
         total += len(cases)
         for alert, fires in cases:
             seen[alert].add(fires)
-    names = alert_names()
+    names = all_alert_names()
     assert total > 0
-    assert set(seen) - set(names) == set(), "unit tests of alerts the rule file does not have"
+    assert set(seen) - set(names) == set(), "unit tests of alerts the rule files do not have"
     missing = {name: sorted({True, False} - seen[name]) for name in names if seen[name] != {True, False}}
     assert missing == {}, "alerts without a firing (True) or a non-firing (False) unit-test case"
 
@@ -157,7 +170,170 @@ def test_every_alert_has_a_case_with_two_replicas() -> None:
             covered[alert].add(fires)
     missing = {
         name: sorted({True, False} - covered[name])
-        for name in alert_names()
+        for name in all_alert_names()
         if covered[name] != {True, False}
     }
     assert missing == {}, "alerts without a firing (True) or a non-firing (False) case with two pods"
+
+
+# --- the SLOs (otelbridge.slo.rules.yaml) -------------------------------------------------------
+#: the default SLOs (the chart's values) and the histogram each one reads
+DEFAULT_SLOS = {
+    "responseLatency": "cartesia_turn_response_latency_seconds",
+    "ttsTtfb": "cartesia_tts_ttfb_seconds",
+}
+#: (alert, severity, long window, short window, burn rate): the SRE workbook's page and ticket
+BURN_ALERTS = [
+    ("CartesiaSloBurnFast", "critical", "1h", "5m", 14.4),
+    ("CartesiaSloBurnSlow", "warning", "6h", "30m", 6.0),
+]
+BURN = re.compile(
+    r"\(1 - cartesia_slo:sli:ratio_rate(\w+)\{slo=\"(\w+)\"\}\) / \(1 - ([0-9.]+)\) > ([0-9.]+)"
+)
+
+
+def slo_groups() -> dict[str, list[dict[str, Any]]]:
+    """SLO name -> its rules (each SLO is one group named otelbridge-slo-<name>)."""
+    groups = yaml.safe_load(SLO_RULES.read_text(encoding="utf-8"))["groups"]
+    return {g["name"].removeprefix("otelbridge-slo-"): g["rules"] for g in groups}
+
+
+def test_slo_rules_check_clean() -> None:
+    result = promtool("check", "rules", "--lint=all", "--lint-fatal", str(SLO_RULES))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "WARNING" not in result.stdout + result.stderr
+    found = re.search(r"SUCCESS: (\d+) rules found", result.stdout)
+    assert found is not None, result.stdout
+    assert int(found.group(1)) == sum(len(rules) for rules in slo_groups().values())
+    assert set(slo_groups()) == set(DEFAULT_SLOS)
+
+
+def test_slo_recording_rules_sum_across_replicas() -> None:
+    """Every raw series is read per series first (``rate``) and summed by agent and deployment, so
+    two pods and a failover count once and no replica label survives; each SLO's rules read only
+    its own recorded series, and every recorded series carries its ``slo``."""
+    for slo, rules in slo_groups().items():
+        metric = DEFAULT_SLOS[slo]
+        recorded = [r for r in rules if "record" in r]
+        assert len(recorded) == len({r["record"] for r in recorded}) >= 9
+        for rule in rules:
+            expr = " ".join(rule["expr"].split())
+            assert rule["labels"]["slo"] == slo, rule
+            for clause in re.findall(r"\b(?:by|on|ignoring|without) \(([^)]*)\)", expr):
+                assert {label.strip() for label in clause.split(",")} == {
+                    "cartesia_agent_id",
+                    "cartesia_deployment_id",
+                }, f"{slo}: {expr}"
+            raw = re.findall(r"\b(cartesia_\w+)[{\[]", expr)  # a metric: a selector or a range follows
+            assert {m.removesuffix("_bucket").removesuffix("_count") for m in raw} <= {metric}, expr
+            for use in re.finditer(rf"\b{metric}_(bucket|count)\b", expr):
+                before = expr[: use.start()]
+                assert before.endswith("sum by (cartesia_agent_id, cartesia_deployment_id) (rate("), expr
+                if use.group(1) == "bucket":
+                    assert expr[use.end() :].startswith('{le="1.5"}['), expr  # the threshold's bucket
+            for series in re.findall(r"\b(cartesia_slo:\w+:\w+)(\{[^}]*\})?", expr):
+                assert series[1] == f'{{slo="{slo}"}}', f"{slo} reads another SLO's series: {expr}"
+        windows = {r["record"].rsplit("_rate", 1)[1] for r in recorded if "ratio_rate" in r["record"]}
+        assert windows == {"5m", "30m", "1h", "6h"}
+        window = {r["record"]: r for r in recorded}["cartesia_slo:sli:ratio_window"]
+        assert window["labels"]["slo_window"] == "28d" and "[28d]" in window["expr"]
+
+
+def test_slo_alerts_are_the_workbooks_multiwindow_multi_burn_rate() -> None:
+    """Per SLO: a page when the error budget burns above 14.4x over 1 h and over 5 m, a ticket above
+    6x over 6 h and over 30 m, both against the SLO's own objective (0.95), per agent and
+    deployment (the labels the recorded ratios keep)."""
+    for slo, rules in slo_groups().items():
+        objective = {r["record"]: r for r in rules if "record" in r}["cartesia_slo:objective:ratio"]
+        assert objective["expr"] == "vector(0.95)"
+        alerts = {r["alert"]: r for r in rules if "alert" in r}
+        assert set(alerts) == {name for name, *_ in BURN_ALERTS}
+        for name, severity, long, short, factor in BURN_ALERTS:
+            alert = alerts[name]
+            assert alert["labels"] == {"severity": severity, "slo": slo}
+            conditions = BURN.findall(alert["expr"])
+            assert [(w, s, float(o), float(f)) for w, s, o, f in conditions] == [
+                (long, slo, 0.95, factor),
+                (short, slo, 0.95, factor),
+            ], alert["expr"]
+            assert re.fullmatch(r"(.+)\n\s*and\n(.+)", alert["expr"].strip()), alert["expr"]
+            for text in alert["annotations"].values():
+                assert "cartesia_agent_id" in text or "deployment" in text
+
+
+def test_both_slos_page_and_ticket_in_the_unit_tests() -> None:
+    """The promtool tests have, for each default SLO, a case where each burn alert fires with that
+    SLO's label, and one where a deployment of the agent that burns stays quiet."""
+    fired: set[tuple[str, str]] = set()
+    quiet_deployments: set[str] = set()
+    burning: set[str] = set()
+    for path in RULE_TESTS:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if "../otelbridge.slo.rules.yaml" not in document["rule_files"]:
+            continue
+        for test in document["tests"]:
+            for case in test.get("alert_rule_test", []):
+                for alert in case.get("exp_alerts") or []:
+                    fired.add((case["alertname"], alert["exp_labels"]["slo"]))
+                    burning.add(alert["exp_labels"]["cartesia_deployment_id"])
+            for check in test.get("promql_expr_test", []):
+                if (
+                    check["expr"].startswith("count_over_time(ALERTS{cartesia_deployment_id=")
+                    and not check["exp_samples"]
+                ):
+                    quiet_deployments.add(check["expr"].split('"')[1])
+    assert fired >= {(name, slo) for name, *_ in BURN_ALERTS for slo in DEFAULT_SLOS}
+    assert quiet_deployments and not quiet_deployments & burning
+
+
+def test_slos_from_other_chart_values_under_promtool(tmp_path: Path) -> None:
+    """The chart's SLO rules with ci/slo-values.yaml (a 99% response latency SLO at the whole-second
+    boundary 2, an STT TTFB SLO over 7 days) pass promtool's lint, and the whole-number threshold
+    finds its bucket both as a scrape writes it (``le="2.0"``) and as OTLP backends do (``le="2"``)."""
+    values = load_values(CHART_DIR / "ci" / "slo-values.yaml")
+    rules = tmp_path / "slo.rules.yaml"
+    rules.write_text(json.dumps({"groups": rendered_slo_groups(values)}, indent=2), encoding="utf-8")
+    result = promtool("check", "rules", "--lint=all", "--lint-fatal", str(rules))
+    assert result.returncode == 0, result.stdout + result.stderr
+    metric = "cartesia_turn_response_latency_seconds"
+    dep = 'cartesia_deployment_id="dep_1"'
+    series = []
+    for agent, le in (("agent_scraped", "2.0"), ("agent_otlp", "2")):
+        who = f'cartesia_agent_id="{agent}",cartesia_deployment_id="dep_1"'
+        series += [
+            {"series": f'{metric}_bucket{{{who},le="{le}"}}', "values": "0+9x30"},
+            {"series": f"{metric}_count{{{who}}}", "values": "0+10x30"},
+        ]
+    expected = [
+        {
+            "labels": f'{{cartesia_agent_id="{agent}", {dep}, slo="responseLatency"}}',
+            "value": 0.9,
+        }
+        for agent in ("agent_otlp", "agent_scraped")
+    ]
+    test = {
+        "rule_files": [str(rules)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [
+                    {
+                        "expr": "round(cartesia_slo:sli:ratio_rate5m, 0.001)",
+                        "eval_time": "20m",
+                        "exp_samples": expected,
+                    },
+                    {
+                        "expr": "round(cartesia_slo:sli:ratio_rate1h, 0.001)",
+                        "eval_time": "20m",
+                        "exp_samples": expected,
+                    },
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "slo_test.yaml"
+    path.write_text(json.dumps(test, indent=2), encoding="utf-8")  # JSON is YAML
+    result = promtool("test", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr

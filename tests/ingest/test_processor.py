@@ -533,7 +533,7 @@ def test_deployments_past_the_bound_read_other_and_the_ranking_survives_a_restar
     # dep_3 went live after both: it pushes dep_1 out, whose later calls (of any start) read other
     harness.put(_deployment_call("ac_3", "dep_3", 3), _deployment_call("ac_4", "dep_1", 4))
     result = harness.processor.process_batch()
-    assert result.deployments_folded == 4  # ac_4's call counter, call and turn duration, TTFB
+    assert result.deployments_folded == 5  # ac_4's call counter, call and turn duration, TTFB, barge-in
     harness.put(_deployment_call("ac_5", "dep_2", 5), _deployment_call("ac_6", "dep_4", 6))
     harness.put(_deployment_call("ac_7", "dep_2", 7), _deployment_call("ac_8", "dep_1", 0))
     harness.run()

@@ -336,6 +336,13 @@ def test_interrupted_turns_overlap_and_are_marked() -> None:
     assert metric_event in barge_in.events
     interrupted_counts = points(fixture, instrument="cartesia.turns")
     assert sum(p["attributes"]["cartesia.turn.interrupted"] for p in interrupted_counts) == 2
+    # barge-in: one point per assistant turn on its span, 1 for the two the caller cut off
+    barge_ins = points(fixture, instrument="cartesia.turns.interrupted")
+    assert [(p["span_id"], p["value"]) for p in barge_ins] == [
+        (int(span.span_id, 16), 1 if span.attributes["cartesia.turn.interrupted"] else 0)
+        for span in (greeting, answer, goodbye)
+    ]
+    assert {p["attributes"]["cartesia.deployment.id"] for p in barge_ins} == {"dep_tjfIZ4SOcMz9"}
 
 
 def test_response_latency_follows_its_definition() -> None:
@@ -373,7 +380,8 @@ def test_response_latency_follows_its_definition() -> None:
         assert turn.attributes["cartesia.turn.response_latency"] == point["value"]
     # the deployment on every metric the contract lists, and on no other
     deployed = {"cartesia.tts.ttfb", "cartesia.stt.ttfb", "cartesia.turn.response_latency",
-                "cartesia.turn.duration", "cartesia.calls", "cartesia.call.duration"}  # fmt: skip
+                "cartesia.turn.duration", "cartesia.calls", "cartesia.call.duration",
+                "cartesia.turns.interrupted"}  # fmt: skip
     for point in document(fixture)["metric_points"]:
         carries = point["attributes"].get("cartesia.deployment.id")
         assert carries == ("dep_NewRelease01" if point["instrument"] in deployed else None), point

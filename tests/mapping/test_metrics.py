@@ -95,3 +95,62 @@ def test_log_metric_instrument_names() -> None:
     assert log_metric_instrument("Q1: name?") == ("cartesia.log_metric.Q1__name_", "1", 1.0)
     assert log_metric_instrument("") == ("cartesia.log_metric.unnamed", "1", 1.0)
     assert len(log_metric_instrument("x" * 500)[0]) == 255
+
+
+def test_interrupted_assistant_turns_by_agent_and_deployment() -> None:
+    """``cartesia.turns.interrupted``: one point per assistant turn, 1 when the caller cut in
+    (``was_interrupted``, else ``end_reason == "interrupted"``), 0 when the answer was heard out,
+    so the series of a deployment exists from its first assistant turn; none for user turns."""
+    call = parse_call(
+        {
+            "id": "ac_2",
+            "agent_id": "agent_1",
+            "deployment_id": "dep_1",
+            "status": "completed",
+            "start_time": "2026-01-01T00:00:00Z",
+            "end_time": "2026-01-01T00:00:30Z",
+            "transcript": [
+                {"role": "assistant", "start_timestamp": 0.5, "end_timestamp": 2.0, "was_interrupted": True},
+                {"role": "user", "start_timestamp": 1.8, "end_timestamp": 3.0, "was_interrupted": True},
+                {
+                    "role": "assistant",
+                    "start_timestamp": 3.5,
+                    "end_timestamp": 5.0,
+                    "end_reason": "interrupted",
+                },
+                {
+                    "role": "assistant",
+                    "start_timestamp": 6.0,
+                    "end_timestamp": 8.0,
+                    "end_reason": "tts_completed",
+                },
+                {"role": "assistant", "start_timestamp": 9.0, "end_timestamp": 10.0},
+                # the flag wins over the end reason, as on the span
+                {
+                    "role": "assistant",
+                    "start_timestamp": 11.0,
+                    "end_timestamp": 12.0,
+                    "end_reason": "interrupted",
+                    "was_interrupted": False,
+                },
+            ],
+        }
+    )
+    points = [p for p in map_call(call).points if p.instrument == c.METRIC_TURNS_INTERRUPTED]
+    assert [(p.span_key, p.value) for p in points] == [
+        ("turn:assistant:500", 1),
+        ("turn:assistant:3500", 1),
+        ("turn:assistant:6000", 0),
+        ("turn:assistant:9000", 0),
+        ("turn:assistant:11000", 0),
+    ]
+    for point in points:
+        assert point.kind is InstrumentKind.COUNTER and point.unit == "{turn}"
+        assert point.attributes == {c.AGENT_ID: "agent_1", c.DEPLOYMENT_ID: "dep_1"}
+    # the same count as the assistant turns the turn counter calls interrupted
+    turns = [p for p in map_call(call).points if p.instrument == c.METRIC_TURNS]
+    assert sum(p.value for p in points) == sum(
+        p.value
+        for p in turns
+        if p.attributes[c.TURN_ROLE] == "assistant" and p.attributes[c.TURN_INTERRUPTED]
+    )
