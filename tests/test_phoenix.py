@@ -16,7 +16,7 @@ span kind, input and output of docs/conventions.md section 10; each call is a se
 call's first words and summary; re-exporting the same calls changes nothing.
 
 Marked ``phoenix`` (deselected by default; ``pytest -m phoenix``). Skipped without Phoenix,
-except when ``OTELBRIDGE_TEST_REQUIRE_PHOENIX=1`` (CI), where that is a failure.
+except when ``TEST_REQUIRE_PHOENIX=1`` (CI), where that is a failure.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ pytestmark = pytest.mark.phoenix
 # variable after collection); .ci/run also runs these tests with ``-p no:phoenix``.
 os.environ["PHOENIX_TEST_TRACKING"] = "false"
 
-REQUIRE_ENV = "OTELBRIDGE_TEST_REQUIRE_PHOENIX"
+REQUIRE_ENV = "TEST_REQUIRE_PHOENIX"
 NOT_INSTALLED = "Arize Phoenix is not installed (pip install arize-phoenix); .ci/run installs it"
 
 TESTDATA = Path(__file__).resolve().parent / "testdata"

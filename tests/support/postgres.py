@@ -4,8 +4,8 @@ on 127.0.0.1 on a port picked at run time, stopped and deleted at the end of the
 Registered in tests/conftest.py, so any test can ask for ``postgres_server`` (one server for the
 session) or ``postgres_url`` (a fresh, empty database of its own on that server). Without
 PostgreSQL's binaries those tests are skipped, except in CI, where
-``OTELBRIDGE_TEST_REQUIRE_POSTGRES=1`` turns the skip into a failure so they can never silently
-not run. ``OTELBRIDGE_TEST_POSTGRES_BIN`` names the directory of ``initdb`` and ``pg_ctl``
+``TEST_REQUIRE_POSTGRES=1`` turns the skip into a failure so they can never silently
+not run. ``TEST_POSTGRES_BIN`` names the directory of ``initdb`` and ``pg_ctl``
 instead of the lookup (a directory without them means "not installed").
 """
 
@@ -33,8 +33,8 @@ import pytest
 if TYPE_CHECKING:
     import psycopg
 
-BIN_ENV = "OTELBRIDGE_TEST_POSTGRES_BIN"
-REQUIRE_ENV = "OTELBRIDGE_TEST_REQUIRE_POSTGRES"
+BIN_ENV = "TEST_POSTGRES_BIN"
+REQUIRE_ENV = "TEST_REQUIRE_POSTGRES"
 NOT_INSTALLED = "PostgreSQL is not installed (apt-get install postgresql); .ci/run installs it"
 
 ROLE = "otelbridge"
@@ -48,7 +48,7 @@ def find_postgres_bin() -> Path | None:
     """The directory holding ``initdb`` and ``pg_ctl``, or None when PostgreSQL is not installed.
 
     Debian's versioned directories come first (newest version): what is on PATH may be a
-    wrapper, not the binaries. ``OTELBRIDGE_TEST_POSTGRES_BIN`` replaces the lookup.
+    wrapper, not the binaries. ``TEST_POSTGRES_BIN`` replaces the lookup.
     """
     override = os.environ.get(BIN_ENV)
     if override is not None:
@@ -73,7 +73,7 @@ def _has_binaries(directory: Path) -> bool:
 
 def require_postgres_bin() -> Path:
     """:func:`find_postgres_bin`, skipping the test when there is none -- failing instead when
-    ``OTELBRIDGE_TEST_REQUIRE_POSTGRES=1`` (CI), so a missing install cannot pass as green."""
+    ``TEST_REQUIRE_POSTGRES=1`` (CI), so a missing install cannot pass as green."""
     bin_dir = find_postgres_bin()
     if bin_dir is None:
         if os.environ.get(REQUIRE_ENV) == "1":
