@@ -2,7 +2,13 @@
 
 One event is one line in both formats: in ``text``, control characters of the message, its
 arguments and the exception text are escaped (``\\n``, ``\\x1b``), so a value from a request (a
-``call_id`` holding a newline) cannot forge a line of its own.
+``call_id`` holding a newline) cannot forge a line of its own. :func:`escape_controls` is also
+what the console exporter and ``replay`` print values from calls through (a terminal is no
+safer than a log shipper).
+
+A refusal a client can repeat at will (a wrong secret, a bad body) is logged through a
+:class:`CountedLog`: at once the first time, then as one counted line a minute per kind, so a
+flood of bad requests cannot flood the log.
 
 Nothing secret reaches a log line: the webhook secrets and API keys given to
 :func:`configure_logging`, and every ``OTEL_EXPORTER_OTLP_*HEADERS`` value (an OTLP backend's
@@ -13,6 +19,7 @@ readiness JSON (:func:`active_redactor`). Transcript text is never logged at INF
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -28,16 +35,96 @@ REDACTED = "[redacted]"
 MIN_SECRET_CHARS = 6
 
 # C0 and C1 controls, DEL and the Unicode line and paragraph separators: what a terminal or a
-# line-splitting log shipper could take for a new line or a cursor movement.
+# line-splitting log shipper could take for a new line or a cursor movement (ESC starts CSI and
+# OSC sequences, U+009B is CSI alone). And the Unicode bidi controls (embeddings, overrides,
+# isolates, marks), which reorder what a terminal shows ("Trojan Source").
+_BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
 _CONTROL = {i: f"\\x{i:02x}" for i in (*range(0x20), *range(0x7F, 0xA0))}
 _CONTROL.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+_CONTROL.update({i: f"\\u{i:04x}" for i in _BIDI})
+
+#: how often a :class:`CountedLog` logs the count of a recurring kind
+LOG_EVERY: Final = 60.0
 
 
 def escape_controls(text: str) -> str:
-    """``text`` with every control character escaped (``\\n``, ``\\x1b``…): one line, always."""
+    """``text`` with every control character escaped (``\\n``, ``\\x1b``, ``\\u202e``…): one
+    line, always, that moves no cursor and reorders nothing on a terminal."""
     if text.isprintable():  # the common case costs one scan
         return text
     return text.translate(_CONTROL)
+
+
+class _Period:
+    __slots__ = ("client", "count", "level")
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+        self.count = 0  # since the line logged at once, or the last counted line
+        self.client = ""  # the first client of those counted
+
+
+class CountedLog:
+    """Logs an event that a client can repeat at will (a refused request) without one line per
+    event: per ``kind``, the first occurrence is logged at once (the caller's own line), the
+    ones that follow as one counted line every ``every`` seconds naming the first client of
+    the period (``summary % (kind, count, every, client)``), for as long as they keep coming.
+    A period without any resets the kind: its next occurrence is logged at once again.
+
+    ``client`` is an address, never a credential or a body. Called from one event loop (the
+    server's; a new loop starts afresh); ``every <= 0`` logs every occurrence (tests).
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        summary: str = "%s: %d more in the last %g s, the first from %s",
+        *,
+        every: float = LOG_EVERY,
+    ) -> None:
+        self._logger = logger
+        self._summary = summary
+        self.every = every
+        self._periods: dict[str, _Period] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(
+        self,
+        kind: str,
+        client: str,
+        level: int,
+        msg: str,
+        *args: object,
+        exc_info: BaseException | None = None,
+    ) -> None:
+        """One occurrence of ``kind`` from ``client``; ``msg % args`` is its own line, logged
+        at ``level`` if it is the first of its kind for a while."""
+        if self.every <= 0:
+            self._logger.log(level, msg, *args, exc_info=exc_info)
+            return
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # first use, or served by a new event loop
+            self._loop, self._periods = loop, {}
+        period = self._periods.get(kind)
+        if period is None:
+            self._periods[kind] = _Period(level)
+            self._logger.log(level, msg, *args, exc_info=exc_info)
+            loop.call_later(self.every, self._flush, loop, kind)
+            return
+        if not period.count:
+            period.client = client
+        period.count += 1
+
+    def _flush(self, loop: asyncio.AbstractEventLoop, kind: str) -> None:
+        if loop is not self._loop:
+            return
+        period = self._periods[kind]
+        if not period.count:  # a quiet period: the next one is logged at once
+            del self._periods[kind]
+            return
+        self._logger.log(period.level, self._summary, kind, period.count, self.every, period.client)
+        period.count, period.client = 0, ""
+        loop.call_later(self.every, self._flush, loop, kind)
 
 
 def _credential_parts(value: str) -> list[str]:

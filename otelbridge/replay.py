@@ -3,6 +3,11 @@
 Every file is read and every record validated before anything is exported; a bad record is
 reported on one line (file, record, field) and skipped, good ones are still exported. The
 exit status is 0 only when every record was good and everything was delivered.
+
+What it prints comes partly from the records (call ids, agent and tool names, roles, end
+reasons): the console trees (:mod:`otelbridge.delivery.console`) and the problem lines print
+them with their control characters escaped (:func:`otelbridge.logs.escape_controls`), so a
+record cannot send escape sequences to the terminal or forge a line.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from otelbridge.delivery.telemetry import collect_request, otlp_reader
 from otelbridge.delivery.transport import Transport, display_endpoint, make_transport
 from otelbridge.ingest.assembly import CallAssembler
 from otelbridge.ingest.files import InputFileError, Record, RecordKind, read_records
+from otelbridge.logs import escape_controls
 from otelbridge.mapping import MappedCall, UnplaceableCallError, map_call
 from otelbridge.mapping.deployments import RecentDeployments, fold, folded_count
 from otelbridge.retry import backoff
@@ -71,7 +77,7 @@ class Replay:
         self._assembler = CallAssembler()
 
     def problem(self, where: str, message: str) -> None:
-        self.err.write(f"otelbridge replay: {where}: {message}\n")
+        self.err.write(f"otelbridge replay: {escape_controls(f'{where}: {message}')}\n")
 
     # --- reading -------------------------------------------------------------------------
     def read(self, path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from otelbridge.logs import configure_logging
+from otelbridge.logs import CountedLog, configure_logging, escape_controls
 
 
 @pytest.fixture(autouse=True)
@@ -132,3 +133,39 @@ def test_the_redactor_cleans_a_json_tree_as_readiness_shows_it() -> None:
         "delivery": {"traces": {"failures": 2, "last_error": "401: bad key [redacted]"}},
         "ok": [True],
     }
+
+
+def test_escape_controls_escapes_terminal_sequences_c1_and_bidi_controls() -> None:
+    hostile = "a\x1b]0;pwned\x07\x1b[2J\rb\x9b31m\x85\x7f\u202eevil\u2066\u200f\u061c"
+    assert escape_controls(hostile) == (
+        "a\\x1b]0;pwned\\x07\\x1b[2J\\rb\\x9b31m\\x85\\x7f\\u202eevil\\u2066\\u200f\\u061c"
+    )
+    # printable text is untouched, joiners of emoji and non-Latin scripts included
+    for fine in ("support-bot-1", "שלום", "👩\u200d💻", "café"):
+        assert escape_controls(fine) == fine
+
+
+def test_counted_log_logs_the_first_at_once_then_one_counted_line_per_period(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="otelbridge.test")
+    counted = CountedLog(
+        logging.getLogger("otelbridge.test"), "refused %s: %d more in %g s, first from %s", every=0.05
+    )
+
+    async def flood() -> list[str]:
+        for i in range(100):
+            counted.add("401", f"10.0.0.{i % 3}", logging.WARNING, "refused 401 from %s", f"10.0.0.{i % 3}")
+            counted.add("404", "10.0.0.9", logging.INFO, "refused 404 from %s", "10.0.0.9")
+        at_once = [r.getMessage() for r in caplog.records]
+        await asyncio.sleep(0.3)  # one period with the count, then a quiet one
+        counted.add("401", "10.0.0.7", logging.WARNING, "refused 401 from %s", "10.0.0.7")
+        return at_once
+
+    at_once = asyncio.run(flood())
+    assert at_once == ["refused 401 from 10.0.0.0", "refused 404 from 10.0.0.9"]
+    assert [(r.levelno, r.getMessage()) for r in caplog.records[2:]] == [
+        (logging.WARNING, "refused 401: 99 more in 0.05 s, first from 10.0.0.1"),
+        (logging.INFO, "refused 404: 99 more in 0.05 s, first from 10.0.0.9"),
+        (logging.WARNING, "refused 401 from 10.0.0.7"),  # after a quiet period: at once again
+    ]

@@ -32,6 +32,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from otelbridge.mapping import ids
 from otelbridge.mapping.conventions import RESPONSE_LATENCY_BUCKETS_S
+from tests.delivery.test_console import RAW, assert_escaped, hostile_call
 from tests.support.otlp_receiver import GRPC_TRACES_METHOD, GrpcOtlpReceiver, HttpOtlpReceiver, attributes
 from tests.support.samples import LIST_CALLS, WEBHOOKS, webhook_events
 
@@ -431,6 +432,21 @@ def test_console_exporter_prints_trees_and_sends_nothing() -> None:
     assert "assistant_turn" in run.stdout
     assert "execute_tool" in run.stdout
     assert "ERROR: LLM provider timed out" in run.stdout
+
+
+def test_console_and_problem_lines_print_values_from_the_records_escaped(tmp_path: Path) -> None:
+    bad = {**hostile_call(), "start_time": "not a time"}  # skipped, named on stderr by its id
+    page = tmp_path / "hostile.json"
+    page.write_text(json.dumps({"data": [hostile_call(), bad]}), encoding="utf-8")
+    with HttpOtlpReceiver() as receiver:
+        run = run_cli("replay", page, "--exporter", "console", env=receiver.env())
+        assert receiver.requests == []
+    assert run.returncode == 1, run.stderr  # the bad record
+    assert_escaped(run.stdout)
+    (problem,) = [line for line in run.stderr.splitlines() if "start_time" in line]
+    assert r"(call ac_sid_\x1b]0;pwned\x07\x1b[2J\rcall forged" in problem
+    for raw in RAW:
+        assert raw not in run.stderr
 
 
 # --- delivery through retries and compression (the receiver's scripting, end to end) ---------

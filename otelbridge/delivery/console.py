@@ -5,6 +5,11 @@ the root at the call's end), so :class:`ConsoleTransport` keeps a call's spans u
 span arrives and then prints the call's tree; spans that come after the root (a late
 ``call_analysis``) print as a short tree of their own. Metrics print one line per metric and
 export.
+
+Every value that came from a call (ids, agent and tool names, roles, statuses, end reasons,
+errors, metric names) is printed through :func:`otelbridge.logs.escape_controls`, as the log
+prints it: an ESC, OSC or CSI sequence, a ``\\r`` or a bidi control in a call id cannot
+retitle, clear or rewrite the terminal that reads the tree.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
 from otelbridge.delivery.environment import Signal
 from otelbridge.delivery.transport import SendResult
+from otelbridge.logs import escape_controls
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping.records import Attributes, AttributeValue, EventRecord, MappedCall, SpanRecord
 
@@ -31,28 +37,34 @@ _TEXT_PREVIEW: Final = 60
 MAX_PENDING_CALLS: Final = 1000
 
 
+def _shown(value: object) -> str:
+    """A value from a call, as printed: control characters escaped (``\\x1b``, ``\\r``…)."""
+    return escape_controls(str(value))
+
+
 def _seconds(ns: int) -> str:
     return f"{ns / 1e9:.3f}s"
 
 
 def _describe(span: SpanRecord, origin_ns: int) -> str:
     a = span.attributes
-    parts = [span.name, f"+{_seconds(span.start_ns - origin_ns)}",
+    parts = [_shown(span.name), f"+{_seconds(span.start_ns - origin_ns)}",
              f"{_seconds(span.end_ns - span.start_ns)}"]  # fmt: skip
     for key, label in ((c.TTS_TTFB, "tts_ttfb"), (c.STT_TTFB, "stt_ttfb")):
         if key in a:
-            parts.append(f"{label}={a[key]}s")
+            parts.append(f"{label}={_shown(a[key])}s")
     if a.get(c.TURN_INTERRUPTED) is True:
         parts.append("interrupted")
     if span.events:
         parts.append(f"{len(span.events)} events")
     if a.get(c.TIME_ADJUSTED):
         reasons = a.get(c.TIME_ADJUSTMENTS, [])
-        parts.append(f"adjusted({','.join(reasons) if isinstance(reasons, list) else reasons})")
+        shown = ",".join(map(str, reasons)) if isinstance(reasons, list) else reasons
+        parts.append(f"adjusted({_shown(shown)})")
     text = a.get(c.TURN_TEXT)
     if isinstance(text, str):
         preview = text if len(text) <= _TEXT_PREVIEW else text[: _TEXT_PREVIEW - 1] + "…"
-        parts.append(repr(preview))
+        parts.append(repr(preview))  # repr escapes every non-printable character
     return "  ".join(parts)
 
 
@@ -64,19 +76,20 @@ def render_spans(spans: Sequence[SpanRecord], *, points: int | None = None) -> s
     if root is not None:
         a = root.attributes
         head = [
-            f"call {a.get(c.CALL_ID)}",
+            f"call {_shown(a.get(c.CALL_ID))}",
             f"trace {root.trace_id:032x}",
-            f"agent {a.get(c.AGENT_NAME) or a.get(c.AGENT_ID)}",
-            f"{a.get(c.CALL_STATUS)}" + (f" ({a[c.CALL_END_REASON]})" if c.CALL_END_REASON in a else ""),
+            f"agent {_shown(a.get(c.AGENT_NAME) or a.get(c.AGENT_ID))}",
+            _shown(a.get(c.CALL_STATUS))
+            + (f" ({_shown(a[c.CALL_END_REASON])})" if c.CALL_END_REASON in a else ""),
             _seconds(root.end_ns - root.start_ns),
         ]
         if root.error:
-            head.append(f"ERROR: {root.error}")
+            head.append(f"ERROR: {_shown(root.error)}")
         origin = root.start_ns
     else:
         call_id = next((s.attributes[k] for s in spans for k in (c.CALL_ID, c.GEN_AI_CONVERSATION_ID)
                         if k in s.attributes), None)  # fmt: skip
-        head = [f"call {call_id}", f"trace {spans[0].trace_id:032x}", "(spans after the root)"]
+        head = [f"call {_shown(call_id)}", f"trace {spans[0].trace_id:032x}", "(spans after the root)"]
         origin = min(s.start_ns for s in spans)
     lines = ["  ".join(head)]
     children: dict[int | None, list[SpanRecord]] = {}
@@ -169,7 +182,7 @@ def metric_lines(body: bytes) -> list[str]:
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
                 kind = metric.WhichOneof("data")
-                unit = f" {metric.unit}" if metric.unit else ""
+                unit = f" {_shown(metric.unit)}" if metric.unit else ""
                 if kind in ("sum", "gauge"):
                     numbers = (metric.sum if kind == "sum" else metric.gauge).data_points
                     total = sum(getattr(n, n.WhichOneof("value") or "as_int") for n in numbers)
@@ -180,7 +193,7 @@ def metric_lines(body: bytes) -> list[str]:
                     summary = f"{len(histograms)} series, {count} observations, sum {total:g}{unit}"
                 else:
                     summary = str(kind)
-                lines.append(f"metric {metric.name} ({kind}): {summary}")
+                lines.append(f"metric {_shown(metric.name)} ({kind}): {summary}")
     return lines
 
 

@@ -20,6 +20,12 @@ exception is logged here with its traceback and answered with a fixed 500 messag
 ``otelbridge.webhooks{type,outcome}``); ``type`` is one of :data:`KNOWN_EVENT_TYPES` or
 ``"unknown"``, so that a client cannot grow the metric's cardinality.
 
+The log does not count requests (the metric does): a refusal or other answer a client can
+repeat at will (401, 400, 404, 405, 413, 415, 422, an ignored type, a 503) is logged at once
+the first time, then as one counted line a minute per outcome naming the first client of the
+minute (:class:`otelbridge.logs.CountedLog`), so 5,000 bad requests are not 5,000 lines. An
+accepted webhook (DEBUG) and a 500 (with its traceback) are logged each time.
+
 This is the hot path of ``otelbridge serve``, so the app is a plain ASGI callable (the ASGI
 spec is the contract; uvicorn parses HTTP): headers come from ``scope["headers"]``, the body
 from ``receive()``, the answer goes out as two ``send()`` messages, with the JSON of the
@@ -47,6 +53,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otelbridge.cartesia.errors import describe_validation_error, json_kind
 from otelbridge.cartesia.webhooks import KNOWN_EVENT_TYPES, parse_webhook_event
+from otelbridge.logs import LOG_EVERY, CountedLog
 
 __all__ = [
     "DEFAULT_PATH",
@@ -132,6 +139,9 @@ _LOG_LEVEL: Final[Mapping[Outcome, int]] = {
     "not_found": logging.INFO,
     "error": logging.ERROR,
 }
+
+#: logged for every request, not counted: DEBUG (opt-in) and a bug's traceback
+_LOGGED_EACH: Final = frozenset({"accepted", "error"})
 
 # --- headers (ASGI: lower-case names, bytes) ---------------------------------------------
 _SECRET: Final = SECRET_HEADER.lower().encode()
@@ -299,6 +309,7 @@ class _WebhookReceiver:
         on_outcome: OnOutcome,
         path: str,
         store_timeout: float,
+        log_every: float = LOG_EVERY,
     ) -> None:
         self._inbox = inbox
         # Comparing SHA-256 digests makes every comparison the same length, so not even
@@ -313,6 +324,9 @@ class _WebhookReceiver:
         self._media_types: dict[bytes | None, str | None] = {}
         self._not_found = _Answer("not_found", f"no such path; webhooks are received at POST {path}")
         self._too_large = _Answer("too_large", f"body exceeds the limit of {max_body_bytes} bytes")
+        self._counted = CountedLog(
+            logger, "webhook %s: %d more in the last %g s, the first from %s", every=log_every
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -519,16 +533,33 @@ class _WebhookReceiver:
 
     def _log(self, scope: Scope, answer: _Answer, state: _State, status: int) -> None:
         client = scope.get("client")
+        address = str(client[0]) if client else "unknown client"
+        outcome = answer.outcome
+        level = _LOG_LEVEL[outcome]
         reason = answer.detail or answer.message
-        if answer.outcome == "accepted":
+        if outcome == "accepted":
             reason = f"call {state.call_id}"
-        logger.log(
-            _LOG_LEVEL[answer.outcome],
+        if outcome in _LOGGED_EACH:
+            logger.log(
+                level,
+                "webhook %s (%d) type=%s from %s: %s",
+                outcome,
+                status,
+                state.event_type,
+                address,
+                reason,
+                exc_info=answer.exc,
+            )
+            return
+        self._counted.add(
+            f"{outcome} ({status})",
+            address,
+            level,
             "webhook %s (%d) type=%s from %s: %s",
-            answer.outcome,
+            outcome,
             status,
             state.event_type,
-            client[0] if client else "unknown client",
+            address,
             reason,
             exc_info=answer.exc,
         )
@@ -553,6 +584,7 @@ def build_webhook_app(
     on_outcome: OnOutcome = lambda t, o: None,
     path: str = DEFAULT_PATH,
     store_timeout: float = DEFAULT_STORE_TIMEOUT_S,
+    log_every: float = LOG_EVERY,
 ) -> ASGIApp:
     """The webhook receiver as an ASGI app (serve it with uvicorn, ``lifespan="off"`` is fine).
 
@@ -560,11 +592,15 @@ def build_webhook_app(
     ``--allow-unauthenticated``); with several, any one matches (rotation).
     ``store_timeout`` bounds the wait for ``inbox.append``; past it the append is cancelled
     and the caller gets a 503 (the platform retries; delivery is at-least-once anyway).
+    ``log_every``: seconds between the counted log lines of a repeated refusal (0: a line
+    for each, as tests want).
     """
     if any(not s for s in secrets):
         raise ValueError("webhook secrets must not be empty")
     if max_body_bytes <= 0:
         raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
+    if not math.isfinite(log_every) or log_every < 0:
+        raise ValueError(f"log_every must be a number of seconds >= 0, got {log_every}")
     if not math.isfinite(store_timeout) or store_timeout <= 0:
         raise ValueError(f"store_timeout must be a positive number of seconds, got {store_timeout}")
     if not path.startswith("/"):
@@ -577,4 +613,5 @@ def build_webhook_app(
         on_outcome=on_outcome,
         path=path,
         store_timeout=store_timeout,
+        log_every=log_every,
     )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import io
+import json
+from typing import Any
 
 from otelbridge.cartesia.models import parse_call
 from otelbridge.delivery.console import ConsoleTransport, render, render_spans
@@ -94,3 +97,43 @@ def test_garbage_is_rejected_and_nothing_printed() -> None:
     result = ConsoleTransport(out).send("traces", b"\xff\x00garbage")
     assert (result.outcome, result.status) == ("reject", "decode error")
     assert out.getvalue() == ""
+
+
+# --- terminal escapes (issue 19) -----------------------------------------------------------
+#: what a hostile call carries: an OSC retitle, a CSI clear, a forged line, C0/C1 and bidi
+HOSTILE = "\x1b]0;pwned\x07\x1b[2J\rcall forged\x9b31m\x00\x7f\u202eevil\u2066\n"
+RAW = ("\x1b", "\x07", "\r", "\x9b", "\x00", "\x7f", "\u202e", "\u2066")
+
+
+def hostile_call() -> dict[str, Any]:
+    """A sample call with a tool call, whose ids, names, roles and reasons carry HOSTILE."""
+    raw = copy.deepcopy(next(c for c in sample_calls() if "tool_calls" in json.dumps(c)))
+    raw.update(id="ac_sid_" + HOSTILE, agent_name="bot" + HOSTILE, status="failed")
+    raw.update(end_reason="hangup" + HOSTILE, error_message="boom" + HOSTILE)
+    transcript = raw["transcript"]
+    transcript[0]["tool_calls"][0]["name"] = "get_weather" + HOSTILE
+    transcript.append({**transcript[-1], "role": "narrator" + HOSTILE})
+    return raw
+
+
+def assert_escaped(text: str) -> None:
+    for raw in RAW:
+        assert raw not in text, (raw, text)
+    escaped = r"\x1b]0;pwned\x07\x1b[2J\rcall forged\x9b31m\x00\x7f\u202eevil\u2066\n"
+    assert "call ac_sid_" + escaped in text
+    assert "agent bot" + escaped in text
+    assert "(hangup" + escaped + ")" in text
+    assert "ERROR: boom" + escaped in text
+    assert "get_weather" + escaped in text
+    assert "narrator" + escaped in text
+    assert not any(line.startswith("call forged") for line in text.splitlines())
+
+
+def test_values_from_the_call_are_printed_escaped() -> None:
+    mapped = map_call(parse_call(hostile_call()))
+    assert_escaped(render(mapped))
+    # serve's console: the same tree, from the OTLP request
+    out = io.StringIO()
+    console = ConsoleTransport(out)
+    assert console.send("traces", body(mapped.spans)).outcome == "ok"
+    assert_escaped(out.getvalue())

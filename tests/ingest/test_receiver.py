@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -135,6 +136,7 @@ def server(inbox: FakeInbox, outcomes: Outcomes) -> Iterator[UvicornThread]:
         max_body_bytes=MAX_BODY,
         on_outcome=outcomes,
         store_timeout=STORE_TIMEOUT,
+        log_every=0,  # a line per request, whatever the tests before did (the flood test: below)
     )
     with UvicornThread(app) as running:
         yield running
@@ -542,3 +544,90 @@ def test_unauthenticated_mode_accepts_without_the_header() -> None:
 def test_empty_secret_is_refused_at_build_time() -> None:
     with pytest.raises(ValueError, match="must not be empty"):
         build_webhook_app(inbox=FakeInbox(), secrets=[b"ok", b""], max_body_bytes=MAX_BODY)
+
+
+# --- log flooding (issue 19) ---------------------------------------------------------------
+FLOOD_EVERY = 1.0  # the counted line's period (a minute in production)
+FLOOD_N = 10  # bad requests of each kind
+
+
+def test_repeated_refusals_are_one_line_each_then_one_counted_line_per_period(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="otelbridge.receiver")
+    outcomes = Outcomes()
+    app = build_webhook_app(
+        inbox=FakeInbox(),
+        secrets=[SECRET.encode()],
+        max_body_bytes=MAX_BODY,
+        on_outcome=outcomes,
+        log_every=FLOOD_EVERY,
+    )
+    near_miss = SECRET[:-1] + "?"
+    kinds: dict[str, tuple[str, bytes, dict[str, str]]] = {
+        "unauthorized (401)": (
+            PATH,
+            CALL_TURN,
+            {"Content-Type": "application/json", "X-Webhook-Secret": near_miss},
+        ),
+        "bad_request (400)": (
+            PATH,
+            b'{"type": "call_turn", "note": "' + TRANSCRIPT_SECRET.encode(),
+            JSON_HEADERS,
+        ),
+        "not_found (404)": ("/admin", CALL_TURN, JSON_HEADERS),
+        "unsupported_media_type (415)": (PATH, CALL_TURN, {**JSON_HEADERS, "Content-Type": "text/plain"}),
+        "invalid (422)": (
+            PATH,
+            _turn_event(role="user", text=TRANSCRIPT_SECRET, start_timestamp="x"),
+            JSON_HEADERS,
+        ),
+        "too_large (413)": (PATH, b"{" + b" " * MAX_BODY + b"}", JSON_HEADERS),
+    }
+    with UvicornThread(app) as server, httpx.Client(base_url=server.url, timeout=5.0) as http:
+        started = time.monotonic()
+        for kind, (path, body, headers) in kinds.items():
+            status = int(kind[-4:-1])
+            for _ in range(FLOOD_N):
+                assert http.post(path, content=body, headers=headers).status_code == status
+        http.get(PATH)  # 405, once
+        sent_in = time.monotonic() - started
+        assert sent_in < FLOOD_EVERY / 2, f"too slow to test one period: {sent_in:.2f} s"
+        immediate = [r.getMessage() for r in caplog.records if r.name == "otelbridge.receiver"]
+        time.sleep(FLOOD_EVERY * 1.5)  # the counted lines come once the period ends
+        after_period = [r.getMessage() for r in caplog.records if r.name == "otelbridge.receiver"]
+        time.sleep(FLOOD_EVERY * 1.2)  # a quiet period: the next refusal is logged at once again
+        assert (
+            http.post(PATH, content=CALL_TURN, headers={"Content-Type": "application/json"}).status_code
+            == 401
+        )
+        final = [r.getMessage() for r in caplog.records if r.name == "otelbridge.receiver"]
+
+    # the metric still counts every request
+    expected = [
+        ("call_turn" if kind == "invalid (422)" else "unknown", kind.split()[0])
+        for kind in kinds
+        for _ in range(FLOOD_N)
+    ]
+    assert outcomes.calls == [*expected, ("unknown", "method_not_allowed"), ("unknown", "unauthorized")]
+
+    # at once: one line per kind (the first), the 405 too, naming the client
+    assert len(immediate) == len(kinds) + 1, immediate
+    for kind in kinds:
+        (line,) = [m for m in immediate if m.startswith(f"webhook {kind} ")]
+        assert "from 127.0.0.1: " in line
+    assert any(m.startswith("webhook method_not_allowed (405) ") for m in immediate)
+    # after the period: one counted line per kind that repeated, naming the first client
+    counted = after_period[len(immediate) :]
+    assert sorted(counted) == sorted(
+        f"webhook {kind}: {FLOOD_N - 1} more in the last {FLOOD_EVERY:g} s, the first from 127.0.0.1"
+        for kind in kinds
+    )
+    # a quiet period resets: the next 401 is a line of its own, at once
+    (again,) = final[len(after_period) :]
+    assert again.startswith(
+        "webhook unauthorized (401) type=unknown from 127.0.0.1: missing X-Webhook-Secret"
+    )
+    logged = caplog.text + "".join(str(r.args) for r in caplog.records)
+    for leak in (SECRET, near_miss, SECRET[:12], TRANSCRIPT_SECRET, "book Thursday"):
+        assert leak not in logged
