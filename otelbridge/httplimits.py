@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import resource
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
@@ -33,11 +31,14 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from otelbridge.ingest.receiver import _encode
+from otelbridge.logs import CountedLog
 
 logger = logging.getLogger("otelbridge.http")
 
 SWEEP_EVERY: Final = 0.25  # timeouts fire up to this late
-LOG_EVERY: Final = 60.0  # refusals are logged as one counted line a minute, never one per client
+#: refusals: the first of each outcome at once, then one counted line a minute (logs.CountedLog)
+REFUSED: Final = "webhook listener refused or closed connections: %s"
+REFUSED_SUMMARY: Final = REFUSED % "%s" + ", %d more in the last %g s, the first from %s"
 FD_RESERVE: Final = 64  # fds kept for the process itself: sockets, SQLite files and -wal, logs, pipes
 
 _REASON: Final = {
@@ -100,23 +101,6 @@ class _Reject(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-class _RefusalLog:
-    """Counts refusals and logs them as one line at most every LOG_EVERY seconds."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-        self.last = -math.inf
-
-    def add(self, loop: asyncio.AbstractEventLoop, what: str) -> None:
-        self.counts[what] += 1
-        now = loop.time()
-        if now - self.last >= LOG_EVERY:
-            self.last = now
-            detail = ", ".join(f"{n} {w}" for w, n in sorted(self.counts.items()))
-            logger.warning("webhook listener refused or closed connections: %s (counted a minute)", detail)
-            self.counts.clear()
-
-
 class _DrainingTransport:
     """What uvicorn's request cycle writes to: close() becomes 'drain, then close' while the
     request body is still coming."""
@@ -150,7 +134,7 @@ class _DrainingTransport:
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     limits: ClassVar[HttpLimits]
-    _log: ClassVar[_RefusalLog]
+    _log: ClassVar[CountedLog]
     _sweep: ClassVar[asyncio.TimerHandle | None]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -264,7 +248,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_body and self.cycle is not None:
             # the app has the request and counts it itself (http.disconnect: "bad_request"),
             # so only the log line counts it here: one outcome per request
-            self._log.add(self.loop, "timeout")
+            self._note("timeout")
             if not self.cycle.response_started and not self._real.is_closing():
                 self._real.write(error_response(408, "timeout", self._why))
             self._real.close()  # after an answer already started, only closing is left
@@ -273,7 +257,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _count(self, outcome: str) -> None:
         self.limits.on_refusal(outcome)
-        self._log.add(self.loop, outcome)
+        self._note(outcome)
+
+    def _note(self, outcome: str) -> None:
+        """Logged at once the first time, then counted a minute per outcome (a client repeats
+        it at will); the client by address only."""
+        peer = self._real.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        self._log.add(outcome, client, logging.WARNING, "%s from %s", REFUSED % outcome, client)
 
     def _refuse(self, code: str, message: str, status: int = 503) -> None:
         self._deadline = 0.0
@@ -297,5 +288,5 @@ def protocol_class(limits: HttpLimits) -> type[LimitedHttpToolsProtocol]:
     return type(
         "LimitedHttpToolsProtocol",
         (LimitedHttpToolsProtocol,),
-        {"limits": limits, "_log": _RefusalLog(), "_sweep": None},
+        {"limits": limits, "_log": CountedLog(logger, REFUSED_SUMMARY), "_sweep": None},
     )
