@@ -6,7 +6,7 @@ import argparse
 import functools
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -313,8 +313,17 @@ def _serve(settings: Settings, warnings: Sequence[str]) -> int:
 
 def _check(settings: Settings, exporters: dict[Signal, ExporterKind]) -> int:
     from otelbridge.delivery.transport import make_transport, probe
+    from otelbridge.logs import Redactor, otlp_header_values
+    from otelbridge.store import database_secrets
 
-    out = sys.stdout
+    # A backend's error message may echo an OTLP header value (an API key): redacted as the
+    # daemon's log lines are (otelbridge.logs), with the other configured secrets.
+    api_key = settings.cartesia_api_key_value()
+    redact = Redactor([
+        *otlp_header_values(), *(s.decode() for s in settings.webhook_secrets()),
+        *([api_key] if api_key else []), *database_secrets(settings.database_url_value()),
+    ])  # fmt: skip
+    out = _RedactingWriter(sys.stdout, redact)
     out.write("settings: ok\n")
     failed = False
     database_url = settings.database_url_value()
@@ -348,7 +357,18 @@ def _check(settings: Settings, exporters: dict[Signal, ExporterKind]) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _check_state_dir(settings: Settings, out: TextIO) -> bool:
+class _RedactingWriter:
+    """``write`` of ``out`` with every secret of ``redact`` replaced by ``[redacted]``."""
+
+    def __init__(self, out: TextIO, redact: Callable[[str], str]) -> None:
+        self._out = out
+        self._redact = redact
+
+    def write(self, text: str) -> int:
+        return self._out.write(self._redact(text))
+
+
+def _check_state_dir(settings: Settings, out: _RedactingWriter | TextIO) -> bool:
     """True when the SQLite state cannot be used (a real write into each file)."""
     from otelbridge.store import StoreError, StoreWriteError, open_inbox, open_state
 

@@ -36,6 +36,7 @@ import anyio
 import anyio.abc
 from anyio.abc import TaskStatus
 
+from otelbridge.coredumps import disable_core_dumps
 from otelbridge.delivery.resource import service_resource
 from otelbridge.httplimits import HttpLimits, connection_cap, raise_fd_limit
 from otelbridge.ingest.inbox import GroupCommitInbox
@@ -337,5 +338,6 @@ def pipeline_environment(environ: Mapping[str, str]) -> dict[str, str]:
 async def serve(
     settings: Settings, secrets: list[bytes], api_key: str | None = None, database_url: str | None = None
 ) -> None:
+    disable_core_dumps()  # before the pipeline process starts: it inherits RLIMIT_CORE
     daemon = Daemon(settings, secrets, api_key, database_url)
     await daemon.run()

@@ -45,6 +45,7 @@ from otelbridge import __version__
 from otelbridge.admin import Readiness, build_admin_app
 from otelbridge.allocator import fix_mmap_threshold
 from otelbridge.cartesia.client import CartesiaClient
+from otelbridge.coredumps import disable_core_dumps
 from otelbridge.delivery.environment import SIGNALS, OtelEnvironment
 from otelbridge.delivery.sdk import encode_trace_request, to_readable_spans
 from otelbridge.delivery.sender import Sender
@@ -671,6 +672,7 @@ def die_with_parent(parent_pid: int | None) -> None:
 
 def main() -> int:
     die_with_parent(int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else None)
+    disable_core_dumps()  # exec reset the daemon's PR_SET_DUMPABLE
     # Ctrl-C in a terminal and a systemd stop (KillMode=control-group) signal every process of
     # the group: stopping is the daemon's to order ("stop" on stdin, or the end of stdin), so
     # that the pipeline drains first instead of dying under the daemon's graceful shutdown.

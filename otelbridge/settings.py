@@ -10,17 +10,19 @@ a config file's ``[otel]`` table sets them.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import tomllib
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from otelbridge.delivery.environment import CONFIG_OTEL_VARS
+from otelbridge.delivery.environment import CONFIG_OTEL_VARS, url_problem
 from otelbridge.mapping.policy import (
     DEFAULT_MAX_ATTRIBUTE_BYTES,
     DEFAULT_SERVICE_NAME,
@@ -30,6 +32,8 @@ from otelbridge.mapping.policy import (
 )
 
 ENV_PREFIX = "OTELBRIDGE_"
+#: a shorter webhook secret can be guessed; refused unless OTELBRIDGE_ALLOW_SHORT_WEBHOOK_SECRET
+MIN_WEBHOOK_SECRET_CHARS = 16
 
 
 class Settings(BaseSettings):
@@ -94,6 +98,11 @@ class Settings(BaseSettings):
     )
     allow_unauthenticated: bool = Field(
         default=False, description="accept webhooks without a secret (serve --allow-unauthenticated)"
+    )
+    allow_short_webhook_secret: bool = Field(
+        default=False,
+        description=f"accept a webhook secret shorter than {MIN_WEBHOOK_SECRET_CHARS} characters "
+        "(one already configured in Cartesia)",
     )
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024,
@@ -226,6 +235,16 @@ class Settings(BaseSettings):
         secrets = [s.strip() for s in raw.replace("\n", ",").split(",") if s.strip()]
         if not secrets:
             raise SettingsError([f"{where}: holds no secret. Fix: put the webhook secret in it"])
+        short = [i for i, s in enumerate(secrets, 1) if len(s) < MIN_WEBHOOK_SECRET_CHARS]
+        if short and not self.allow_short_webhook_secret:
+            which = "the secret" if len(secrets) == 1 else f"secret {', '.join(map(str, short))}"
+            raise SettingsError(
+                [
+                    f"{where}: {which} is shorter than {MIN_WEBHOOK_SECRET_CHARS} characters (not shown). "
+                    "Fix: set a longer one in Cartesia and here (e.g. openssl rand -hex 32), or set "
+                    f"{env_name('allow_short_webhook_secret')}=true to accept it"
+                ]
+            )
         return [s.encode() for s in secrets]
 
     def agent_id_list(self) -> list[str]:
@@ -457,10 +476,42 @@ def load_settings(config_file: Path | None = None, **overrides: object) -> Setti
                 )
             else:
                 problems.append(f"{field}: {error['msg']}")
+    if settings is not None:
+        problems += _base_url_problems(settings.cartesia_base_url)
     if problems:
         raise SettingsError(problems)
     assert settings is not None
     return settings
+
+
+def _base_url_problems(url: str) -> list[str]:
+    """OTELBRIDGE_CARTESIA_BASE_URL: a valid http(s) URL, plain http only to this machine (the
+    API key travels in every request)."""
+    name = env_name("cartesia_base_url")
+    fix = f"Fix: e.g. {Settings.model_fields['cartesia_base_url'].default}"
+    if not url.lower().startswith(("http://", "https://")):
+        return [f"{name}={url!r}: not an http(s) URL. {fix}"]
+    problem = url_problem(url)
+    if problem is not None:
+        return [f"{name}={url!r}: {problem}. {fix}"]
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        return [f"{name}=<not shown>: credentials in the URL are not used. Fix: remove them ({fix[5:]})"]
+    if parts.scheme.lower() == "http" and not _is_loopback(parts.hostname or ""):
+        return [
+            f"{name}={url!r}: plain http would send the API key unencrypted. {fix} "
+            "(http:// only to this machine: localhost, 127.0.0.0/8, ::1)"
+        ]
+    return []
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _getenv_ci(name: str) -> str | None:

@@ -175,3 +175,57 @@ def test_backfill_bad_times_and_missing_key_are_listed_together(tmp_path: Path) 
     assert any("--until '2026-13-45': not a time" in p for p in problems)
     assert any("no Cartesia API key" in p and "OTELBRIDGE_CARTESIA_API_KEY" in p for p in problems)
     assert not (tmp_path / "state").exists()  # nothing was started or stored
+
+
+# --- secrets at the edges (issue 19) ---------------------------------------------------------
+def test_check_redacts_otlp_header_values_a_backend_echoes(
+    receiver: HttpOtlpReceiver, tmp_path: Path
+) -> None:
+    key = "otlp-key-Zq8Wm3Lp7Rt2"
+    receiver.reject_next(400, f"invalid key {key} (Basic dXNlcjpwYXNzd29yZA==)", path="/v1/traces")
+    env = {
+        **receiver.env(),
+        "OTEL_EXPORTER_OTLP_HEADERS": f"x-api-key={key},authorization=Basic dXNlcjpwYXNzd29yZA==",
+        "OTELBRIDGE_STATE_DIR": str(tmp_path / "state"),
+        "OTELBRIDGE_WEBHOOK_SECRET": "check-test-secret-0123456789",
+    }
+    run = run_cli("check", env=env)
+    assert run.returncode == 1, run.stdout + run.stderr
+    (line,) = lines_naming(run.stdout, "OTLP traces endpoint")
+    assert "FAILED" in line and "invalid key [redacted]" in line, line
+    assert key not in run.stdout + run.stderr
+    assert "dXNlcjpwYXNzd29yZA==" not in run.stdout + run.stderr
+
+
+def test_malformed_ipv6_urls_and_url_credentials_are_settings_problems(tmp_path: Path) -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://[::1",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://user:pa55w0rd-xyz@127.0.0.1:4318/v1/metrics",
+        "OTELBRIDGE_CARTESIA_BASE_URL": "http://[zz]:4318",
+        "OTELBRIDGE_STATE_DIR": str(tmp_path / "state"),
+        "OTELBRIDGE_WEBHOOK_SECRET": "check-test-secret-0123456789",
+    }
+    run = run_cli("check", env=env)  # run_cli: never a traceback
+    assert run.returncode == 2, run.stdout + run.stderr
+    problems = [line for line in run.stderr.splitlines() if line.startswith("  - ")]
+    assert len(problems) == 3, problems
+    assert all("Fix:" in p for p in problems)
+    assert any(
+        p.startswith("  - OTEL_EXPORTER_OTLP_TRACES_ENDPOINT='http://[::1': not a valid URL")
+        for p in problems
+    )
+    assert any(
+        p.startswith("  - OTELBRIDGE_CARTESIA_BASE_URL='http://[zz]:4318': not a valid URL") for p in problems
+    )
+    assert any("credentials in the URL" in p and "OTEL_EXPORTER_OTLP_HEADERS" in p for p in problems)
+    assert "pa55w0rd" not in run.stderr
+
+
+def test_a_short_webhook_secret_stops_check(tmp_path: Path) -> None:
+    env = {"OTELBRIDGE_STATE_DIR": str(tmp_path / "state"), "OTELBRIDGE_WEBHOOK_SECRET": "short-secret"}
+    run = run_cli("check", env=env)
+    assert run.returncode == 2
+    assert (
+        "shorter than 16 characters" in run.stderr and "OTELBRIDGE_ALLOW_SHORT_WEBHOOK_SECRET" in run.stderr
+    )
+    assert "short-secret" not in run.stderr

@@ -38,7 +38,7 @@ def test_every_preset_is_covered() -> None:
 def test_check_reads_the_preset(preset: str, tmp_path: Path) -> None:
     env = clean_env(
         {
-            "OTELBRIDGE_WEBHOOK_SECRET": "s3cret-value",
+            "OTELBRIDGE_WEBHOOK_SECRET": "preset-test-secret-0123456789",
             "OTELBRIDGE_STATE_DIR": str(tmp_path / "state"),
             "OTELBRIDGE_ADMIN_PORT": "0",
             "OTEL_EXPORTER_OTLP_TIMEOUT": "2",  # nothing of these answers here: fail fast

@@ -276,3 +276,53 @@ def test_a_pipeline_whose_parent_is_already_gone_exits_at_once() -> None:
 
     assert run(os.getpid()) == "ran"  # started by this process: it carries on
     assert run(os.getpid() + 1_000_000) == ""  # another parent than the one that started it
+
+
+_WATCH_DUMPABLE = """
+import ctypes, os, resource, sys, threading, time
+out = sys.argv[1]
+def watch():
+    libc = ctypes.CDLL(None)
+    while True:
+        text = f"{libc.prctl(3, 0, 0, 0, 0)} {resource.getrlimit(resource.RLIMIT_CORE)[1]}"  # PR_GET_DUMPABLE
+        with open(out + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(out + ".tmp", out)
+        time.sleep(0.05)
+threading.Thread(target=watch, daemon=True).start()
+from otelbridge.cli import main
+sys.exit(main(["serve"]))
+"""
+
+
+def _core_limit(pid: int) -> str:
+    (line,) = [x for x in Path(f"/proc/{pid}/limits").read_text().splitlines() if x.startswith("Max core")]
+    return " ".join(line.split()[4:6])  # soft, hard
+
+
+def test_serve_makes_no_core_dumps(started: Started, tmp_path: Path) -> None:
+    """A core file would hold the webhook secret, the API key and the OTLP headers."""
+    listen, admin = free_port(), free_port()
+    daemon = ServeProcess(
+        tmp_path,
+        started.env(
+            listen,
+            admin,
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+                "PYTHONPATH": str(Path(__file__).resolve().parents[1]),  # this tree's otelbridge
+            },
+        ),
+        listen_port=listen,
+        admin_port=admin,
+    )
+    watched = tmp_path / "dumpable"
+    daemon.argv = [sys.executable, "-c", _WATCH_DUMPABLE, str(watched)]
+    started.processes.append(daemon)
+    daemon.start().wait_ready()
+    assert _core_limit(daemon.pid) == "0 0"
+    assert _core_limit(_pipeline_pid(daemon)) == "0 0"  # inherited across fork and exec
+    deadline = time.monotonic() + 5
+    while not watched.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert watched.read_text() == "0 0"  # PR_GET_DUMPABLE, hard RLIMIT_CORE of the daemon itself

@@ -168,13 +168,13 @@ def test_config_file_unreadable_or_not_toml(tmp_path: Path) -> None:
 
 
 def test_webhook_secrets_from_variable_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OTELBRIDGE_WEBHOOK_SECRET", " new-secret , old-secret ")
-    assert load_settings().webhook_secrets() == [b"new-secret", b"old-secret"]
+    monkeypatch.setenv("OTELBRIDGE_WEBHOOK_SECRET", " new-secret-0123456 , old-secret-0123456 ")
+    assert load_settings().webhook_secrets() == [b"new-secret-0123456", b"old-secret-0123456"]
     monkeypatch.delenv("OTELBRIDGE_WEBHOOK_SECRET")
     secret_file = tmp_path / "secret"
-    secret_file.write_text("from-file\n")
+    secret_file.write_text("from-file-0123456789\n")
     monkeypatch.setenv("OTELBRIDGE_WEBHOOK_SECRET_FILE", str(secret_file))
-    assert load_settings().webhook_secrets() == [b"from-file"]
+    assert load_settings().webhook_secrets() == [b"from-file-0123456789"]
     secret_file.write_text("\n")
     with pytest.raises(SettingsError, match="holds no secret"):
         load_settings().webhook_secrets()
@@ -221,3 +221,52 @@ def test_agent_ids_and_polling_settings(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("OTELBRIDGE_POLL_CONCURRENCY", "0")
     with pytest.raises(SettingsError, match="OTELBRIDGE_POLL_CONCURRENCY"):
         load_settings()
+
+
+# --- secrets at the edges (issue 19) ---------------------------------------------------------
+def test_a_short_webhook_secret_is_refused_unless_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTELBRIDGE_WEBHOOK_SECRET", "long-enough-secret-0123,short-sec-42")
+    with pytest.raises(SettingsError) as info:
+        load_settings().webhook_secrets()
+    (problem,) = info.value.problems
+    assert problem.startswith("OTELBRIDGE_WEBHOOK_SECRET: secret 2 is shorter than 16 characters")
+    assert "Fix:" in problem and "OTELBRIDGE_ALLOW_SHORT_WEBHOOK_SECRET=true" in problem
+    assert "short-sec-42" not in str(info.value)
+    monkeypatch.delenv("OTELBRIDGE_WEBHOOK_SECRET")
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("tiny-secret\n")
+    monkeypatch.setenv("OTELBRIDGE_WEBHOOK_SECRET_FILE", str(secret_file))
+    with pytest.raises(SettingsError, match="the secret is shorter than 16 characters"):
+        load_settings().webhook_secrets()
+    monkeypatch.setenv("OTELBRIDGE_ALLOW_SHORT_WEBHOOK_SECRET", "true")
+    assert load_settings().webhook_secrets() == [b"tiny-secret"]
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8123", "http://127.8.0.1", "http://[::1]:8123", "http://localhost:8123",
+            "https://api.cartesia.ai", "https://cartesia.internal:8443/api"],
+)  # fmt: skip
+def test_cartesia_base_url_accepted(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTELBRIDGE_CARTESIA_BASE_URL", url)
+    assert load_settings().cartesia_base_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://api.cartesia.ai", "plain http would send the API key unencrypted"),
+        ("http://10.0.0.5:8080", "plain http would send the API key unencrypted"),
+        ("http://[::1", "not a valid URL (Invalid IPv6 URL)"),
+        ("http://[zz]:4318", "not a valid URL"),
+        ("api.cartesia.ai", "not an http(s) URL"),
+    ],
+)
+def test_cartesia_base_url_refused(url: str, problem: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTELBRIDGE_CARTESIA_BASE_URL", url)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    (line,) = info.value.problems
+    assert line.startswith(f"OTELBRIDGE_CARTESIA_BASE_URL={url!r}: {problem}")
+    assert "Fix: e.g. https://api.cartesia.ai" in line

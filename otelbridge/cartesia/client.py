@@ -72,6 +72,12 @@ RETRY_AFTER_MAX_S: Final = 300.0
 #: Page size asked of the paged endpoints the client walks itself (the documented maximum).
 PAGE_LIMIT: Final = 100
 MESSAGE_TEXT_LIMIT: Final = 200
+#: The largest answer body read; the rest is not downloaded (CartesiaError). Measured: the
+#: sample List Calls pages (tests/support/samples) hold 6 calls in ~64 KB, the largest call
+#: ~16 KB with 31 turns, so a page of 100 such calls is ~1.6 MB; 64 MiB leaves room for a page
+#: of 100 calls averaging 650 KiB each (about 40 times the largest sample, hour-long calls)
+#: while bounding what a broken or hostile server can make the process hold.
+MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
 _RETRY_STATUSES: Final = frozenset({408, 429})
 _AUTH_STATUSES: Final = frozenset({401, 403})
 _ERROR_TEXT_SCAN: Final = 64 * 1024  # of a text error body, only this much is looked at
@@ -166,14 +172,14 @@ class _ErrorBody:
     request_id: str | None = None
 
 
-def _parse_error_body(response: httpx.Response) -> _ErrorBody:
-    """What an error answer says, whether JSON or text. ``detail`` may be empty; nothing is
-    scrubbed or shortened yet."""
-    text = response.content[:_ERROR_TEXT_SCAN].decode("utf-8", errors="replace")
+def _parse_error_body(response: httpx.Response, content: bytes) -> _ErrorBody:
+    """What an error answer says (``content``: its body), whether JSON or text. ``detail`` may
+    be empty; nothing is scrubbed or shortened yet."""
+    text = content[:_ERROR_TEXT_SCAN].decode("utf-8", errors="replace")
     data: object = None
     if text.lstrip().startswith(("{", "[")):
         try:
-            data = json.loads(response.content)
+            data = json.loads(content)
         except (ValueError, RecursionError):
             data = None
     if isinstance(data, dict):
@@ -226,6 +232,7 @@ class CartesiaClient:
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         rng: random.Random | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         if not api_key or not api_key.strip():
             raise ValueError("the Cartesia API key is empty")
@@ -236,6 +243,8 @@ class CartesiaClient:
             raise ValueError(f"invalid Cartesia-Version {version!r}")
         if not (timeout_s > 0 and math.isfinite(timeout_s)):
             raise ValueError(f"timeout_s must be a positive number, got {timeout_s!r}")
+        if max_response_bytes < 1:
+            raise ValueError(f"max_response_bytes must be >= 1, got {max_response_bytes!r}")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries!r}")
         if not (0 <= initial_backoff_s <= max_backoff_s):
@@ -247,6 +256,7 @@ class CartesiaClient:
         self.max_retries = max_retries
         self.initial_backoff_s = initial_backoff_s
         self.max_backoff_s = max_backoff_s
+        self.max_response_bytes = max_response_bytes
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()  # noqa: S311 - jitter, not crypto
         self.stats = ClientStats()
@@ -427,7 +437,7 @@ class CartesiaClient:
             request_id: str | None = None
             retry_after: float | None = None
             try:
-                response = await self._http.get(path, params=dict(params) if params else None)
+                response, content = await self._get(path, params)
             except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
                 raise CartesiaError(f"{op}: {_one_line(self._scrub(str(exc)))}", path=path) from None
             except httpx.TimeoutException as exc:
@@ -438,8 +448,8 @@ class CartesiaClient:
                 status = response.status_code
                 self.stats.statuses[status] += 1
                 if 200 <= status < 300:
-                    return self._decode(path, response)
-                error = self._http_error(path, response)
+                    return self._decode(path, response, content)
+                error = self._http_error(path, response, content)
                 if status in _AUTH_STATUSES:
                     raise CartesiaAuthError(
                         error.message,
@@ -467,8 +477,35 @@ class CartesiaClient:
             log.info("%s: %s; retry %d/%d in %.1f s", op, problem, retry, self.max_retries, delay)
             await self._sleep(delay)
 
-    def _http_error(self, path: str, response: httpx.Response) -> CartesiaError:
-        body = _parse_error_body(response)
+    async def _get(self, path: str, params: Mapping[str, str | int] | None) -> tuple[httpx.Response, bytes]:
+        """The answer and its body, read as it streams in up to ``max_response_bytes``."""
+        request = self._http.build_request("GET", path, params=dict(params) if params else None)
+        response = await self._http.send(request, stream=True)
+        try:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_response_bytes:
+                raise self._too_large(path, response)
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > self.max_response_bytes:
+                    raise self._too_large(path, response)
+                chunks.append(chunk)
+            return response, b"".join(chunks)
+        finally:
+            await response.aclose()
+
+    def _too_large(self, path: str, response: httpx.Response) -> CartesiaError:
+        return CartesiaError(
+            f"GET {path}: HTTP {response.status_code} answer larger than {self.max_response_bytes} bytes "
+            "(the client's cap on a response body); not read",
+            status=response.status_code,
+            path=path,
+        )
+
+    def _http_error(self, path: str, response: httpx.Response, content: bytes) -> CartesiaError:
+        body = _parse_error_body(response, content)
         status = response.status_code
         detail = _one_line(self._scrub(body.detail))
         code = _one_line(self._scrub(body.error_code), 60) if body.error_code else None
@@ -490,8 +527,7 @@ class CartesiaClient:
             message += f" (request_id {request_id})"
         return CartesiaError(message, status=status, request_id=request_id, path=path, error_code=code)
 
-    def _decode(self, path: str, response: httpx.Response) -> Any:
-        content = response.content
+    def _decode(self, path: str, response: httpx.Response, content: bytes) -> Any:
         if not content.strip():
             raise self._shape_error(path, f"HTTP {response.status_code} with an empty body, expected JSON")
         try:

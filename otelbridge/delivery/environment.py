@@ -40,7 +40,7 @@ EXPORTER_VARS: Final[Mapping[Signal, str]] = {
 
 _PREFIXES: Final = ("OTEL_EXPORTER_OTLP_", "OTEL_EXPORTER_OTLP_TRACES_", "OTEL_EXPORTER_OTLP_METRICS_")
 _SUFFIXES: Final = (
-    "ENDPOINT", "PROTOCOL", "HEADERS", "COMPRESSION", "TIMEOUT", "CERTIFICATE",
+    "ENDPOINT", "PROTOCOL", "HEADERS", "HEADERS_FILE", "COMPRESSION", "TIMEOUT", "CERTIFICATE",
     "CLIENT_CERTIFICATE", "CLIENT_KEY", "INSECURE",
 )  # fmt: skip
 #: every OTEL_EXPORTER_OTLP_* variable otelbridge reads (a name outside it is a typo or unsupported)
@@ -128,15 +128,33 @@ class OtelEnvironment:
         return next((c for c in COMPRESSIONS if c == value), "none")
 
     def headers(self, signal: Signal) -> dict[str, str]:
-        """General headers, then the per-signal ones on top (key by key). Keys lower-cased."""
+        """General headers, then the per-signal ones on top (key by key). Keys lower-cased.
+        Each level is ``…_HEADERS``, else the file named by ``…_HEADERS_FILE`` (a mounted
+        Secret: the same format, newlines read as commas); one that cannot be read adds none
+        (:meth:`problems` reports it)."""
         merged: dict[str, str] = {}
-        for name in ("OTEL_EXPORTER_OTLP_HEADERS", f"OTEL_EXPORTER_OTLP_{signal.upper()}_HEADERS"):
-            raw = self.get(name)
+        for prefix in ("OTEL_EXPORTER_OTLP_", f"OTEL_EXPORTER_OTLP_{signal.upper()}_"):
+            raw = self._headers_text(prefix)
             if raw is None:
                 continue
             valid = [entry for entry in raw.split(",") if _HEADER_ENTRY.fullmatch(entry)]
             merged.update(parse_env_headers(",".join(valid), liberal=True))
         return merged
+
+    def _headers_text(self, prefix: str) -> str | None:
+        """``{prefix}HEADERS``, else the contents of ``{prefix}HEADERS_FILE`` (None when unset
+        or unreadable)."""
+        value = self.get(f"{prefix}HEADERS")
+        if value is not None:
+            return value
+        path = self.get(f"{prefix}HEADERS_FILE")
+        if path is None:
+            return None
+        try:
+            text = _read_headers_file(path)
+        except (OSError, UnicodeDecodeError):
+            return None
+        return text or None
 
     def header_values(self) -> list[str]:
         """Every configured OTLP header value (they carry keys: logs redact them)."""
@@ -241,6 +259,18 @@ class OtelEnvironment:
         for name, value in self._each("ENDPOINT"):
             if not value.startswith(("http://", "https://")):
                 problems.append(f"{name}={value!r}: not an http(s) URL. Fix: e.g. http://localhost:4318")
+                continue
+            problem = url_problem(value)
+            if problem is not None:
+                problems.append(f"{name}={_shown_url(value)!r}: {problem}. Fix: e.g. http://localhost:4318")
+            elif _has_userinfo(value):
+                # httpx would turn them into an Authorization header replacing the configured
+                # one, and they would not be redacted: refused.
+                problems.append(
+                    f"{name}={_shown_url(value)!r}: credentials in the URL are not used. Fix: remove "
+                    "them and put them in OTEL_EXPORTER_OTLP_HEADERS (or OTEL_EXPORTER_OTLP_HEADERS_FILE), "
+                    "e.g. authorization=Basic <base64 of user:password>"
+                )
         for name, value in self._each("INSECURE"):
             if value.lower() not in ("true", "false"):
                 problems.append(f"{name}={value!r}: not true or false. Fix: true (plaintext gRPC) or false")
@@ -264,18 +294,9 @@ class OtelEnvironment:
                     f"{key_name}={self.get(key_name)!r}: a client key without a client certificate "
                     f"({signal}). Fix: set OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE (or the per-signal one) too"
                 )
+        problems += self._headers_file_problems()
         for name, value in self._each("HEADERS"):
-            bad = [
-                str(i)
-                for i, entry in enumerate(value.split(","), 1)
-                if entry.strip() and not _HEADER_ENTRY.fullmatch(entry)
-            ]
-            if bad:  # the value is not shown: headers carry secrets
-                problems.append(
-                    f"{name}=<not shown>: entry {', '.join(bad)} is not name=value and would be dropped. "
-                    "Fix: comma-separated name=value pairs, e.g. x-api-key=KEY,x-team=TEAM; "
-                    "percent-encode commas, quotes, semicolons and backslashes in values"
-                )
+            problems += self._header_problems(f"{name}=<not shown>", value)
         for signal in SIGNALS:
             name = f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"
             endpoint = self.get(name)
@@ -283,6 +304,7 @@ class OtelEnvironment:
                 endpoint is None
                 or self.protocol(signal) == "grpc"
                 or not endpoint.startswith(("http://", "https://"))
+                or url_problem(endpoint) is not None
             ):
                 continue
             if urlsplit(endpoint).path in ("", "/"):
@@ -292,3 +314,79 @@ class OtelEnvironment:
                     "OTEL_EXPORTER_OTLP_ENDPOINT, which gets the path appended)"
                 )
         return problems
+
+    def _headers_file_problems(self) -> list[str]:
+        """``…_HEADERS_FILE`` set beside ``…_HEADERS``, unreadable, or holding a bad entry."""
+        problems: list[str] = []
+        for prefix in _PREFIXES:
+            variable, file_variable = f"{prefix}HEADERS", f"{prefix}HEADERS_FILE"
+            path = self.get(file_variable)
+            if path is None:
+                continue
+            if self.get(variable) is not None:
+                problems.append(f"{variable} and {file_variable} are both set. Fix: set only one of them")
+                continue
+            try:
+                text = _read_headers_file(path)
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else "not UTF-8 text"
+                problems.append(
+                    f"{file_variable}={path!r}: cannot read the file ({reason}). Fix: point it at a "
+                    "readable file of name=value pairs (e.g. a mounted Secret's key)"
+                )
+                continue
+            if text:
+                problems += self._header_problems(f"{file_variable}={path!r}", text)
+        return problems
+
+    @staticmethod
+    def _header_problems(where: str, value: str) -> list[str]:
+        """The entries of a headers value that are not name=value (the value is not shown:
+        headers carry secrets)."""
+        bad = [
+            str(i)
+            for i, entry in enumerate(value.split(","), 1)
+            if entry.strip() and not _HEADER_ENTRY.fullmatch(entry)
+        ]
+        if not bad:
+            return []
+        return [
+            f"{where}: entry {', '.join(bad)} is not name=value and would be dropped. "
+            "Fix: comma-separated name=value pairs, e.g. x-api-key=KEY,x-team=TEAM; "
+            "percent-encode commas, quotes, semicolons and backslashes in values"
+        ]
+
+
+def _read_headers_file(path: str) -> str:
+    """The headers of an ``…_HEADERS_FILE``: the variable's format, lines joined by commas."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read(1024 * 1024)
+    return ",".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def url_problem(url: str) -> str | None:
+    """What makes ``url`` unusable (a malformed IPv6 address, a bad port, no host), or None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if not parts.hostname:
+        return "not a valid URL (no host)"
+    return None
+
+
+def _has_userinfo(url: str) -> bool:
+    return "@" in urlsplit(url).netloc
+
+
+def _shown_url(url: str) -> str:
+    """``url`` with any user info replaced (a password is not shown)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    netloc = rest[:end]
+    if "@" in netloc:
+        netloc = "<credentials>@" + netloc.rsplit("@", 1)[1]
+    return f"{scheme}://{netloc}{rest[end:]}"

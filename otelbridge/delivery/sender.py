@@ -31,6 +31,7 @@ import anyio
 from otelbridge.delivery.environment import SIGNALS, Signal
 from otelbridge.delivery.telemetry import SelfMetrics
 from otelbridge.delivery.transport import SendResult, Transport
+from otelbridge.logs import active_redactor
 from otelbridge.mapping import conventions as c
 from otelbridge.retry import backoff
 from otelbridge.store import AckLog, SpoolEntry, StateStore, StoreWriteError
@@ -296,10 +297,14 @@ class Sender:
             await anyio.sleep(min(1.0, max(0.0, deadline - anyio.current_time())))
 
     async def _reject(self, signal: Signal, request: Outgoing, result: SendResult) -> None:
+        # The backend's message may echo an OTLP header value (an API key): redacted as the log
+        # is, before it is stored (the store keeps what it is given).
+        reason = active_redactor()(result.message)
+
         def dead() -> None:
             with self._db.transaction() as tx:
                 for one in request.entries:
-                    tx.dead_letter(one, self._clock(), result.status, result.message)
+                    tx.dead_letter(one, self._clock(), result.status, reason)
 
         await anyio.to_thread.run_sync(dead)
         self._metrics.dead_letters.add(len(request.entries), {c.SELF_ATTR_SIGNAL: signal})

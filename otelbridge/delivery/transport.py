@@ -228,8 +228,20 @@ class _HttpRoute:
     tls: Tls | None  # None for plain http:// (TLS settings do not apply)
 
 
+def _without_userinfo(url: str) -> str:
+    """``url`` without ``user:password@``: httpx would send them as an Authorization header in
+    place of the configured one (OtelEnvironment.problems refuses such an endpoint)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url  # reported by OtelEnvironment.problems; httpx refuses it at send time
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
 def _http_route(env: OtelEnvironment, signal: Signal) -> _HttpRoute:
-    url = env.http_url(signal)
+    url = _without_userinfo(env.http_url(signal))
     compression = env.compression(signal)
     headers = {"user-agent": USER_AGENT, **env.headers(signal), "content-type": PROTOBUF}
     headers.pop("content-encoding", None)
@@ -386,8 +398,8 @@ class _GrpcRoute:
 def _grpc_route(env: OtelEnvironment, signal: Signal) -> _GrpcRoute:
     endpoint = env.grpc_endpoint(signal)
     if "://" in endpoint:
-        parts = urlsplit(endpoint)
-        scheme, target = parts.scheme.lower(), parts.netloc.rsplit("@", 1)[-1]
+        scheme, _, rest = endpoint.partition("://")  # no urlsplit: a malformed IPv6 host raises
+        scheme, target = scheme.lower(), rest.split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
     else:
         scheme, target = "", endpoint.rstrip("/")
     # The specification: the scheme decides; OTEL_EXPORTER_OTLP[_SIGNAL]_INSECURE only

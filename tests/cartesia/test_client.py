@@ -533,3 +533,59 @@ def test_mock_transport_seam() -> None:
             assert (await client.get_call("ac_9"))["id"] == "ac_9"
 
     anyio.run(main)
+
+
+# --- response size cap (issue 19) -------------------------------------------------------------
+def _mock_client(handler: Callable[[httpx.Request], httpx.Response], cap: int) -> CartesiaClient:
+    return CartesiaClient(
+        api_key=KEY, transport=httpx.MockTransport(handler), max_response_bytes=cap, sleep=Sleeps()
+    )
+
+
+def test_a_body_declared_over_the_cap_is_not_read() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"[" + b" " * 5000 + b"]")
+
+    async def main() -> None:
+        async with _mock_client(handler, 1000) as client:
+            with pytest.raises(CartesiaError) as info:
+                await client.get_call("call_big")
+        assert str(info.value) == (
+            "GET /agents/calls/call_big: HTTP 200 answer larger than 1000 bytes "
+            "(the client's cap on a response body); not read"
+        )
+
+    anyio.run(main)
+
+
+def test_a_streamed_body_stops_at_the_cap() -> None:
+    pulled: list[int] = []
+
+    async def endless() -> Any:
+        yield b'{"data": ['
+        while True:
+            pulled.append(1)
+            yield b'{"id": "c"},' * 10
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=endless())  # chunked: no Content-Length
+
+    async def main() -> None:
+        async with _mock_client(handler, 10_000) as client:
+            with pytest.raises(CartesiaError, match="larger than 10000 bytes") as info:
+                await client.list_calls(AGENT)
+        assert not isinstance(info.value, CartesiaUnavailable)  # not retried
+
+    anyio.run(main)
+    assert len(pulled) <= 10_000 // 120 + 2  # stopped reading right past the cap
+
+
+def test_a_body_under_the_cap_is_read() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"id": "call_small"})
+
+    async def main() -> None:
+        async with _mock_client(handler, 1000) as client:
+            assert await client.get_call("call_small") == {"id": "call_small"}
+
+    anyio.run(main)

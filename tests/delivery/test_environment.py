@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from otelbridge.delivery.environment import KNOWN_OTLP_VARS, OtelEnvironment
@@ -154,3 +156,59 @@ def test_known_and_unrelated_variables_are_not_warned_about() -> None:
     assert env(**every_known, OTEL_SERVICE_NAME="svc", OTEL_TRACES_EXPORTER="otlp").unknown_variables() == []
     assert "sends no logs" in env(OTEL_EXPORTER_OTLP_LOGS_ENDPOINT="x").unknown_variables()[0]
     assert "does not read it" in env(OTEL_EXPORTER_OTLP_SOMETHING_ELSE="x").unknown_variables()[0]
+
+
+# --- secrets at the edges (issue 19) ---------------------------------------------------------
+@pytest.mark.parametrize("variable", ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"])
+def test_credentials_in_an_endpoint_url_are_refused_unshown(variable: str) -> None:
+    (problem,) = env(**{variable: "https://alice:pa55w0rd-xyz@otlp.example.com:4318/v1/traces"}).problems()
+    assert problem.startswith(f"{variable}='https://<credentials>@otlp.example.com:4318/v1/traces'")
+    assert "Fix:" in problem and "OTEL_EXPORTER_OTLP_HEADERS" in problem and "authorization=Basic" in problem
+    assert "pa55w0rd" not in problem and "alice" not in problem
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://[zz]:4318", "http://[::1]:99999", "http://:4318"])
+@pytest.mark.parametrize("variable", ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"])
+def test_a_malformed_endpoint_url_is_a_problem_not_a_traceback(variable: str, url: str) -> None:
+    (problem,) = env(**{variable: url}).problems()
+    assert problem.startswith(f"{variable}={url!r}: not a valid URL") and "Fix:" in problem
+
+
+def test_headers_file_is_read_like_the_variable(tmp_path: Path) -> None:
+    general = tmp_path / "headers"
+    general.write_text("authorization=Bearer from-a-file-123\nx-team=voice\n")
+    traces = tmp_path / "traces-headers"
+    traces.write_text("x-team=traces-team")
+    environment = env(
+        OTEL_EXPORTER_OTLP_HEADERS_FILE=str(general), OTEL_EXPORTER_OTLP_TRACES_HEADERS_FILE=str(traces)
+    )
+    assert environment.problems() == []
+    assert environment.headers("traces") == {
+        "authorization": "Bearer from-a-file-123",
+        "x-team": "traces-team",
+    }
+    assert environment.headers("metrics") == {"authorization": "Bearer from-a-file-123", "x-team": "voice"}
+    assert "Bearer from-a-file-123" in environment.header_values()  # so the logs redact it
+    assert {"OTEL_EXPORTER_OTLP_HEADERS_FILE", "OTEL_EXPORTER_OTLP_METRICS_HEADERS_FILE"} <= KNOWN_OTLP_VARS
+
+
+def test_headers_file_problems(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    bad = tmp_path / "bad"
+    bad.write_text("x-api-key=secret-in-file,not-a-pair")
+    given = tmp_path / "given"
+    given.write_text("a=b")
+    problems = env(
+        OTEL_EXPORTER_OTLP_HEADERS_FILE=str(missing),
+        OTEL_EXPORTER_OTLP_TRACES_HEADERS_FILE=str(bad),
+        OTEL_EXPORTER_OTLP_METRICS_HEADERS="a=b",
+        OTEL_EXPORTER_OTLP_METRICS_HEADERS_FILE=str(given),
+    ).problems()
+    assert len(problems) == 3, problems
+    unreadable, malformed, both = problems
+    assert unreadable.startswith(f"OTEL_EXPORTER_OTLP_HEADERS_FILE={str(missing)!r}: cannot read the file")
+    assert "Fix:" in unreadable
+    assert both.startswith("OTEL_EXPORTER_OTLP_METRICS_HEADERS and OTEL_EXPORTER_OTLP_METRICS_HEADERS_FILE")
+    assert "Fix: set only one" in both
+    assert malformed.startswith(f"OTEL_EXPORTER_OTLP_TRACES_HEADERS_FILE={str(bad)!r}: entry 2")
+    assert "secret-in-file" not in " ".join(problems)

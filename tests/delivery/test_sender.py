@@ -21,6 +21,7 @@ from otelbridge.delivery.environment import Signal
 from otelbridge.delivery.sender import Sender
 from otelbridge.delivery.telemetry import Gauges, SelfMetrics
 from otelbridge.delivery.transport import SendResult
+from otelbridge.logs import active_redactor
 from otelbridge.store import AckLog, StateStore, acks_path, open_acks, open_state, state_path
 from otelbridge.store.sqlite import SqliteState
 
@@ -162,6 +163,24 @@ def test_reject_moves_to_dead_letters_and_goes_on(tmp_path: Path) -> None:
     assert [b for _, b, _ in transport.sent] == [b"bad", b"good"]
     assert _dead(state) == [(b"bad", "400")]
     assert _counter(reader, "otelbridge.export.dead_letters") == {(("signal", "traces"),): 1}
+    state.close()
+
+
+def test_a_dead_letter_reason_is_stored_redacted(tmp_path: Path) -> None:
+    """A backend's message may echo an OTLP header value: the stored reason does not keep it."""
+    key = "dead-letter-key-9Xq2Wm"
+    state = open_state(tmp_path)
+    _fill(state, b"bad")
+    transport = ScriptedTransport(SendResult("reject", "401", f"unknown api key {key}"))
+    active = active_redactor()
+    active.set([key])
+    try:
+        _run_until(_sender(state, transport, InMemoryMetricReader()), lambda: _depth(state) == 0)
+    finally:
+        active.set([])
+    with state.db.reading() as conn:
+        (reason,) = [r["reason"] for r in conn.execute("SELECT reason FROM dead_letters")]
+    assert reason == "unknown api key [redacted]"
     state.close()
 
 

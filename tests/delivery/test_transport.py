@@ -718,3 +718,18 @@ def test_discard_and_routing(http_receiver: HttpOtlpReceiver) -> None:
         assert len(http_receiver.trace_requests) == 1 and http_receiver.metric_requests == []
     finally:
         routed.close()
+
+
+def test_http_credentials_in_the_endpoint_do_not_replace_the_configured_header(
+    http_receiver: HttpOtlpReceiver, make_transport: MakeTransport
+) -> None:
+    """OtelEnvironment.problems refuses such an endpoint; the transport never sends them either."""
+    env = {
+        **http_receiver.env(),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": http_receiver.url.replace("://", "://user:pass@"),
+        "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer configured-token",
+    }
+    transport = make_transport(env)
+    assert_result(transport.send("traces", encoded(trace_request())), "ok", "200")
+    (request,) = http_receiver.requests
+    assert request.headers["authorization"] == "Bearer configured-token"

@@ -51,6 +51,8 @@ MANIFEST = REPO / "deploy" / "sidecar" / "otelbridge-sidecar.yaml"
 UID = 10001
 COLLECTOR_CONFIG = "/etc/otelcol-contrib/config.yaml"
 SECRET = "sidecar-test-secret"
+#: the placeholder in the example manifest's Secret, which the test replaces with SECRET
+EXAMPLE_SECRET = "change-me-to-a-long-secret"
 
 # The Collector's stand-in: OTLP/HTTP on 127.0.0.1:PORT, each request body (decompressed) stored
 # as OUT/NNNNNN-traces.pb or -metrics.pb (written, then renamed: the test never reads half a
@@ -237,7 +239,7 @@ def test_sidecar_pod_webhooks_in_spans_out_to_the_neighbour(image: str, work: Pa
             refused = client.post(
                 webhook_url,
                 content=deliveries[0].body,
-                headers={"Content-Type": "application/json", "X-Webhook-Secret": "change-me"},
+                headers={"Content-Type": "application/json", "X-Webhook-Secret": EXAMPLE_SECRET},
             )
             assert refused.status_code == 401, refused.text
 
