@@ -539,30 +539,11 @@ class _WebhookReceiver:
         reason = answer.detail or answer.message
         if outcome == "accepted":
             reason = f"call {state.call_id}"
+        line = ("webhook %s (%d) type=%s from %s: %s", outcome, status, state.event_type, address, reason)
         if outcome in _LOGGED_EACH:
-            logger.log(
-                level,
-                "webhook %s (%d) type=%s from %s: %s",
-                outcome,
-                status,
-                state.event_type,
-                address,
-                reason,
-                exc_info=answer.exc,
-            )
-            return
-        self._counted.add(
-            f"{outcome} ({status})",
-            address,
-            level,
-            "webhook %s (%d) type=%s from %s: %s",
-            outcome,
-            status,
-            state.event_type,
-            address,
-            reason,
-            exc_info=answer.exc,
-        )
+            logger.log(level, *line, exc_info=answer.exc)
+        else:
+            self._counted.add(f"{outcome} ({status})", address, level, *line, exc_info=answer.exc)
 
 
 class _State:
