@@ -4,7 +4,7 @@
 #
 #   docker build -t otelbridge .
 #   docker run --read-only -v otelbridge-state:/var/lib/otelbridge \
-#     -e OTELBRIDGE_WEBHOOK_SECRET="$(openssl rand -hex 32)" -p 8080:8080 -p 9464:9464 otelbridge
+#     -e OTELBRIDGE_WEBHOOK_SECRET="$(openssl rand -hex 32)" -p 8080:8080 -p 127.0.0.1:9464:9464 otelbridge
 #
 # BASE must provide `python3` with the venv module (python:3.12-slim does; so does Debian's
 # python3 + python3-venv, which the container tests build on).
