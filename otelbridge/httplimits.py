@@ -8,6 +8,11 @@ early 413 (docs/server-limits-research.md), so this subclass of uvicorn's ``Http
 - timeouts for the head, the body, and a connection that never sends a request (408 JSON
   where an answer is possible, else close);
 - a connection cap (503 JSON, then close);
+- for the admin port (``evict_idle``): past the cap, or past the per-client cap, the oldest idle
+  connection (no request in the app) is closed to make room; with none idle, the connection is
+  let into ``probe_reserve`` extra slots that answer only ``probe_paths`` (503 JSON for any
+  other path); past those, 503 JSON. So idle sockets and slow /metrics clients never fail a
+  liveness probe;
 - after an answer that closes with the body unread (the receiver's early 413): read and
   discard the rest up to a bound, then close, so a client that writes first reads the 413;
 - malformed HTTP (bad request line, duplicate Content-Length, CL+TE) answered 400 JSON.
@@ -21,11 +26,12 @@ It overrides uvicorn 0.55 internals (pinned; tests/test_http_limits.py checks th
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import resource
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -65,6 +71,13 @@ class HttpLimits:
     max_connections: int = 1000
     drain_bytes: int = 32 * 1024 * 1024
     drain_timeout: float = 5.0
+    # admin port: evict idle connections past the caps; past them with none idle, up to
+    # probe_reserve connections more, for probe_paths only; max_per_client 0: no per-client cap
+    evict_idle: bool = False
+    probe_reserve: int = 0
+    probe_paths: frozenset[bytes] = frozenset()
+    max_per_client: int = 0
+    listener: str = "webhook"  # named in the refusal log line
     # called once per refusal with its outcome (the daemon counts it in otelbridge.webhooks)
     on_refusal: Callable[[str], None] = field(default=_noop, compare=False)
 
@@ -132,9 +145,13 @@ class _DrainingTransport:
             self._real.close()
 
 
+_order = itertools.count()  # connection age, for "the oldest idle one"
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     limits: ClassVar[HttpLimits]
     _log: ClassVar[CountedLog]
+    _refused: ClassVar[str]
     _sweep: ClassVar[asyncio.TimerHandle | None]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -143,8 +160,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._why = ""
         self._in_body = self._draining = self._in_head = False
         self._drained = self._head_raw = self._chunk = 0
+        self._probe_only = False
         super().connection_made(_DrainingTransport(self, transport))  # type: ignore[arg-type]
-        if len(self.connections) > self.limits.max_connections:
+        if self.limits.evict_idle:
+            if not self._admit():
+                return
+        elif len(self.connections) > self.limits.max_connections:
             self._refuse("unavailable", "too many connections; retry later")
             return
         # uvicorn arms its keep-alive timer only after a response: arm it from the start, so
@@ -207,6 +228,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers) > lim.max_header_bytes
         ):
             raise _Reject(431, "header_too_large", f"request head exceeds {lim.max_header_bytes} bytes")
+        if self._probe_only and self.url.partition(b"?")[0] not in lim.probe_paths:
+            paths = ", ".join(sorted(p.decode() for p in lim.probe_paths))
+            raise _Reject(503, "unavailable", f"too many connections: only {paths} answered; retry later")
         super().on_headers_complete()
         self._in_body = True
         self._arm(lim.body_timeout, "request body not received in time")
@@ -223,6 +247,48 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._deadline = 0.0
         super().connection_lost(exc)
+
+    # --- admission with eviction (admin port) --------------------------------------------
+    def _admit(self) -> bool:
+        """Make room by closing the oldest idle connection (of this client, past the per-client
+        cap; of anyone, past the cap); with none idle, admit into the probe reserve, or refuse."""
+        lim = self.limits
+        self._age = next(_order)
+        self._host = self.client[0] if self.client else None
+        every = cast("set[LimitedHttpToolsProtocol]", self.connections)  # this server's: all of this class
+        live = [p for p in every if p is not self and not p._real.is_closing()]
+        over = False
+        if lim.max_per_client:
+            mine = [p for p in live if p._host == self._host]
+            if len(mine) >= lim.max_per_client:
+                victim = _oldest_idle(mine)
+                if victim is None:
+                    over = True
+                else:
+                    victim._evict()
+                    live.remove(victim)
+        if len(live) >= lim.max_connections:
+            victim = _oldest_idle(live)
+            if victim is None:
+                over = True
+            else:
+                victim._evict()
+                live.remove(victim)
+        if over:
+            if sum(p._probe_only for p in live) >= lim.probe_reserve:
+                self._refuse("unavailable", "too many connections; retry later")
+                return False
+            self._probe_only = True
+        return True
+
+    def _idle(self) -> bool:
+        # no request in the app (the head may be coming: a probe's arrives in one packet)
+        return not (self._in_body or self._draining) and (self.cycle is None or self.cycle.response_complete)
+
+    def _evict(self) -> None:
+        self._deadline = 0.0
+        self._note("evicted")
+        self._real.close()
 
     # --- deadlines, refusals, drain -----------------------------------------------------
     def _arm(self, delay: float, why: str) -> None:
@@ -264,7 +330,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         it at will); the client by address only."""
         peer = self._real.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
-        self._log.add(outcome, client, logging.WARNING, "%s from %s", REFUSED % outcome, client)
+        self._log.add(outcome, client, logging.WARNING, "%s from %s", self._refused % outcome, client)
 
     def _refuse(self, code: str, message: str, status: int = 503) -> None:
         self._deadline = 0.0
@@ -285,8 +351,17 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
 def protocol_class(limits: HttpLimits) -> type[LimitedHttpToolsProtocol]:
     """A protocol class with ``limits`` bound, one per server (uvicorn instantiates it)."""
+    refused = REFUSED.replace("webhook", limits.listener, 1)
+    summary = REFUSED_SUMMARY.replace("webhook", limits.listener, 1)
     return type(
         "LimitedHttpToolsProtocol",
         (LimitedHttpToolsProtocol,),
-        {"limits": limits, "_log": CountedLog(logger, REFUSED_SUMMARY), "_sweep": None},
+        {"limits": limits, "_log": CountedLog(logger, summary), "_refused": refused, "_sweep": None},
     )
+
+
+def _oldest_idle(connections: list[LimitedHttpToolsProtocol]) -> LimitedHttpToolsProtocol | None:
+    """The connection to close for room: idle keep-alive ones first, then one whose head is
+    still coming (slowloris), oldest first; None when every one has a request in the app."""
+    idle = [p for p in connections if p._idle()]
+    return min(idle, key=lambda p: (p._in_head, p._age)) if idle else None

@@ -52,13 +52,13 @@ from otelbridge.delivery.sender import Sender
 from otelbridge.delivery.spool import Spool
 from otelbridge.delivery.telemetry import Telemetry
 from otelbridge.delivery.transport import Transport, make_transport, probe
-from otelbridge.httplimits import HttpLimits
+from otelbridge.httplimits import HttpLimits, connection_cap, raise_fd_limit
 from otelbridge.ingest.poller import Poller
 from otelbridge.ingest.processor import BatchResult, Processor, load_unexported_points
 from otelbridge.logs import active_redactor, configure_logging
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping.records import SpanRecord
-from otelbridge.settings import Settings
+from otelbridge.settings import ADMIN_PROBE_RESERVE, Settings
 from otelbridge.store import (
     DatabaseUnreachableError,
     FreeSpace,
@@ -608,11 +608,26 @@ async def run_pipeline() -> int:
             pipeline.close()
 
 
+def admin_limits(settings: Settings) -> HttpLimits:
+    """The admin listener's limits: the default ones, its own cap, per-client cap and idle
+    timeout; past a cap the oldest idle connection is closed for room, and with none idle
+    ADMIN_PROBE_RESERVE connections more answer /healthz and /readyz only, so that neither idle
+    sockets nor slow /metrics clients fail a liveness probe (httplimits)."""
+    return HttpLimits(
+        idle_timeout=settings.admin_idle_timeout,
+        max_connections=connection_cap(settings.admin_max_connections, raise_fd_limit()),
+        max_per_client=settings.admin_max_connections_per_client,
+        evict_idle=True,
+        probe_reserve=ADMIN_PROBE_RESERVE,
+        probe_paths=frozenset({b"/healthz", b"/readyz"}),
+        listener="admin",
+    )
+
+
 async def _serve(pipeline: Pipeline, admin_sock: socket.socket, stdin: anyio.AsyncFile[bytes]) -> int:
-    # loopback /readyz and /metrics: the default limits with a small cap
     admin = quiet_server(
         build_admin_app(pipeline.readiness, pipeline.metrics_text, pipeline.liveness),
-        HttpLimits(max_connections=64),
+        admin_limits(pipeline.settings),
     )
     async with anyio.create_task_group() as tg:
         await pipeline.run_loops(tg)

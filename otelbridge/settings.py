@@ -34,6 +34,8 @@ from otelbridge.mapping.policy import (
 ENV_PREFIX = "OTELBRIDGE_"
 #: a shorter webhook secret can be guessed; refused unless OTELBRIDGE_ALLOW_SHORT_WEBHOOK_SECRET
 MIN_WEBHOOK_SECRET_CHARS = 16
+#: admin connections past OTELBRIDGE_ADMIN_MAX_CONNECTIONS that answer /healthz and /readyz only
+ADMIN_PROBE_RESERVE = 8
 
 
 class Settings(BaseSettings):
@@ -136,6 +138,24 @@ class Settings(BaseSettings):
         default=1000,
         ge=1,
         description="open webhook connections at most, kept below the open-file limit (503 beyond)",
+    )
+    admin_max_connections: int = Field(
+        default=64,
+        ge=1,
+        description="open admin connections at most; past it the oldest idle one is closed, and "
+        f"{ADMIN_PROBE_RESERVE} more answer /healthz and /readyz only (503 beyond)",
+    )
+    admin_max_connections_per_client: int = Field(
+        default=16,
+        ge=0,
+        description="open admin connections per client address at most; past it that client's oldest "
+        "idle one is closed, else only /healthz and /readyz are answered (0: no per-client cap)",
+    )
+    admin_idle_timeout: float = Field(
+        default=15.0,
+        gt=0,
+        description="seconds an admin connection may stay open without sending a request (closed); "
+        "also keep-alive",
     )
     min_free_bytes: int = Field(
         default=64 * 1024 * 1024,
