@@ -261,19 +261,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if lim.max_per_client:
             mine = [p for p in live if p._host == self._host]
             if len(mine) >= lim.max_per_client:
-                victim = _oldest_idle(mine)
-                if victim is None:
-                    over = True
-                else:
-                    victim._evict()
-                    live.remove(victim)
+                over = not _evict_oldest_idle(mine, live)
         if len(live) >= lim.max_connections:
-            victim = _oldest_idle(live)
-            if victim is None:
-                over = True
-            else:
-                victim._evict()
-                live.remove(victim)
+            over = not _evict_oldest_idle(live, live) or over
         if over:
             if sum(p._probe_only for p in live) >= lim.probe_reserve:
                 self._refuse("unavailable", "too many connections; retry later")
@@ -358,6 +348,17 @@ def protocol_class(limits: HttpLimits) -> type[LimitedHttpToolsProtocol]:
         (LimitedHttpToolsProtocol,),
         {"limits": limits, "_log": CountedLog(logger, summary), "_refused": refused, "_sweep": None},
     )
+
+
+def _evict_oldest_idle(among: list[LimitedHttpToolsProtocol], live: list[LimitedHttpToolsProtocol]) -> bool:
+    """Close the oldest idle connection of ``among`` (and drop it from ``live``); False when
+    none of them is idle."""
+    victim = _oldest_idle(among)
+    if victim is None:
+        return False
+    victim._evict()
+    live.remove(victim)
+    return True
 
 
 def _oldest_idle(connections: list[LimitedHttpToolsProtocol]) -> LimitedHttpToolsProtocol | None:
