@@ -19,7 +19,7 @@ from otelbridge.store import (
     open_state_reader,
     state_path,
 )
-from otelbridge.store.sqlite import SCHEMA_VERSION, FairLock, probe_write
+from otelbridge.store.sqlite import SCHEMA_VERSION, FairLock
 from tests.support.tmpfs import fill, tmpfs
 
 MiB = 1024 * 1024
@@ -170,7 +170,7 @@ def test_probe_write_commits_a_real_write(tmp_path: Path) -> None:
     with inbox.db.transaction():
         pass
     assert other.execute("PRAGMA data_version").fetchone()[0] == before
-    probe_write(inbox.db)
+    inbox.db.probe()
     after_probe_write = other.execute("PRAGMA data_version").fetchone()[0]
     assert after_probe_write != before
     inbox.probe()  # the store's probe (what readiness calls) is the same real write

@@ -39,10 +39,6 @@ class StoreWriteError(Exception):
         self.full = full
 
 
-class LeaseHeldError(Exception):
-    """Another process holds the lease."""
-
-
 # --- rows -----------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class InboxRow:

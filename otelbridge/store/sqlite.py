@@ -331,10 +331,6 @@ class Database:
             self.conn.close()
 
 
-def probe_write(db: Database) -> None:
-    db.probe()
-
-
 # --- state.db ----------------------------------------------------------------------------------
 _SAVE_CALL: Final = (
     "INSERT INTO calls (call_id, agent_id, agent_name, start_ns, root_exported, summary_exported, "
@@ -968,7 +964,6 @@ __all__ = [
     "open_inbox",
     "open_state",
     "open_state_reader",
-    "probe_write",
     "read_inbox_watermark",
     "signed64",
     "state_path",
