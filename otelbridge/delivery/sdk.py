@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
@@ -19,7 +20,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 
 from otelbridge import __version__
 from otelbridge.mapping import conventions
-from otelbridge.mapping.records import SpanRecord
+from otelbridge.mapping.records import Attributes, SpanRecord
 
 SCOPE = InstrumentationScope(conventions.INSTRUMENTATION_SCOPE, __version__)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
@@ -40,6 +41,15 @@ def span_context(trace_id: int, span_id: int) -> SpanContext:
     return SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED)
 
 
+def _attributes(attributes: Attributes, dropped: int) -> Attributes | BoundedAttributes:
+    """The SDK reads a dropped count only from ``BoundedAttributes``."""
+    if not dropped:
+        return attributes
+    bounded = BoundedAttributes(attributes=attributes, immutable=False, max_value_len=None)
+    bounded.dropped = dropped
+    return bounded
+
+
 def to_readable_span(record: SpanRecord, resource: Resource) -> ReadableSpan:
     parent = (
         span_context(record.trace_id, record.parent_span_id) if record.parent_span_id is not None else None
@@ -50,8 +60,10 @@ def to_readable_span(record: SpanRecord, resource: Resource) -> ReadableSpan:
         context=span_context(record.trace_id, record.span_id),
         parent=parent,
         resource=resource,
-        attributes=record.attributes,
-        events=[Event(e.name, e.attributes, e.time_ns) for e in record.events],
+        attributes=_attributes(record.attributes, record.dropped_attributes),
+        events=[
+            Event(e.name, _attributes(e.attributes, e.dropped_attributes), e.time_ns) for e in record.events
+        ],
         kind=SpanKind.INTERNAL,
         status=status,
         start_time=record.start_ns,

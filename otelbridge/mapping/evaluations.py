@@ -12,7 +12,7 @@ from __future__ import annotations
 from otelbridge.cartesia.models import EvaluationResult
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping import ids
-from otelbridge.mapping.policy import AttributeSink, MappingOptions
+from otelbridge.mapping.policy import AttributeSink, MappingOptions, bounded_name
 from otelbridge.mapping.records import Attributes, EventRecord, InstrumentKind, MetricPoint, SpanRecord
 
 
@@ -22,15 +22,15 @@ def evaluation_key(result_id: str) -> str:
 
 def map_evaluation(result: EvaluationResult, options: MappingOptions) -> tuple[SpanRecord, list[MetricPoint]]:
     key = evaluation_key(result.id)
-    attrs: Attributes = {
-        c.GEN_AI_CONVERSATION_ID: result.call_id,
-        c.GEN_AI_OPERATION_NAME: c.OPERATION_EVALUATION,
-        c.GEN_AI_PROVIDER_NAME: c.PROVIDER_NAME,
-        c.GEN_AI_AGENT_ID: result.agent_id,
-    }
+    sink = AttributeSink(options)
+    sink.put(c.GEN_AI_CONVERSATION_ID, result.call_id)
+    sink.put(c.GEN_AI_OPERATION_NAME, c.OPERATION_EVALUATION)
+    sink.put(c.GEN_AI_PROVIDER_NAME, c.PROVIDER_NAME)
+    sink.put(c.GEN_AI_AGENT_ID, result.agent_id)
+    attrs = sink.attributes
     span = SpanRecord(
         key=key,
-        name=f"{c.SPAN_EVALUATION} {result.metric_name}" if result.metric_name else c.SPAN_EVALUATION,
+        name=bounded_name(c.SPAN_EVALUATION, result.metric_name or "", sink.truncated),
         trace_id=ids.trace_id(result.call_id),
         span_id=ids.span_id(result.call_id, key),
         parent_span_id=ids.root_span_id(result.call_id),
@@ -38,7 +38,6 @@ def map_evaluation(result: EvaluationResult, options: MappingOptions) -> tuple[S
         end_ns=result.created_at,
         attributes=attrs,
     )
-    sink = AttributeSink(options, attrs)
     score: dict[str, str | float | int] = {c.GEN_AI_EVALUATION_NAME: result.metric_name}
     if isinstance(result.value, int | float):
         score[c.GEN_AI_EVALUATION_SCORE_VALUE] = float(result.value)

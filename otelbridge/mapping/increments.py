@@ -30,7 +30,7 @@ from otelbridge.mapping import conventions as c
 from otelbridge.mapping import ids
 from otelbridge.mapping.latency import TurnTiming, latency_after
 from otelbridge.mapping.metrics import map_call_points, turn_points
-from otelbridge.mapping.policy import AttributeSink, MappingOptions
+from otelbridge.mapping.policy import MappingOptions
 from otelbridge.mapping.records import MetricPoint, SpanRecord
 from otelbridge.mapping.traces import CallContext, map_call_spans, map_turn, openinference_text
 
@@ -101,6 +101,7 @@ def turn_increment(
 
 def analysis_span(ctx: CallContext, summary: str, at_ns: int) -> SpanRecord:
     """The summary of a call whose root span is already out: an instant child of the root."""
+    sink = ctx.sink(c.OPERATION_CALL_ANALYSIS)
     span = SpanRecord(
         key=ids.analysis_key(),
         name=c.SPAN_CALL_ANALYSIS,
@@ -109,9 +110,8 @@ def analysis_span(ctx: CallContext, summary: str, at_ns: int) -> SpanRecord:
         parent_span_id=ctx.root_span_id,
         start_ns=at_ns,
         end_ns=at_ns,
-        attributes=ctx.common(c.OPERATION_CALL_ANALYSIS),
+        attributes=sink.attributes,
     )
-    sink = AttributeSink(ctx.options, span.attributes)
     sink.put(c.CALL_SUMMARY, summary)
     # the root went out without it: here is where an OpenInference backend finds the summary
     sink.put(c.OI_SPAN_KIND, c.OI_KIND_CHAIN)

@@ -2,7 +2,9 @@
 
 Backends truncate long attributes silently (Tempo at 2 KB by default); otelbridge cuts
 first, at a UTF-8 character boundary, and lists what it cut in
-``otelbridge.truncated_attributes`` on the span.
+``otelbridge.truncated_attributes`` on the span. Everything a webhook can make long is bounded:
+values, names, keys and the number of attributes, so that one payload cannot make a span (or
+the memory that holds it) large.
 """
 
 from __future__ import annotations
@@ -16,6 +18,18 @@ from typing import Any, Final
 DEFAULT_SERVICE_NAME: Final = "otelbridge"
 DEFAULT_MAX_ATTRIBUTE_BYTES: Final = 2048
 DEFAULT_TEXT_MAX_CHARS: Final = 256
+#: span and event names (``invoke_agent {agent name}``, a log event's name), in UTF-8 bytes
+MAX_NAME_BYTES: Final = 256
+#: attribute keys (the dotted keys of call and log metadata), in UTF-8 bytes
+MAX_KEY_BYTES: Final = 256
+#: attributes per span and per span event: OpenTelemetry's default attribute count limit
+MAX_ATTRIBUTES: Final = 128
+#: room kept for the attributes the mapping adds after a span's metadata (markers, OpenInference)
+_ATTRIBUTES_AFTER_METADATA: Final = 16
+#: in ``otelbridge.truncated_attributes``: the span's (or event's) name was cut
+NAME_CUT: Final = "name"
+#: in ``otelbridge.truncated_attributes``, after a metadata prefix: keys under it were dropped
+DROPPED_SUFFIX: Final = "*"
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
 
@@ -68,6 +82,17 @@ def _mask_digits(match: re.Match[str]) -> str:
     return "".join(out)
 
 
+def bounded_name(prefix: str, variable: str, truncated: list[str]) -> str:
+    """``"{prefix} {variable}"`` (``prefix`` alone for an empty ``variable``), at most
+    :data:`MAX_NAME_BYTES`; a cut is listed in ``truncated``."""
+    if not variable:
+        return prefix
+    name, cut = cap_bytes(f"{prefix} {variable}", MAX_NAME_BYTES)
+    if cut:
+        truncated.append(NAME_CUT)
+    return name
+
+
 def mask_phone(value: str) -> str:
     """``+14155558245`` -> ``+*******8245``; non-numbers (``websocket``) are left alone."""
     return _PHONE_LIKE.sub(_mask_digits, value)
@@ -83,12 +108,14 @@ def to_text(value: Any) -> str:
 class AttributeSink:
     """Collects a span's attributes, applying the caps and noting what was cut."""
 
-    __slots__ = ("attributes", "options", "truncated")
+    __slots__ = ("attributes", "dropped", "options", "truncated")
 
     def __init__(self, options: MappingOptions, attributes: dict[str, Any] | None = None):
         self.options = options
         self.attributes: dict[str, Any] = attributes if attributes is not None else {}
         self.truncated: list[str] = []
+        #: metadata attributes left out past :data:`MAX_ATTRIBUTES` (OTLP's dropped count)
+        self.dropped = 0
 
     def put(self, key: str, value: Any) -> None:
         """Set ``key`` unless ``value`` is None; strings are capped."""
@@ -121,12 +148,25 @@ class AttributeSink:
         self.put(key, value if self.options.export_phone_numbers else mask_phone(value))
 
     def flatten(self, prefix: str, mapping: dict[str, Any]) -> None:
-        """Nested maps become dotted keys; lists become JSON text."""
+        """Nested maps become dotted keys; lists become JSON text. Keys are cut at
+        :data:`MAX_KEY_BYTES`; past :data:`MAX_ATTRIBUTES` (less the room kept for what follows)
+        keys are dropped, counted, and ``{prefix}*`` is listed as cut."""
+        self._flatten(prefix, prefix, mapping)
+
+    def _flatten(self, top: str, prefix: str, mapping: dict[str, Any]) -> None:
+        room = MAX_ATTRIBUTES - _ATTRIBUTES_AFTER_METADATA
         for name, value in mapping.items():
             key = f"{prefix}{name}"
             if isinstance(value, dict):
-                self.flatten(f"{key}.", value)
-            elif isinstance(value, str | bool | int | float):
-                self.put(key, value)
-            elif value is not None:
-                self.put(key, to_text(value))
+                self._flatten(top, f"{key}.", value)
+                continue
+            if value is None:
+                continue
+            key, cut = cap_bytes(key, MAX_KEY_BYTES)
+            if key not in self.attributes and len(self.attributes) >= room:
+                self.dropped += 1
+                self.truncated.append(top + DROPPED_SUFFIX)
+                continue
+            if cut:
+                self.truncated.append(key)
+            self.put(key, value if isinstance(value, str | bool | int | float) else to_text(value))

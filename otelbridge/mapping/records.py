@@ -18,6 +18,8 @@ class EventRecord:
     name: str
     time_ns: int
     attributes: Attributes = field(default_factory=dict)
+    #: attributes left out past the count limit (OTLP's ``dropped_attributes_count``)
+    dropped_attributes: int = 0
 
 
 @dataclass(slots=True)
@@ -35,6 +37,8 @@ class SpanRecord:
     attributes: Attributes = field(default_factory=dict)
     events: list[EventRecord] = field(default_factory=list)
     error: str | None = None
+    #: attributes left out past the count limit (OTLP's ``dropped_attributes_count``)
+    dropped_attributes: int = 0
 
     @property
     def is_root(self) -> bool:

@@ -26,7 +26,15 @@ from otelbridge.cartesia.timestamps import MAX_OFFSET_S, offset_to_ns
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping import ids
 from otelbridge.mapping.latency import TurnTiming, response_latencies
-from otelbridge.mapping.policy import AttributeSink, MappingOptions, to_text
+from otelbridge.mapping.policy import (
+    MAX_NAME_BYTES,
+    NAME_CUT,
+    AttributeSink,
+    MappingOptions,
+    bounded_name,
+    cap_bytes,
+    to_text,
+)
 from otelbridge.mapping.records import Attributes, EventRecord, SpanRecord
 
 _TOLERANCE_NS: Final = 1_000_000  # 1 ms
@@ -55,16 +63,16 @@ class CallContext:
         self.trace_id = ids.trace_id(self.call_id)
         self.root_span_id = ids.root_span_id(self.call_id)
 
-    def common(self, operation: str) -> Attributes:
-        attrs: Attributes = {
-            c.GEN_AI_CONVERSATION_ID: self.call_id,
-            c.GEN_AI_OPERATION_NAME: operation,
-            c.GEN_AI_PROVIDER_NAME: c.PROVIDER_NAME,
-            c.GEN_AI_AGENT_ID: self.agent_id,
-        }
+    def sink(self, operation: str) -> AttributeSink:
+        """A span's attribute sink holding what every span of the call carries (capped)."""
+        sink = AttributeSink(self.options)
+        sink.put(c.GEN_AI_CONVERSATION_ID, self.call_id)
+        sink.put(c.GEN_AI_OPERATION_NAME, operation)
+        sink.put(c.GEN_AI_PROVIDER_NAME, c.PROVIDER_NAME)
+        sink.put(c.GEN_AI_AGENT_ID, self.agent_id)
         if self.agent_name:
-            attrs[c.GEN_AI_AGENT_NAME] = self.agent_name
-        return attrs
+            sink.put(c.GEN_AI_AGENT_NAME, self.agent_name)
+        return sink
 
 
 @dataclass(slots=True)
@@ -107,12 +115,12 @@ def _clamp(t_ns: int, lo: int, hi: int, adjust: _Adjustments, reason: str) -> tu
     return t_ns, False
 
 
-def turn_span_name(role: str) -> str:
+def turn_span_name(role: str, truncated: list[str]) -> str:
     if role == "user":
         return c.SPAN_USER_TURN
     if role == "assistant":
         return c.SPAN_ASSISTANT_TURN
-    return f"{c.SPAN_TURN_PREFIX} {role}"
+    return bounded_name(c.SPAN_TURN_PREFIX, role, truncated)
 
 
 def turn_operation(role: str) -> str:
@@ -170,17 +178,17 @@ def map_turn(
     end_ns = ctx.start_ns + offset_to_ns(end_off)
 
     key = ids.turn_key(item.role, item.start_timestamp, occurrence)
+    sink = ctx.sink(turn_operation(item.role))
     span = SpanRecord(
         key=key,
-        name=turn_span_name(item.role),
+        name=turn_span_name(item.role, sink.truncated),
         trace_id=ctx.trace_id,
         span_id=ids.span_id(ctx.call_id, key),
         parent_span_id=ctx.root_span_id,
         start_ns=start_ns,
         end_ns=end_ns,
-        attributes=ctx.common(turn_operation(item.role)),
+        attributes=sink.attributes,
     )
-    sink = AttributeSink(ctx.options, span.attributes)
     sink.put(c.TURN_ROLE, item.role)
     sink.put(c.TURN_START_OFFSET, item.start_timestamp)
     sink.text(c.TURN_TEXT, item.text)
@@ -263,18 +271,18 @@ def _tool_span(
     arguments: dict[str, Any],
     result: Any,
 ) -> SpanRecord:
+    sink = ctx.sink(c.OPERATION_EXECUTE_TOOL)
     span = SpanRecord(
         key=key,
-        name=f"{c.SPAN_TOOL} {tool_name}" if tool_name else c.SPAN_TOOL,
+        name=bounded_name(c.SPAN_TOOL, tool_name, sink.truncated),
         trace_id=ctx.trace_id,
         span_id=ids.span_id(ctx.call_id, key),
         parent_span_id=turn.span_id,
         # Cartesia reports no tool timing: the span is an instant at its turn's start.
         start_ns=turn.start_ns,
         end_ns=turn.start_ns,
-        attributes=ctx.common(c.OPERATION_EXECUTE_TOOL),
+        attributes=sink.attributes,
     )
-    sink = AttributeSink(ctx.options, span.attributes)
     sink.put(c.GEN_AI_TOOL_NAME, tool_name)
     sink.put(c.GEN_AI_TOOL_CALL_ID, tool_call_id)
     sink.put(c.GEN_AI_TOOL_TYPE, "function")
@@ -293,6 +301,7 @@ def _tool_span(
 
 def _finish(span: SpanRecord, sink: AttributeSink, adjust: _Adjustments) -> None:
     adjust.apply(span)
+    span.dropped_attributes = sink.dropped
     if sink.truncated:
         span.attributes[c.TRUNCATED] = list(dict.fromkeys(sink.truncated))
 
@@ -334,18 +343,17 @@ def call_anchor(call: AgentCall, fallback_end_ns: int | None = None) -> tuple[in
 
 
 def root_span(ctx: CallContext, call: AgentCall, end_ns: int, adjustments: list[str]) -> SpanRecord:
-    agent_label = call.agent_name or ""
+    sink = ctx.sink(c.OPERATION_INVOKE_AGENT)
     span = SpanRecord(
         key=ids.root_key(),
-        name=f"{c.SPAN_CALL} {agent_label}" if agent_label else c.SPAN_CALL,
+        name=bounded_name(c.SPAN_CALL, call.agent_name or "", sink.truncated),
         trace_id=ctx.trace_id,
         span_id=ctx.root_span_id,
         parent_span_id=None,
         start_ns=ctx.start_ns,
         end_ns=end_ns,
-        attributes=ctx.common(c.OPERATION_INVOKE_AGENT),
+        attributes=sink.attributes,
     )
-    sink = AttributeSink(ctx.options, span.attributes)
     sink.put(c.CALL_ID, call.id)
     sink.put(c.AGENT_ID, call.agent_id)
     sink.put(c.AGENT_NAME, call.agent_name)
@@ -411,8 +419,8 @@ def _metadata_json(sink: AttributeSink, call: AgentCall) -> str | None:
     return text  # put() still caps it (and lists the cut) should even that pass the cap
 
 
-def _log_attributes(ctx: CallContext, item: TranscriptItem) -> tuple[str, float, Attributes]:
-    """(event name, offset seconds, attributes) of a system item's span event."""
+def _log_event(ctx: CallContext, item: TranscriptItem) -> tuple[EventRecord, float]:
+    """(span event, offset seconds) of a system item; the event's time is for the caller to set."""
     attrs: Attributes = {}
     sink = AttributeSink(ctx.options, attrs)
     if item.log_metric is not None:
@@ -420,7 +428,9 @@ def _log_attributes(ctx: CallContext, item: TranscriptItem) -> tuple[str, float,
         sink.put(c.LOG_METRIC_NAME, metric.name)
         sink.put(c.LOG_METRIC_VALUE, metric.value)
         offset = metric.timestamp if metric.timestamp is not None else item.start_timestamp
-        return c.EVENT_LOG_METRIC, offset, attrs
+        if sink.truncated:
+            attrs[c.TRUNCATED] = list(dict.fromkeys(sink.truncated))
+        return EventRecord(c.EVENT_LOG_METRIC, 0, attrs), offset
     event = item.log_event
     assert event is not None
     sink.put(c.LOG_EVENT, event.event)
@@ -441,10 +451,13 @@ def _log_attributes(ctx: CallContext, item: TranscriptItem) -> tuple[str, float,
         metadata.pop("metadata")
         metadata = {**nested, **metadata}
     sink.flatten(c.LOG_METADATA_PREFIX, metadata)
+    name, cut = cap_bytes(event.event or "cartesia.log_event", MAX_NAME_BYTES)
+    if cut:
+        sink.truncated.append(NAME_CUT)
     if sink.truncated:
         attrs[c.TRUNCATED] = list(dict.fromkeys(sink.truncated))
     offset = event.timestamp if event.timestamp is not None else item.start_timestamp
-    return event.event or "cartesia.log_event", offset, attrs
+    return EventRecord(name, 0, attrs, sink.dropped), offset
 
 
 def _span_in_progress(turns: list[SpanRecord], at_ns: int, root: SpanRecord) -> SpanRecord:
@@ -503,14 +516,14 @@ def map_call_spans(
     for index, item in enumerate(call.transcript):
         if not item.is_system or (item.log_event is None and item.log_metric is None):
             continue
-        name, offset, attrs = _log_attributes(ctx, item)
+        event, offset = _log_event(ctx, item)
         adjust = _Adjustments()
         at = start_ns + offset_to_ns(_offset(offset, adjust, "log"))
         at, moved = _clamp(at, root.start_ns, root.end_ns, adjust, "log_outside_call")
         if moved or adjust.reasons:
-            attrs[c.TIME_ADJUSTED] = True
+            event.attributes[c.TIME_ADJUSTED] = True
+        event.time_ns = at
         target = _span_in_progress(turns, at, root)
-        event = EventRecord(name, at, attrs)
         target.events.append(event)
         log_events.append((index, target, event))
         if item.log_metric is not None:
