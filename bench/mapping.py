@@ -1,6 +1,6 @@
 """Benchmark: mapping + OTLP encoding of one realistic call, against the SDK encoder alone.
 
-    python bench/mapping.py [--repeats 7] [--min-time 0.3] [--json] [--profile]
+    python bench/mapping.py [--repeats 7] [--min-time 0.3] [--json] [--profile [{ours,direct}]]
 
 One 40-turn call is built from the sample calls in examples/ (alternating user/assistant turns, 8 text
 chunks each, 4 tool calls, 8 system log items), validated once, and then two things are
@@ -9,11 +9,14 @@ timed in the same process, both as spans per second:
 * ``ceiling``: the SDK's encoder alone on ReadableSpans built beforehand:
   ``encode_trace_request(prebuilt).SerializeToString()``;
 * ``ours``: the whole path from the validated call to the bytes the exporter sends:
-  ``map_call(call)`` + ``to_readable_spans`` + ``encode_trace_request`` + ``SerializeToString()``.
+  ``map_call(call)`` + ``to_readable_spans`` + ``encode_trace_request`` + ``SerializeToString()``;
+* ``direct``: the same path with OTLP written directly from the mapping records, no
+  ReadableSpan and no SDK encoder: ``map_call(call)`` + ``otlp.encode_traces`` (the same bytes).
 
 Each measurement is warmed up, then repeated; a repeat runs the operation in a loop for at
 least ``--min-time`` seconds (``time.perf_counter``). Best and median are reported, and
-ratio = ours / ceiling (the goal is >= 0.5). ``--profile`` prints a cProfile of ``ours``.
+ratio = ours / ceiling (the goal is >= 0.5) and direct / ceiling (issue 20's goal is >= 2.0).
+``--profile`` prints a cProfile of ``ours``, ``--profile direct`` one of ``direct``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from otelbridge.cartesia.models import AgentCall, parse_call
+from otelbridge.delivery.otlp import encode_traces
 from otelbridge.delivery.sdk import build_resource, encode_trace_request, to_readable_spans
 from otelbridge.mapping import MappingOptions, map_call
 
@@ -44,6 +48,7 @@ CHUNKS_PER_TURN = 8
 TOOL_CALLS = 4
 SYSTEM_ITEMS = 8
 GOAL_RATIO = 0.5
+DIRECT_GOAL_RATIO = 2.0  # issue 20: mapping + direct encoding >= 2x the SDK encoder alone
 
 
 # --- the call -------------------------------------------------------------------------------
@@ -170,14 +175,20 @@ def run(repeats: int, min_time: float) -> dict[str, Any]:
         data: bytes = encode_trace_request(readable).SerializeToString()
         return data
 
+    def direct() -> bytes:
+        return encode_traces(map_call(call, options).spans, resource)
+
     assert ours() == payload, "the two paths must produce the same bytes"
-    rates = measure({"ceiling": ceiling, "ours": ours}, spans, repeats, min_time)
+    assert direct() == payload, "the direct encoder must produce the SDK path's bytes"
+    rates = measure({"ceiling": ceiling, "ours": ours, "direct": direct}, spans, repeats, min_time)
     results: dict[str, dict[str, Any]] = {
         name: {"best": max(values), "median": statistics.median(values), "repeats": values}
         for name, values in rates.items()
     }
     ratio_best = results["ours"]["best"] / results["ceiling"]["best"]
     ratio_median = results["ours"]["median"] / results["ceiling"]["median"]
+    direct_best = results["direct"]["best"] / results["ceiling"]["best"]
+    direct_median = results["direct"]["median"] / results["ceiling"]["median"]
     return {
         "call": {
             "turns": sum(1 for i in call.transcript if not i.is_system),
@@ -193,6 +204,9 @@ def run(repeats: int, min_time: float) -> dict[str, Any]:
         "ratio": {"best": ratio_best, "median": ratio_median},
         "goal_ratio": GOAL_RATIO,
         "meets_goal": ratio_median >= GOAL_RATIO,
+        "direct_ratio": {"best": direct_best, "median": direct_median},
+        "direct_goal_ratio": DIRECT_GOAL_RATIO,
+        "direct_meets_goal": direct_median >= DIRECT_GOAL_RATIO,
         "environment": {
             "python": platform.python_version(),
             "opentelemetry-sdk": metadata.version("opentelemetry-sdk"),
@@ -213,14 +227,18 @@ def render(report: dict[str, Any]) -> str:
         f"{'path':<10} {'best spans/s':>14} {'median spans/s':>16}",
         f"{'ceiling':<10} {r['ceiling']['best']:>14,.0f} {r['ceiling']['median']:>16,.0f}",
         f"{'ours':<10} {r['ours']['best']:>14,.0f} {r['ours']['median']:>16,.0f}",
+        f"{'direct':<10} {r['direct']['best']:>14,.0f} {r['direct']['median']:>16,.0f}",
         "",
         f"ratio ours/ceiling: best {report['ratio']['best']:.2f}, median {report['ratio']['median']:.2f} "
         f"(goal >= {report['goal_ratio']}: {'met' if report['meets_goal'] else 'NOT met'})",
+        f"ratio direct/ceiling: best {report['direct_ratio']['best']:.2f}, "
+        f"median {report['direct_ratio']['median']:.2f} "
+        f"(goal >= {report['direct_goal_ratio']}: {'met' if report['direct_meets_goal'] else 'NOT met'})",
     ]
     return "\n".join(lines)
 
 
-def profile(seconds: float = 2.0) -> str:
+def profile(path: str = "ours", seconds: float = 2.0) -> str:
     call = parse_call(build_call())
     options = MappingOptions()
     resource = build_resource("otelbridge-bench", "bench-1")
@@ -228,11 +246,15 @@ def profile(seconds: float = 2.0) -> str:
     def ours() -> None:
         encode_trace_request(to_readable_spans(map_call(call, options).spans, resource)).SerializeToString()
 
+    def direct() -> None:
+        encode_traces(map_call(call, options).spans, resource)
+
+    operation = direct if path == "direct" else ours
     profiler = cProfile.Profile()
     deadline = time.perf_counter() + seconds
     profiler.enable()
     while time.perf_counter() < deadline:
-        ours()
+        operation()
     profiler.disable()
     buffer = io.StringIO()
     stats = pstats.Stats(profiler, stream=buffer)
@@ -246,10 +268,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats per path (default 7)")
     parser.add_argument("--min-time", type=float, default=0.3, help="seconds per repeat (default 0.3)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--profile", action="store_true", help="print a cProfile of 'ours' instead")
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="ours",
+        choices=("ours", "direct"),
+        help="print a cProfile of 'ours' (the default) or 'direct' instead",
+    )
     args = parser.parse_args(argv)
     if args.profile:
-        print(profile())
+        print(profile(args.profile))
         return 0
     report = run(args.repeats, args.min_time)
     print(json.dumps(report, indent=2) if args.json else render(report))
