@@ -31,14 +31,16 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.resources import Resource
 
 from otelbridge import __version__
 from otelbridge.mapping import conventions
 from otelbridge.mapping.records import EventRecord, SpanRecord
+
+if TYPE_CHECKING:  # read for its attributes and schema URL only: no SDK import at run time
+    from opentelemetry.sdk.resources import Resource
 
 _logger = logging.getLogger(__name__)
 
