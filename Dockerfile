@@ -7,30 +7,43 @@
 #     -e OTELBRIDGE_WEBHOOK_SECRET="$(openssl rand -hex 32)" -p 8080:8080 -p 127.0.0.1:9464:9464 otelbridge
 #
 # BASE must provide `python3` with the venv module (python:3.12-slim does; so does Debian's
-# python3 + python3-venv, which the container tests build on).
-ARG BASE=python:3.12-slim
+# python3 + python3-venv, which the container tests build on: --build-arg BASE=...). By default it
+# is the python-base stage below: python:3.12-slim pinned by the digest of its multi-arch index
+# (linux/amd64 and linux/arm64), so a rebuild cannot pick up a different base behind the tag. The
+# image is named in a FROM line, not in this ARG, because Dependabot updates FROM lines only;
+# docs/supply-chain.md says how the digest is refreshed.
+ARG BASE=python-base
+
+FROM python:3.12-slim@sha256:78387bc3881b8273120a12ebe6c1ab22b018ccc2c9adf565ae1ac9b536e184ea AS python-base
 
 # --- build: a virtualenv with otelbridge and its dependencies ----------------------------------
 FROM ${BASE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
-RUN python3 -m venv /opt/otelbridge
 WORKDIR /src
-# Dependencies first, read from pyproject.toml, so that a change to the code alone reuses this
-# (slow) layer; otelbridge itself is installed without dependencies below. The postgres extra
-# is included: OTELBRIDGE_DATABASE_URL works in the image as it is.
-COPY pyproject.toml ./
-RUN python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["postgres"]))' \
-        > /tmp/requirements.txt \
- && /opt/otelbridge/bin/pip install --only-binary=:all: -r /tmp/requirements.txt
-COPY README.md LICENSE ./
+# Dependencies first, from the lock (requirements/image.txt: pyproject.toml's dependencies and the
+# postgres extra, every file checked against its sha256, wheels only), so that a change to the
+# code alone reuses this (slow) layer; otelbridge itself is installed without dependencies below.
+# The build tools (setuptools for the wheel, cyclonedx-bom for the SBOM) go into a throwaway
+# virtualenv from their own lock; nothing of it reaches the final stage.
+COPY requirements/image.txt requirements/build-tools.txt ./requirements/
+RUN python3 -m venv /opt/otelbridge \
+ && /opt/otelbridge/bin/pip install --require-hashes --only-binary=:all: -r requirements/image.txt \
+ && python3 -m venv /tmp/build-tools \
+ && /tmp/build-tools/bin/pip install --require-hashes --only-binary=:all: -r requirements/build-tools.txt
+COPY pyproject.toml README.md LICENSE ./
 COPY otelbridge ./otelbridge
+COPY scripts/sbom.py ./scripts/
 # pip compiles the .pyc files here (the root filesystem is read-only at run time); pip and
-# setuptools are not needed to run, so they do not go into the final image.
-RUN /opt/otelbridge/bin/pip install --no-deps . \
+# setuptools are not needed to run, so they do not go into the final image. The SBOM (CycloneDX
+# JSON) lists what the virtualenv holds once they are gone: otelbridge and its dependencies.
+RUN /tmp/build-tools/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/dist . \
+ && /opt/otelbridge/bin/pip install --no-deps /tmp/dist/otelbridge-*.whl \
  && /opt/otelbridge/bin/python -m pip uninstall --yes pip setuptools wheel \
- && /opt/otelbridge/bin/otelbridge --version
+ && /opt/otelbridge/bin/otelbridge --version \
+ && /tmp/build-tools/bin/python scripts/sbom.py --python /opt/otelbridge/bin/python \
+        --output /opt/otelbridge/sbom.cdx.json
 
 # --- run -----------------------------------------------------------------------------------------
 FROM ${BASE}
@@ -40,7 +53,8 @@ LABEL org.opencontainers.image.title="otelbridge" \
       org.opencontainers.image.description="Cartesia voice-agent webhooks to OpenTelemetry traces and metrics over OTLP" \
       org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      io.github.otelbridge.sbom="/opt/otelbridge/sbom.cdx.json"
 
 # A fixed numeric user (Kubernetes' runAsNonRoot can only verify a numeric UID). Lines appended
 # directly: Debian's minimal roots have no useradd.
