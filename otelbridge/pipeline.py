@@ -126,8 +126,7 @@ class Pipeline:
         self.telemetry = Telemetry(
             resource,
             temporality=self.environment.temporality(),
-            max_log_metric_names=settings.log_metric_max_names,
-            max_string_values=settings.log_metric_max_values,
+            limits=settings.series_limits(),
         )
         self.metrics = self.telemetry.self_metrics
         self.webhooks = WebhookSide()
@@ -297,6 +296,8 @@ class Pipeline:
 
     def _account(self, result: BatchResult) -> None:
         self.telemetry.record(result.points)
+        if result.fallen_deployments:
+            self.telemetry.recorder.forget_deployments(result.fallen_deployments)
         for event_type, count in result.events_by_type.items():
             self.metrics.events.add(count, {c.SELF_ATTR_TYPE: event_type})
         if result.spans:

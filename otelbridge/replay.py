@@ -204,13 +204,10 @@ class Replay:
     def _deliver_metrics(self, transport: Transport, mapped: list[MappedCall], resource: Resource) -> None:
         if not self.report.points:
             return
-        reader = otlp_reader(self.environment.temporality())
+        limits = self.settings.series_limits()
+        reader = otlp_reader(self.environment.temporality(), limits)
         provider = MeterProvider(resource=resource, metric_readers=[reader])
-        recorder = MetricRecorder(
-            provider,
-            max_log_metric_names=self.settings.log_metric_max_names,
-            max_string_values=self.settings.log_metric_max_values,
-        )
+        recorder = MetricRecorder(provider, limits)
         for call in mapped:
             recorder.record(call.points)
         collected = collect_request(reader)

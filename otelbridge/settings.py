@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from otelbridge.delivery.cardinality import SeriesLimits
 from otelbridge.delivery.environment import CONFIG_OTEL_VARS, url_problem
 from otelbridge.mapping.policy import (
     DEFAULT_MAX_ATTRIBUTE_BYTES,
@@ -70,8 +71,16 @@ class Settings(BaseSettings):
     text_chunk_events: bool = Field(
         default=True, description="export cartesia.text_chunk span events on turns (false: leave them out)"
     )
+    metric_max_agents: int = Field(
+        default=100,
+        ge=1,
+        description="agents whose id call metrics carry; the points of later ones read other",
+    )
+    metric_max_tool_names: int = Field(
+        default=50, ge=1, description="tool names per agent in cartesia.tool_calls; later ones read other"
+    )
     log_metric_max_names: int = Field(
-        default=50, ge=1, description="distinct LogMetric names turned into instruments"
+        default=50, ge=1, description="LogMetric (and evaluation) names per agent turned into series"
     )
     log_metric_max_values: int = Field(
         default=20, ge=1, description="distinct values kept per string LogMetric"
@@ -307,6 +316,15 @@ class Settings(BaseSettings):
             export_phone_numbers=self.export_phone_numbers,
             max_attribute_bytes=self.max_attribute_bytes,
             text_chunk_events=self.text_chunk_events,
+        )
+
+    def series_limits(self) -> SeriesLimits:
+        return SeriesLimits(
+            agents=self.metric_max_agents,
+            tool_names=self.metric_max_tool_names,
+            log_metric_names=self.log_metric_max_names,
+            log_metric_values=self.log_metric_max_values,
+            deployments=self.deployments_per_agent,
         )
 
     def resolved_service_name(self, environ: Mapping[str, str] | None = None) -> str:

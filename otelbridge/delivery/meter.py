@@ -2,15 +2,15 @@
 
 Instruments are made on first use with explicit bucket boundaries (the SDK's defaults,
 0/5/10/25…, are useless for seconds). Each observation is recorded in the context of its span
-so that exemplars point at the turn. Bounds that need memory across calls live here: at most
-``max_log_metric_names`` LogMetric instruments (later names fold into
-``cartesia.log_metric.other``) and ``max_string_values`` distinct values per string LogMetric
-(later values read ``other``).
+so that exemplars point at the turn. The bounds on series, which need memory across calls,
+are applied here before the SDK sees a point (:mod:`otelbridge.delivery.cardinality`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Final
 
@@ -19,11 +19,27 @@ from opentelemetry.metrics import Counter, Histogram, Meter
 from opentelemetry.sdk.metrics import MeterProvider
 
 from otelbridge import __version__
+from otelbridge.delivery.cardinality import (
+    OTHER,
+    VOCABULARY_LIMITS,
+    Admission,
+    SeriesLimits,
+    forget_series,
+    label_value,
+)
 from otelbridge.delivery.sdk import span_context
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping.records import InstrumentKind, MetricPoint
 
-OVERFLOW_VALUE: Final = "other"
+OVERFLOW_VALUE: Final = OTHER
+#: labels that read ``other`` with their agent when it is past the agents' limit
+_AGENT_SCOPED: Final = (
+    c.METRIC_ATTR_TOOL_NAME,
+    c.GEN_AI_EVALUATION_NAME,
+    c.METRIC_ATTR_DEPLOYMENT_ID,
+    c.METRIC_ATTR_LOG_VALUE,
+)
+_Attrs = dict[str, str | bool | int]
 
 _BUCKETS: Final[dict[str, tuple[float, ...]]] = {
     c.METRIC_TTS_TTFB: c.TTFB_BUCKETS_S,
@@ -43,30 +59,48 @@ def bucket_boundaries(point: MetricPoint) -> tuple[float, ...] | None:
 
 
 class MetricRecorder:
+    """Records points into ``meter_provider`` within ``limits``. ``folded`` counts the points
+    (by limit) whose label read ``other`` or was cut, ``dropped`` the series dropped (by limit)."""
+
     def __init__(
         self,
         meter_provider: MeterProvider,
+        limits: SeriesLimits | None = None,
         *,
-        max_log_metric_names: int = 50,
-        max_string_values: int = 20,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._provider = meter_provider
         self._meter: Meter = meter_provider.get_meter(c.INSTRUMENTATION_SCOPE, __version__)
         self._instruments: dict[str, Histogram | Counter] = {}
-        self._log_metric_names: set[str] = set()
-        self._string_values: dict[str, set[str]] = {}
+        self._limits = limits or SeriesLimits()
+        self._clock = clock
+        self._agents = Admission(self._limits.agents)
+        #: agent -> label -> the values admitted for that agent
+        self._per_agent: dict[str, dict[str, Admission]] = {}
+        #: agent -> its LogMetric instrument names
+        self._log_metric_names: dict[str, Admission] = {}
+        #: LogMetric instrument name -> its string values
+        self._string_values: dict[str, Admission] = {}
+        self._vocabularies = {label: Admission(limit) for label, limit in VOCABULARY_LIMITS.items()}
+        #: labels admitted per agent: (the limit they count under, its value)
+        self._per_agent_limits = {
+            c.METRIC_ATTR_TOOL_NAME: ("tool_names", self._limits.tool_names),
+            c.GEN_AI_EVALUATION_NAME: ("evaluation_names", self._limits.log_metric_names),
+        }
         #: the kind each LogMetric name was first recorded as (one instrument per name)
         self._kinds: dict[str, InstrumentKind] = {}
-        self._max_names = max_log_metric_names
-        self._max_values = max_string_values
-        #: observations folded by the bounds, by reason (for self-metrics): past the name limit,
-        #: past the value limit, or of the other kind than the name's first (number vs string)
-        self.folded: dict[str, int] = {"name": 0, "value": 0, "kind": 0}
+        self.folded: Tally[str] = Tally()
+        self.dropped: Tally[str] = Tally()
 
     def record(self, points: Iterable[MetricPoint]) -> None:
         """Record ``points``; counter points of one series are summed first (one SDK call
         instead of many; the exemplar is the series' last point)."""
+        now = self._clock()
         sums: dict[tuple[str, tuple[tuple[str, str | bool | int], ...]], MetricPoint] = {}
-        for point in points:
+        for raw in points:
+            point = self._bound(raw, now)
+            if point is None:
+                continue
             if point.kind is InstrumentKind.HISTOGRAM:
                 self._record(point)
                 continue
@@ -76,42 +110,145 @@ class MetricRecorder:
         for point in sums.values():
             self._record(point)
 
-    def _record(self, point: MetricPoint) -> None:
-        name, attributes = point.instrument, point.attributes
-        if name.startswith(c.METRIC_LOG_METRIC_PREFIX):
-            if name not in self._log_metric_names:
-                if len(self._log_metric_names) >= self._max_names:
-                    self._fold(point, "name")
-                    return
-                self._log_metric_names.add(name)
-            # A name sent as a number and (in this call or another) as a string would need a
-            # histogram and a counter of one name, which no backend can hold: the first wins.
-            if self._kinds.setdefault(name, point.kind) is not point.kind:
-                self._fold(point, "kind")
-                return
-            value = attributes.get(c.METRIC_ATTR_LOG_VALUE)
+    def forget_deployments(self, fallen: Iterable[tuple[str, str]]) -> None:
+        """Drop the series of deployments (agent id, deployment id) no longer among the most
+        recent of their agent: their points now read ``other``."""
+        for agent_id, deployment_id in fallen:
+            match = {
+                c.METRIC_ATTR_AGENT_ID: label_value(agent_id)[0],
+                c.METRIC_ATTR_DEPLOYMENT_ID: label_value(deployment_id)[0],
+            }
+            self.dropped["deployments"] += forget_series(self._provider, match)
+
+    # --- the bounds -----------------------------------------------------------------------
+    def _bound(self, point: MetricPoint, now: float) -> MetricPoint | None:
+        """``point`` within the bounds (a copy when a label changed), or None when it was
+        counted in ``cartesia.log_metric.other`` instead."""
+        attributes: _Attrs | None = None  # copied on the first change
+        for key, value in point.attributes.items():
             if isinstance(value, str):
-                seen = self._string_values.setdefault(name, set())
-                if value not in seen:
-                    if len(seen) >= self._max_values:
-                        self.folded["value"] += 1
-                        attributes = {**attributes, c.METRIC_ATTR_LOG_VALUE: OVERFLOW_VALUE}
-                    else:
-                        seen.add(value)
+                cut, was_cut = label_value(value)
+                if was_cut:
+                    attributes = attributes if attributes is not None else dict(point.attributes)
+                    attributes[key] = cut
+                    self.folded["label_bytes"] += 1
+        labels = attributes if attributes is not None else point.attributes
+        agent = labels.get(c.METRIC_ATTR_AGENT_ID)
+        if isinstance(agent, str):
+            admitted, evicted = self._agents.admit(agent, now)
+            if evicted is not None:
+                self._forget_agent(evicted)
+            if not admitted:
+                attributes = attributes if attributes is not None else dict(point.attributes)
+                attributes[c.METRIC_ATTR_AGENT_ID] = OTHER
+                for key in _AGENT_SCOPED:
+                    if key in attributes:
+                        attributes[key] = OTHER
+                self.folded["agents"] += 1
+            else:
+                attributes = self._bound_agent_labels(agent, labels, attributes, point, now)
+        labels = attributes if attributes is not None else point.attributes
+        attributes = self._bound_vocabularies(labels, attributes, now)
+        if point.instrument.startswith(c.METRIC_LOG_METRIC_PREFIX):
+            bounded = attributes if attributes is not None else point.attributes
+            if not self._log_metric_admitted(point, str(bounded.get(c.METRIC_ATTR_AGENT_ID, "")), now):
+                self._fold_log_metric(bounded)
+                return None
+            text = bounded.get(c.METRIC_ATTR_LOG_VALUE)
+            if isinstance(text, str) and text != OTHER:
+                values = self._string_values.get(point.instrument)
+                if values is None:
+                    values = self._string_values[point.instrument] = Admission(self._limits.log_metric_values)
+                admitted, evicted = values.admit(text, now)
+                if evicted is not None:
+                    self._drop("log_metric_values", {c.METRIC_ATTR_LOG_VALUE: evicted}, point.instrument)
+                if not admitted:
+                    attributes = attributes if attributes is not None else dict(point.attributes)
+                    attributes[c.METRIC_ATTR_LOG_VALUE] = OTHER
+                    self.folded["log_metric_values"] += 1
+        return point if attributes is None else replace(point, attributes=attributes)
+
+    def _bound_agent_labels(
+        self, agent: str, labels: _Attrs, attributes: _Attrs | None, point: MetricPoint, now: float
+    ) -> _Attrs | None:
+        for key, (limit, most) in self._per_agent_limits.items():
+            value = labels.get(key)
+            if not isinstance(value, str):
+                continue
+            sets = self._per_agent.setdefault(agent, {})
+            admission = sets.get(key)
+            if admission is None:
+                admission = sets[key] = Admission(most)
+            admitted, evicted = admission.admit(value, now)
+            if evicted is not None:
+                self._drop(limit, {c.METRIC_ATTR_AGENT_ID: agent, key: evicted})
+            if not admitted:
+                attributes = attributes if attributes is not None else dict(point.attributes)
+                attributes[key] = OTHER
+                self.folded[limit] += 1
+        return attributes
+
+    def _bound_vocabularies(self, labels: _Attrs, attributes: _Attrs | None, now: float) -> _Attrs | None:
+        for key, admission in self._vocabularies.items():
+            value = labels.get(key)
+            if not isinstance(value, str):
+                continue
+            admitted, evicted = admission.admit(value, now)
+            if evicted is not None:
+                self._drop("vocabulary", {key: evicted})
+            if not admitted:
+                attributes = attributes if attributes is not None else dict(labels)
+                attributes[key] = OTHER
+                self.folded["vocabulary"] += 1
+        return attributes
+
+    def _log_metric_admitted(self, point: MetricPoint, agent: str, now: float) -> bool:
+        """May ``point`` have its own instrument? The agents past the limit share the names of
+        ``other``."""
+        name = point.instrument
+        names = self._log_metric_names.get(agent)
+        if names is None:
+            names = self._log_metric_names[agent] = Admission(self._limits.log_metric_names)
+        admitted, evicted = names.admit(name, now)
+        if evicted is not None:
+            self._drop("log_metric_names", {c.METRIC_ATTR_AGENT_ID: agent}, evicted)
+        if not admitted:
+            self.folded["log_metric_names"] += 1
+            return False
+        # A name sent as a number and (in this call or another) as a string would need a
+        # histogram and a counter of one name, which no backend can hold: the first wins.
+        if self._kinds.setdefault(name, point.kind) is not point.kind:
+            self.folded["log_metric_kind"] += 1
+            return False
+        return True
+
+    def _fold_log_metric(self, labels: _Attrs) -> None:
+        """Count an observation in ``cartesia.log_metric.other`` instead of its own instrument."""
+        agent = str(labels.get(c.METRIC_ATTR_AGENT_ID, ""))
+        description = "LogMetric observations past the name limit or of another kind than their name's first"
+        self._counter(c.METRIC_LOG_METRIC_OTHER, "1", description).add(1, {c.METRIC_ATTR_AGENT_ID: agent})
+
+    def _forget_agent(self, agent: str) -> None:
+        self._per_agent.pop(agent, None)
+        self._log_metric_names.pop(agent, None)
+        self._drop("agents", {c.METRIC_ATTR_AGENT_ID: agent})
+
+    def _drop(self, limit: str, match: _Attrs, instrument: str | None = None) -> None:
+        self.dropped[limit] += forget_series(
+            self._provider, match, None if instrument is None else instrument.__eq__
+        )
+
+    # --- the SDK --------------------------------------------------------------------------
+    def _record(self, point: MetricPoint) -> None:
         context = trace.set_span_in_context(
             trace.NonRecordingSpan(span_context(point.trace_id, point.span_id))
         )
         if point.kind is InstrumentKind.HISTOGRAM:
-            self._histogram(point).record(point.value, attributes, context=context)
+            self._histogram(point).record(point.value, point.attributes, context=context)
         else:
-            self._counter(name, point.unit, point.description).add(point.value, attributes, context=context)
-
-    def _fold(self, point: MetricPoint, reason: str) -> None:
-        """Count ``point`` in ``cartesia.log_metric.other`` instead of its own instrument."""
-        self.folded[reason] += 1
-        agent = str(point.attributes.get(c.METRIC_ATTR_AGENT_ID, ""))
-        description = "LogMetric observations past the name limit or of another kind than their name's first"
-        self._counter(c.METRIC_LOG_METRIC_OTHER, "1", description).add(1, {c.METRIC_ATTR_AGENT_ID: agent})
+            self._counter(point.instrument, point.unit, point.description).add(
+                point.value, point.attributes, context=context
+            )
 
     def _histogram(self, point: MetricPoint) -> Histogram:
         instrument = self._instruments.get(point.instrument)

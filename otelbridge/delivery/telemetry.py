@@ -12,7 +12,7 @@ spool) and for the Prometheus ``/metrics`` endpoint.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from otelbridge import __version__
 from otelbridge.cartesia.webhooks import KNOWN_EVENT_TYPES
+from otelbridge.delivery.cardinality import DROP_KINDS, FOLD_KINDS, SeriesLimits
 from otelbridge.delivery.environment import SIGNALS, Temporality
 from otelbridge.delivery.meter import MetricRecorder
 from otelbridge.delivery.spool import DROP_REASONS
@@ -60,9 +61,12 @@ class Gauges:
 class SelfMetrics:
     """otelbridge's own instruments (names in docs/conventions.md, "Self-metrics")."""
 
-    def __init__(self, provider: MeterProvider, gauges: Gauges) -> None:
+    def __init__(
+        self, provider: MeterProvider, gauges: Gauges, recorder: MetricRecorder | None = None
+    ) -> None:
         meter = provider.get_meter(c.SELF_SCOPE, __version__)
         self.gauges = gauges
+        self._recorder = recorder or MetricRecorder(provider)
         self.events = meter.create_counter(
             c.SELF_EVENTS, "{event}", "Stored webhook events processed into spans, by event type"
         )
@@ -133,7 +137,24 @@ class SelfMetrics:
             "1 on the replica that processes, polls and sends; 0 on the others",
         )
 
+        meter.create_observable_counter(
+            c.SELF_METRICS_FOLDED,
+            [lambda _: self._by_limit(self._recorder.folded, FOLD_KINDS)],
+            "{point}",
+            "Call-metric points a series bound changed: a label read other or was cut, by limit",
+        )
+        meter.create_observable_counter(
+            c.SELF_METRICS_SERIES_DROPPED,
+            [lambda _: self._by_limit(self._recorder.dropped, DROP_KINDS)],
+            "{series}",
+            "Call-metric series dropped from memory because their label fell out of a bound, by limit",
+        )
+
         self._start_at_zero()
+
+    @staticmethod
+    def _by_limit(counts: Mapping[str, int], kinds: Iterable[str]) -> list[Observation]:
+        return [Observation(counts.get(kind, 0), {c.SELF_ATTR_LIMIT: kind}) for kind in kinds]
 
     def _start_at_zero(self) -> None:
         """Every counter series whose labels are known up front starts at 0, so ``increase()``
@@ -160,7 +181,14 @@ def count_points(data: MetricsData) -> int:
     )
 
 
-def otlp_reader(temporality: Temporality) -> InMemoryMetricReader:
+def cardinality_limits(limits: SeriesLimits) -> dict[type, int]:
+    """The SDK's per-instrument limit, set from the bounds rather than left at its 2,000."""
+    limit = limits.sdk_cardinality_limit()
+    kinds = (Counter, Histogram, ObservableCounter, UpDownCounter, ObservableUpDownCounter, ObservableGauge)
+    return dict.fromkeys(kinds, limit)
+
+
+def otlp_reader(temporality: Temporality, limits: SeriesLimits | None = None) -> InMemoryMetricReader:
     """The reader whose collections go over OTLP, with the temporality asked for (sums and
     histograms; up-down counters and gauges are cumulative whatever is asked, as the SDK does)."""
     chosen = AggregationTemporality.DELTA if temporality == "delta" else AggregationTemporality.CUMULATIVE
@@ -171,7 +199,9 @@ def otlp_reader(temporality: Temporality) -> InMemoryMetricReader:
         ObservableUpDownCounter: AggregationTemporality.CUMULATIVE,
         ObservableGauge: AggregationTemporality.CUMULATIVE,
     }
-    return InMemoryMetricReader(preferred_temporality=preferred)
+    return InMemoryMetricReader(
+        preferred_temporality=preferred, cardinality_limits=cardinality_limits(limits or SeriesLimits())
+    )
 
 
 def collect_request(reader: InMemoryMetricReader) -> tuple[bytes, int] | None:
@@ -194,21 +224,21 @@ class Telemetry:
         resource: Resource,
         *,
         temporality: Temporality = "cumulative",
-        max_log_metric_names: int = 50,
-        max_string_values: int = 20,
+        limits: SeriesLimits | None = None,
     ) -> None:
+        limits = limits or SeriesLimits()
         self.temporality = temporality
-        self.otlp_reader = otlp_reader(temporality)
+        self.otlp_reader = otlp_reader(temporality, limits)
         self.registry = CollectorRegistry(auto_describe=True)
-        self.prometheus_reader = PrometheusMetricReader(registry=self.registry)
+        self.prometheus_reader = PrometheusMetricReader(
+            registry=self.registry, cardinality_limits=cardinality_limits(limits)
+        )
         self.provider = MeterProvider(
             resource=resource, metric_readers=[self.otlp_reader, self.prometheus_reader]
         )
-        self.recorder = MetricRecorder(
-            self.provider, max_log_metric_names=max_log_metric_names, max_string_values=max_string_values
-        )
+        self.recorder = MetricRecorder(self.provider, limits)
         self.gauges = Gauges()
-        self.self_metrics = SelfMetrics(self.provider, self.gauges)
+        self.self_metrics = SelfMetrics(self.provider, self.gauges, self.recorder)
         #: the id of the newest stored point recorded into the meter
         self.recorded_through = 0
         #: identifies this process's cumulative series in the spool

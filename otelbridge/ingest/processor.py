@@ -85,6 +85,9 @@ class BatchResult:
     events_by_type: dict[str, int] = field(default_factory=dict)
     #: points whose deployment read ``other`` (past the per-agent bound)
     deployments_folded: int = 0
+    #: (agent id, deployment id) of deployments that stopped being one of the most recent: their
+    #: series are dropped from the metrics
+    fallen_deployments: list[tuple[str, str]] = field(default_factory=list)
 
 
 def point_to_json(point: MetricPoint) -> str:
@@ -125,6 +128,8 @@ class Processor:
         self._deployments_per_agent = deployments_per_agent
         #: agent -> its deployments' first calls, as read in the current transaction
         self._first_calls: dict[str, dict[str, int]] = {}
+        #: deployments that fell out of the bound in the current batch (for its result)
+        self._fallen: list[tuple[str, str]] = []
         self._clock = clock
         #: what this processor last deleted inbox.db through (None: nothing yet), and the rows
         #: and bytes taken since
@@ -144,6 +149,7 @@ class Processor:
         spans: list[SpanRecord] = []
         points: list[MetricPoint] = []
         self._first_calls.clear()
+        self._fallen = result.fallen_deployments
         with self._state.transaction() as tx:
             # claimed inside the write transaction: committed with what it produced, or not at all
             claim = self._inbox.claim(tx, limit, BATCH_BYTES)
@@ -182,6 +188,7 @@ class Processor:
         spans: list[SpanRecord] = []
         points: list[MetricPoint] = []
         self._first_calls.clear()
+        self._fallen = result.fallen_deployments
         with self._state.transaction() as tx:
             for call_id in tx.stale_calls(now - self._call_timeout_ns, 500):
                 call = tx.load_call(call_id)
@@ -411,10 +418,16 @@ class Processor:
         if first_calls is None:
             first_calls = self._first_calls[agent_id] = tx.deployments(agent_id)
 
-        def changed(deployment_id: str, first_call_ns: int) -> None:
-            tx.set_deployment(agent_id, deployment_id, first_call_ns)
+        def changed(deployment_id: str, first_call_ns: int | None) -> None:
+            if first_call_ns is None:
+                tx.forget_deployment(agent_id, deployment_id)
+            else:
+                tx.set_deployment(agent_id, deployment_id, first_call_ns)
 
-        return labeller(first_calls, call_ns, self._deployments_per_agent, changed)
+        def fell(deployment_id: str) -> None:
+            self._fallen.append((agent_id, deployment_id))
+
+        return labeller(first_calls, call_ns, self._deployments_per_agent, changed, fell)
 
     @staticmethod
     def _ledger(tx: StateTx, call_id: str, spans: list[SpanRecord], now: int) -> None:

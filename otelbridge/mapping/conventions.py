@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-CONTRACT_VERSION: Final = "3.0.0"
+CONTRACT_VERSION: Final = "3.1.0"
 INSTRUMENTATION_SCOPE: Final = "otelbridge"
 PROVIDER_NAME: Final = "cartesia"
 
@@ -180,10 +180,13 @@ SELF_INBOX_DEPTH: Final = "otelbridge.inbox.depth"  # {event}
 SELF_OPEN_CALLS: Final = "otelbridge.calls.open"  # {call}
 SELF_DEPLOYMENTS_FOLDED: Final = "otelbridge.deployments.folded"  # {point}
 SELF_LEADER: Final = "otelbridge.leader"  # 1 on the replica that processes, polls and sends
+SELF_METRICS_FOLDED: Final = "otelbridge.metrics.folded"  # {point}; limit (since 3.1.0)
+SELF_METRICS_SERIES_DROPPED: Final = "otelbridge.metrics.series_dropped"  # {series}; limit (since 3.1.0)
 SELF_ATTR_TYPE: Final = "type"
 SELF_ATTR_OUTCOME: Final = "outcome"
 SELF_ATTR_SIGNAL: Final = "signal"
 SELF_ATTR_REASON: Final = "reason"
+SELF_ATTR_LIMIT: Final = "limit"
 
 # --- evaluations (LLM-judge results, OTELBRIDGE_EVALUATIONS=true) -------------------------
 SPAN_EVALUATION: Final = "evaluation"  # "evaluation {metric name}", child of the root

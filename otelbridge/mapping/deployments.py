@@ -8,13 +8,16 @@ once ``limit`` newer ones have appeared, and the label of a call does not depend
 calls are read in once the deployments are known (a backfill reads the newest first). Calls
 without a deployment read ``none`` and take no place.
 
-The ages need memory across calls: ``otelbridge serve`` and ``backfill`` keep them in state.db
-(so a restart changes nothing), ``otelbridge replay`` in :class:`RecentDeployments`; both
-decide with :func:`labeller`.
+The ages need memory across calls: ``otelbridge serve`` and ``backfill`` keep them in the
+state store (so a restart changes nothing), ``otelbridge replay`` in :class:`RecentDeployments`;
+both decide with :func:`labeller`. Only the :func:`kept` most recent of an agent are remembered
+(older ones are forgotten, so the memory and the check per call stay bounded): an older
+deployment that comes back is taken for a new one.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
@@ -30,27 +33,60 @@ def is_recent(first_calls: Mapping[str, int], deployment_id: str, limit: int) ->
     return newer < limit
 
 
+def kept(limit: int) -> int:
+    """How many deployments of an agent are remembered: the ``limit`` that keep their id, and
+    enough older ones that a deployment just past the bound does not come back as new."""
+    return 5 * limit + 10
+
+
+def recent(first_calls: Mapping[str, int], limit: int) -> set[str]:
+    """The ``limit`` most recent of ``first_calls``."""
+    return set(heapq.nlargest(limit, first_calls, key=lambda d: (first_calls[d], d)))
+
+
 #: deployment id -> the label its points carry
 Labeller = Callable[[str], str]
-#: told when a deployment's first call moves earlier (or it is new): (deployment id, that start)
-OnChange = Callable[[str, int], None]
+#: told when a deployment's first call moves earlier (or it is new): (deployment id, that start),
+#: and when a deployment is forgotten: (deployment id, None)
+OnChange = Callable[[str, int | None], None]
+#: told of a deployment that stopped being one of the most recent: its id
+OnFall = Callable[[str], None]
 
 
 def labeller(
-    first_calls: dict[str, int], call_ns: int, limit: int, on_change: OnChange | None = None
+    first_calls: dict[str, int],
+    call_ns: int,
+    limit: int,
+    on_change: OnChange | None = None,
+    on_fall: OnFall | None = None,
 ) -> Labeller:
     """Labels for the points of one call (starting at ``call_ns``) of an agent whose
-    deployments' first calls are ``first_calls`` (kept up to date)."""
+    deployments' first calls are ``first_calls`` (kept up to date, at most :func:`kept`)."""
 
     def label(deployment_id: str) -> str:
         first = first_calls.get(deployment_id)
         if first is None or call_ns < first:
+            before = recent(first_calls, limit) if on_fall is not None else set()
             first_calls[deployment_id] = call_ns
             if on_change is not None:
                 on_change(deployment_id, call_ns)
+            _forget_oldest(first_calls, kept(limit), on_change)
+            if on_fall is not None:
+                for fallen in sorted(before - recent(first_calls, limit)):
+                    on_fall(fallen)
         return deployment_id if is_recent(first_calls, deployment_id, limit) else c.DEPLOYMENT_OTHER
 
     return label
+
+
+def _forget_oldest(first_calls: dict[str, int], keep: int, on_change: OnChange | None) -> None:
+    if len(first_calls) <= keep:
+        return
+    oldest = heapq.nsmallest(len(first_calls) - keep, first_calls, key=lambda d: (first_calls[d], d))
+    for deployment_id in oldest:
+        del first_calls[deployment_id]
+        if on_change is not None:
+            on_change(deployment_id, None)
 
 
 def fold(points: list[MetricPoint], label: Labeller) -> list[MetricPoint]:
@@ -82,6 +118,11 @@ class RecentDeployments:
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._first_calls: dict[str, dict[str, int]] = {}
+        #: (agent id, deployment id) of each deployment that stopped being one of the most recent
+        self.fallen: list[tuple[str, str]] = []
 
     def labeller(self, agent_id: str, call_ns: int) -> Labeller:
-        return labeller(self._first_calls.setdefault(agent_id, {}), call_ns, self._limit)
+        def fell(deployment_id: str) -> None:
+            self.fallen.append((agent_id, deployment_id))
+
+        return labeller(self._first_calls.setdefault(agent_id, {}), call_ns, self._limit, on_fall=fell)

@@ -7,16 +7,19 @@ which need memory across calls, are kept by :class:`otelbridge.delivery.meter.Me
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Final
 
 from otelbridge.cartesia.models import AgentCall, LogMetric, TranscriptItem
 from otelbridge.mapping import conventions as c
+from otelbridge.mapping.policy import MAX_NAME_BYTES, cap_bytes
 from otelbridge.mapping.records import InstrumentKind, MetricPoint, SpanRecord
 from otelbridge.mapping.traces import CallContext, CallSpans
 
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.\-]")
-_MAX_INSTRUMENT_NAME: Final = 255
+#: a LogMetric instrument's name (OpenTelemetry allows 255; it is on every line of its series)
+_MAX_INSTRUMENT_NAME: Final = 128
 
 
 def _point(
@@ -103,7 +106,9 @@ def log_metric_instrument(name: str) -> tuple[str, str, float]:
         if lowered.endswith(suffix) and len(safe) > len(suffix):
             safe, unit, divisor = safe[: -len(suffix)], "s", per_second
             break
-    safe = safe[: _MAX_INSTRUMENT_NAME - len(c.METRIC_LOG_METRIC_PREFIX)]
+    room = _MAX_INSTRUMENT_NAME - len(c.METRIC_LOG_METRIC_PREFIX)
+    if len(safe) > room:  # cut, with a digest of the whole name: two long names stay two
+        safe = f"{safe[: room - 9]}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
     return c.METRIC_LOG_METRIC_PREFIX + (safe or "unnamed"), unit, divisor
 
 
@@ -112,11 +117,12 @@ def log_metric_point(agent_id: str, metric: LogMetric, span: SpanRecord) -> Metr
     attribute (bounded later by the recorder)."""
     instrument, unit, divisor = log_metric_instrument(metric.name)
     agent: dict[str, str | bool | int] = {c.METRIC_ATTR_AGENT_ID: agent_id}
+    name = cap_bytes(metric.name, MAX_NAME_BYTES)[0]  # the description is on every /metrics page
     if isinstance(metric.value, str):
         return _point(instrument, InstrumentKind.COUNTER, "1",
-                      f"LogMetric {metric.name!r} (string values)", 1,
+                      f"LogMetric {name!r} (string values)", 1,
                       {**agent, c.METRIC_ATTR_LOG_VALUE: metric.value}, span)  # fmt: skip
-    return _point(instrument, InstrumentKind.HISTOGRAM, unit, f"LogMetric {metric.name!r}",
+    return _point(instrument, InstrumentKind.HISTOGRAM, unit, f"LogMetric {name!r}",
                   float(metric.value) / divisor, agent, span)  # fmt: skip
 
 

@@ -179,6 +179,8 @@ class DeploymentsTx(Protocol):
 
     def set_deployment(self, agent_id: str, deployment_id: str, first_call_ns: int) -> None: ...
 
+    def forget_deployment(self, agent_id: str, deployment_id: str) -> None: ...
+
 
 class LedgerTx(Protocol):
     def exported(self, call_id: str) -> set[int]:

@@ -464,6 +464,9 @@ class PostgresStateTx:
             (agent_id, deployment_id, first_call_ns),
         )
 
+    def forget_deployment(self, agent_id: str, deployment_id: str) -> None:
+        self._run("DELETE FROM deployments WHERE agent_id=%s AND deployment_id=%s", (agent_id, deployment_id))
+
     # --- ledger -----------------------------------------------------------------------------
     def exported(self, call_id: str) -> set[int]:
         rows = self._all("SELECT span_id FROM ledger WHERE call_id=%s", (call_id,))

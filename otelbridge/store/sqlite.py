@@ -501,6 +501,11 @@ class SqliteStateTx:
             (agent_id, deployment_id, first_call_ns),
         )
 
+    def forget_deployment(self, agent_id: str, deployment_id: str) -> None:
+        self._conn.execute(
+            "DELETE FROM deployments WHERE agent_id=? AND deployment_id=?", (agent_id, deployment_id)
+        )
+
     # --- ledger -----------------------------------------------------------------------------
     def exported(self, call_id: str) -> set[int]:
         rows = self._conn.execute("SELECT span_id FROM ledger WHERE call_id=?", (call_id,))

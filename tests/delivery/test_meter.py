@@ -1,6 +1,7 @@
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
 
+from otelbridge.delivery.cardinality import SeriesLimits
 from otelbridge.delivery.meter import MetricRecorder
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping.records import InstrumentKind, MetricPoint
@@ -16,9 +17,9 @@ def _point(
     return MetricPoint(instrument, kind, unit, "d", value, {c.AGENT_ID: "a", **attrs}, "k", 7, 9)
 
 
-def _collect(points: list[MetricPoint], **kwargs: int) -> tuple[dict[str, list], MetricRecorder]:  # type: ignore[type-arg]
+def _collect(points: list[MetricPoint], **limits: int) -> tuple[dict[str, list], MetricRecorder]:  # type: ignore[type-arg]
     reader = InMemoryMetricReader()
-    recorder = MetricRecorder(MeterProvider(metric_readers=[reader]), **kwargs)
+    recorder = MetricRecorder(MeterProvider(metric_readers=[reader]), SeriesLimits(**limits))
     recorder.record(points)
     data = reader.get_metrics_data()
     assert data is not None
@@ -46,7 +47,7 @@ def test_log_metric_durations_get_seconds_buckets() -> None:
 
 def test_name_bound_folds_into_other() -> None:
     points = [_point(f"cartesia.log_metric.m{i}", 1.0, unit="1") for i in range(5)]
-    metrics, recorder = _collect(points, max_log_metric_names=3)
+    metrics, recorder = _collect(points, log_metric_names=3)
     assert {n for n in metrics if n.startswith("cartesia.log_metric.m")} == {
         "cartesia.log_metric.m0",
         "cartesia.log_metric.m1",
@@ -54,7 +55,7 @@ def test_name_bound_folds_into_other() -> None:
     }
     (other,) = metrics[c.METRIC_LOG_METRIC_OTHER]
     assert isinstance(other, NumberDataPoint) and other.value == 2
-    assert recorder.folded["name"] == 2
+    assert recorder.folded["log_metric_names"] == 2
 
 
 def test_string_value_bound() -> None:
@@ -62,10 +63,10 @@ def test_string_value_bound() -> None:
         _point("cartesia.log_metric.tier", 1, InstrumentKind.COUNTER, "1", **{c.LOG_METRIC_VALUE: v})
         for v in ["a", "b", "c", "a", "d"]
     ]
-    metrics, recorder = _collect(points, max_string_values=2)
+    metrics, recorder = _collect(points, log_metric_values=2)
     values = {str(dp.attributes[c.LOG_METRIC_VALUE]): dp.value for dp in metrics["cartesia.log_metric.tier"]}
     assert values == {"a": 2, "b": 1, "other": 2}
-    assert recorder.folded["value"] == 2
+    assert recorder.folded["log_metric_values"] == 2
 
 
 def test_a_name_sent_as_a_number_and_as_a_string_keeps_its_first_kind() -> None:
@@ -80,4 +81,4 @@ def test_a_name_sent_as_a_number_and_as_a_string_keeps_its_first_kind() -> None:
     (histogram,) = metrics["cartesia.log_metric.n"]
     assert isinstance(histogram, HistogramDataPoint) and histogram.count == 2
     assert [dp.value for dp in metrics["cartesia.log_metric.other"]] == [1]
-    assert recorder.folded["kind"] == 1
+    assert recorder.folded["log_metric_kind"] == 1

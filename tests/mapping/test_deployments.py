@@ -22,6 +22,7 @@ from otelbridge.mapping.deployments import (
     fold,
     folded_count,
     is_recent,
+    kept,
     labeller,
 )
 from otelbridge.mapping.records import InstrumentKind, MappedCall, MetricPoint
@@ -81,7 +82,7 @@ def test_is_recent_limit_zero_keeps_nothing() -> None:
 
 def test_fold_relabels_only_deployment_points() -> None:
     first_calls = {"d1": 100, "d2": 200}
-    changes: list[tuple[str, int]] = []
+    changes: list[tuple[str, int | None]] = []
     label = labeller(first_calls, 300, 1, lambda *change: changes.append(change))
     points = [
         _point("d2"),
@@ -115,7 +116,7 @@ def test_none_is_never_bounded_and_takes_no_place() -> None:
 
 def test_limit_zero_folds_everything_but_remembers_every_deployment() -> None:
     first_calls: dict[str, int] = {}
-    changes: list[tuple[str, int]] = []
+    changes: list[tuple[str, int | None]] = []
     for deployment, call_ns in (("d1", 100), ("d2", 200), ("d1", 50)):
         label = labeller(first_calls, call_ns, 0, lambda *change: changes.append(change))
         assert label(deployment) == OTHER
@@ -125,7 +126,7 @@ def test_limit_zero_folds_everything_but_remembers_every_deployment() -> None:
 
 def test_on_change_is_told_of_new_deployments_and_earlier_first_calls_only() -> None:
     first_calls: dict[str, int] = {}
-    changes: list[tuple[str, int]] = []
+    changes: list[tuple[str, int | None]] = []
 
     def run(deployment: str, call_ns: int) -> list[object]:
         label = labeller(first_calls, call_ns, 2, lambda *change: changes.append(change))
@@ -214,8 +215,8 @@ def _earliest(calls: list[tuple[str, int]]) -> dict[str, int]:
     return first
 
 
-def _recorder(changes: list[tuple[str, int]]) -> OnChange:
-    def on_change(deployment_id: str, first_call_ns: int) -> None:
+def _recorder(changes: list[tuple[str, int | None]]) -> OnChange:
+    def on_change(deployment_id: str, first_call_ns: int | None) -> None:
         changes.append((deployment_id, first_call_ns))
 
     return on_change
@@ -239,7 +240,7 @@ def test_first_calls_stay_the_earliest_and_on_change_tells_exactly_then(
     first_calls: dict[str, int] = {}
     for n, (deployment, start) in enumerate(calls):
         before = dict(first_calls)
-        changes: list[tuple[str, int]] = []
+        changes: list[tuple[str, int | None]] = []
         label = labeller(first_calls, start, limit, _recorder(changes))(deployment)
         moved = deployment not in before or start < before[deployment]
         assert changes == ([(deployment, start)] if moved else [])
@@ -270,7 +271,7 @@ def test_once_the_deployments_are_known_the_label_does_not_depend_on_the_order(
     }
     for ordered in orders.values():
         first_calls = dict(known)
-        changes: list[tuple[str, int]] = []
+        changes: list[tuple[str, int | None]] = []
         labels: dict[int, str] = {}
         for n, (deployment, start) in ordered:
             labels[n] = labeller(first_calls, start, limit, _recorder(changes))(deployment)
@@ -413,3 +414,28 @@ def test_replay_without_folding_says_nothing(tmp_path: Path) -> None:
     replay, _ = _replay(_write(tmp_path, [1, 2, 3, 4]), 3)
     assert replay.report.deployments_folded == 0
     assert "OTELBRIDGE_DEPLOYMENTS_PER_AGENT" not in replay.summary()
+
+
+def test_a_new_deployment_reports_the_one_it_pushed_out() -> None:
+    first_calls = {"d1": 10, "d2": 20}
+    fallen: list[str] = []
+    assert labeller(first_calls, 30, 2, on_fall=fallen.append)("d3") == "d3"
+    assert fallen == ["d1"]
+    # an older call of a known deployment moves nothing out of the most recent
+    assert labeller(first_calls, 25, 2, on_fall=fallen.append)("d2") == "d2"
+    assert fallen == ["d1"]
+    # a first call older than the two most recent: it was never recent, so nothing fell
+    assert labeller(first_calls, 5, 2, on_fall=fallen.append)("d0") == c.DEPLOYMENT_OTHER
+    assert fallen == ["d1"]
+
+
+def test_only_the_kept_most_recent_deployments_are_remembered() -> None:
+    limit = 2
+    first_calls: dict[str, int] = {}
+    changes: list[tuple[str, int | None]] = []
+    for n in range(kept(limit) + 5):
+        labeller(first_calls, 100 + n, limit, _recorder(changes))(f"d{n}")
+    assert len(first_calls) == kept(limit)
+    forgotten = [d for d, first in changes if first is None]
+    assert forgotten == [f"d{n}" for n in range(5)]  # the oldest, in order
+    assert min(first_calls.values()) == 105

@@ -94,7 +94,8 @@ def test_log_metric_instrument_names() -> None:
     assert log_metric_instrument("_ms") == ("cartesia.log_metric._ms", "1", 1.0)  # nothing left
     assert log_metric_instrument("Q1: name?") == ("cartesia.log_metric.Q1__name_", "1", 1.0)
     assert log_metric_instrument("") == ("cartesia.log_metric.unnamed", "1", 1.0)
-    assert len(log_metric_instrument("x" * 500)[0]) == 255
+    long_a, long_b = log_metric_instrument("x" * 500 + "a")[0], log_metric_instrument("x" * 500 + "b")[0]
+    assert len(long_a) == len(long_b) == 128 and long_a != long_b  # cut, with a digest of the whole
 
 
 def test_interrupted_assistant_turns_by_agent_and_deployment() -> None:

@@ -250,6 +250,12 @@ def test_deployments_upsert_per_agent(s: Stores) -> None:
     with s.state.reading() as tx:
         assert tx.deployments("a1") == {"d1": 5, "d2": 20}
         assert tx.deployments("nobody") == {}
+    with s.state.transaction() as tx:
+        tx.forget_deployment("a1", "d1")
+        tx.forget_deployment("a1", "never")
+    with s.state.reading() as tx:
+        assert tx.deployments("a1") == {"d2": 20}
+        assert tx.deployments("a2") == {"d1": 1}
 
 
 def test_ledger_keeps_unsigned_64_bit_span_ids(s: Stores) -> None:
