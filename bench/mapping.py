@@ -10,8 +10,9 @@ timed in the same process, both as spans per second:
   ``encode_trace_request(prebuilt).SerializeToString()``;
 * ``ours``: the whole path from the validated call to the bytes the exporter sends:
   ``map_call(call)`` + ``to_readable_spans`` + ``encode_trace_request`` + ``SerializeToString()``;
-* ``direct``: the same path with OTLP written directly from the mapping records, no
-  ReadableSpan and no SDK encoder: ``map_call(call)`` + ``otlp.encode_traces`` (the same bytes).
+* ``direct``: the same path with the OTLP request built directly from the mapping records
+  with opentelemetry-proto's classes, no ReadableSpan and no SDK encoder: ``map_call(call)``
+  + ``otlp.encode_traces`` (the same bytes).
 
 Each measurement is warmed up, then repeated; a repeat runs the operation in a loop for at
 least ``--min-time`` seconds (``time.perf_counter``). Best and median are reported, and

@@ -1,18 +1,22 @@
 """The direct OTLP encoder (otelbridge.delivery.otlp) against the SDK path it replaces.
 
-The proof of equal output (issue 20): for every golden fixture, for property-generated calls
-and for property-generated span records of every attribute type, the bytes of
-``encode_traces(records, resource)`` are the bytes of
-``encode_trace_request(to_readable_spans(records, resource)).SerializeToString()``, and the two
+The encoder builds the request with opentelemetry-proto's generated classes and lets protobuf
+serialize it. The proof of equal output (issue 20): for every golden fixture, for
+property-generated calls and for property-generated span records of every attribute type, the
+bytes of ``encode_traces(records, resource)`` are the bytes of
+``encode_trace_request(to_readable_spans(records, resource)).SerializeToString()``, the two
 decode to equal ExportTraceServiceRequest messages (ids, attributes, events, links, times,
-status, flags, resource and scope). Equal bytes mean the same fields in the same order, so no
-normalizing of attribute order is needed.
+status, flags, resource and scope), and ``trace_request`` equals ``encode_trace_request`` as a
+message. Equal bytes mean the same fields in the same order, so no normalizing of attribute
+order is needed.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import subprocess
+import sys
 from collections.abc import Sequence
 from typing import Any, Final, Literal, cast
 
@@ -276,3 +280,30 @@ def test_dropped_attribute_counts() -> None:
     ]
     span = ExportTraceServiceRequest.FromString(assert_same(spans)).resource_spans[0].scope_spans[0].spans[0]
     assert (span.dropped_attributes_count, span.events[0].dropped_attributes_count) == (3, 2**32 - 1)
+
+
+def test_a_value_that_failed_is_not_reused(caplog: pytest.LogCaptureFixture) -> None:
+    """Int pairs are built once per request and copied after: one that failed must not be."""
+    bad = cast(Attributes, {"n": 2**63, "i": 1})
+    spans = [
+        record(span_id=s, attributes=dict(bad), events=[EventRecord("e", 1, dict(bad))] * 2) for s in (1, 2)
+    ]
+    spans.append(record(span_id=3, attributes={"n": 5, "i": 1}, events=[EventRecord("e", 1, {"n": 5})]))
+    with caplog.at_level(logging.ERROR):
+        request = ExportTraceServiceRequest.FromString(assert_same(spans))
+    got = [
+        [(kv.key, kv.value.int_value) for kv in attributes]
+        for span in request.resource_spans[0].scope_spans[0].spans
+        for attributes in [span.attributes, *(e.attributes for e in span.events)]
+    ]
+    assert got == [[("i", 1)]] * 6 + [[("n", 5), ("i", 1)], [("n", 5)]]
+
+
+def test_no_sdk_at_run_time() -> None:
+    """The module builds opentelemetry-proto messages: the SDK is not imported."""
+    code = (
+        "import sys, otelbridge.delivery.otlp\n"
+        "loaded = [m for m in sys.modules if m.startswith(('opentelemetry.sdk', 'opentelemetry.exporter'))]\n"
+        "assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
