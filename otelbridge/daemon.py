@@ -37,7 +37,6 @@ import anyio.abc
 from anyio.abc import TaskStatus
 
 from otelbridge.coredumps import disable_core_dumps
-from otelbridge.delivery.resource import service_resource
 from otelbridge.httplimits import HttpLimits, connection_cap, raise_fd_limit
 from otelbridge.ingest.inbox import GroupCommitInbox
 from otelbridge.ingest.receiver import build_webhook_app
@@ -244,10 +243,8 @@ class Daemon:
             },
         )
         settings["service_instance_id"] = self.settings.resolved_instance_id()
-        resource = {str(k): str(v) for k, v in service_resource(self.settings).attributes.items()}
         config = {
             "settings": settings,
-            "resource": resource,
             "admin_fd": admin_fd,
             "api_key": self._api_key,
             "database_url": self._database_url,

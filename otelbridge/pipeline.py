@@ -47,6 +47,7 @@ from otelbridge.allocator import fix_mmap_threshold
 from otelbridge.cartesia.client import CartesiaClient
 from otelbridge.coredumps import disable_core_dumps
 from otelbridge.delivery.environment import SIGNALS, OtelEnvironment
+from otelbridge.delivery.resource import service_resource
 from otelbridge.delivery.sdk import encode_trace_request, to_readable_spans
 from otelbridge.delivery.sender import Sender
 from otelbridge.delivery.spool import Spool
@@ -592,8 +593,9 @@ async def run_pipeline() -> int:
         hidden = ([config["api_key"]] if config.get("api_key") else []) + database_secrets(database_url)
         configure_logging(settings.log_format, settings.log_level, secrets=hidden)
         admin_sock = socket.socket(fileno=config["admin_fd"])
+        # the resource is read here, not in the webhook process, which then loads no SDK
         pipeline = Pipeline(
-            settings, Resource(config["resource"]), api_key=config.get("api_key"), database_url=database_url
+            settings, service_resource(settings), api_key=config.get("api_key"), database_url=database_url
         )
         try:
             # One pipeline per state directory: wait for one orphaned by a kill -9 to exit. With

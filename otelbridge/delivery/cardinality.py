@@ -16,11 +16,12 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
-
-from opentelemetry.sdk.metrics import MeterProvider
+from typing import TYPE_CHECKING, Any, Final
 
 from otelbridge.mapping import conventions as c
+
+if TYPE_CHECKING:  # settings import this module: the webhook process loads no SDK
+    from opentelemetry.sdk.metrics import MeterProvider
 
 OTHER: Final = "other"
 #: a value not seen for this long may give its place (and its series) to a new one
