@@ -40,8 +40,8 @@ from typing import Any
 
 from otelbridge.cartesia.models import AgentCall, parse_call
 from otelbridge.delivery.otlp import encode_traces
-from otelbridge.delivery.sdk import build_resource, encode_trace_request, to_readable_spans
 from otelbridge.mapping import MappingOptions, map_call
+from tests.support.sdk_reference import build_resource, encode_trace_request, to_readable_spans
 
 SAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TURNS = 40

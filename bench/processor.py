@@ -68,11 +68,11 @@ def _rows(workload: str, calls: int) -> list[tuple[int, str, str, bytes]]:
 
 def _once(workload: str, calls: int) -> dict[str, float]:
     """One timed drain, with whatever ``otelbridge`` this process imports."""
-    from otelbridge.delivery.sdk import build_resource, encode_trace_request, to_readable_spans
     from otelbridge.delivery.spool import Spool
     from otelbridge.ingest.processor import Processor
     from otelbridge.mapping.policy import MappingOptions
     from otelbridge.store import open_inbox, open_state
+    from tests.support.sdk_reference import build_resource, encode_trace_request, to_readable_spans
 
     # a checkout from before the storage seam: open_inbox gave a Database, filled by
     # otelbridge.ingest.inbox.append_rows (looked up by name: this tree no longer has it)

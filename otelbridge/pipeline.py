@@ -47,8 +47,8 @@ from otelbridge.allocator import fix_mmap_threshold
 from otelbridge.cartesia.client import CartesiaClient
 from otelbridge.coredumps import disable_core_dumps
 from otelbridge.delivery.environment import SIGNALS, OtelEnvironment
+from otelbridge.delivery.otlp import encode_traces
 from otelbridge.delivery.resource import service_resource
-from otelbridge.delivery.sdk import encode_trace_request, to_readable_spans
 from otelbridge.delivery.sender import Sender
 from otelbridge.delivery.spool import Spool
 from otelbridge.delivery.telemetry import Telemetry
@@ -139,7 +139,7 @@ class Pipeline:
         )
 
         def encode(spans: list[SpanRecord]) -> bytes:
-            return bytes(encode_trace_request(to_readable_spans(spans, resource)).SerializeToString())
+            return encode_traces(spans, resource)
 
         self.processor = Processor(
             self.state,

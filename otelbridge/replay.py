@@ -29,8 +29,8 @@ from otelbridge.cartesia.webhooks import parse_webhook_event
 from otelbridge.delivery import console
 from otelbridge.delivery.environment import ExporterKind, OtelEnvironment, Signal
 from otelbridge.delivery.meter import MetricRecorder
+from otelbridge.delivery.otlp import MAX_SPANS_PER_REQUEST, encode_traces
 from otelbridge.delivery.resource import service_resource
-from otelbridge.delivery.sdk import MAX_SPANS_PER_REQUEST, encode_trace_request, to_readable_spans
 from otelbridge.delivery.telemetry import collect_request, otlp_reader
 from otelbridge.delivery.transport import Transport, display_endpoint, make_transport
 from otelbridge.ingest.assembly import CallAssembler
@@ -188,8 +188,8 @@ class Replay:
         for call in [*mapped, None]:
             if call is None or (batch and size + len(call.spans) > MAX_SPANS_PER_REQUEST):
                 if batch:
-                    spans = to_readable_spans((s for m in batch for s in m.spans), resource)
-                    if not self._send(transport, "traces", encode_trace_request(spans).SerializeToString()):
+                    spans = [s for m in batch for s in m.spans]
+                    if not self._send(transport, "traces", encode_traces(spans, resource)):
                         failed += len(spans)
                 batch, size = [], 0
             if call is not None:

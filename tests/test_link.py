@@ -24,9 +24,9 @@ from packaging.requirements import Requirement
 import otelbridge
 from otelbridge import link
 from otelbridge.cartesia.models import parse_call
-from otelbridge.delivery.sdk import build_resource, encode_trace_request, to_readable_spans
 from otelbridge.mapping import ids, map_call
 from tests.support.samples import LIST_CALLS, sample_calls
+from tests.support.sdk_reference import build_resource, encode_trace_request, to_readable_spans
 
 ROOT = Path(__file__).resolve().parents[1]
 CALL = "ac_sid_gqkgRWUz2u64qFUjA1mZyr"

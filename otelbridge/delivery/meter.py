@@ -17,6 +17,7 @@ from typing import Final
 from opentelemetry import trace
 from opentelemetry.metrics import Counter, Histogram, Meter
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.trace import SpanContext, TraceFlags
 
 from otelbridge import __version__
 from otelbridge.delivery.cardinality import (
@@ -27,7 +28,6 @@ from otelbridge.delivery.cardinality import (
     forget_series,
     label_value,
 )
-from otelbridge.delivery.sdk import span_context
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping.records import InstrumentKind, MetricPoint
 
@@ -56,6 +56,11 @@ def bucket_boundaries(point: MetricPoint) -> tuple[float, ...] | None:
     if point.unit == "s":  # LogMetric durations: the other instruments are named above
         return c.LOG_METRIC_SECONDS_BUCKETS
     return None
+
+
+def span_context(trace_id: int, span_id: int) -> SpanContext:
+    """A SAMPLED context (the exemplar's span): an unsampled one makes backends drop it."""
+    return SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
 
 
 class MetricRecorder:

@@ -74,6 +74,11 @@ _FLAGS: Final = SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
 _SCOPE: Final = InstrumentationScope(name=conventions.INSTRUMENTATION_SCOPE, version=__version__)
 
 
+#: spans per OTLP trace request (~1-2 MB encoded, under gRPC's 4 MiB default message limit):
+#: replay keeps whole calls together up to it, the processor cuts its spooled requests at it
+MAX_SPANS_PER_REQUEST = 1000
+
+
 def _set_value(target: AnyValue, value: object) -> None:
     """Set ``target`` to ``value`` as the SDK encoder's ``_encode_value`` has it, with its type
     tests in its order (bool before int, str and bytes before Sequence); raises on what that

@@ -9,11 +9,20 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 
-from otelbridge.delivery.sdk import build_resource
 from otelbridge.settings import Settings
+
+
+def build_resource(service_name: str, instance_id: str, extra: Mapping[str, str] | None = None) -> Resource:
+    """A deterministic resource (no detectors): ``extra`` first, then the two we own."""
+    attributes: dict[str, str] = dict(extra or {})
+    attributes["service.name"] = service_name
+    attributes["service.instance.id"] = instance_id
+    attributes.setdefault("telemetry.sdk.language", "python")
+    return Resource(attributes)
 
 
 def service_resource(settings: Settings) -> Resource:

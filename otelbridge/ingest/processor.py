@@ -42,7 +42,7 @@ from otelbridge.cartesia.webhooks import (
     WebhookEvent,
     parse_webhook_event,
 )
-from otelbridge.delivery.sdk import MAX_SPANS_PER_REQUEST
+from otelbridge.delivery.otlp import MAX_SPANS_PER_REQUEST
 from otelbridge.delivery.spool import Spool
 from otelbridge.ingest.assembly import CallAssembler
 from otelbridge.mapping import conventions as c

@@ -1,6 +1,7 @@
 """What the mapping produces: plain, SDK-free records of spans, span events and metric points.
 
-Only :mod:`otelbridge.delivery.sdk` turns these into OpenTelemetry SDK objects.
+:mod:`otelbridge.delivery.otlp` turns spans into OTLP; :mod:`otelbridge.delivery.meter` feeds
+points to the SDK's metrics.
 """
 
 from __future__ import annotations

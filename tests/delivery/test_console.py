@@ -9,11 +9,11 @@ from typing import Any
 
 from otelbridge.cartesia.models import parse_call
 from otelbridge.delivery.console import ConsoleTransport, render, render_spans
-from otelbridge.delivery.sdk import build_resource, encode_trace_request, to_readable_spans
 from otelbridge.delivery.telemetry import collect_request, otlp_reader
 from otelbridge.mapping import MappedCall, map_call
 from otelbridge.mapping.records import SpanRecord
 from tests.support.samples import sample_calls
+from tests.support.sdk_reference import build_resource, encode_trace_request, to_readable_spans
 
 RESOURCE = build_resource("console-test", "instance-1")
 

@@ -30,13 +30,13 @@ from pydantic import ValidationError
 from otelbridge import __version__
 from otelbridge.cartesia.models import parse_call
 from otelbridge.delivery.otlp import encode_traces, trace_request
-from otelbridge.delivery.sdk import build_resource, encode_trace_request, to_readable_spans
 from otelbridge.mapping import UnplaceableCallError, map_call
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping.records import Attributes, EventRecord, SpanRecord
 from tests.mapping.golden import TESTDATA, map_fixture
 from tests.mapping.test_golden import FIXTURES
 from tests.mapping.test_properties import call_payloads
+from tests.support.sdk_reference import build_resource, encode_trace_request, to_readable_spans
 
 RESOURCE: Final = build_resource("otelbridge-otlp", "instance-1", {"deployment.environment": "test"})
 PROPERTY_SETTINGS: Final = settings(

@@ -34,7 +34,6 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from otelbridge import __version__
 from otelbridge.delivery import transport as transport_module
-from otelbridge.delivery.sdk import build_resource, encode_trace_request, to_readable_spans
 from otelbridge.delivery.transport import (
     DiscardTransport,
     OtlpTransport,
@@ -52,6 +51,7 @@ from tests.support.otlp_receiver import (
     HttpAnswer,
     HttpOtlpReceiver,
 )
+from tests.support.sdk_reference import build_resource, encode_trace_request, to_readable_spans
 
 TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
 T0 = 1_760_000_000_000_000_000

@@ -14,7 +14,6 @@ import pytest
 
 from otelbridge.cartesia.client import CartesiaClient
 from otelbridge.cartesia.models import parse_call
-from otelbridge.delivery.sdk import build_resource, encode_trace_request, to_readable_spans
 from otelbridge.delivery.spool import Spool
 from otelbridge.ingest.poller import Poller
 from otelbridge.ingest.processor import Processor, load_unexported_points
@@ -27,6 +26,7 @@ from otelbridge.store.sqlite import SqliteInboxStore, SqliteState
 from tests.support.cartesia_api import CartesiaStandIn, make_call
 from tests.support.inbox_events import store_events
 from tests.support.samples import sample_calls, webhook_events
+from tests.support.sdk_reference import build_resource, encode_trace_request, to_readable_spans
 
 LIST = "/agents/calls"
 RESOURCE = build_resource("test", "i-1")

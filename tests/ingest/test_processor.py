@@ -17,7 +17,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otelbridge.cartesia.webhooks import parse_webhook_event
-from otelbridge.delivery.sdk import build_resource
+from otelbridge.delivery.resource import build_resource
 from otelbridge.ingest import processor as processor_module
 from otelbridge.ingest.assembly import CallAssembler
 from otelbridge.ingest.processor import load_unexported_points

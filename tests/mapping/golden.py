@@ -23,7 +23,8 @@ from typing import Any, Final
 
 from google.protobuf.json_format import MessageToDict
 
-from otelbridge.delivery.sdk import build_resource, encode_trace_request, to_readable_spans
+from otelbridge.delivery.otlp import trace_request
+from otelbridge.delivery.resource import build_resource
 from otelbridge.mapping import MappedCall, MappingOptions
 from otelbridge.mapping.records import MetricPoint
 from otelbridge.replay import Replay
@@ -67,8 +68,7 @@ def point_dict(point: MetricPoint) -> dict[str, Any]:
 
 def render(mapped: list[MappedCall]) -> dict[str, Any]:
     resource = build_resource(SERVICE_NAME, INSTANCE_ID)
-    spans = to_readable_spans((s for call in mapped for s in call.spans), resource)
-    request = encode_trace_request(spans)
+    request = trace_request([s for call in mapped for s in call.spans], resource)
     return {
         "traces": MessageToDict(request),
         "metric_points": [point_dict(p) for call in mapped for p in call.points],

@@ -5,11 +5,11 @@ from typing import Any
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otelbridge.cartesia.models import parse_call
-from otelbridge.delivery.sdk import build_resource, encode_trace_request, to_readable_spans
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping import map_call
 from otelbridge.mapping.policy import MAX_ATTRIBUTES, MAX_KEY_BYTES, MAX_NAME_BYTES, NAME_CUT
 from otelbridge.mapping.records import EventRecord, MappedCall, SpanRecord
+from tests.support.sdk_reference import build_resource, encode_trace_request, to_readable_spans
 
 HUGE = "é" * 50_000  # 100 KB of two-byte characters
 

@@ -22,12 +22,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from pydantic import ValidationError
 
 from otelbridge.cartesia.models import AgentCall, parse_call
-from otelbridge.delivery.sdk import build_resource, encode_trace_request, to_readable_spans
 from otelbridge.mapping import MappedCall, MappingOptions, TextPolicy, UnplaceableCallError, ids, map_call
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping.latency import response_latencies
 from otelbridge.mapping.records import SpanRecord
 from otelbridge.mapping.traces import CallContext, map_turn
+from tests.support.sdk_reference import build_resource, encode_trace_request, to_readable_spans
 
 PROPERTY_SETTINGS: Final = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -7,7 +7,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from otelbridge.delivery.sdk import build_resource, encode_trace_request, to_readable_spans
+from otelbridge.delivery.otlp import encode_traces
+from otelbridge.delivery.resource import build_resource
 from otelbridge.delivery.spool import Spool
 from otelbridge.ingest.processor import Processor
 from otelbridge.mapping.policy import MappingOptions
@@ -18,7 +19,7 @@ RESOURCE = build_resource("test", "i-1")
 
 
 def encode_spans(spans: list[SpanRecord]) -> bytes:
-    return bytes(encode_trace_request(to_readable_spans(spans, RESOURCE)).SerializeToString())
+    return encode_traces(spans, RESOURCE)
 
 
 def open_processor(

@@ -1,14 +1,14 @@
-"""The one module that builds OpenTelemetry SDK objects from mapping records.
+"""The reference encoding: mapping records as SDK ``ReadableSpan``s through the SDK's own OTLP
+encoder, the path otelbridge took before it built OTLP directly (otelbridge/delivery/otlp.py).
 
-The SDK's tracer cannot set span ids, so finished spans of past calls are built directly as
-``ReadableSpan`` (the FIELD-NOTES trap: the class is not meant to be built by users) and
-handed to the SDK's own OTLP encoder and exporters. The SDK is pinned in pyproject.toml and
-this module is guarded by the golden tests in tests/mapping/test_golden.py.
+tests/delivery/test_otlp.py proves the two byte-equal; the benchmarks measure against it. The
+SDK's tracer cannot set span ids, so the spans are built as ``ReadableSpan`` directly (the class
+is not meant to be built by users: fine for a reference, not for the data path).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -16,29 +16,19 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import SpanKind, Status, StatusCode, TraceFlags
 
 from otelbridge import __version__
+from otelbridge.delivery.meter import span_context
+from otelbridge.delivery.resource import build_resource
 from otelbridge.mapping import conventions
 from otelbridge.mapping.records import Attributes, SpanRecord
+
+__all__ = ["build_resource", "encode_trace_request", "span_context", "to_readable_span", "to_readable_spans"]
 
 SCOPE = InstrumentationScope(conventions.INSTRUMENTATION_SCOPE, __version__)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _UNSET = Status(StatusCode.UNSET)
-
-
-def build_resource(service_name: str, instance_id: str, extra: Mapping[str, str] | None = None) -> Resource:
-    """A deterministic resource (no detectors): ``extra`` first, then the two we own."""
-    attributes: dict[str, str] = dict(extra or {})
-    attributes["service.name"] = service_name
-    attributes["service.instance.id"] = instance_id
-    attributes.setdefault("telemetry.sdk.language", "python")
-    return Resource(attributes)
-
-
-def span_context(trace_id: int, span_id: int) -> SpanContext:
-    """A SAMPLED context: an unsampled parent makes backends and exemplars drop children."""
-    return SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED)
 
 
 def _attributes(attributes: Attributes, dropped: int) -> Attributes | BoundedAttributes:
@@ -74,11 +64,6 @@ def to_readable_span(record: SpanRecord, resource: Resource) -> ReadableSpan:
 
 def to_readable_spans(records: Iterable[SpanRecord], resource: Resource) -> list[ReadableSpan]:
     return [to_readable_span(r, resource) for r in records]
-
-
-#: spans per OTLP trace request (~1-2 MB encoded, under gRPC's 4 MiB default message limit):
-#: replay keeps whole calls together up to it, the processor cuts its spooled requests at it
-MAX_SPANS_PER_REQUEST = 1000
 
 
 def encode_trace_request(spans: Iterable[ReadableSpan]) -> ExportTraceServiceRequest:
