@@ -25,6 +25,7 @@ which agents import without the daemon's dependencies; this module adds the keys
 
 from __future__ import annotations
 
+import functools
 from decimal import ROUND_HALF_UP, Decimal
 
 from otelbridge.link import ROOT_KEY, SPAN_PREFIX, TRACE_PREFIX, span_id, trace_id_bytes
@@ -42,6 +43,7 @@ def trace_id_hex(call_id: str) -> str:
     return trace_id_bytes(call_id).hex()
 
 
+@functools.lru_cache(maxsize=4096)  # pure; a turn's times are read for its key and its latency
 def decimal_units(seconds: float, exponent: int) -> int:
     """Seconds -> integer units of 10**-exponent s, half up (away from zero) on the number's
     shortest decimal text (so ``10.387875000000001`` and ``10.387875`` agree)."""
@@ -63,6 +65,7 @@ def start_ms(start_timestamp: float) -> int:
     return decimal_units(start_timestamp, 3)
 
 
+@functools.lru_cache(maxsize=4096)
 def start_key(start_timestamp: float) -> str:
     """The start of a turn in a key: milliseconds with up to three decimals (microseconds),
     half up on the decimal text; a whole millisecond reads as before contract 3.0."""

@@ -121,7 +121,10 @@ class AttributeSink:
         """Set ``key`` unless ``value`` is None; strings are capped."""
         if value is None:
             return
-        if isinstance(value, str):
+        if type(value) is str:  # the common case first: short text needs no look at its bytes
+            if len(value) * 4 > self.options.max_attribute_bytes:
+                value = self.cap(key, value)
+        elif isinstance(value, str):
             value = self.cap(key, value)
         elif isinstance(value, int) and not isinstance(value, bool) and not _INT64_MIN <= value <= _INT64_MAX:
             value = str(value)  # OTLP ints are 64-bit

@@ -31,6 +31,7 @@ from otelbridge.mapping.policy import (
     NAME_CUT,
     AttributeSink,
     MappingOptions,
+    TextPolicy,
     bounded_name,
     cap_bytes,
     to_text,
@@ -58,6 +59,8 @@ class CallContext:
     deployment_id: str | None = None
     trace_id: int = 0
     root_span_id: int = 0
+    #: operation -> the common attributes (capped) and their cuts, built once per call
+    _common: dict[str, AttributeSink] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.trace_id = ids.trace_id(self.call_id)
@@ -65,13 +68,17 @@ class CallContext:
 
     def sink(self, operation: str) -> AttributeSink:
         """A span's attribute sink holding what every span of the call carries (capped)."""
-        sink = AttributeSink(self.options)
-        sink.put(c.GEN_AI_CONVERSATION_ID, self.call_id)
-        sink.put(c.GEN_AI_OPERATION_NAME, operation)
-        sink.put(c.GEN_AI_PROVIDER_NAME, c.PROVIDER_NAME)
-        sink.put(c.GEN_AI_AGENT_ID, self.agent_id)
-        if self.agent_name:
-            sink.put(c.GEN_AI_AGENT_NAME, self.agent_name)
+        common = self._common.get(operation)
+        if common is None:
+            common = self._common[operation] = AttributeSink(self.options)
+            common.put(c.GEN_AI_CONVERSATION_ID, self.call_id)
+            common.put(c.GEN_AI_OPERATION_NAME, operation)
+            common.put(c.GEN_AI_PROVIDER_NAME, c.PROVIDER_NAME)
+            common.put(c.GEN_AI_AGENT_ID, self.agent_id)
+            if self.agent_name:
+                common.put(c.GEN_AI_AGENT_NAME, self.agent_name)
+        sink = AttributeSink(self.options, dict(common.attributes))
+        sink.truncated.extend(common.truncated)
         return sink
 
 
@@ -244,22 +251,35 @@ def _text_chunk_events(
     ctx: CallContext, item: TranscriptItem, span: SpanRecord, adjust: _Adjustments
 ) -> None:
     """The turn's ``cartesia.text_chunk`` events, clamped into it, their text under the policy."""
+    # A turn has dozens of chunks: the common case (a time inside the turn, short text kept as
+    # it is) is decided here without a sink; anything else takes the general path.
+    options = ctx.options
+    plain = options.text_policy is TextPolicy.KEEP
+    short = options.max_attribute_bytes // 4
+    lo, hi, base = span.start_ns, span.end_ns, ctx.start_ns
+    events = span.events
     for index, chunk in enumerate(item.text_chunks):
+        offset = chunk["start_timestamp"]
+        at = base + offset_to_ns(offset) if 0 <= offset <= MAX_OFFSET_S else -1
+        text = chunk.get("text", "")
+        if lo <= at <= hi and plain and len(text) <= short:
+            events.append(EventRecord(c.EVENT_TEXT_CHUNK, at, {c.CHUNK_INDEX: index, c.CHUNK_TEXT: text}))
+            continue
         at, moved = _clamp(
-            ctx.start_ns + offset_to_ns(_offset(chunk["start_timestamp"], adjust, "text_chunk")),
-            span.start_ns,
-            span.end_ns,
+            base + offset_to_ns(_offset(offset, adjust, "text_chunk")),
+            lo,
+            hi,
             adjust,
             "text_chunk_outside_turn",
         )
         attrs: Attributes = {c.CHUNK_INDEX: index}
-        event_sink = AttributeSink(ctx.options, attrs)
-        event_sink.text(c.CHUNK_TEXT, chunk.get("text", ""))
+        event_sink = AttributeSink(options, attrs)
+        event_sink.text(c.CHUNK_TEXT, text)
         if event_sink.truncated:  # every cut is listed, on the event that holds it
             attrs[c.TRUNCATED] = list(dict.fromkeys(event_sink.truncated))
         if moved:
             attrs[c.TIME_ADJUSTED] = True
-        span.events.append(EventRecord(c.EVENT_TEXT_CHUNK, at, attrs))
+        events.append(EventRecord(c.EVENT_TEXT_CHUNK, at, attrs))
 
 
 def _tool_span(
