@@ -31,7 +31,7 @@ from otelbridge.mapping import ids
 from otelbridge.mapping.latency import TurnTiming, latency_after
 from otelbridge.mapping.metrics import map_call_points, turn_points
 from otelbridge.mapping.policy import MappingOptions
-from otelbridge.mapping.records import MetricPoint, SpanRecord
+from otelbridge.mapping.records import MetricPoint, SpanRecord, event_time
 from otelbridge.mapping.traces import CallContext, map_call_spans, map_turn, openinference_text
 
 
@@ -82,7 +82,7 @@ def call_increment(
             spans.log_metric_spans.pop(index, None)
             if with_root:
                 late += 1
-    root.events.sort(key=lambda e: e.time_ns)
+    root.events.sort(key=event_time)
 
     points = [p for p in map_call_points(call, spans) if p.span_id in emit]
     return Increment([s for s in spans.all() if s.span_id in emit], points, late)

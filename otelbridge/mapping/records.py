@@ -6,6 +6,7 @@ points to the SDK's metrics.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -21,6 +22,10 @@ class EventRecord:
     attributes: Attributes = field(default_factory=dict)
     #: attributes left out past the count limit (OTLP's ``dropped_attributes_count``)
     dropped_attributes: int = 0
+
+
+#: the sort key of span events (attrgetter: no Python call per event)
+event_time = operator.attrgetter("time_ns")
 
 
 @dataclass(slots=True)

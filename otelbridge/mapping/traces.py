@@ -36,7 +36,7 @@ from otelbridge.mapping.policy import (
     cap_bytes,
     to_text,
 )
-from otelbridge.mapping.records import Attributes, EventRecord, SpanRecord
+from otelbridge.mapping.records import Attributes, EventRecord, SpanRecord, event_time
 
 _TOLERANCE_NS: Final = 1_000_000  # 1 ms
 #: a turn's ``text`` when Cartesia sent its words only in the text chunks
@@ -235,7 +235,7 @@ def map_turn(
         if moved:
             event_attrs[c.TIME_ADJUSTED] = True
         span.events.append(EventRecord(name, at, event_attrs))
-    span.events.sort(key=lambda e: e.time_ns)
+    span.events.sort(key=event_time)
     _finish(span, sink, adjust)
 
     spans = [span]
@@ -549,6 +549,6 @@ def map_call_spans(
         if item.log_metric is not None:
             log_metric_spans[index] = target
     for span in turns:
-        span.events.sort(key=lambda e: e.time_ns)
-    root.events.sort(key=lambda e: e.time_ns)
+        span.events.sort(key=event_time)
+    root.events.sort(key=event_time)
     return CallSpans(ctx, root, turns, by_item, tools, log_metric_spans, log_events)
