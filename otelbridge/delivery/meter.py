@@ -17,6 +17,7 @@ from typing import Final
 from opentelemetry import trace
 from opentelemetry.metrics import Counter, Histogram, Meter
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanContext, TraceFlags
 
 from otelbridge import __version__
@@ -96,6 +97,9 @@ class MetricRecorder:
         self._kinds: dict[str, InstrumentKind] = {}
         self.folded: Tally[str] = Tally()
         self.dropped: Tally[str] = Tally()
+        #: the exemplar context of the last point recorded, and its (trace id, span id)
+        self._context_ids: tuple[int, int] = (0, 0)
+        self._context: Context | None = None
 
     def record(self, points: Iterable[MetricPoint]) -> None:
         """Record ``points``; counter points of one series are summed first (one SDK call
@@ -245,9 +249,11 @@ class MetricRecorder:
 
     # --- the SDK --------------------------------------------------------------------------
     def _record(self, point: MetricPoint) -> None:
-        context = trace.set_span_in_context(
-            trace.NonRecordingSpan(span_context(point.trace_id, point.span_id))
-        )
+        ids = (point.trace_id, point.span_id)
+        if ids != self._context_ids:  # a turn's points come together: one context for them
+            self._context_ids = ids
+            self._context = trace.set_span_in_context(trace.NonRecordingSpan(span_context(*ids)))
+        context = self._context
         if point.kind is InstrumentKind.HISTOGRAM:
             self._histogram(point).record(point.value, point.attributes, context=context)
         else:
