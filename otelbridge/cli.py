@@ -312,7 +312,7 @@ def _serve(settings: Settings, warnings: Sequence[str]) -> int:
 
 
 def _check(settings: Settings, exporters: dict[Signal, ExporterKind]) -> int:
-    from otelbridge.delivery.transport import make_transport, probe
+    from otelbridge.delivery.transport import failure_fix, make_transport, probe
     from otelbridge.logs import Redactor, otlp_header_values
     from otelbridge.store import database_secrets
 
@@ -350,7 +350,10 @@ def _check(settings: Settings, exporters: dict[Signal, ExporterKind]) -> int:
             if result.outcome == "ok":
                 out.write(f"OTLP {signal} endpoint {where}: ok ({result.status})\n")
             else:
-                out.write(f"OTLP {signal} endpoint {where}: FAILED ({result.status}: {result.message})\n")
+                out.write(
+                    f"OTLP {signal} endpoint {where}: FAILED ({result.status}: {result.message}). "
+                    f"Fix: {failure_fix(transport, signal, result)}\n"
+                )
                 failed = True
     finally:
         transport.close()

@@ -261,7 +261,10 @@ class Pipeline:
 
     async def probe_endpoints(self) -> None:
         """An empty export to each OTLP endpoint, beside start-up (it delays nothing): one clear
-        WARNING per endpoint that does not answer, instead of silence until the first export."""
+        WARNING per endpoint that does not answer, instead of silence until the first export;
+        its Fix follows from how the probe failed (e.g. OTLP/HTTP sent to a gRPC port)."""
+        from otelbridge.delivery.transport import failure_fix
+
         for signal_name in SIGNALS:
             if self.exporters[signal_name] != "otlp":
                 continue
@@ -269,11 +272,9 @@ class Pipeline:
             if result.outcome != "ok":
                 log.warning(
                     "the OTLP %s endpoint %s does not take exports (%s: %s); webhooks are still "
-                    "stored and sent when it does. Fix: start the Collector or backend there, or point "
-                    "OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_%s_ENDPOINT) at yours; "
-                    "`otelbridge check` probes it again",
+                    "stored and sent when it does. Fix: %s; `otelbridge check` probes it again",
                     signal_name, self.transport.endpoint(signal_name), result.status, result.message,
-                    signal_name.upper(),
+                    failure_fix(self.transport, signal_name, result),
                 )  # fmt: skip
 
     async def _process_loop(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from otelbridge.cartesia.models import parse_call
 from otelbridge.mapping import ids, map_call
-from tests.support.otlp_receiver import HttpOtlpReceiver
+from tests.support.otlp_receiver import GrpcOtlpReceiver, HttpOtlpReceiver
 from tests.support.samples import LIST_CALLS, WEBHOOKS
 from tests.test_replay import run_cli
 
@@ -229,3 +229,20 @@ def test_a_short_webhook_secret_stops_check(tmp_path: Path) -> None:
         "shorter than 16 characters" in run.stderr and "OTELBRIDGE_ALLOW_SHORT_WEBHOOK_SECRET" in run.stderr
     )
     assert "short-secret" not in run.stderr
+
+
+# --- check: the hint for the other protocol's port (issue 21) ---------------------------------
+def test_check_against_a_grpc_listener_suggests_the_grpc_protocol(tmp_path: Path) -> None:
+    """http/protobuf (the default) sent to a real gRPC server: the Fix names the protocol."""
+    with GrpcOtlpReceiver() as grpc_receiver:
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": grpc_receiver.url,
+            "OTELBRIDGE_STATE_DIR": str(tmp_path / "state"),
+            "OTELBRIDGE_WEBHOOK_SECRET": "check-test-secret-0123456789",
+        }
+        run = run_cli("check", env=env)
+    assert run.returncode == 1, run.stdout + run.stderr
+    for signal in ("traces", "metrics"):
+        (line,) = lines_naming(run.stdout, f"OTLP {signal} endpoint")
+        assert "FAILED" in line and "Fix:" in line, line
+        assert "OTEL_EXPORTER_OTLP_PROTOCOL=grpc" in line.split("Fix:", 1)[1], line

@@ -27,7 +27,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otelbridge.mapping import ids
-from tests.support.otlp_receiver import HttpOtlpReceiver
+from tests.support.otlp_receiver import GrpcOtlpReceiver, HttpOtlpReceiver
 from tests.support.serve_process import (
     SECRET_HEADER,
     Delivery,
@@ -598,6 +598,20 @@ def test_an_unreachable_otlp_endpoint_gets_one_warning_at_start(daemons: Daemons
     assert f"{closed}/v1/traces" in warnings[0] and "Fix:" in warnings[0]
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" in warnings[0]
     stop_gracefully(daemon)
+
+
+def test_http_to_a_grpc_listener_gets_a_warning_naming_the_protocol(daemons: Daemons, tmp_path: Path) -> None:
+    """OTLP/HTTP (the default) sent to a real gRPC server: the probe's Fix is the protocol, not
+    "start the Collector" (it is running)."""
+    with GrpcOtlpReceiver() as grpc_receiver:
+        daemon = daemons.start(tmp_path / "state", env={"OTEL_EXPORTER_OTLP_ENDPOINT": grpc_receiver.url})
+        assert _wait_for(lambda: "/v1/metrics does not take exports" in daemon.stderr)
+        stop_gracefully(daemon)
+    warnings = [line for line in daemon.stderr.splitlines() if "does not take exports" in line]
+    assert len(warnings) == 2
+    for warning in warnings:
+        fix = warning.split("Fix:", 1)[1]
+        assert "OTEL_EXPORTER_OTLP_PROTOCOL=grpc" in fix and "start the Collector" not in fix, warning
 
 
 def test_a_reachable_endpoint_gets_no_warning(

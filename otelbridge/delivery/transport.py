@@ -55,6 +55,7 @@ __all__ = [
     "Signal",
     "Transport",
     "display_endpoint",
+    "failure_fix",
     "make_transport",
     "parse_retry_after",
     "probe",
@@ -107,6 +108,87 @@ def probe(transport: Transport, signal: Signal) -> SendResult:
     """Send an empty, valid Export*ServiceRequest: harmless, and proves the path works."""
     empty = ExportTraceServiceRequest() if signal == "traces" else ExportMetricsServiceRequest()
     return transport.send(signal, empty.SerializeToString())
+
+
+#: the IANA ports of OTLP: a client of the other protocol there is almost surely misconfigured
+OTLP_GRPC_PORT: Final = 4317
+OTLP_HTTP_PORT: Final = 4318
+# What a gRPC (HTTP/2-only) listener looks like to an HTTP/1.1 client (h11 cannot parse the
+# SETTINGS frame it answers with), and an HTTP/1.1 listener to a gRPC client.
+_HTTP2_ANSWER = re.compile(r"illegal (request|status) line|invalid http version", re.I)
+_HTTP1_ANSWER = re.compile(r"failed parsing http/2|expected settings frame", re.I)
+
+
+def _port(endpoint: str) -> int | None:
+    try:
+        parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
+        return parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    except ValueError:
+        return None
+
+
+def failure_fix(transport: Transport, signal: Signal, result: SendResult) -> str:
+    """What to do about a failed export of ``signal`` (one sentence, without "Fix:"), chosen
+    from how it failed: the protocol spoken to the other protocol's listener, a wrong path,
+    credentials, TLS, or nobody listening."""
+    while isinstance(transport, RoutedTransport):
+        transport = transport.routes[signal]
+    if not isinstance(transport, OtlpTransport):
+        return "see the message above"
+    protocol, endpoint = transport.protocol(signal), transport.endpoint(signal)
+    variable, specific = "OTEL_EXPORTER_OTLP_ENDPOINT", f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"
+    port = _port(endpoint)
+    text = f"{result.status}: {result.message}"
+    if protocol == "http/protobuf" and (port == OTLP_GRPC_PORT or _HTTP2_ANSWER.search(text)):
+        why = (
+            f"port {OTLP_GRPC_PORT} is OTLP/gRPC's" if port == OTLP_GRPC_PORT
+            else "the server there does not answer HTTP/1.1: it looks like a gRPC (HTTP/2) listener"
+        )  # fmt: skip
+        return (
+            f"{why}, and otelbridge is sending OTLP/HTTP (OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf, the "
+            f"default): set OTEL_EXPORTER_OTLP_PROTOCOL=grpc, or point {variable} at the OTLP/HTTP port "
+            f"({OTLP_HTTP_PORT})"
+        )
+    if protocol == "grpc" and (port == OTLP_HTTP_PORT or _HTTP1_ANSWER.search(text)):
+        why = (
+            f"port {OTLP_HTTP_PORT} is OTLP/HTTP's" if port == OTLP_HTTP_PORT
+            else "the server there does not speak HTTP/2: it looks like an OTLP/HTTP listener"
+        )  # fmt: skip
+        return (
+            f"{why}, and otelbridge is sending OTLP/gRPC (OTEL_EXPORTER_OTLP_PROTOCOL=grpc): set "
+            f"OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf, or point {variable} at the OTLP/gRPC port "
+            f"({OTLP_GRPC_PORT})"
+        )
+    status = result.status
+    if status in {"404", "grpc UNIMPLEMENTED"}:
+        path = urlsplit(endpoint).path if protocol == "http/protobuf" else ""
+        if path.count(f"/v1/{signal}") > 1:
+            return (
+                f"the path {path} holds /v1/{signal} twice: {variable} gets /v1/{signal} appended, so "
+                f"drop the path from it, or put the full URL in {specific}"
+            )
+        return (
+            f"nothing takes OTLP {signal} at that path: OTLP/HTTP's is /v1/{signal} (appended to "
+            f"{variable}; {specific} is used as it is); check the backend's documented endpoint"
+        )
+    if status in ("401", "403", "grpc UNAUTHENTICATED", "grpc PERMISSION_DENIED"):
+        return "check the credentials in OTEL_EXPORTER_OTLP_HEADERS (or OTEL_EXPORTER_OTLP_HEADERS_FILE)"
+    if "CERTIFICATE" in text.upper() or "SSL" in text.upper() or "TLS" in text.upper():
+        return (
+            "check the TLS settings: OTEL_EXPORTER_OTLP_CERTIFICATE (the CA that signed the server's "
+            "certificate), OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY, or "
+            "use http:// for a plaintext endpoint"
+        )
+    if status == "config error":
+        return f"correct {variable} (or {specific}) and the OTEL_EXPORTER_OTLP_* TLS settings"
+    if status in ("connection error", "timeout", "grpc UNAVAILABLE", "grpc DEADLINE_EXCEEDED"):
+        return (
+            f"start the Collector or backend there, or point {variable} (or {specific}) at yours; a "
+            "slow one may need a longer OTEL_EXPORTER_OTLP_TIMEOUT"
+        )
+    if status.isdigit() and 500 <= int(status) < 600:
+        return "the backend failed: see its message above and its logs; exports are retried"
+    return "see the backend's message above; it names what it refused"
 
 
 # --- small helpers ------------------------------------------------------------------------
@@ -307,7 +389,13 @@ class _HttpSender:
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
             if attempts > 1:
                 return self._attempt(client, route, signal, data, timeout, attempts - 1)
-            return SendResult("retry", "connection error", _exception_text(exc))
+            message = _exception_text(exc)
+            if isinstance(exc, httpx.RemoteProtocolError) and _HTTP2_ANSWER.search(message):
+                message += (
+                    " (the server does not speak HTTP/1.1; if it is an OTLP/gRPC port, set "
+                    "OTEL_EXPORTER_OTLP_PROTOCOL=grpc)"
+                )
+            return SendResult("retry", "connection error", message)
         except httpx.TimeoutException as exc:
             return SendResult("retry", "timeout", _exception_text(exc))
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:

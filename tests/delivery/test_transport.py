@@ -39,6 +39,7 @@ from otelbridge.delivery.transport import (
     OtlpTransport,
     SendResult,
     Transport,
+    failure_fix,
     parse_retry_after,
     probe,
 )
@@ -733,3 +734,59 @@ def test_http_credentials_in_the_endpoint_do_not_replace_the_configured_header(
     assert_result(transport.send("traces", encoded(trace_request())), "ok", "200")
     (request,) = http_receiver.requests
     assert request.headers["authorization"] == "Bearer configured-token"
+
+
+# --- the protocol of the other port (issue 21) ------------------------------------------------
+def test_http_sent_to_a_grpc_listener_suggests_grpc(
+    grpc_receiver: GrpcOtlpReceiver, make_transport: MakeTransport
+) -> None:
+    """OTLP/HTTP (the default protocol) against a real gRPC server: the failure names it."""
+    transport = make_transport({"OTEL_EXPORTER_OTLP_ENDPOINT": grpc_receiver.url})
+    result = probe(transport, "traces")
+    assert_result(result, "retry", "connection error")
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL=grpc" in result.message  # the sender's retry log says it too
+    fix = failure_fix(transport, "traces", result)
+    assert "gRPC" in fix and "OTEL_EXPORTER_OTLP_PROTOCOL=grpc" in fix and "4318" in fix
+    assert "start the Collector" not in fix
+    assert grpc_receiver.requests == []
+
+
+def test_grpc_sent_to_an_http_listener_suggests_http_protobuf(
+    http_receiver: HttpOtlpReceiver, make_transport: MakeTransport
+) -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": http_receiver.url,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "5",
+    }
+    transport = make_transport(env)
+    result = probe(transport, "metrics")
+    assert result.outcome == "retry"
+    fix = failure_fix(transport, "metrics", result)
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf" in fix and "4317" in fix
+
+
+def test_port_4317_with_http_protobuf_suggests_grpc(make_transport: MakeTransport) -> None:
+    """The IANA OTLP/gRPC port with OTLP/HTTP configured: whatever the answer, the fix is the protocol."""
+    transport = make_transport({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"})
+    refused = SendResult("retry", "connection error", "ConnectError: [Errno 111] Connection refused")
+    fix = failure_fix(transport, "traces", refused)
+    assert "port 4317" in fix and "OTEL_EXPORTER_OTLP_PROTOCOL=grpc" in fix
+
+
+def test_nobody_listening_suggests_starting_the_collector(make_transport: MakeTransport) -> None:
+    transport = make_transport({"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{closed_port()}"})
+    result = probe(transport, "traces")
+    fix = failure_fix(transport, "traces", result)
+    assert "start the Collector" in fix and "OTEL_EXPORTER_OTLP_PROTOCOL" not in fix
+
+
+def test_a_404_on_a_doubled_signal_path_is_named(
+    http_receiver: HttpOtlpReceiver, make_transport: MakeTransport
+) -> None:
+    http_receiver.reject_next(404, "not found", path="/v1/traces/v1/traces")
+    transport = make_transport({"OTEL_EXPORTER_OTLP_ENDPOINT": f"{http_receiver.url}/v1/traces"})
+    result = probe(transport, "traces")
+    assert_result(result, "reject", "404")
+    fix = failure_fix(transport, "traces", result)
+    assert "/v1/traces twice" in fix and "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" in fix
