@@ -15,9 +15,9 @@ from dataclasses import replace
 from typing import Final
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.metrics import Counter, Histogram, Meter
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.context import Context
 from opentelemetry.trace import SpanContext, TraceFlags
 
 from otelbridge import __version__

@@ -13,9 +13,12 @@
   status and the backend's message; counted and logged at ERROR.
 
 A 2xx is recorded at once in the ack log (``acks.db``, its own file: no wait for ``state.db``'s
-lock, which the processor holds through a batch), then the spool rows are deleted; a start deletes the
-recorded ones unsent. A ``kill -9`` between the backend's 2xx and that record re-sends one
-export (backends such as Tempo de-duplicate by span id; README, "Nothing lost").
+lock, which the processor holds through a batch), and the next request is taken after it (the
+spool is read past the last id acknowledged); the acknowledged rows are deleted in batches, every
+:data:`SWEEP_REQUESTS` exports or :data:`SWEEP_S` or when the spool runs dry, one commit (one
+fsync of ``state.db``) for many exports. A start deletes the recorded ones unsent. A ``kill -9``
+between the backend's 2xx and that record re-sends one export (backends such as Tempo
+de-duplicate by span id; README, "Nothing lost").
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ MERGE_MAX_BYTES: dict[Signal, int] = {"traces": 2 * 1024 * 1024, "metrics": 0}
 SPLIT_ON: frozenset[str] = frozenset({"400", "413", "grpc INVALID_ARGUMENT", "grpc RESOURCE_EXHAUSTED"})
 #: ... of which these say the export was too large
 TOO_LARGE: frozenset[str] = frozenset({"413", "grpc RESOURCE_EXHAUSTED"})
+#: acknowledged spool rows are deleted after this many exports, or this many seconds, at most
+SWEEP_REQUESTS = 64
+SWEEP_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +120,11 @@ class Sender:
         self._wake = {s: anyio.Event() for s in SIGNALS}
         self.states = {s: SignalState(heartbeat_ns=clock()) for s in SIGNALS}
         self._idle = dict.fromkeys(SIGNALS, True)
+        #: the newest spool id acknowledged (or dead-lettered) per signal: the next take is past it
+        self._sent_through = dict.fromkeys(SIGNALS, 0)
+        #: acknowledged spool ids not yet deleted, per signal, and when the oldest was acknowledged
+        self._unswept: dict[Signal, list[int]] = {s: [] for s in SIGNALS}
+        self._unswept_since: dict[Signal, float] = dict.fromkeys(SIGNALS, 0.0)
         self.recovered = 0
         if recover:
             self.recover()
@@ -152,8 +163,11 @@ class Sender:
             state.heartbeat_ns = self._clock()
             # a fresh event before looking: a notify() during the look is not lost
             self._wake[signal] = anyio.Event()
+            if self._sweep_due(signal):
+                await self._sweep(signal)
             request = await anyio.to_thread.run_sync(self._next, signal)
             if request is None:
+                await self._sweep(signal)
                 self._idle[signal] = True
                 with anyio.move_on_after(1.0):
                     await self._wake[signal].wait()
@@ -210,17 +224,35 @@ class Sender:
 
     def _next(self, signal: Signal) -> Outgoing | None:
         with self._reader.reading() as tx:
-            entries = tx.spool_take(signal, self._merge.get(signal, 0))
+            entries = tx.spool_take(signal, self._merge.get(signal, 0), after_id=self._sent_through[signal])
         return Outgoing(entries) if entries else None
 
-    async def _ok(self, signal: Signal, request: Outgoing, result: SendResult) -> None:
-        def done() -> None:
-            with self._db.transaction() as tx:
-                tx.spool_delete(request.ids)
+    def _sweep_due(self, signal: Signal) -> bool:
+        unswept = self._unswept[signal]
+        return bool(unswept) and (
+            len(unswept) >= SWEEP_REQUESTS or anyio.current_time() - self._unswept_since[signal] >= SWEEP_S
+        )
 
-        await anyio.to_thread.run_sync(done)
+    async def _sweep(self, signal: Signal) -> None:
+        """Delete the acknowledged rows of ``signal`` (one transaction for many exports)."""
+        ids = self._unswept[signal]
+        if not ids:
+            return
+
+        def delete() -> None:
+            with self._db.transaction() as tx:
+                tx.spool_delete(ids)
+
+        await anyio.to_thread.run_sync(delete)
+        self._unswept[signal] = []
         if self._acks is not None:
-            self._forget += request.ids
+            self._forget += ids
+
+    async def _ok(self, signal: Signal, request: Outgoing, result: SendResult) -> None:
+        if not self._unswept[signal]:
+            self._unswept_since[signal] = anyio.current_time()
+        self._unswept[signal] += request.ids
+        self._sent_through[signal] = max(self._sent_through[signal], *request.ids)
         state = self.states[signal]
         if state.failures:
             log.info("%s export recovered after %d failed attempt(s)", signal, state.failures)

@@ -227,9 +227,9 @@ class SpoolTx(Protocol):
         """Delete the oldest requests until ``excess_bytes`` are freed; (signal, items) of each."""
         ...
 
-    def spool_take(self, signal: Signal, max_bytes: int) -> list[SpoolEntry]:
-        """The oldest requests of ``signal``: the first, then more while their bodies add up
-        to at most ``max_bytes``."""
+    def spool_take(self, signal: Signal, max_bytes: int, after_id: int = 0) -> list[SpoolEntry]:
+        """The oldest requests of ``signal`` past ``after_id``: the first, then more while their
+        bodies add up to at most ``max_bytes``."""
         ...
 
     def spool_delete(self, entry_ids: Sequence[int]) -> None: ...

@@ -542,14 +542,14 @@ class PostgresStateTx:
         rows.sort(key=lambda r: r["id"])
         return [(r["signal"], int(r["items"])) for r in rows]
 
-    def spool_take(self, signal: Signal, max_bytes: int) -> list[SpoolEntry]:
+    def spool_take(self, signal: Signal, max_bytes: int, after_id: int = 0) -> list[SpoolEntry]:
         entries: list[SpoolEntry] = []
         total = 0
         with self.conn.cursor() as cur:
             cur.execute(
                 "SELECT id, signal, body, items, created_ns, attempts, call_ends, size FROM spool "
-                "WHERE signal=%s ORDER BY id LIMIT 1000",
-                (signal,),
+                "WHERE signal=%s AND id > %s ORDER BY id LIMIT 1000",
+                (signal, after_id),
             )
             for row in cur:
                 total += row["size"]

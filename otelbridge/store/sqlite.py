@@ -584,13 +584,13 @@ class SqliteStateTx:
         self._conn.executemany("DELETE FROM spool WHERE id=?", [(v[0],) for v in victims])
         return [(signal, items) for _, signal, items in victims]
 
-    def spool_take(self, signal: Signal, max_bytes: int) -> list[SpoolEntry]:
+    def spool_take(self, signal: Signal, max_bytes: int, after_id: int = 0) -> list[SpoolEntry]:
         entries: list[SpoolEntry] = []
         total = 0
         cursor = self._conn.execute(
             "SELECT id, signal, body, items, created_ns, attempts, call_ends, size FROM spool "
-            "WHERE signal=? ORDER BY id",
-            (signal,),
+            "WHERE signal=? AND id > ? ORDER BY id",
+            (signal, after_id),
         )
         for row in cursor:
             total += row["size"]

@@ -422,3 +422,27 @@ def test_every_known_counter_series_is_exported_from_start_at_zero() -> None:
         (("type", t),)
         for t in ("call_started", "call_turn", "call_completed", "call_failed", "post_call_analysis")
     }
+
+
+def test_acknowledged_rows_are_deleted_in_batches_and_never_sent_twice(tmp_path: Path) -> None:
+    """The next request is read past the last acknowledged id; the acknowledged rows are deleted
+    many exports at a time (here: when the spool runs dry); a restart sends none again."""
+    state, acks = open_state(tmp_path), open_acks(tmp_path)
+    _fill(state, b"1", b"2", b"3", b"4")
+    depths: list[int] = []
+
+    def judge(body: bytes) -> SendResult | None:
+        depths.append(_depth(state))  # rows still in the spool while this one is sent
+        return None
+
+    transport = ScriptedTransport(judge=judge)
+    sender = _sender(state, transport, InMemoryMetricReader(), acks=acks)
+    _run_until(sender, lambda: len(transport.sent) == 4 and sender.idle())
+    assert [b for _, b, _ in transport.sent] == [b"1", b"2", b"3", b"4"]  # each once, in order
+    assert depths == [4, 4, 4, 4]  # nothing deleted between exports: one commit for all
+    assert _depth(state) == 0  # deleted when the spool ran dry
+    again = ScriptedTransport()
+    restarted = _sender(state, again, InMemoryMetricReader(), acks=acks)
+    _run_until(restarted, restarted.idle)
+    assert again.sent == []
+    state.close()

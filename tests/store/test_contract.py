@@ -291,6 +291,9 @@ def test_spool_takes_oldest_first_and_merges_up_to_max_bytes(s: Stores) -> None:
     assert [e.id for e in one] == ids[:1]
     assert one[0] == SpoolEntry(ids[0], "traces", b"\x00" * 100, 1, 1_000, 0, [0])
     assert [e.id for e in merged] == ids[:2]
+    with s.reader.reading() as tx:  # the sender reads past what it has acknowledged
+        assert [e.id for e in tx.spool_take("traces", 250, after_id=ids[1])] == ids[2:]
+        assert tx.spool_take("traces", 250, after_id=ids[3]) == []
     with s.state.transaction() as tx:
         tx.spool_delete(ids[:2])
         tx.spool_retried([ids[2]], 99)
