@@ -28,6 +28,7 @@ from tests.deploy.chart import (
     CI_VALUES,
     DASHBOARD_FILE,
     KUBE_VERSION,
+    RELEASE,
     REPO,
     RULES_FILE,
     Rendered,
@@ -618,6 +619,126 @@ def test_notes_name_the_workload_of_each_mode() -> None:
     assert f"2 replica(s) share the state in PostgreSQL, the URI read from Secret {CNPG_SECRET}" in database
     # no claim to lose with a database: persistence.enabled=false warns of nothing
     assert "WARNING" not in database
+
+
+# NOTES.txt's and the README's commands: the secret read back, the port-forward, the claim.
+SECRET_READ_BACK = re.compile(r"get secret (\S+) -o jsonpath='\{\.data\.((?:\\\.|[^}])+)\}' \| base64 -d")
+PORT_FORWARD = re.compile(r"port-forward (statefulset|deployment)/(\S+) (\d+)")
+DELETE_CLAIM = re.compile(r"delete pvc (state-\S+)")
+# the README's own release and values
+README_RELEASE = "otelbridge"
+README_VALUES = {
+    "webhook": {"secret": {"existingSecret": "otelbridge-webhook"}},
+    "otlp": {"endpoint": "http://otel-collector.observability:4318"},
+}
+
+
+def webhook_secret_of(rendered: Rendered) -> tuple[str, str]:
+    """(Secret, key) the pod mounts the webhook secret from."""
+    (volume,) = [v for v in rendered.pod_spec["volumes"] if v["name"] == "webhook-secret"]
+    (item,) = volume["secret"]["items"]
+    return volume["secret"]["secretName"], item["key"]
+
+
+def read_back(text: str) -> list[tuple[str, str]]:
+    """(Secret, key) of every read-back command in ``text``, the jsonpath's escaped dots undone."""
+    return [(name, key.replace("\\.", ".")) for name, key in SECRET_READ_BACK.findall(text)]
+
+
+def forwarded(text: str) -> list[tuple[str, str, int]]:
+    return [(kind, name, int(port)) for kind, name, port in PORT_FORWARD.findall(text)]
+
+
+@pytest.mark.parametrize(
+    ("values", "release"),
+    [
+        ({}, RELEASE),
+        (README_VALUES, README_RELEASE),
+        ({"webhook": {"secret": {"existingSecret": "cartesia-hook", "key": "hook.secret"}}}, RELEASE),
+        ({**DATABASE, "admin": {"port": 9500}}, RELEASE),
+        ({"fullnameOverride": "bridge", "persistence": {"enabled": False}}, RELEASE),
+    ],
+    ids=["defaults", "readme", "dotted-key", "database", "fullname-override"],
+)
+def test_notes_commands_name_what_the_chart_renders(values: dict[str, Any], release: str) -> None:
+    """The secret NOTES.txt reads back is the one the pod mounts, its key too; the port-forward
+    targets the workload rendered, on its admin port; the claim to delete is the StatefulSet's."""
+    rendered = render(values, release=release)
+    notes = rendered.notes
+    assert read_back(notes) == [webhook_secret_of(rendered)]
+    workload = rendered.workload
+    (admin_port,) = [p["containerPort"] for p in rendered.container["ports"] if p["name"] == "admin"]
+    assert forwarded(notes) == [(workload["kind"].lower(), workload["metadata"]["name"], admin_port)]
+    # /readyz and the two counters that show a trace went out, as /metrics names them
+    assert f"curl -s localhost:{admin_port}/readyz" in notes
+    assert f"curl -s localhost:{admin_port}/metrics | grep -E " in notes
+    templates = workload["spec"].get("volumeClaimTemplates", [])
+    claims = [f"{t['metadata']['name']}-{workload['metadata']['name']}-0" for t in templates]
+    assert DELETE_CLAIM.findall(notes) == claims
+    if claims:
+        assert "helm uninstall leaves it (persistence.retentionPolicy.whenDeleted=Retain)" in notes
+
+
+def test_notes_grep_finds_the_first_trace_counters_in_metrics() -> None:
+    """The grep NOTES.txt prints picks, from what /metrics serves (the daemon's own Prometheus
+    exposition, every series there from start), the spans counter and the successful export
+    attempts, the traces' among them, and nothing else."""
+    from opentelemetry.sdk.resources import Resource
+
+    from otelbridge.delivery.telemetry import Telemetry
+
+    match = re.search(r"\| grep -E '([^']+)'", render().notes)
+    assert match is not None
+    pattern = re.compile(match.group(1))
+    telemetry = Telemetry(Resource.create({}))
+    try:
+        exposition = telemetry.prometheus_text().decode()
+    finally:
+        telemetry.shutdown()
+    picked = [line.rsplit(" ", 1)[0] for line in exposition.splitlines() if pattern.search(line)]
+    spans = conventions.SELF_SPANS.replace(".", "_") + "_total"
+    attempts = conventions.SELF_EXPORT_ATTEMPTS.replace(".", "_") + "_total"
+    assert [line for line in picked if line.startswith(spans + "{")]
+    ok = [line for line in picked if line.startswith(attempts + "{")]
+    assert any('signal="traces"' in line for line in ok)
+    assert all('outcome="ok"' in line for line in ok)
+    assert len(picked) == 1 + len(ok)
+
+
+def test_notes_on_the_claim_follow_the_retention_policy() -> None:
+    delete = render({"persistence": {"retentionPolicy": {"whenDeleted": "Delete"}}})
+    assert delete.statefulset["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete"
+    assert "helm uninstall deletes it with the StatefulSet" in delete.notes
+    assert not DELETE_CLAIM.findall(delete.notes)
+    # no claim (an emptyDir, or a database): nothing said about one
+    assert "claim" not in render({"persistence": {"enabled": False}}).notes.split("WARNING")[0]
+    assert "delete pvc" not in render(DATABASE).notes
+    # unauthenticated: no secret to read back
+    assert not read_back(render({"webhook": {"allowUnauthenticated": True}}).notes)
+
+
+def test_the_readme_commands_name_what_its_release_renders() -> None:
+    """The chart README's commands, for its own release (otelbridge) and values: the port-forward
+    targets the StatefulSet (the Deployment with a database) by its real name, the secret read
+    back is the one created above it and mounted by the pod, the claim is the StatefulSet's."""
+    readme = (CHART_DIR / "README.md").read_text(encoding="utf-8")
+    sqlite = render(README_VALUES, release=README_RELEASE)
+    database = render({**README_VALUES, **DATABASE}, release=README_RELEASE)
+    targets = {(w["kind"].lower(), w["metadata"]["name"]) for w in (sqlite.workload, database.workload)}
+    found = forwarded(readme)
+    assert found and {(kind, name) for kind, name, _ in found} == {("statefulset", "otelbridge")}
+    assert {(kind, name) for kind, name, _ in found} <= targets
+    assert "`deployment/otelbridge`" in readme and ("deployment", "otelbridge") in targets
+    (admin_port,) = [p["containerPort"] for p in sqlite.container["ports"] if p["name"] == "admin"]
+    assert {port for _, _, port in found} == {admin_port}
+    assert "otelbridge-otelbridge" not in readme
+    secrets = read_back(readme)
+    assert secrets and set(secrets) == {webhook_secret_of(sqlite)}
+    assert "create secret generic otelbridge-webhook \\\n  --from-literal=webhook-secret=" in readme
+    (template,) = sqlite.statefulset["spec"]["volumeClaimTemplates"]
+    claim = f"{template['metadata']['name']}-{sqlite.statefulset['metadata']['name']}-0"
+    assert set(DELETE_CLAIM.findall(readme)) == {claim}
+    assert "persistentVolumeClaimRetentionPolicy" in readme
 
 
 def test_the_cloudnativepg_example_plugs_into_the_chart() -> None:
