@@ -23,7 +23,7 @@ from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from otelbridge.delivery.cardinality import SeriesLimits
-from otelbridge.delivery.environment import CONFIG_OTEL_VARS, url_problem
+from otelbridge.delivery.environment import CONFIG_OTEL_VARS, KNOWN_OTLP_VARS, url_problem
 from otelbridge.mapping.policy import (
     DEFAULT_MAX_ATTRIBUTE_BYTES,
     DEFAULT_SERVICE_NAME,
@@ -396,14 +396,40 @@ def _field_hint(field: str) -> str:
     return f"{Settings.model_fields[field].description}; default {_default_text(field)}"
 
 
+def _otel_equivalent(name: str) -> str | None:
+    """The standard ``OTEL_*`` variable that ``name`` (an unknown setting, without the
+    ``OTELBRIDGE_`` prefix, any case) most likely means: ``OTLP_ENDPOINT``,
+    ``EXPORTER_OTLP_ENDPOINT`` and ``OTEL_EXPORTER_OTLP_ENDPOINT`` all mean
+    ``OTEL_EXPORTER_OTLP_ENDPOINT``; ``TRACES_EXPORTER`` means ``OTEL_TRACES_EXPORTER``."""
+    upper = name.upper()
+    rest = upper.removeprefix("OTEL_")
+    candidates = [f"OTEL_{rest}"]
+    if rest.startswith("OTLP_"):
+        candidates.append(f"OTEL_EXPORTER_{rest}")
+    found = next((c for c in candidates if c in CONFIG_OTEL_VARS), None)
+    if found is not None:
+        return found
+    if rest.startswith(("OTLP_", "EXPORTER_OTLP_")):  # an OTLP exporter variable, misspelt
+        close = difflib.get_close_matches(candidates[-1], sorted(KNOWN_OTLP_VARS), n=1, cutoff=0.8)
+        return close[0] if close else "OTEL_EXPORTER_OTLP_ENDPOINT"
+    return None
+
+
 def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
     known = {env_name(f) for f in Settings.model_fields}
     problems = []
     for name in sorted(environ):
         upper = name.upper()
         if upper.startswith(ENV_PREFIX) and upper not in known:
-            close = difflib.get_close_matches(upper, sorted(known), n=1)
-            fix = f"did you mean {close[0]}?" if close else "remove it"
+            otel = _otel_equivalent(upper.removeprefix(ENV_PREFIX))
+            if otel is not None:
+                fix = (
+                    f"did you mean {otel}? (OTLP export and the resource are configured by the standard "
+                    "OTEL_* variables; otelbridge has no OTELBRIDGE_ name for them)"
+                )
+            else:
+                close = difflib.get_close_matches(upper, sorted(known), n=1)
+                fix = f"did you mean {close[0]}?" if close else "remove it"
             problems.append(f"{name}: not an otelbridge setting. Fix: {fix}")
     return problems
 
@@ -455,7 +481,14 @@ def _read_config_file(path: Path) -> tuple[dict[str, object], dict[str, str], li
                 "[otelbridge], OTEL_* variables in [otel]"
             )
         elif key not in Settings.model_fields:
-            problems.append(_unknown_key(where, key, Settings.model_fields, "an otelbridge setting"))
+            variable = _otel_equivalent(key)
+            if variable is not None:
+                problems.append(
+                    f"{where}: key {key!r} is the OTEL_* variable {variable}, not an otelbridge setting. "
+                    f"Fix: move it to the [otel] table, as {variable.removeprefix('OTEL_').lower()} = ..."
+                )
+            else:
+                problems.append(_unknown_key(where, key, Settings.model_fields, "an otelbridge setting"))
         else:
             values[key] = value
     otel: dict[str, str] = {}
@@ -463,7 +496,13 @@ def _read_config_file(path: Path) -> tuple[dict[str, object], dict[str, str], li
         return values, {}, [*problems, f"{where}: [otel] is not a table. Fix: use key = value lines"]
     known = {name.removeprefix("OTEL_").lower(): name for name in CONFIG_OTEL_VARS}
     for key, value in otel_table.items():
-        if key not in known:
+        if key not in known and key.upper() in CONFIG_OTEL_VARS:
+            short = key.upper().removeprefix("OTEL_").lower()
+            problems.append(
+                f"{where} [otel]: key {key!r} is written as the variable's name. Fix: {short} = ... "
+                "(the name without OTEL_, in lower case)"
+            )
+        elif key not in known:
             problems.append(_unknown_key(f"{where} [otel]", key, known, "an OTEL_* variable it reads"))
         elif isinstance(value, dict | list):
             problems.append(f'{where} [otel]: {key!r} is not a string. Fix: {key} = "value"')

@@ -64,12 +64,10 @@ def test_overrides_win(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings(exporter="console").exporter == "console"
 
 
-def test_every_setting_is_in_the_readme() -> None:
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+def test_every_setting_is_in_docs_settings() -> None:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "settings.md").read_text()
     for field in Settings.model_fields:
-        assert f"OTELBRIDGE_{field.upper()}" in readme, field
+        assert f"| `OTELBRIDGE_{field.upper()}` |" in page, field
 
 
 def test_config_file_values_and_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -270,3 +268,59 @@ def test_cartesia_base_url_refused(url: str, problem: str, monkeypatch: pytest.M
     (line,) = info.value.problems
     assert line.startswith(f"OTELBRIDGE_CARTESIA_BASE_URL={url!r}: {problem}")
     assert "Fix: e.g. https://api.cartesia.ai" in line
+
+
+# --- hints that point the right way (issue 21) ------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [
+        ("OTELBRIDGE_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ("OTELBRIDGE_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ("OTELBRIDGE_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"),
+        ("OTELBRIDGE_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        ("OTELBRIDGE_OTLP_PROTOCALL", "OTEL_EXPORTER_OTLP_PROTOCOL"),
+        ("OTELBRIDGE_OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ("OTELBRIDGE_TRACES_EXPORTER", "OTEL_TRACES_EXPORTER"),
+    ],
+)
+def test_otlp_lookalike_variables_point_at_the_otel_name(
+    name: str, meant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(name, "http://collector:4318")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    (problem,) = info.value.problems
+    assert problem.startswith(f"{name}: not an otelbridge setting. Fix: did you mean {meant}?"), problem
+    assert "OTELBRIDGE_LISTEN_PORT" not in problem
+
+
+@pytest.mark.parametrize("table", ["[otelbridge]\n", ""])
+@pytest.mark.parametrize(
+    ("key", "otel_key"),
+    [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "exporter_otlp_endpoint"),
+        ("otel_exporter_otlp_endpoint", "exporter_otlp_endpoint"),
+        ("exporter_otlp_endpoint", "exporter_otlp_endpoint"),
+        ("OTEL_SERVICE_NAME", "service_name"),
+    ],
+)
+def test_an_otel_key_among_the_settings_is_moved_to_the_otel_table(
+    table: str, key: str, otel_key: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "otelbridge.toml"
+    config.write_text(f'{table}listen_port = 9000\n{key} = "http://collector:4318"\n')
+    with pytest.raises(SettingsError) as info:
+        load_settings(config)
+    (problem,) = info.value.problems
+    assert f"key {key!r} is the OTEL_* variable" in problem
+    assert f"Fix: move it to the [otel] table, as {otel_key} = ..." in problem
+    assert "remove it" not in problem
+
+
+def test_an_otel_table_key_written_as_the_variable_name_gets_its_short_form(tmp_path: Path) -> None:
+    config = tmp_path / "otelbridge.toml"
+    config.write_text('[otel]\nOTEL_EXPORTER_OTLP_ENDPOINT = "http://collector:4318"\n')
+    with pytest.raises(SettingsError) as info:
+        load_settings(config)
+    (problem,) = info.value.problems
+    assert "Fix: exporter_otlp_endpoint = ..." in problem

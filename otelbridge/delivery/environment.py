@@ -307,13 +307,52 @@ class OtelEnvironment:
                 or url_problem(endpoint) is not None
             ):
                 continue
-            if urlsplit(endpoint).path in ("", "/"):
+            path = urlsplit(endpoint).path
+            if path.count(f"/v1/{signal}") > 1:
+                problems.append(
+                    f"{name}={_shown_url(endpoint)!r}: the signal path /v1/{signal} is there twice. Fix: "
+                    f"keep one (…/v1/{signal}: a per-signal endpoint is used as it is)"
+                )
+            elif path in ("", "/"):
                 problems.append(
                     f"{name}={endpoint!r}: a per-signal endpoint is used as it is, so {signal} would be "
                     f"posted to '/'. Fix: {endpoint.rstrip('/')}/v1/{signal} (or set "
                     "OTEL_EXPORTER_OTLP_ENDPOINT, which gets the path appended)"
                 )
+        problems += self._doubled_path_problems()
         return problems
+
+    def _doubled_path_problems(self) -> list[str]:
+        """A base ``OTEL_EXPORTER_OTLP_ENDPOINT`` that already ends in a signal path: it gets
+        ``/v1/{signal}`` appended (``…/v1/traces/v1/traces``), a 404 at every export."""
+        name = "OTEL_EXPORTER_OTLP_ENDPOINT"
+        base = self.get(name)
+        if (
+            base is None
+            or not base.startswith(("http://", "https://"))
+            or url_problem(base) is not None
+            or _has_userinfo(base)  # reported first: one problem at a time per variable
+        ):
+            return []
+        path = urlsplit(base).path.rstrip("/")
+        suffix = next((f"/v1/{s}" for s in (*SIGNALS, "logs") if path.endswith(f"/v1/{s}")), None)
+        appended = [
+            signal
+            for signal in SIGNALS
+            if self.protocol(signal) == "http/protobuf"
+            and self.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT") is None
+        ]
+        if suffix is None or not appended:
+            return []
+        shown = _shown_url(base)
+        where = " and ".join(f"{path}/v1/{signal}" for signal in appended)
+        first = appended[0]
+        return [
+            f"{name}={shown!r}: the base endpoint gets /v1/<signal> appended, so exports would go to "
+            f"{where} (a signal path on top of a signal path). Fix: drop {suffix} from it "
+            f"({shown.rstrip('/').removesuffix(suffix)}), or put the full URL in "
+            f"OTEL_EXPORTER_OTLP_{first.upper()}_ENDPOINT (used as it is)"
+        ]
 
     def _headers_file_problems(self) -> list[str]:
         """``…_HEADERS_FILE`` set beside ``…_HEADERS``, unreadable, or holding a bad entry."""

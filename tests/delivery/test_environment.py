@@ -212,3 +212,34 @@ def test_headers_file_problems(tmp_path: Path) -> None:
     assert "Fix: set only one" in both
     assert malformed.startswith(f"OTEL_EXPORTER_OTLP_TRACES_HEADERS_FILE={str(bad)!r}: entry 2")
     assert "secret-in-file" not in " ".join(problems)
+
+
+# --- a signal path twice (issue 21) ---------------------------------------------------------
+@pytest.mark.parametrize("base", ["http://collector:4318/v1/traces", "http://collector:4318/v1/metrics/"])
+def test_a_base_endpoint_ending_in_a_signal_path_is_named_with_the_fix(base: str) -> None:
+    (problem,) = OtelEnvironment({"OTEL_EXPORTER_OTLP_ENDPOINT": base}).problems()
+    suffix = base.rstrip("/").rsplit("/v1", 1)[1]
+    assert problem.startswith(f"OTEL_EXPORTER_OTLP_ENDPOINT={base!r}: the base endpoint gets")
+    assert f"/v1{suffix}/v1/traces" in problem and "signal path on top of a signal path" in problem
+    assert f"Fix: drop /v1{suffix} from it (http://collector:4318)" in problem
+    assert "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" in problem
+
+
+def test_a_signal_path_base_is_fine_where_it_is_not_appended() -> None:
+    grpc = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317/v1/traces",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+    }
+    assert OtelEnvironment(grpc).problems() == []
+    both_specific = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/v1/traces",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://collector:4318/v1/metrics",
+    }
+    assert OtelEnvironment(both_specific).problems() == []
+
+
+def test_a_per_signal_endpoint_with_its_path_twice_is_named() -> None:
+    env = {"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://collector:4318/v1/metrics/v1/metrics"}
+    (problem,) = OtelEnvironment(env).problems()
+    assert "the signal path /v1/metrics is there twice. Fix: keep one" in problem
