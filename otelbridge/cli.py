@@ -335,7 +335,8 @@ def _check(settings: Settings, exporters: dict[Signal, ExporterKind]) -> int:
                       "Fix: pip install 'otelbridge[postgres]'\n")  # fmt: skip
             return EXIT_FAILED
         ok, line = describe(database_url)
-        out.write(f"database {line}\n" if ok else f"database: FAILED: {line}\n")
+        fix = "check OTELBRIDGE_DATABASE_URL and that this process may reach and write the database"
+        out.write(f"database {line}\n" if ok else f"database: FAILED: {_with_fix(line, fix)}\n")
         failed = not ok
     else:
         failed = _check_state_dir(settings, out)
@@ -383,9 +384,25 @@ def _check_state_dir(settings: Settings, out: _RedactingWriter | TextIO) -> bool
                 store.close()
         out.write(f"state directory {settings.state_dir.absolute()}: writable\n")
     except (StoreError, StoreWriteError) as exc:
-        out.write(f"state directory: FAILED: {exc}\n")
+        text = str(exc)
+        if "not a database" in text or "malformed" in text:
+            fix = (
+                f"the file is damaged or not otelbridge's: move it out of {settings.state_dir.absolute()} "
+                "(a new one is created at the next start; restore it from a backup if you keep one)"
+            )
+        else:
+            fix = (
+                "make OTELBRIDGE_STATE_DIR a directory this user owns and can write (mode 0700), on a "
+                "volume with free space"
+            )
+        out.write(f"state directory: FAILED: {_with_fix(text, fix)}\n")
         return True
     return False
+
+
+def _with_fix(text: str, fix: str) -> str:
+    """``text``, ending in ``Fix: fix`` unless it already names one."""
+    return text if "Fix:" in text else f"{text.rstrip('. ')}. Fix: {fix}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,13 +10,14 @@ a config file's ``[otel]`` table sets them.
 from __future__ import annotations
 
 import difflib
+import enum
 import ipaddress
 import os
 import tomllib
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError
@@ -378,9 +379,21 @@ def settings_help() -> str:
         "settings (environment variables, or keys of the --config file in lower case without the prefix):"
     ]
     for field in Settings.model_fields:
-        lines.append(f"  {env_name(field)}  (default {_default_text(field)})")
+        choices = _choices(field)
+        values = f"; one of: {' | '.join(choices)}" if choices else ""
+        lines.append(f"  {env_name(field)}  (default {_default_text(field)}{values})")
         lines.append(f"      {Settings.model_fields[field].description}")
     return "\n".join(lines)
+
+
+def _choices(field: str) -> list[str]:
+    """The values a setting takes when they are a fixed set (a Literal or an Enum), else []."""
+    annotation = Settings.model_fields[field].annotation
+    if get_origin(annotation) is Literal:
+        return [str(v) for v in get_args(annotation)]
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return [str(member.value) for member in annotation]
+    return []
 
 
 def _default_text(field: str) -> str:
@@ -552,7 +565,7 @@ def load_settings(config_file: Path | None = None, **overrides: object) -> Setti
                     f"({_field_hint(field)})"
                 )
             else:
-                problems.append(f"{field}: {error['msg']}")
+                problems.append(f"{field or 'settings'}: {error['msg']}. Fix: correct the value")
     if settings is not None:
         problems += _base_url_problems(settings.cartesia_base_url)
     if problems:

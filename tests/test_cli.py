@@ -246,3 +246,35 @@ def test_check_against_a_grpc_listener_suggests_the_grpc_protocol(tmp_path: Path
         (line,) = lines_naming(run.stdout, f"OTLP {signal} endpoint")
         assert "FAILED" in line and "Fix:" in line, line
         assert "OTEL_EXPORTER_OTLP_PROTOCOL=grpc" in line.split("Fix:", 1)[1], line
+
+
+# --- check: a Fix on every failure, the values in --help (issue 21) ----------------------------
+def test_every_check_failure_carries_a_fix(tmp_path: Path) -> None:
+    """A state file that is not a database (its error names no fix of its own) and an endpoint
+    nobody listens on: each FAILED line ends with what to do."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "state.db").write_bytes(b"SQLite format 3\x00 but not a database")
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{closed_port()}",
+        "OTELBRIDGE_STATE_DIR": str(state),
+        "OTELBRIDGE_WEBHOOK_SECRET": "check-test-secret-0123456789",
+    }
+    run = run_cli("check", env=env)
+    assert run.returncode == 1, run.stdout + run.stderr
+    failed = lines_naming(run.stdout, "FAILED")
+    assert len(failed) == 3, run.stdout
+    for line in failed:
+        assert "Fix: " in line, line
+    (state_line,) = lines_naming(run.stdout, "state directory")
+    assert "not a database" in state_line and "move it out of" in state_line
+
+
+def test_help_lists_the_values_of_every_choice_setting() -> None:
+    for command in ("serve", "check"):
+        run = run_cli(command, "--help")
+        assert run.returncode == 0
+        (line,) = lines_naming(run.stdout, "OTELBRIDGE_EXPORTER ")
+        assert "one of: otlp | console | none" in line, line
+        (line,) = lines_naming(run.stdout, "OTELBRIDGE_LOG_FORMAT ")
+        assert "one of: text | json" in line, line
