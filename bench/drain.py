@@ -99,8 +99,11 @@ def drain(state_dir: Path, url: str) -> dict[str, Any]:
         started = time.perf_counter()
         async with anyio.create_task_group() as tg:
             tg.start_soon(sender.run, "traces")
-            while await anyio.to_thread.run_sync(depth):
-                await anyio.sleep(0.01)
+            await anyio.sleep(0.05)
+            # the spool is read only once the sender says it is idle: a count of a spool of
+            # large rows would compete with the sender for the store's lock
+            while not sender.idle() or (await anyio.to_thread.run_sync(depth)) > 0:
+                await anyio.sleep(0.005)
             elapsed = time.perf_counter() - started
             tg.cancel_scope.cancel()
         return elapsed
@@ -128,7 +131,7 @@ def run_receiver(stdin: TextIO, stdout: TextIO) -> None:
 
         def reset(self) -> None:
             self.ids: set[bytes] = set()
-            self.spans = self.count = self.max_bytes = 0
+            self.span_count = self.count = self.max_bytes = 0
 
         def _record(self, request: ReceivedRequest, accepted: bool) -> None:
             message = request.message
@@ -139,7 +142,7 @@ def run_receiver(stdin: TextIO, stdout: TextIO) -> None:
                 self.max_bytes = max(self.max_bytes, len(request.body))
                 for rs in message.resource_spans:
                     for ss in rs.scope_spans:
-                        self.spans += len(ss.spans)
+                        self.span_count += len(ss.spans)
                         self.ids.update(span.span_id for span in ss.spans)
 
     receiver = Counting().start()
@@ -150,7 +153,7 @@ def run_receiver(stdin: TextIO, stdout: TextIO) -> None:
             command = line.strip()
             with receiver.guard:
                 if command == "stats":
-                    answer = {"spans": receiver.spans, "distinct": len(receiver.ids),
+                    answer = {"spans": receiver.span_count, "distinct": len(receiver.ids),
                               "requests": receiver.count, "max_bytes": receiver.max_bytes}  # fmt: skip
                 elif command == "reset":
                     receiver.reset()

@@ -159,13 +159,15 @@ class Sender:
 
     async def run(self, signal: Signal) -> None:
         state = self.states[signal]
+        ahead: Outgoing | None = None  # the request after the last one sent, read while it was
         while True:
             state.heartbeat_ns = self._clock()
             # a fresh event before looking: a notify() during the look is not lost
             self._wake[signal] = anyio.Event()
             if self._sweep_due(signal):
                 await self._sweep(signal)
-            request = await anyio.to_thread.run_sync(self._next, signal)
+            request = ahead or await anyio.to_thread.run_sync(self._next, signal, self._sent_through[signal])
+            ahead = None
             if request is None:
                 await self._sweep(signal)
                 self._idle[signal] = True
@@ -173,12 +175,13 @@ class Sender:
                     await self._wake[signal].wait()
                 continue
             self._idle[signal] = False
-            result = await self._send(signal, request)
+            result, following = await self._send_reading_ahead(signal, request)
             self._metrics.export_attempts.add(
                 1, {c.SELF_ATTR_SIGNAL: signal, c.SELF_ATTR_OUTCOME: result.outcome}
             )
             if result.outcome == "ok":
                 await self._ok(signal, request, result)
+                ahead = following
             elif result.outcome == "retry":
                 await self._retry(signal, request, result)
             elif len(request.entries) > 1 and result.status in SPLIT_ON:
@@ -222,10 +225,25 @@ class Sender:
             else:
                 await self._reject(signal, part, answer)
 
-    def _next(self, signal: Signal) -> Outgoing | None:
+    def _next(self, signal: Signal, after_id: int) -> Outgoing | None:
         with self._reader.reading() as tx:
-            entries = tx.spool_take(signal, self._merge.get(signal, 0), after_id=self._sent_through[signal])
+            entries = tx.spool_take(signal, self._merge.get(signal, 0), after_id=after_id)
         return Outgoing(entries) if entries else None
+
+    async def _send_reading_ahead(
+        self, signal: Signal, request: Outgoing
+    ) -> tuple[SendResult, Outgoing | None]:
+        """Send ``request`` and, meanwhile, read the one after it from the spool (used only if
+        this one is acknowledged): the export in flight stays the only one."""
+        following: list[Outgoing | None] = [None]
+
+        async def read_ahead() -> None:
+            following[0] = await anyio.to_thread.run_sync(self._next, signal, max(request.ids))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read_ahead)
+            result = await self._send(signal, request)
+        return result, following[0]
 
     def _sweep_due(self, signal: Signal) -> bool:
         unswept = self._unswept[signal]
