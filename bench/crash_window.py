@@ -1,7 +1,7 @@
 """The crash window under load: ``kill -9`` of ``otelbridge serve`` (both processes at once, as a
 container dies) while webhooks pour in, three times, then a last start that sends the rest.
 Counts the spans the backend received twice and, for each, how long before the kill the
-backend had acknowledged them (README, "Nothing lost").
+backend had acknowledged them (docs/architecture.md, "Nothing lost, nothing doubled").
 
     python bench/crash_window.py [--copies 30] [--kills 3]
 """

@@ -1,7 +1,7 @@
 """Limits against abusive HTTP clients, as a thin layer over uvicorn's httptools protocol.
 
 No maintained ASGI server answers its own refusals in our JSON shape or drains a body after an
-early 413 (docs/server-limits-research.md), so this subclass of uvicorn's ``HttpToolsProtocol``
+early 413 (docs/notes/server-limits-research.md), so this subclass of uvicorn's ``HttpToolsProtocol``
 (passed as ``uvicorn.Config(http=<class>)``) adds, while llhttp still does all the parsing:
 
 - head bytes and header count (431), URL length (414);

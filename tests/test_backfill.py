@@ -20,7 +20,7 @@ real ones):
 Kills and interrupts land while the process waits on a List Calls page the stand-in holds
 back and after the receiver holds every span of the pages stored so far: a kill during an
 export in flight may re-send that one request on the next run (at-least-once between the
-backend's 2xx and the spool deletion; README, "Nothing lost"), which a backend de-duplicates
+backend's 2xx and the spool deletion; docs/architecture.md, "Nothing lost, nothing doubled"), which a backend de-duplicates
 by span id but which this test would count twice.
 """
 
@@ -468,7 +468,7 @@ def test_kill_9_mid_backfill_then_rerun_exports_every_span_once(
     # the 4th request is in (so pages 1-3 are stored and their cursor saved) and the pipeline
     # has exported those 300 calls and deleted their requests: kill while the process waits for
     # page 4. (A kill between the backend's 2xx and the delete would re-send that request:
-    # the crash window the README states, not what this test is about.)
+    # the crash window docs/architecture.md states, not what this test is about.)
     first_pages = expected_spans(calls[:300])
     wait_for(lambda: api.count(LIST) >= 4, 20, "the 4th List Calls request", proc)
     wait_for(

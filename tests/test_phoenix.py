@@ -111,7 +111,7 @@ query ($sessionId: String!) {
 
 # --- what the mapping makes of the samples ------------------------------------------------------
 def map_samples(paths: list[Path]) -> dict[str, MappedCall]:
-    """call id -> the call mapped as ``replay`` maps it (README "Replay saved calls"): webhook
+    """call id -> the call mapped as ``replay`` maps it (docs/commands.md, "otelbridge replay"): webhook
     events assembled per call; a saved call as it is, or merged with the streamed one when the
     call is in both (as ``empty_transcript.json`` and the webhook stream are)."""
     saved: dict[str, AgentCall] = {}

@@ -18,7 +18,7 @@ spool is read past the last id acknowledged); the acknowledged rows are deleted 
 :data:`SWEEP_REQUESTS` exports or :data:`SWEEP_S` or when the spool runs dry, one commit (one
 fsync of ``state.db``) for many exports. A start deletes the recorded ones unsent. A ``kill -9``
 between the backend's 2xx and that record re-sends one export (backends such as Tempo
-de-duplicate by span id; README, "Nothing lost").
+de-duplicate by span id; docs/architecture.md, "Nothing lost, nothing doubled").
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Every strategy draws a :class:`Request`: the exact bytes put on the wire (raw text, not what
 ``json.dumps`` would make of a dict: duplicate keys, lone surrogate escapes, ``NaN`` literals,
 ``1e999999``, invalid UTF-8 and deep nesting only exist as text), the headers, and the statuses
-README's table ("What a webhook gets back") allows for it.
+docs/webhooks.md's table ("What a webhook gets back") allows for it.
 
 The valid events are built from the call, turn and timestamp strategies of
 tests/mapping/test_properties.py (model-valid by construction); the near-valid ones change one

@@ -3,7 +3,7 @@
 One daemon for the module (fresh state directory, exporting to a real OTLP/HTTP receiver,
 ``OTELBRIDGE_MAX_BODY_BYTES`` = 256 KiB so that the 413 boundary is cheap); Hypothesis draws
 requests (tests/fuzz/strategies.py) and posts them over one keep-alive client. Every answer
-must be one of README's statuses and below 500, JSON, in the documented shape, and among the
+must be one of docs/webhooks.md's statuses and below 500, JSON, in the documented shape, and among the
 statuses allowed for what was sent (a 422 names the field that was made wrong). After each
 test's examples, the daemon must still be whole:
 
@@ -79,7 +79,7 @@ from tests.support.serve_process import (
 
 SECRET: Final = "whsec_fuzz_3Jq8RtV2mL6pZ9sW"
 WRONG_SECRET: Final = "whsec_fuzz_not_it_Xc4Hy7Kd"
-#: every status README's table lists for POST /webhooks/cartesia, with the ``error`` code of its
+#: every status docs/webhooks.md's table lists for POST /webhooks/cartesia, with the ``error`` code of its
 #: JSON answer (503 is documented too, but a daemon with a healthy disk must never need it)
 ERROR_CODES: Final = {
     400: "bad_request",
