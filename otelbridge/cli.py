@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
         "(configured by the standard OTEL_EXPORTER_OTLP_* variables) or print it.",
     )
     replay.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    _config_option(replay)
     replay.add_argument(
         "--exporter",
         choices=("otlp", "console", "none"),

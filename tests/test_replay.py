@@ -354,6 +354,31 @@ def test_transcript_text_drop() -> None:
         assert any(e.name == "cartesia.text_chunk" for s in spans for e in s.events)
 
 
+def test_config_file_settings_and_otel_table(tmp_path: Path) -> None:
+    """replay --config reads the file serve and backfill read: settings and the [otel] table."""
+    with HttpOtlpReceiver() as receiver:
+        config = tmp_path / "otelbridge.toml"
+        config.write_text(
+            '[otelbridge]\ntranscript_text = "drop"\n'
+            f'[otel]\nexporter_otlp_endpoint = "{receiver.url}"\nmetrics_exporter = "none"\n'
+            'service_name = "from-the-file"\n'
+        )
+        run = run_cli("replay", *LIST_CALLS, "--config", config)
+        assert run.returncode == 0, run.stderr
+        assert {r.path for r in receiver.requests} == {"/v1/traces"}
+        spans = receiver.spans()
+        assert spans and all("cartesia.turn.text" not in attributes(s.attributes) for s in spans)
+        assert {r["service.name"] for r in receiver.trace_resources()} == {"from-the-file"}
+
+
+def test_config_file_problems_stop_replay(tmp_path: Path) -> None:
+    config = tmp_path / "otelbridge.toml"
+    config.write_text('transcript_txt = "drop"\n')
+    run = run_cli("replay", *LIST_CALLS, "--config", config)
+    assert run.returncode == 2
+    assert "'transcript_txt' is not an otelbridge setting" in run.stderr and "Fix:" in run.stderr
+
+
 def test_phone_numbers_exported_raw_when_asked() -> None:
     with HttpOtlpReceiver() as receiver:
         run = run_cli(
