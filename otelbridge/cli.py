@@ -135,7 +135,11 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="otelbridge: %(levelname)s %(name)s: %(message)s")
+    from otelbridge.logs import CommandFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(CommandFormatter())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     overrides: dict[str, object] = {}
     if getattr(args, "exporter", None):
         overrides["exporter"] = args.exporter

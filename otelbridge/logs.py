@@ -230,6 +230,23 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class CommandFormatter(logging.Formatter):
+    """One-shot commands' lines (replay, check, backfill, drain before their own logging):
+    ``otelbridge: WARNING: message``, the logger's name only when it says more than the
+    program's name already does (``otelbridge: WARNING otelbridge.replay: …``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        where = "" if record.name in (PROGRAM, "root") else f" {record.name}"
+        line = f"{PROGRAM}: {record.levelname}{where}: {escape_controls(_ACTIVE(record.getMessage()))}"
+        if record.exc_info:
+            line += " | " + escape_controls(_ACTIVE(self.formatException(record.exc_info)))
+        return line
+
+
+#: the program's name, which its root logger also has
+PROGRAM: Final = "otelbridge"
+
+
 def configure_logging(
     fmt: Literal["text", "json"] = "text",
     level: str = "info",

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from otelbridge.logs import CountedLog, configure_logging, escape_controls
+from otelbridge.logs import CommandFormatter, CountedLog, configure_logging, escape_controls
 
 
 @pytest.fixture(autouse=True)
@@ -169,3 +169,15 @@ def test_counted_log_logs_the_first_at_once_then_one_counted_line_per_period(
         (logging.INFO, "refused 404: 99 more in 0.05 s, first from 10.0.0.9"),
         (logging.WARNING, "refused 401 from 10.0.0.7"),  # after a quiet period: at once again
     ]
+
+
+def test_command_lines_name_the_program_once() -> None:
+    """The one-shot commands' lines: ``otelbridge: WARNING otelbridge:`` said the name twice."""
+    formatter = CommandFormatter()
+
+    def line(name: str, message: str) -> str:
+        return formatter.format(logging.LogRecord(name, logging.WARNING, __file__, 1, message, None, None))
+
+    assert line("otelbridge", "OTEL_X: not read") == "otelbridge: WARNING: OTEL_X: not read"
+    assert line("otelbridge.replay", "slow") == "otelbridge: WARNING otelbridge.replay: slow"
+    assert line("otelbridge", "a\nb") == "otelbridge: WARNING: a\\nb"  # one line per event

@@ -442,6 +442,7 @@ def test_a_misspelt_otlp_variable_is_warned_about_with_the_nearest_name() -> Non
         assert run.returncode == 0, run.stderr
     (line,) = [line for line in run.stderr.splitlines() if "OTEL_EXPORTER_OTLP_ENDPIONT" in line]
     assert "WARNING" in line and "did you mean OTEL_EXPORTER_OTLP_ENDPOINT?" in line
+    assert line.startswith("otelbridge: WARNING: OTEL_EXPORTER_OTLP_ENDPIONT:"), line  # the name once
 
 
 # --- console ---------------------------------------------------------------------------------

@@ -162,9 +162,9 @@ class GrpcSender:
         retryable = code in _RETRY_GRPC or (
             code == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after is not None
         )
-        status = f"grpc {name}"
-        message = status + (f": {_short(str(details))}" if details else "")
-        return SendResult("retry" if retryable else "reject", status, message, retry_after)
+        # The message leaves the status out: every reader prints "status: message".
+        message = _short(str(details)) if details else "no details"
+        return SendResult("retry" if retryable else "reject", f"grpc {name}", message, retry_after)
 
     def close(self) -> None:
         with self._lock:

@@ -81,7 +81,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 class SendResult:
     """What happened to one request. ``status`` is short and stable (``"200"``, ``"503"``,
     ``"grpc UNAVAILABLE"``, ``"connection error"``, ``"timeout"``); ``message`` is one line for
-    logs (never headers, body text capped); ``retry_after`` the seconds the backend asked for;
+    logs that does not repeat the status (readers print ``status: message``; never headers,
+    body text capped); ``retry_after`` the seconds the backend asked for;
     ``rejected``/``partial_message`` the ``partial_success`` of an accepted request."""
 
     outcome: Outcome
@@ -424,9 +425,8 @@ class _HttpSender:
         text = _error_text(answer, response.headers.get("content-type", ""))
         if 300 <= code < 400:
             text = text or "redirect not followed: point the endpoint at the final URL"
-        message = " ".join(part for part in (status, reason) if part)
-        if text:
-            message += f": {text}"
+        # The message leaves the status code out: every reader prints "status: message".
+        message = ": ".join(part for part in (reason, text) if part) or "no details"
         return SendResult(outcome, status, message, retry_after)
 
     def close(self) -> None:
