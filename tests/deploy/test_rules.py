@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.chart import CHART_DIR, load_values
+from tests.deploy.chart import CHART_DIR, REPO, load_values
 from tests.deploy.prometheus import RULE_TESTS, RULES, SLO_RULES, alert_expr, promtool
 from tests.deploy.slo_rules import rendered_slo_groups
 
@@ -58,16 +58,36 @@ def test_check_rules_is_clean() -> None:
     assert "WARNING" not in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("path", [RULES, SLO_RULES], ids=lambda p: p.name)
-def test_every_alert_has_severity_and_runbook_text(path: Path) -> None:
+#: where each alert's runbook is: its section of docs/alerts.md (GitHub's anchor of ``## Name``)
+RUNBOOK_URL = "https://github.com/otelbridge/otelbridge/blob/main/docs/alerts.md#{anchor}"
+
+
+@pytest.mark.parametrize(
+    ("path", "runbook"), [(RULES, "runbook_url"), (SLO_RULES, "runbook")], ids=lambda p: getattr(p, "name", p)
+)
+def test_every_alert_has_severity_and_runbook(path: Path, runbook: str) -> None:
     text = path.read_text(encoding="utf-8")
     blocks = re.split(r"\n\s*- alert: ", text)[1:]
     assert len(blocks) == len(alert_names(path)) > 0
     for block in blocks:
         name = block.split("\n", 1)[0]
         assert re.search(r"\n\s+severity: (critical|warning)\n", block), name
-        for annotation in ("summary", "description", "runbook"):
+        for annotation in ("summary", "description", runbook):
             assert re.search(rf"\n\s+{annotation}: \S", block), f"{name}: no {annotation}"
+
+
+def test_every_alert_links_its_runbook_section() -> None:
+    """``runbook_url`` (what Alertmanager templates and Grafana show as a link), not a ``runbook``
+    text: each alert's own section of docs/alerts.md, whose heading is the alert's name."""
+    rules = yaml.safe_load(RULES.read_text(encoding="utf-8"))
+    alerts = [rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule]
+    assert alerts
+    headings = set(re.findall(r"^## (\S+)\s*$", (REPO / "docs" / "alerts.md").read_text(), re.M))
+    for rule in alerts:
+        notes = rule["annotations"]
+        assert "runbook" not in notes, rule["alert"]
+        assert notes["runbook_url"] == RUNBOOK_URL.format(anchor=rule["alert"].lower()), rule["alert"]
+        assert rule["alert"] in headings, f"docs/alerts.md has no '## {rule['alert']}' section"
 
 
 def test_rule_unit_tests_pass() -> None:
