@@ -62,7 +62,7 @@ RUN echo 'otelbridge:x:10001:10001:otelbridge:/var/lib/otelbridge:/usr/sbin/nolo
  && echo 'otelbridge:x:10001:' >> /etc/group \
  && mkdir -p /var/lib/otelbridge \
  && chown 10001:10001 /var/lib/otelbridge \
- && chmod 0750 /var/lib/otelbridge
+ && chmod 0700 /var/lib/otelbridge
 COPY --from=build /opt/otelbridge /opt/otelbridge
 
 # Both listeners on all interfaces (the pod's network is the boundary); nothing is written

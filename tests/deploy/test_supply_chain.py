@@ -519,3 +519,12 @@ def test_the_github_configuration_passes_its_linters(command: list[str]) -> None
         [executable, *command[1:]], capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_state_directory_is_created_private() -> None:
+    """0700, as otelbridge makes it on start: created 0750, every fresh volume (which copies the
+    image's directory) logged "was mode 0750: now 0700"."""
+    _, stages = dockerfile_stages()
+    runs = [rest for keyword, rest in stages[-1].instructions if keyword == "RUN"]
+    modes = re.findall(r"chmod (\d+) /var/lib/otelbridge\b", " ".join(runs))
+    assert modes == ["0700"], modes
