@@ -76,7 +76,7 @@ _Dumper.add_representer(str, _text)
 _Dumper.add_representer(_Folded, _folded)
 #: a rule's keys in the order people write them (Helm's parser hands them back sorted)
 RULE_KEYS = ("record", "alert", "expr", "for", "labels", "annotations")
-ANNOTATION_KEYS = ("summary", "description", "runbook")
+ANNOTATION_KEYS = ("summary", "description", "runbook_url")
 
 
 def _ordered_rule(rule: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +86,7 @@ def _ordered_rule(rule: dict[str, Any]) -> dict[str, Any]:
         notes = out["annotations"]
         assert set(notes) <= set(ANNOTATION_KEYS), sorted(notes)
         out["annotations"] = {
-            key: _Folded(notes[key]) if key != "summary" else notes[key]
+            key: _Folded(notes[key]) if key == "description" else notes[key]
             for key in ANNOTATION_KEYS
             if key in notes
         }

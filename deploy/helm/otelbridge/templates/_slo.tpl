@@ -129,12 +129,7 @@ sttTtfb:
         {{ $short }} still above {{ $rate }} times. At {{ $rate }}x a {{ $slo.window }} error budget lasts
         {{ printf "%.1f" (divf $days $rate) }} days ({{ printf "%.1f" $share }}% of it burns per {{ $long }}). This alert
         {{ index . 7 }}. The {{ $short }} window lets it resolve minutes after the burn stops.
-      runbook: >-
-        The "SLOs" row of the otelbridge dashboard shows the budget left and the burn rate by
-        deployment: one deployment burning while the agent's others do not points at its change
-        (roll back). All deployments or agents: see {{ $sli.alert }} and the "Latency" row (STT,
-        LLM, TTS or the Cartesia side). The slow turns are in the traces (a high
-        `{{ $sli.traces }}` on the agent's turn spans, `cartesia.deployment.id`).
+      runbook_url: https://github.com/otelbridge/otelbridge/blob/main/docs/alerts.md#cartesiasloburn{{ lower $speed }}
   {{- end }}
 {{- end }}
 {{- end }}
