@@ -74,7 +74,7 @@ def test_every_alert_has_severity_and_runbook(path: Path, runbook: str) -> None:
     for block in blocks:
         name = block.split("\n", 1)[0]
         assert re.search(r"\n\s+severity: (critical|warning)\n", block), name
-        for annotation in ("summary", "description", runbook):
+        for annotation in ("summary", "description", "runbook_url"):
             assert re.search(rf"\n\s+{annotation}: \S", block), f"{name}: no {annotation}"
 
 
