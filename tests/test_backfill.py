@@ -20,8 +20,8 @@ real ones):
 Kills and interrupts land while the process waits on a List Calls page the stand-in holds
 back and after the receiver holds every span of the pages stored so far: a kill during an
 export in flight may re-send that one request on the next run (at-least-once between the
-backend's 2xx and the spool deletion; docs/architecture.md, "Nothing lost, nothing doubled"), which a backend de-duplicates
-by span id but which this test would count twice.
+backend's 2xx and the spool deletion; docs/architecture.md, "Nothing lost, nothing doubled"),
+which a backend de-duplicates by span id but which this test would count twice.
 """
 
 from __future__ import annotations
