@@ -82,13 +82,16 @@ def drain(state_dir: Path, url: str) -> dict[str, Any]:
     from otelbridge.delivery.sender import Sender
     from otelbridge.delivery.telemetry import Gauges, SelfMetrics
     from otelbridge.delivery.transport import make_transport
-    from otelbridge.store.sqlite import open_state
+    from otelbridge.store import open_engine
 
     os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = url
-    state = open_state(state_dir)
+    # as the pipeline builds it: the state, a reader of its own, the ack log
+    engine = open_engine(state_dir, None, role="pipeline")
+    state, reader, acks = engine.state(), engine.state_reader(), engine.acks()
     transport = make_transport({"traces": "otlp", "metrics": "otlp"})
+    metrics = SelfMetrics(MeterProvider(), Gauges())
     sender = Sender(
-        state, transport, SelfMetrics(MeterProvider(), Gauges()), initial_backoff_s=0.05, max_backoff_s=0.5
+        state, transport, metrics, initial_backoff_s=0.05, max_backoff_s=0.5, reader=reader, acks=acks
     )
 
     def depth() -> int:
@@ -110,7 +113,6 @@ def drain(state_dir: Path, url: str) -> dict[str, Any]:
 
     elapsed = anyio.run(main)
     transport.close()
-    state.close()
     return {"seconds": elapsed}
 
 

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
+import anyio.abc
 
 from otelbridge.delivery.environment import SIGNALS, Signal
 from otelbridge.delivery.telemetry import SelfMetrics
@@ -125,6 +126,7 @@ class Sender:
         #: acknowledged spool ids not yet deleted, per signal, and when the oldest was acknowledged
         self._unswept: dict[Signal, list[int]] = {s: [] for s in SIGNALS}
         self._unswept_since: dict[Signal, float] = dict.fromkeys(SIGNALS, 0.0)
+        self._sweeping = {s: anyio.Lock() for s in SIGNALS}
         self.recovered = 0
         if recover:
             self.recover()
@@ -158,14 +160,18 @@ class Sender:
         return backoff(failures - 1, self._initial, self._max, self._rng)
 
     async def run(self, signal: Signal) -> None:
+        async with anyio.create_task_group() as sweeps:
+            await self._run(signal, sweeps)
+
+    async def _run(self, signal: Signal, sweeps: anyio.abc.TaskGroup) -> None:
         state = self.states[signal]
         ahead: Outgoing | None = None  # the request after the last one sent, read while it was
         while True:
             state.heartbeat_ns = self._clock()
             # a fresh event before looking: a notify() during the look is not lost
             self._wake[signal] = anyio.Event()
-            if self._sweep_due(signal):
-                await self._sweep(signal)
+            if self._sweep_due(signal) and not self._sweeping[signal].locked():
+                sweeps.start_soon(self._sweep, signal)  # beside the next exports, not before them
             request = ahead or await anyio.to_thread.run_sync(self._next, signal, self._sent_through[signal])
             ahead = None
             if request is None:
@@ -252,19 +258,24 @@ class Sender:
         )
 
     async def _sweep(self, signal: Signal) -> None:
-        """Delete the acknowledged rows of ``signal`` (one transaction for many exports)."""
-        ids = self._unswept[signal]
-        if not ids:
-            return
+        """Delete the acknowledged rows of ``signal`` (one transaction for many exports; the
+        rows are overwritten on disk, which is what makes it worth doing beside the exports)."""
+        async with self._sweeping[signal]:
+            ids, self._unswept[signal] = self._unswept[signal], []
+            if not ids:
+                return
 
-        def delete() -> None:
-            with self._db.transaction() as tx:
-                tx.spool_delete(ids)
+            def delete() -> None:
+                with self._db.transaction() as tx:
+                    tx.spool_delete(ids)
 
-        await anyio.to_thread.run_sync(delete)
-        self._unswept[signal] = []
-        if self._acks is not None:
-            self._forget += ids
+            try:
+                await anyio.to_thread.run_sync(delete)
+            except BaseException:
+                self._unswept[signal][:0] = ids  # deleted by a later sweep, or by recover()
+                raise
+            if self._acks is not None:
+                self._forget += ids
 
     async def _ok(self, signal: Signal, request: Outgoing, result: SendResult) -> None:
         if not self._unswept[signal]:
