@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 TURNS_PER_CALL = 50
@@ -66,18 +67,33 @@ def _rows(workload: str, calls: int) -> list[tuple[int, str, str, bytes]]:
     return rows
 
 
+def _encoder() -> Any:
+    """The span encoder of the checkout this process imports, as its pipeline builds it: OTLP
+    written directly (delivery/otlp.py), or in a checkout from before it, the SDK's."""
+    try:
+        from otelbridge.delivery.otlp import encode_traces
+        from otelbridge.delivery.resource import build_resource
+    except ImportError:
+        sdk = importlib.import_module("otelbridge.delivery.sdk")
+        old = sdk.build_resource("bench", "processor")
+        return lambda spans: bytes(
+            sdk.encode_trace_request(sdk.to_readable_spans(spans, old)).SerializeToString()
+        )
+    resource = build_resource("bench", "processor")
+    return lambda spans: encode_traces(spans, resource)
+
+
 def _once(workload: str, calls: int) -> dict[str, float]:
     """One timed drain, with whatever ``otelbridge`` this process imports."""
     from otelbridge.delivery.spool import Spool
     from otelbridge.ingest.processor import Processor
     from otelbridge.mapping.policy import MappingOptions
     from otelbridge.store import open_inbox, open_state
-    from tests.support.sdk_reference import build_resource, encode_trace_request, to_readable_spans
 
     # a checkout from before the storage seam: open_inbox gave a Database, filled by
     # otelbridge.ingest.inbox.append_rows (looked up by name: this tree no longer has it)
     append_rows = getattr(importlib.import_module("otelbridge.ingest.inbox"), "append_rows", None)
-    resource = build_resource("bench", "processor")
+    encode = _encoder()
     rows = _rows(workload, calls)
     with tempfile.TemporaryDirectory() as tmp:
         state, inbox = open_state(Path(tmp)), open_inbox(Path(tmp))
@@ -87,7 +103,7 @@ def _once(workload: str, calls: int) -> dict[str, float]:
             inbox.append(rows)  # one commit, untimed as before
         processor = Processor(
             state, inbox, Spool(max_bytes=1 << 34, max_age_ns=1 << 62), MappingOptions(),
-            lambda spans: bytes(encode_trace_request(to_readable_spans(spans, resource)).SerializeToString()),
+            encode,
             call_timeout_ns=10**15, retention_ns=10**15,
         )  # fmt: skip
         started = time.perf_counter()
