@@ -1,28 +1,12 @@
 """Mapping records straight to OTLP: the ExportTraceServiceRequest of a batch of spans, built
 with opentelemetry-proto's generated classes, without ``ReadableSpan`` and without the SDK.
 
-:func:`trace_request` builds the message (``Span``, ``Span.Event``, ``KeyValue``, ``AnyValue``,
-``Resource``, ``InstrumentationScope``) and protobuf's upb backend serializes it:
-:func:`encode_traces` is ``trace_request(...).SerializeToString()``. No wire format is written
-here. Why: the brief prefers a well-kept library of the field to code of our own, and an OTLP
-message built with opentelemetry-proto's classes is the library's; an earlier version of this
-module wrote the protobuf wire format by hand (tags, varints, lengths) and was faster.
-
-The cost, measured with timeit on bench/mapping.py's 40-turn call (45 spans, 650 span
-attributes, 368 events, 700 event attributes; upb, Python 3.11, a shared 2-core machine): a
-KeyValue costs 0.45-0.5 µs however it is built, each message being a Python object the
-library makes and frees. ``add()`` then field by field is the cheapest way; keyword arguments
-cost 0.1 µs more per field, and ``KeyValue(...)`` objects appended or extended cost 1.3 µs. An
-event costs 0.25 µs before its attributes, a span's own fields 0.8 µs, and serializing the
-request 60 µs. The request costs about 850 µs, against about 450 µs when the wire format was
-written by hand, so mapping + encoding runs at 1.5-1.6x the SDK's encoder alone instead of
-1.9-2.0x (``PYTHONPATH=. python3 bench/mapping.py``).
-
-Kept from request to request: the Resource and InstrumentationScope messages, which are copied
-in. Kept within a request: the int KeyValues (text chunk indexes), copied where they repeat,
-which saves 3%. Measured and left out: caching string pairs (conversation id, agent id,
-operation, provider) costs 12% more, because a copy is no cheaper than a new KeyValue and the
-look-ups are wasted. Templates of a span's leading attributes copied in whole cost 8% more.
+:func:`trace_request` builds the message and protobuf's upb backend serializes it
+(:func:`encode_traces`). The library's classes rather than a wire format of our own: a
+hand-written encoder was faster, but the brief prefers a well-kept library to our own code
+(the costs of each way are in docs/benchmarks.md). ``add()`` then field by field is the
+cheapest way to fill a message; the Resource and scope messages are kept across requests, and
+the int pairs that repeat within one (text chunk indexes) are copied.
 
 The output is the SDK path's to the byte: ``encode_traces(records, resource)`` equals
 ``encode_trace_request(to_readable_spans(records, resource)).SerializeToString()`` (the same
