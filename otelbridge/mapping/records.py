@@ -56,9 +56,9 @@ class InstrumentKind(StrEnum):
     COUNTER = "counter"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs a setattr per field, per point
 class MetricPoint:
-    """One observation. Metrics cannot carry past timestamps, so a point has no time: it is
+    """One observation (never changed once made: :func:`dataclasses.replace` makes another). Metrics cannot carry past timestamps, so a point has no time: it is
     recorded when delivered. ``span_key``/``span_id`` name the span the observation came from
     (the exemplar, and what lets a stream of partial exports skip points already sent)."""
 
