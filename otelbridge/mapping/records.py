@@ -58,9 +58,10 @@ class InstrumentKind(StrEnum):
 
 @dataclass(slots=True)  # not frozen: a frozen init costs a setattr per field, per point
 class MetricPoint:
-    """One observation (never changed once made: :func:`dataclasses.replace` makes another). Metrics cannot carry past timestamps, so a point has no time: it is
-    recorded when delivered. ``span_key``/``span_id`` name the span the observation came from
-    (the exemplar, and what lets a stream of partial exports skip points already sent)."""
+    """One observation, never changed once made (:func:`dataclasses.replace` makes another).
+    Metrics cannot carry past timestamps, so a point has no time: it is recorded when delivered.
+    ``span_key``/``span_id`` name the span the observation came from (the exemplar, and what
+    lets a stream of partial exports skip points already sent)."""
 
     instrument: str
     kind: InstrumentKind
