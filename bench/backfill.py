@@ -49,7 +49,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
-from common import ROOT, InternalProcess, clean_env, cpu_seconds, log, start_profiler, summarize_profile
+from common import (
+    ROOT,
+    InternalProcess,
+    answer_commands,
+    clean_env,
+    cpu_seconds,
+    log,
+    start_profiler,
+    summarize_profile,
+)
 
 AGENT = "agent_bench_backfill"
 PAGE_LIMIT = 100
@@ -160,28 +169,21 @@ def run_receiver(stdin: TextIO, stdout: TextIO) -> None:
                 self.last_at = request.received_at
 
     receiver = CountingReceiver().start()
-    stdout.write(json.dumps({"url": receiver.url, "pid": os.getpid()}) + "\n")
-    stdout.flush()
-    try:
-        for line in stdin:
-            if line.strip() != "stats":
-                break
-            with receiver.guard:
-                answer = {
-                    "spans": receiver.n_spans,
-                    "distinct_span_ids": len(receiver.ids),
-                    "turn_spans": receiver.n_turns,
-                    "trace_requests": receiver.n_traces,
-                    "metric_requests": receiver.n_metrics,
-                    "trace_bytes": receiver.trace_bytes,
-                    "trace_request_max_bytes": receiver.trace_max_bytes,
-                    "first_at": receiver.first_at,
-                    "last_at": receiver.last_at,
-                }
-            stdout.write(json.dumps(answer) + "\n")
-            stdout.flush()
-    finally:
-        receiver.stop()
+
+    def stats() -> dict[str, object]:
+        return {
+            "spans": receiver.n_spans,
+            "distinct_span_ids": len(receiver.ids),
+            "turn_spans": receiver.n_turns,
+            "trace_requests": receiver.n_traces,
+            "metric_requests": receiver.n_metrics,
+            "trace_bytes": receiver.trace_bytes,
+            "trace_request_max_bytes": receiver.trace_max_bytes,
+            "first_at": receiver.first_at,
+            "last_at": receiver.last_at,
+        }
+
+    answer_commands(receiver, receiver.guard, {"stats": stats}, stdin, stdout)
 
 
 # --- measuring a process ---------------------------------------------------------------------

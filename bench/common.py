@@ -11,9 +11,11 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self, TextIO
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,6 +89,38 @@ class InternalProcess:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class Receiver(Protocol):
+    @property
+    def url(self) -> str: ...
+
+    def stop(self) -> None: ...
+
+
+def answer_commands(
+    receiver: Receiver,
+    guard: threading.Lock,
+    commands: Mapping[str, Callable[[], object]],
+    stdin: TextIO,
+    stdout: TextIO,
+) -> None:
+    """The helper side of :class:`InternalProcess` for a started receiver: its url and pid, then
+    one JSON line per command line (the answer of ``commands[line]``, under ``guard``); any other
+    line, or the end of stdin, stops the receiver."""
+    stdout.write(json.dumps({"url": receiver.url, "pid": os.getpid()}) + "\n")
+    stdout.flush()
+    try:
+        for line in stdin:
+            command = commands.get(line.strip())
+            if command is None:
+                break
+            with guard:
+                answer = command()
+            stdout.write(json.dumps(answer) + "\n")
+            stdout.flush()
+    finally:
+        receiver.stop()
 
 
 def cpu_seconds(pid: int) -> float:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from common import ROOT, InternalProcess, log
+from common import ROOT, InternalProcess, answer_commands, log
 
 CALL_SPANS = 22  # a synthetic call of 20 turns: root + 20 turns + the tool span
 
@@ -148,24 +148,16 @@ def run_receiver(stdin: TextIO, stdout: TextIO) -> None:
                         self.ids.update(span.span_id for span in ss.spans)
 
     receiver = Counting().start()
-    stdout.write(json.dumps({"url": receiver.url, "pid": os.getpid()}) + "\n")
-    stdout.flush()
-    try:
-        for line in stdin:
-            command = line.strip()
-            with receiver.guard:
-                if command == "stats":
-                    answer = {"spans": receiver.span_count, "distinct": len(receiver.ids),
-                              "requests": receiver.count, "max_bytes": receiver.max_bytes}  # fmt: skip
-                elif command == "reset":
-                    receiver.reset()
-                    answer = {}
-                else:
-                    break
-            stdout.write(json.dumps(answer) + "\n")
-            stdout.flush()
-    finally:
-        receiver.stop()
+
+    def stats() -> dict[str, int]:
+        return {"spans": receiver.span_count, "distinct": len(receiver.ids),
+                "requests": receiver.count, "max_bytes": receiver.max_bytes}  # fmt: skip
+
+    def reset() -> dict[str, int]:
+        receiver.reset()
+        return {}
+
+    answer_commands(receiver, receiver.guard, {"stats": stats, "reset": reset}, stdin, stdout)
 
 
 def measure(code_root: Path, spool: Path, url: str) -> dict[str, Any]:

@@ -70,6 +70,7 @@ from typing import Any, TextIO
 from common import (
     ROOT,
     InternalProcess,
+    answer_commands,
     clean_env,
     cpu_seconds,
     log,
@@ -375,28 +376,18 @@ def run_receiver(stdin: TextIO, stdout: TextIO) -> None:
                                 self.last_turn_at = max(self.last_turn_at, request.received_at)
 
     receiver = TimingReceiver().start()
-    stdout.write(json.dumps({"url": receiver.url, "pid": os.getpid()}) + "\n")
-    stdout.flush()
-    try:
-        for line in stdin:
-            command = line.strip()
-            with receiver.guard:
-                if command == "stats":
-                    answer: object = {
-                        "turn_spans": len(receiver.turns),
-                        "spans": receiver.n_spans,
-                        "trace_requests": receiver.n_traces,
-                        "metric_requests": receiver.n_metrics,
-                        "last_turn_at": receiver.last_turn_at,
-                    }
-                elif command == "dump":
-                    answer = dict(receiver.turns)
-                else:
-                    break
-            stdout.write(json.dumps(answer) + "\n")
-            stdout.flush()
-    finally:
-        receiver.stop()
+
+    def stats() -> dict[str, object]:
+        return {
+            "turn_spans": len(receiver.turns),
+            "spans": receiver.n_spans,
+            "trace_requests": receiver.n_traces,
+            "metric_requests": receiver.n_metrics,
+            "last_turn_at": receiver.last_turn_at,
+        }
+
+    commands = {"stats": stats, "dump": lambda: dict(receiver.turns)}
+    answer_commands(receiver, receiver.guard, commands, stdin, stdout)
 
 
 # --- process management ------------------------------------------------------------------
