@@ -59,6 +59,29 @@ def bucket_boundaries(point: MetricPoint) -> tuple[float, ...] | None:
     return None
 
 
+class _Labels:
+    """A point's attributes, copied on the first change (most points keep theirs)."""
+
+    __slots__ = ("changed", "original")
+
+    def __init__(self, original: _Attrs) -> None:
+        self.original = original
+        self.changed: _Attrs | None = None
+
+    @property
+    def current(self) -> _Attrs:
+        return self.original if self.changed is None else self.changed
+
+    def get(self, key: str) -> str | bool | int | None:
+        changed = self.changed
+        return (self.original if changed is None else changed).get(key)
+
+    def __setitem__(self, key: str, value: str) -> None:
+        if self.changed is None:
+            self.changed = dict(self.original)
+        self.changed[key] = value
+
+
 def span_context(trace_id: int, span_id: int) -> SpanContext:
     """A SAMPLED context (the exemplar's span): an unsampled one makes backends drop it."""
     return SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
@@ -133,37 +156,32 @@ class MetricRecorder:
     def _bound(self, point: MetricPoint, now: float) -> MetricPoint | None:
         """``point`` within the bounds (a copy when a label changed), or None when it was
         counted in ``cartesia.log_metric.other`` instead."""
-        attributes: _Attrs | None = None  # copied on the first change
+        labels = _Labels(point.attributes)
         for key, value in point.attributes.items():
             if isinstance(value, str):
                 cut, was_cut = label_value(value)
                 if was_cut:
-                    attributes = attributes if attributes is not None else dict(point.attributes)
-                    attributes[key] = cut
+                    labels[key] = cut
                     self.folded["label_bytes"] += 1
-        labels = attributes if attributes is not None else point.attributes
         agent = labels.get(c.METRIC_ATTR_AGENT_ID)
         if isinstance(agent, str):
             admitted, evicted = self._agents.admit(agent, now)
             if evicted is not None:
                 self._forget_agent(evicted)
             if not admitted:
-                attributes = attributes if attributes is not None else dict(point.attributes)
-                attributes[c.METRIC_ATTR_AGENT_ID] = OTHER
+                labels[c.METRIC_ATTR_AGENT_ID] = OTHER
                 for key in _AGENT_SCOPED:
-                    if key in attributes:
-                        attributes[key] = OTHER
+                    if labels.get(key) is not None:
+                        labels[key] = OTHER
                 self.folded["agents"] += 1
             else:
-                attributes = self._bound_agent_labels(agent, labels, attributes, point, now)
-        labels = attributes if attributes is not None else point.attributes
-        attributes = self._bound_vocabularies(labels, attributes, now)
+                self._bound_agent_labels(agent, labels, now)
+        self._bound_vocabularies(labels, now)
         if point.instrument.startswith(c.METRIC_LOG_METRIC_PREFIX):
-            bounded = attributes if attributes is not None else point.attributes
-            if not self._log_metric_admitted(point, str(bounded.get(c.METRIC_ATTR_AGENT_ID, "")), now):
-                self._fold_log_metric(bounded)
+            if not self._log_metric_admitted(point, str(labels.get(c.METRIC_ATTR_AGENT_ID) or ""), now):
+                self._fold_log_metric(labels.current)
                 return None
-            text = bounded.get(c.METRIC_ATTR_LOG_VALUE)
+            text = labels.get(c.METRIC_ATTR_LOG_VALUE)
             if isinstance(text, str) and text != OTHER:
                 values = self._string_values.get(point.instrument)
                 if values is None:
@@ -172,14 +190,11 @@ class MetricRecorder:
                 if evicted is not None:
                     self._drop("log_metric_values", {c.METRIC_ATTR_LOG_VALUE: evicted}, point.instrument)
                 if not admitted:
-                    attributes = attributes if attributes is not None else dict(point.attributes)
-                    attributes[c.METRIC_ATTR_LOG_VALUE] = OTHER
+                    labels[c.METRIC_ATTR_LOG_VALUE] = OTHER
                     self.folded["log_metric_values"] += 1
-        return point if attributes is None else replace(point, attributes=attributes)
+        return point if labels.changed is None else replace(point, attributes=labels.changed)
 
-    def _bound_agent_labels(
-        self, agent: str, labels: _Attrs, attributes: _Attrs | None, point: MetricPoint, now: float
-    ) -> _Attrs | None:
+    def _bound_agent_labels(self, agent: str, labels: _Labels, now: float) -> None:
         for key, (limit, most) in self._per_agent_limits.items():
             value = labels.get(key)
             if not isinstance(value, str):
@@ -192,12 +207,10 @@ class MetricRecorder:
             if evicted is not None:
                 self._drop(limit, {c.METRIC_ATTR_AGENT_ID: agent, key: evicted})
             if not admitted:
-                attributes = attributes if attributes is not None else dict(point.attributes)
-                attributes[key] = OTHER
+                labels[key] = OTHER
                 self.folded[limit] += 1
-        return attributes
 
-    def _bound_vocabularies(self, labels: _Attrs, attributes: _Attrs | None, now: float) -> _Attrs | None:
+    def _bound_vocabularies(self, labels: _Labels, now: float) -> None:
         for key, admission in self._vocabularies.items():
             value = labels.get(key)
             if not isinstance(value, str):
@@ -206,10 +219,8 @@ class MetricRecorder:
             if evicted is not None:
                 self._drop("vocabulary", {key: evicted})
             if not admitted:
-                attributes = attributes if attributes is not None else dict(labels)
-                attributes[key] = OTHER
+                labels[key] = OTHER
                 self.folded["vocabulary"] += 1
-        return attributes
 
     def _log_metric_admitted(self, point: MetricPoint, agent: str, now: float) -> bool:
         """May ``point`` have its own instrument? The agents past the limit share the names of
