@@ -52,8 +52,7 @@ def map_evaluation(result: EvaluationResult, options: MappingOptions) -> tuple[S
     event_attrs: Attributes = {}
     AttributeSink(options, event_attrs).flatten("", dict(score))
     span.events.append(EventRecord(c.EVENT_EVALUATION_RESULT, result.created_at, event_attrs))
-    if sink.truncated:
-        attrs[c.TRUNCATED] = list(dict.fromkeys(sink.truncated))
+    sink.list_cuts()
 
     low_card: dict[str, str | bool | int] = {
         c.METRIC_ATTR_AGENT_ID: result.agent_id,

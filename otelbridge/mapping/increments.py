@@ -116,6 +116,5 @@ def analysis_span(ctx: CallContext, summary: str, at_ns: int) -> SpanRecord:
     # the root went out without it: here is where an OpenInference backend finds the summary
     sink.put(c.OI_SPAN_KIND, c.OI_KIND_CHAIN)
     openinference_text(sink, c.OI_OUTPUT_VALUE, c.OI_OUTPUT_MIME_TYPE, summary, c.MIME_TEXT)
-    if sink.truncated:
-        span.attributes[c.TRUNCATED] = list(dict.fromkeys(sink.truncated))
+    sink.list_cuts()
     return span

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
+from otelbridge.mapping.conventions import TRUNCATED
+
 DEFAULT_SERVICE_NAME: Final = "otelbridge"
 DEFAULT_MAX_ATTRIBUTE_BYTES: Final = 2048
 DEFAULT_TEXT_MAX_CHARS: Final = 256
@@ -116,6 +118,11 @@ class AttributeSink:
         self.truncated: list[str] = []
         #: metadata attributes left out past :data:`MAX_ATTRIBUTES` (OTLP's dropped count)
         self.dropped = 0
+
+    def list_cuts(self) -> None:
+        """Name every cut in ``otelbridge.truncated_attributes``, once each, in order."""
+        if self.truncated:
+            self.attributes[TRUNCATED] = list(dict.fromkeys(self.truncated))
 
     def put(self, key: str, value: Any) -> None:
         """Set ``key`` unless ``value`` is None; strings are capped."""

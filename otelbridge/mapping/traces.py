@@ -275,8 +275,7 @@ def _text_chunk_events(
         attrs: Attributes = {c.CHUNK_INDEX: index}
         event_sink = AttributeSink(options, attrs)
         event_sink.text(c.CHUNK_TEXT, text)
-        if event_sink.truncated:  # every cut is listed, on the event that holds it
-            attrs[c.TRUNCATED] = list(dict.fromkeys(event_sink.truncated))
+        event_sink.list_cuts()  # every cut is listed, on the event that holds it
         if moved:
             attrs[c.TIME_ADJUSTED] = True
         events.append(EventRecord(c.EVENT_TEXT_CHUNK, at, attrs))
@@ -322,8 +321,7 @@ def _tool_span(
 def _finish(span: SpanRecord, sink: AttributeSink, adjust: _Adjustments) -> None:
     adjust.apply(span)
     span.dropped_attributes = sink.dropped
-    if sink.truncated:
-        span.attributes[c.TRUNCATED] = list(dict.fromkeys(sink.truncated))
+    sink.list_cuts()
 
 
 def call_anchor(call: AgentCall, fallback_end_ns: int | None = None) -> tuple[int, int, list[str]]:
@@ -448,8 +446,7 @@ def _log_event(ctx: CallContext, item: TranscriptItem) -> tuple[EventRecord, flo
         sink.put(c.LOG_METRIC_NAME, metric.name)
         sink.put(c.LOG_METRIC_VALUE, metric.value)
         offset = metric.timestamp if metric.timestamp is not None else item.start_timestamp
-        if sink.truncated:
-            attrs[c.TRUNCATED] = list(dict.fromkeys(sink.truncated))
+        sink.list_cuts()
         return EventRecord(c.EVENT_LOG_METRIC, 0, attrs), offset
     event = item.log_event
     assert event is not None
@@ -474,8 +471,7 @@ def _log_event(ctx: CallContext, item: TranscriptItem) -> tuple[EventRecord, flo
     name, cut = cap_bytes(event.event or "cartesia.log_event", MAX_NAME_BYTES)
     if cut:
         sink.truncated.append(NAME_CUT)
-    if sink.truncated:
-        attrs[c.TRUNCATED] = list(dict.fromkeys(sink.truncated))
+    sink.list_cuts()
     offset = event.timestamp if event.timestamp is not None else item.start_timestamp
     return EventRecord(name, 0, attrs, sink.dropped), offset
 
