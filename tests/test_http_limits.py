@@ -237,7 +237,7 @@ def test_a_connection_that_never_sends_a_request_is_closed(serve: Any) -> None:
         raw, how = read_answer(sock, 5.0)
         took = time.monotonic() - t0
     assert how == "closed" and raw == b""
-    assert T * 0.8 < took < T + 0.6
+    assert T * 0.8 < took < T + 1.5  # the upper margin absorbs a loaded CI machine
 
 
 def test_a_slowloris_head_gets_408_json(serve: Any) -> None:

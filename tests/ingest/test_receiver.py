@@ -547,8 +547,14 @@ def test_empty_secret_is_refused_at_build_time() -> None:
 
 
 # --- log flooding (issue 19) ---------------------------------------------------------------
-FLOOD_EVERY = 1.0  # the counted line's period (a minute in production)
-FLOOD_N = 10  # bad requests of each kind
+# The counted line's period (a minute in production). The 31 requests below must fit in half
+# of it: they took 0.26 s on a loaded CI machine, so 2.5 s leaves a wide margin.
+FLOOD_EVERY = 2.5
+FLOOD_N = 5  # bad requests of each kind
+
+
+def _sleep_until(deadline: float) -> None:
+    time.sleep(max(0.0, deadline - time.monotonic()))
 
 
 def test_repeated_refusals_are_one_line_each_then_one_counted_line_per_period(
@@ -594,9 +600,11 @@ def test_repeated_refusals_are_one_line_each_then_one_counted_line_per_period(
         sent_in = time.monotonic() - started
         assert sent_in < FLOOD_EVERY / 2, f"too slow to test one period: {sent_in:.2f} s"
         immediate = [r.getMessage() for r in caplog.records if r.name == "otelbridge.receiver"]
-        time.sleep(FLOOD_EVERY * 1.5)  # the counted lines come once the period ends
+        # Every kind began within half a period of `started`, so all counted lines are out by
+        # 1.5 periods; the 401s' next period (nothing in it) has ended by 2.2.
+        _sleep_until(started + FLOOD_EVERY * 1.5)
         after_period = [r.getMessage() for r in caplog.records if r.name == "otelbridge.receiver"]
-        time.sleep(FLOOD_EVERY * 1.2)  # a quiet period: the next refusal is logged at once again
+        _sleep_until(started + FLOOD_EVERY * 2.2)  # a quiet period: logged at once again
         assert (
             http.post(PATH, content=CALL_TURN, headers={"Content-Type": "application/json"}).status_code
             == 401
