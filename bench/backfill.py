@@ -1,6 +1,7 @@
 """Benchmark: ``otelbridge backfill`` of N calls x 20 turns from the Cartesia stand-in API.
 
-    python bench/backfill.py [--sizes 1000,10000] [--turns 20] [--json] [--profile]
+    python bench/backfill.py [--sizes 1000,10000] [--turns 20] [--repeat 1] [--baseline REV]
+                             [--json] [--profile]
 
 Per size N, three processes besides this one, all on this machine (on 2 cores they share the
 CPUs; the CPU seconds of each are reported):
@@ -26,6 +27,23 @@ and that every span arrived exactly once (spans at the receiver = distinct span 
 spans of one call, which ``map_call`` gives for the stand-in's own calls: every synthetic call
 of the same ``--turns`` has the same shape).
 
+Encoder rate, same run (issue: backfill >= 1.0x the rate at which the SDK encoder alone
+encodes the same calls' spans): after each repeat's backfill(s), this process times the
+OpenTelemetry SDK's encoder alone on the stand-in's calls: the first calls of the same shape
+(``add_synthetic_calls``, ``parse_call``, ``map_call``) are turned into ``ReadableSpan``s
+beforehand (``tests/support/sdk_reference.py``'s ``to_readable_spans``, with a resource like the
+daemon's: ``build_resource`` as ``service_resource`` gives it in the backfill's environment);
+timed is ``encode_trace_request(request).SerializeToString()`` of requests of
+``MAX_SPANS_PER_REQUEST`` spans, as the processor spools them, in a loop of at least 1 s, best
+of 3. Reported: encoder calls/s and backfill calls/s / encoder calls/s (goal >= 1.0, the median
+of a size's repeats).
+
+``--baseline REV`` runs the same backfill measurement with the otelbridge of git revision REV
+(checked out into a temporary ``git worktree``, removed at the end; the stand-in and the
+receiver stay this checkout's), alternating with the current code in each ``--repeat`` (the
+order swapped every other repeat), and prints current / baseline of the median calls/s and
+the median CPU seconds of the backfill process, per size.
+
 ``--profile`` samples the backfill process with ``py-spy record --gil`` for its whole life and
 prints where the GIL-holding time goes.
 """
@@ -39,6 +57,8 @@ import math
 import os
 import platform
 import re
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,6 +88,9 @@ TURN_SPAN_NAMES = ("user_turn", "assistant_turn")
 SAMPLE_S = 0.02
 PROFILE_RATE = 100  # py-spy samples per second
 RUN_TIMEOUT_S = 1800.0
+GOAL_ENCODER_RATIO = 1.0  # backfill calls/s >= this x the SDK encoder alone's calls/s
+ENCODER_MIN_S = 1.0  # each timed repeat of the encoder loops at least this long
+ENCODER_REPEATS = 3
 
 
 # --- helper processes (``--internal``) -------------------------------------------------------
@@ -210,25 +233,32 @@ class Watched:
 
 def watch(proc: subprocess.Popen[bytes], timeout: float) -> Watched:
     """Sample VmRSS/VmHWM every ``SAMPLE_S`` until the process exits; reap it with ``os.wait4``
-    (its own rusage: peak RSS and CPU of that process alone)."""
+    (its own rusage: peak RSS and CPU of that process alone). Interrupted (SIGTERM, Ctrl-C), it
+    kills the process first."""
     samples: list[tuple[float, int]] = []
     hwm = 0
     deadline = time.monotonic() + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        now = time.monotonic()
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return Watched(
-                proc.returncode, now, usage.ru_maxrss, usage.ru_utime + usage.ru_stime, hwm, samples
-            )
-        kb = status_kb(proc.pid)
-        if kb:
-            samples.append((now, kb.get("VmRSS", 0)))
-            hwm = max(hwm, kb.get("VmHWM", 0))
-        if now > deadline:
+    try:
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            now = time.monotonic()
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                return Watched(
+                    proc.returncode, now, usage.ru_maxrss, usage.ru_utime + usage.ru_stime, hwm, samples
+                )
+            kb = status_kb(proc.pid)
+            if kb:
+                samples.append((now, kb.get("VmRSS", 0)))
+                hwm = max(hwm, kb.get("VmHWM", 0))
+            if now > deadline:
+                proc.kill()
+            time.sleep(SAMPLE_S)
+    except BaseException:
+        if proc.returncode is None:
             proc.kill()
-        time.sleep(SAMPLE_S)
+            proc.wait()
+        raise
 
 
 def dir_files(path: Path) -> dict[str, int]:
@@ -247,6 +277,68 @@ def sqlite_counts(state_dir: Path) -> dict[str, int]:
         finally:
             conn.close()
     return counts
+
+
+# --- the SDK encoder alone ---------------------------------------------------------------------
+def measure_encoder(
+    turns: int, min_s: float = ENCODER_MIN_S, repeats: int = ENCODER_REPEATS
+) -> dict[str, Any]:
+    """Calls/s of the SDK's OTLP encoder alone, in this process, on the spans of the stand-in's
+    own synthetic calls of ``turns`` turns: one request of ``MAX_SPANS_PER_REQUEST`` spans (from
+    as many calls as it takes) is built as ``ReadableSpan``s beforehand; timed is
+    ``encode_trace_request(request).SerializeToString()`` in a loop of at least ``min_s``, best
+    of ``repeats``."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import uuid
+
+    from otelbridge.cartesia.models import parse_call
+    from otelbridge.delivery.otlp import MAX_SPANS_PER_REQUEST
+    from otelbridge.delivery.resource import build_resource
+    from otelbridge.mapping import map_call
+    from otelbridge.mapping.policy import DEFAULT_SERVICE_NAME
+    from tests.support.cartesia_api import CartesiaStandIn
+    from tests.support.sdk_reference import encode_trace_request, to_readable_spans
+
+    # what service_resource() gives the backfill: its environment has no OTEL_* variables
+    resource = build_resource(DEFAULT_SERVICE_NAME, str(uuid.uuid4()))
+    api = CartesiaStandIn()  # not started: only its calls, the same as the run's first ones
+    records: list[Any] = []
+    shapes: set[int] = set()
+    index = 0
+    while len(records) < MAX_SPANS_PER_REQUEST:
+        [call_id] = api.add_synthetic_calls(AGENT, 1, first_index=index, turns=turns)
+        spans = map_call(parse_call(api.get(call_id))).spans
+        shapes.add(len(spans))
+        records += spans
+        index += 1
+    if len(shapes) != 1:
+        raise SystemExit(f"synthetic calls of different shapes: {shapes} spans")
+    [spans_per_call] = shapes
+    request = to_readable_spans(records[:MAX_SPANS_PER_REQUEST], resource)
+    calls_per_request = len(request) / spans_per_call
+    request_bytes = len(encode_trace_request(request).SerializeToString())  # also the warm-up
+
+    def timed(loops: int) -> float:
+        started = time.perf_counter()
+        for _ in range(loops):
+            encode_trace_request(request).SerializeToString()
+        return time.perf_counter() - started
+
+    loops = 1
+    while (elapsed := timed(loops)) < min_s:  # calibration
+        loops = max(loops * 2, math.ceil(loops * 1.2 * min_s / max(elapsed, 1e-9)))
+    rates = [loops * calls_per_request / timed(loops) for _ in range(repeats)]
+    return {
+        "calls_per_s": round(max(rates), 1),
+        "spans_per_s": round(max(rates) * spans_per_call),
+        "repeats_calls_per_s": [round(r, 1) for r in rates],
+        "loops": loops,
+        "spans_per_request": len(request),
+        "spans_per_call": spans_per_call,
+        "request_bytes": request_bytes,
+        "resource": dict(resource.attributes),
+    }
 
 
 # --- profiling --------------------------------------------------------------------------------
@@ -299,9 +391,18 @@ def peak_where(samples: list[tuple[float, int]], started: float, pages: list[flo
 
 
 def run_size(
-    n: int, turns: int, profile: bool, state_parent: Path | None, extra_env: dict[str, str]
+    n: int,
+    turns: int,
+    profile: bool,
+    state_parent: Path | None,
+    extra_env: dict[str, str],
+    code_root: Path = ROOT,
+    code: str = "current",
 ) -> dict[str, Any]:
-    log(f"N={n:,}: generating {n:,} calls x {turns} turns in the stand-in process")
+    """One backfill of ``n`` calls by the otelbridge of ``code_root`` (named ``code``), with a
+    stand-in and a receiver of its own."""
+    tag = f"N={n:,} [{code}]"
+    log(f"{tag}: generating {n:,} calls x {turns} turns in the stand-in process")
     with (
         InternalProcess(__file__, "standin", "--calls", str(n), "--turns", str(turns)) as api,
         InternalProcess(__file__, "receiver") as receiver,
@@ -310,6 +411,7 @@ def run_size(
         work = Path(tmp)
         state = work / "state"
         env = clean_env(
+            code_root=code_root,
             OTELBRIDGE_CARTESIA_API_KEY=api.hello["api_key"],
             OTELBRIDGE_CARTESIA_BASE_URL=api.url,
             OTELBRIDGE_STATE_DIR=str(state),
@@ -317,7 +419,7 @@ def run_size(
             OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
             **extra_env,
         )
-        log(f"N={n:,}: stand-in ready in {api.hello['generate_s']} s; backfill starts")
+        log(f"{tag}: stand-in ready in {api.hello['generate_s']} s; backfill starts")
         cpu0 = {"stand-in": cpu_seconds(api.pid), "receiver": cpu_seconds(receiver.pid)}
         with (work / "stdout").open("wb") as out, (work / "stderr").open("wb") as err:
             started = time.monotonic()
@@ -330,7 +432,7 @@ def run_size(
                 stdin=subprocess.DEVNULL,
             )
             profiler = None
-            spy_out = Path(tempfile.gettempdir()) / f"otelbridge-bench-backfill-{n}.pyspy.txt"
+            spy_out = Path(tempfile.gettempdir()) / f"otelbridge-bench-backfill-{n}-{code}.pyspy.txt"
             if profile:
                 spy_out.unlink(missing_ok=True)
                 profiler = start_profiler(proc.pid, spy_out, PROFILE_RATE)
@@ -368,6 +470,7 @@ def run_size(
         problems.append(f"turn spans {got['turn_spans']:,}, expected {expected_turns:,}")
     mb = 1024 * 1024
     result: dict[str, Any] = {
+        "code": code,
         "calls": n,
         "turns": turns,
         "exit": watched.returncode,
@@ -412,7 +515,7 @@ def run_size(
         result["profile"] = summarize_profile(spy_out, wall, PROFILE_RATE, PROFILE_AREAS)
     verdict = "OK" if not problems else "PROBLEMS: " + "; ".join(problems)
     log(
-        f"N={n:,}: {result['wall_s']} s, {result['calls_per_s']:,} calls/s, "
+        f"{tag}: {result['wall_s']} s, {result['calls_per_s']:,} calls/s, "
         f"peak RSS {result['peak_rss_mb']} MB, {verdict}"
     )
     return result
@@ -441,12 +544,18 @@ def environment() -> dict[str, Any]:
 
 
 def goals(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Goals over every run; with ``--repeat``, the worst peak RSS of each size counts."""
+    """Goals over the current code's runs; with ``--repeat``, the worst peak RSS of each size
+    counts, and the median of its ratios to the encoder."""
     worst: dict[int, float] = {}
     for r in runs:
         worst[r["calls"]] = max(worst.get(r["calls"], 0.0), r["peak_rss_mb"])
     sizes = sorted(worst)
     flat = worst[sizes[-1]] / worst[sizes[0]] if len(sizes) > 1 and worst[sizes[0]] else None
+
+    def median(key: str) -> dict[int, float]:
+        return {n: round(statistics.median(r[key] for r in runs if r["calls"] == n), 3) for n in sizes}
+
+    vs_encoder = median("vs_encoder")
     return {
         "requests": all(r["meets_request_goal"] for r in runs),
         "rss_max_mb": GOAL_RSS_MB,
@@ -455,33 +564,72 @@ def goals(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "rss_growth_ratio": round(flat, 2) if flat is not None else None,
         "rss_flat_ratio_max": GOAL_FLAT_RATIO,
         "rss_flat": flat is None or flat <= GOAL_FLAT_RATIO,
+        "encoder_ratio_min": GOAL_ENCODER_RATIO,
+        "encoder_ratio_median": {str(n): round(x, 2) for n, x in vs_encoder.items()},
+        "calls_per_s_median": {str(n): x for n, x in median("calls_per_s").items()},
+        "encoder_calls_per_s_median": {str(n): x for n, x in median("encoder_calls_per_s").items()},
+        "encoder": all(x >= GOAL_ENCODER_RATIO for x in vs_encoder.values()),
         "every_span_once": all(not r["problems"] for r in runs),
     }
 
 
+def compare(runs: list[dict[str, Any]], baseline_runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per size: current / baseline of the median calls/s and the median CPU s of the backfill
+    process, and the calls/s ratio of each repeat's pair."""
+    out = []
+    for n in sorted({r["calls"] for r in runs}):
+        cur = sorted((r for r in runs if r["calls"] == n), key=lambda r: r["repeat"])
+        base = sorted((r for r in baseline_runs if r["calls"] == n), key=lambda r: r["repeat"])
+        rate = [round(statistics.median(r["calls_per_s"] for r in rs), 2) for rs in (cur, base)]
+        cpu = [round(statistics.median(r["cpu_s"]["backfill"] for r in rs), 3) for rs in (cur, base)]
+        out.append({
+            "calls": n,
+            "calls_per_s": {"current": rate[0], "baseline": rate[1]},
+            "calls_per_s_ratio": round(rate[0] / rate[1], 3),
+            "backfill_cpu_s": {"current": cpu[0], "baseline": cpu[1]},
+            "backfill_cpu_s_ratio": round(cpu[0] / cpu[1], 3),
+            "calls_per_s_ratio_per_repeat": [
+                round(c["calls_per_s"] / b["calls_per_s"], 3) for c, b in zip(cur, base, strict=True)
+            ],
+        })  # fmt: skip
+    return out
+
+
 def render(data: dict[str, Any]) -> str:
-    env, g = data["environment"], data["goals"]
+    env, g, baseline = data["environment"], data["goals"], data.get("baseline")
+    runs = data["runs"] + (baseline["runs"] if baseline else [])
+    runs.sort(key=lambda r: (r["calls"], r["repeat"], r["code"] != "current"))
+
+    def label(r: dict[str, Any]) -> str:
+        return f"{r['code']:<9}" if baseline else ""
+
+    def tag(r: dict[str, Any]) -> str:
+        return f" [{r['code']}]" if baseline else ""
+
     lines = [
         f"machine: {env['cpu_model']}, {env['cores']} cores, {env['memory_gib']} GiB, Python "
         f"{env['python']}, state on {env['state_fs']}",
+        "code: " + "; ".join(f"{name} {what}" for name, what in data["code"].items()),
         "",
-        f"{'calls':>7} {'wall s':>7} {'calls/s':>8} {'1st export s':>12} {'list req':>9} "
-        f"{'Get Call':>8} {'peak RSS MB':>11} {'state MB':>8} {'spans':>9}  "
-        "CPU s (backfill/stand-in/receiver)",
+        ("code     " if baseline else "")
+        + f"{'calls':>7} {'wall s':>7} {'calls/s':>8} {'enc calls/s':>11} {'x enc':>6} "
+        f"{'1st export s':>12} {'list req':>9} {'Get Call':>8} {'peak RSS MB':>11} {'state MB':>8} "
+        f"{'spans':>9}  CPU s (backfill/stand-in/receiver)",
     ]
-    for r in data["runs"]:
+    for r in runs:
         cpu = r["cpu_s"]
         lines.append(
-            f"{r['calls']:>7,} {r['wall_s']:>7.1f} {r['calls_per_s']:>8,.0f} {r['first_export_s']:>12} "
+            f"{label(r)}{r['calls']:>7,} {r['wall_s']:>7.1f} {r['calls_per_s']:>8,.0f} "
+            f"{r['encoder_calls_per_s']:>11,.0f} {r['vs_encoder']:>6.2f} {r['first_export_s']:>12} "
             f"{r['list_requests']:>4}/{r['list_requests_goal']:<4} {r['get_call_requests']:>8} "
             f"{r['peak_rss_mb']:>11.1f} {r['state_dir_mb']:>8.1f} {r['receiver']['spans']:>9,}  "
             f"{cpu['backfill']}/{cpu['stand-in']}/{cpu['receiver']}"
         )
     lines.append("")
-    for r in data["runs"]:
+    for r in runs:
         p = r["phases_s"]
         lines.append(
-            f"N={r['calls']:,}: start-up {p['startup_to_first_page']} s, "
+            f"N={r['calls']:,}{tag(r)}: start-up {p['startup_to_first_page']} s, "
             f"paging {p['paging_first_to_last_page']} s "
             f"({r['paging_calls_per_s']} calls/s), last page -> exit {p['last_page_to_exit']} s; RSS MB at "
             f"first/middle/last page {r['rss_mb_at']['first_page']}/{r['rss_mb_at']['half_the_pages']}/"
@@ -495,6 +643,17 @@ def render(data: dict[str, Any]) -> str:
             )
         if r["problems"]:
             lines.append(f"  PROBLEMS: {'; '.join(r['problems'])}")
+    encoders = {id(r["encoder"]): (r["calls"], r["encoder"]) for r in runs}
+    for n, e in encoders.values():
+        lines.append(
+            f"N={n:,}: SDK encoder alone {e['calls_per_s']:,.0f} calls/s ({e['spans_per_s']:,} spans/s; best "
+            f"of {e['repeats_calls_per_s']} calls/s, {e['loops']} x {e['spans_per_request']}-span requests "
+            f"of {e['request_bytes']:,} B per repeat)"
+        )
+    ratios = ", ".join(
+        f"N={n} {x}x ({g['calls_per_s_median'][n]:,.0f} / {g['encoder_calls_per_s_median'][n]:,.0f} calls/s)"
+        for n, x in g["encoder_ratio_median"].items()
+    )
     lines += [
         "",
         f"goal ceil(N/100) List Calls requests, no Get Call: {'met' if g['requests'] else 'NOT met'}",
@@ -502,15 +661,29 @@ def render(data: dict[str, Any]) -> str:
         f"{'met' if g['rss'] else 'NOT met'}; growth "
         f"largest/smallest N {g['rss_growth_ratio']} (flat <= {g['rss_flat_ratio_max']}: "
         f"{'met' if g['rss_flat'] else 'NOT met'})",
+        f"goal backfill calls/s >= {g['encoder_ratio_min']:g}x the SDK encoder alone on the same calls' "
+        f"spans, same run (median per size): {ratios}: {'met' if g['encoder'] else 'NOT met'}",
         f"every span exactly once: {'yes' if g['every_span_once'] else 'NO'}",
     ]
-    for r in data["runs"]:
+    if baseline:
+        lines.append(
+            f"current / baseline ({baseline['rev']} = {baseline['commit'][:12]}), medians of "
+            f"{data['repeat']} repeat(s) per size:"
+        )
+        for c in baseline["comparison"]:
+            rate, cpu = c["calls_per_s"], c["backfill_cpu_s"]
+            lines.append(
+                f"  N={c['calls']:,}: calls/s {rate['current']:,.1f} / {rate['baseline']:,.1f} = "
+                f"{c['calls_per_s_ratio']:.2f}x (per repeat {c['calls_per_s_ratio_per_repeat']}); "
+                f"backfill CPU s {cpu['current']} / {cpu['baseline']} = {c['backfill_cpu_s_ratio']:.2f}x"
+            )
+    for r in runs:
         profile = r.get("profile")
         if not profile:
             continue
         lines += [
             "",
-            f"py-spy --gil profile of N={r['calls']:,}: {profile['samples']} samples, GIL held "
+            f"py-spy --gil profile of N={r['calls']:,} [{r['code']}]: {profile['samples']} samples, GIL held "
             f"{profile['gil_busy']:.0%} of the wall time ({profile['raw']}); shares of GIL-holding samples:",
         ]
         for title in ("areas", "inclusive", "self"):
@@ -519,11 +692,72 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def git(*args: str, cwd: Path = ROOT) -> str:
+    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, check=True).stdout
+
+
+def describe_code(root: Path) -> str:
+    """The commit of ``root`` (and whether its otelbridge/ has uncommitted changes), after
+    checking that a process with ``clean_env(code_root=root)`` imports otelbridge from there."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import otelbridge; print(otelbridge.__file__)"],
+        env=clean_env(code_root=root), cwd=tempfile.gettempdir(), capture_output=True, text=True,
+        check=True,
+    )  # fmt: skip
+    where = Path(out.stdout.strip()).resolve()
+    if not where.is_relative_to(root.resolve()):
+        raise SystemExit(f"otelbridge for {root} is imported from {where}")
+    dirty = git("status", "--porcelain", "--", "otelbridge", cwd=root).strip()
+    return git("rev-parse", "--short=12", "HEAD", cwd=root).strip() + (
+        " + uncommitted changes to otelbridge/" if dirty else ""
+    )
+
+
+def measure(args: argparse.Namespace, codes: dict[str, Path], extra_env: dict[str, str]) -> dict[str, Any]:
+    """Every size x ``--repeat``: a backfill by each code (current first in even repeats,
+    baseline first in odd ones), then the SDK encoder alone in this process."""
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in codes}
+    for n in sizes:
+        for repeat in range(args.repeat):
+            order = list(codes.items())[:: -1 if repeat % 2 else 1]
+            pair = [
+                run_size(n, args.turns, args.profile, args.state_parent, extra_env, root, name)
+                for name, root in order
+            ]
+            log(f"N={n:,}: the SDK encoder alone on the same calls' spans, in this process")
+            encoder = measure_encoder(args.turns)
+            log(f"N={n:,}: SDK encoder alone {encoder['calls_per_s']:,} calls/s")
+            for r in pair:
+                r["repeat"] = repeat
+                r["encoder"] = encoder
+                r["encoder_calls_per_s"] = encoder["calls_per_s"]
+                r["vs_encoder"] = round(r["calls_per_s"] / encoder["calls_per_s"], 3)
+                runs[r["code"]].append(r)
+    data: dict[str, Any] = {
+        "environment": environment(),
+        "code": {name: describe_code(root) for name, root in codes.items()},
+        "extra_env": extra_env,
+        "repeat": args.repeat,
+        "runs": runs["current"],
+        "goals": goals(runs["current"]),
+    }
+    if "baseline" in codes:
+        data["baseline"] = {
+            "rev": args.baseline,
+            "commit": git("rev-parse", "HEAD", cwd=codes["baseline"]).strip(),
+            "runs": runs["baseline"],
+            "comparison": compare(runs["current"], runs["baseline"]),
+        }
+    return data
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--sizes", default="1000,10000", help="calls per run, comma-separated")
     parser.add_argument("--turns", type=int, default=20, help="turns per call (default 20)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per size (default 1)")
+    parser.add_argument("--baseline", metavar="REV", help="also run the otelbridge of git revision REV")
     parser.add_argument("--profile", action="store_true", help="sample the backfill with py-spy --gil")
     parser.add_argument("--state-parent", type=Path, help="where the temp state dirs go (default TMPDIR)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -543,17 +777,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.internal == "receiver":
         run_receiver(sys.stdin, sys.stdout)
         return 0
-    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     extra_env = dict(item.split("=", 1) for item in args.env)
-    runs = [
-        run_size(n, args.turns, args.profile, args.state_parent, extra_env)
-        for n in sizes
-        for _ in range(args.repeat)
-    ]
-    met = goals(runs)
-    data = {"environment": environment(), "extra_env": extra_env, "runs": runs, "goals": met}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the worktree is removed
+    codes = {"current": ROOT}
+    with tempfile.TemporaryDirectory(prefix="otelbridge-bench-backfill-code-") as tmp:
+        base = Path(tmp) / "baseline"
+        try:
+            if args.baseline:
+                try:
+                    commit = git("rev-parse", "--verify", "-q", f"{args.baseline}^{{commit}}").strip()
+                except subprocess.CalledProcessError:
+                    raise SystemExit(f"--baseline: no commit {args.baseline!r} in {ROOT}") from None
+                git("worktree", "add", "--detach", "-q", str(base), commit)
+                codes["baseline"] = base
+            data = measure(args, codes, extra_env)
+        finally:
+            if base.exists():
+                with contextlib.suppress(subprocess.CalledProcessError):
+                    git("worktree", "remove", "--force", str(base))
     print(json.dumps(data, indent=2) if args.json else render(data))
-    return 0 if met["every_span_once"] else 1
+    return 0 if data["goals"]["every_span_once"] else 1
 
 
 if __name__ == "__main__":

@@ -27,11 +27,12 @@ def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without inherited OTELBRIDGE_*/OTEL_* settings, running this checkout's
-    otelbridge (whatever the editable install points at), plus ``extra``."""
+def clean_env(*, code_root: Path = ROOT, **extra: str) -> dict[str, str]:
+    """The environment without inherited OTELBRIDGE_*/OTEL_* settings, running the otelbridge
+    of ``code_root`` (default this checkout, whatever the editable install points at), plus
+    ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("OTELBRIDGE_", "OTEL_"))}
-    env["PYTHONPATH"] = str(ROOT) + (f":{env['PYTHONPATH']}" if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = str(code_root) + (f":{env['PYTHONPATH']}" if env.get("PYTHONPATH") else "")
     env.update(extra)
     return env
 
