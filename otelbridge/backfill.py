@@ -140,6 +140,7 @@ async def _run(
                     await backfill_agent(
                         client, state, inbox, agent_id, since_ns=since_ns, until_ns=until_ns, dry_run=dry_run,
                         progress=progress, on_page=on_page,
+                        store=pipeline.take_calls if pipeline is not None else None,
                     )  # fmt: skip
                 except CartesiaError as exc:
                     failure = exc

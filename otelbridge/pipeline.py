@@ -32,7 +32,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +54,7 @@ from otelbridge.delivery.spool import Spool
 from otelbridge.delivery.telemetry import Telemetry
 from otelbridge.delivery.transport import Transport, make_transport, probe
 from otelbridge.httplimits import HttpLimits, connection_cap, raise_fd_limit
-from otelbridge.ingest.poller import Poller
+from otelbridge.ingest.poller import Poller, Stored, running_calls, validate_calls
 from otelbridge.ingest.processor import BatchResult, Processor, load_unexported_points
 from otelbridge.logs import active_redactor, configure_logging
 from otelbridge.mapping import conventions as c
@@ -182,7 +182,25 @@ class Pipeline:
                 give_up_ns=int(settings.running_call_give_up * 1e9),
                 on_stored=self.poke,
                 evaluations=settings.evaluations,
+                store=self.take_calls,
             )
+
+    async def take_calls(
+        self, raws: Sequence[dict[str, Any]], source: str, remember_running: bool, now_ns: int
+    ) -> Stored:
+        """A page of listed calls, validated and processed at once (a
+        :data:`~otelbridge.ingest.poller.StoreCalls` for this lease holder's poller or backfill):
+        committed with their spans, so the page counts as stored just as an inbox append would."""
+
+        def take() -> tuple[Stored, BatchResult]:
+            valid, stored = validate_calls(raws, source)
+            running = running_calls(valid, now_ns) if remember_running else []
+            return stored, self.processor.take_calls(valid, source, running, now_ns)
+
+        async with self._processing:
+            stored, result = await anyio.to_thread.run_sync(take)
+        self._account(result)
+        return stored
 
     def poke(self) -> None:
         """New inbox rows (webhooks, polled calls): wake the processor."""
@@ -283,7 +301,9 @@ class Pipeline:
             self.wake = anyio.Event()
             await self.process_all()
             if anyio.current_time() >= next_sweep:
-                self._account(await anyio.to_thread.run_sync(self.processor.sweep))
+                async with self._processing:  # the poller's take_calls uses the processor too
+                    result = await anyio.to_thread.run_sync(self.processor.sweep)
+                self._account(result)
                 next_sweep = anyio.current_time() + SWEEP_INTERVAL_S
             with anyio.move_on_after(0.5):
                 await self.wake.wait()

@@ -13,6 +13,7 @@ acknowledge and ignore them.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Final, Self
 
 from pydantic import ValidationError, model_validator
@@ -101,3 +102,24 @@ class WebhookEvent(CartesiaModel):
 def parse_webhook_event(payload: object) -> WebhookEvent:
     """Validate one webhook delivery; raises :class:`pydantic.ValidationError`."""
     return WebhookEvent.model_validate(payload)
+
+
+def synthetic_event(call: AgentCall, source: str) -> WebhookEvent:
+    """The event that carries a call read from the List Calls API (``source``: ``poll`` or
+    ``backfill``): ``call_completed`` / ``call_failed`` for a final call, else ``call_started``.
+    Built from the validated call, so it is not validated again."""
+    if call.is_final:
+        kind = CALL_FAILED if call.status == "failed" else CALL_COMPLETED
+    else:
+        kind = CALL_STARTED
+    return WebhookEvent.model_construct(
+        type=kind, call_id=call.id, agent_id=call.agent_id, call=call, source=source
+    )
+
+
+def synthetic_body(event: WebhookEvent, raw: dict[str, Any]) -> bytes:
+    """``event`` (see :func:`synthetic_event`) as stored JSON, carrying ``raw``, the API's call
+    object as it came."""
+    body = {"type": event.type, "call_id": event.call_id, "agent_id": event.agent_id, "call": raw,
+            "source": event.source}  # fmt: skip
+    return json.dumps(body, separators=(",", ":")).encode()

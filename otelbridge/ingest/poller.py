@@ -27,17 +27,19 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.abc
 from pydantic import ValidationError
 
 from otelbridge.cartesia.client import CallsPage, CartesiaAuthError, CartesiaClient, CartesiaError
 from otelbridge.cartesia.errors import describe_validation_error
-from otelbridge.cartesia.models import AgentCall, parse_call, parse_evaluation, timestamp_ns
-from otelbridge.ingest.processor import EVALUATION_EVENT
+from otelbridge.cartesia.models import parse_call, parse_evaluation, timestamp_ns
+from otelbridge.cartesia.webhooks import synthetic_body, synthetic_event
+from otelbridge.ingest.processor import EVALUATION_EVENT, ListedCall
 from otelbridge.store import BackfillCursor, InboxStore, NewRow, RunningCall, StateStore
 
 log = logging.getLogger("otelbridge.poller")
@@ -65,14 +67,34 @@ class Stored:
     oldest_start_ns: int | None = None
 
 
-def synthetic_event(call: AgentCall, raw: dict[str, Any], source: str) -> tuple[str, bytes]:
-    """(event type, body) of the webhook event that carries ``raw`` (the API's call object)."""
-    if call.is_final:
-        kind = "call_failed" if call.status == "failed" else "call_completed"
-    else:
-        kind = "call_started"
-    event = {"type": kind, "call_id": call.id, "agent_id": call.agent_id, "call": raw, "source": source}
-    return kind, json.dumps(event, separators=(",", ":")).encode()
+#: stores one page of listed calls — ``(raws, source, remember_running, now_ns) -> Stored`` —
+#: into the inbox (:func:`inbox_store`) or, where this process holds the pipeline lease,
+#: straight through the processor (``Pipeline.take_calls``): validated once, no inbox round trip
+StoreCalls = Callable[[Sequence[dict[str, Any]], str, bool, int], Awaitable[Stored]]
+
+
+def validate_calls(raws: Sequence[dict[str, Any]], source: str) -> tuple[list[ListedCall], Stored]:
+    """The valid calls of a page, and its counts. An invalid call is logged (naming the field)
+    and skipped."""
+    stored = Stored()
+    valid: list[ListedCall] = []
+    for raw in raws:
+        try:
+            call = parse_call(raw)
+        except ValidationError as exc:
+            stored.invalid += 1
+            call_id = raw.get("id") if isinstance(raw, dict) else None
+            log.warning("%s: call %s skipped: %s", source, call_id or "?", describe_validation_error(exc))
+            continue
+        valid.append((call, raw))
+        stored.calls += 1
+        if call.start_time is not None:
+            stored.oldest_start_ns = min(stored.oldest_start_ns or call.start_time, call.start_time)
+        if call.is_final:
+            stored.final += 1
+        else:
+            stored.running += 1
+    return valid, stored
 
 
 def store_calls(
@@ -85,35 +107,40 @@ def store_calls(
     now_ns: int | None = None,
 ) -> Stored:
     """Validate the calls of a page and append them to the inbox (one transaction); remember the
-    unfinished ones for re-reading. An invalid call is logged (naming the field) and skipped."""
+    unfinished ones for re-reading."""
     now = time.time_ns() if now_ns is None else now_ns
-    stored = Stored()
+    valid, stored = validate_calls(raws, source)
     rows: list[NewRow] = []
-    running: list[RunningCall] = []
-    for raw in raws:
-        try:
-            call = parse_call(raw)
-        except ValidationError as exc:
-            stored.invalid += 1
-            call_id = raw.get("id") if isinstance(raw, dict) else None
-            log.warning("%s: call %s skipped: %s", source, call_id or "?", describe_validation_error(exc))
-            continue
-        kind, body = synthetic_event(call, raw, source)
-        rows.append((now, kind, call.id, body))
-        stored.calls += 1
-        if call.start_time is not None:
-            stored.oldest_start_ns = min(stored.oldest_start_ns or call.start_time, call.start_time)
-        if call.is_final:
-            stored.final += 1
-        else:
-            stored.running += 1
-            running.append(RunningCall(call.id, call.agent_id, now))
+    for call, raw in valid:
+        event = synthetic_event(call, source)
+        rows.append((now, event.type, call.id, synthetic_body(event, raw)))
     if rows:
         inbox.append(rows)
-    if running and remember_running:
+    running = running_calls(valid, now) if remember_running else []
+    if running:
         with state.transaction() as tx:
             tx.remember_running(running)
     return stored
+
+
+def running_calls(valid: Sequence[ListedCall], now_ns: int) -> list[RunningCall]:
+    """The unfinished calls of a page, to re-read until final."""
+    return [RunningCall(call.id, call.agent_id, now_ns) for call, _ in valid if not call.is_final]
+
+
+def inbox_store(inbox: InboxStore, state: StateStore) -> StoreCalls:
+    """Pages stored into the inbox, for the processor of whoever holds the pipeline lease."""
+
+    async def store(
+        raws: Sequence[dict[str, Any]], source: str, remember_running: bool, now_ns: int
+    ) -> Stored:
+        return await anyio.to_thread.run_sync(
+            functools.partial(
+                store_calls, inbox, state, raws, source, remember_running=remember_running, now_ns=now_ns
+            )
+        )
+
+    return store
 
 
 def _start_ns(raw: dict[str, Any]) -> int | None:
@@ -143,8 +170,10 @@ class Poller:
         on_stored: Callable[[], None] = lambda: None,
         evaluations: bool = False,
         clock: Callable[[], int] = time.time_ns,
+        store: StoreCalls | None = None,
     ) -> None:
         self._client, self._state, self._inbox = client, state, inbox
+        self._store = store or inbox_store(inbox, state)
         self._configured = list(agent_ids)
         self._interval, self._concurrency, self._refresh_s = interval_s, concurrency, refresh_s
         self._give_up_ns = give_up_ns
@@ -218,10 +247,7 @@ class Poller:
                         break
                     fresh.append(raw)
                 if fresh:
-                    store = functools.partial(
-                        store_calls, self._inbox, self._state, fresh, "poll", now_ns=self._clock()
-                    )
-                    stored = await anyio.to_thread.run_sync(store)
+                    stored = await self._store(fresh, "poll", True, self._clock())
                     total += stored.calls
                     self._on_stored()
                 if reached or page.next_page is None or not page.calls:
@@ -314,12 +340,8 @@ class Poller:
                 log.warning("call %s: re-read answer skipped: %s", call_id, describe_validation_error(exc))
                 continue
             if final:
-
-                def store(raw: dict[str, Any] = raw, call_id: str = call_id) -> None:
-                    store_calls(self._inbox, self._state, [raw], "poll", remember_running=False, now_ns=now)
-                    self._forget_running(call_id)
-
-                await anyio.to_thread.run_sync(store)
+                await self._store([raw], "poll", False, now)
+                await anyio.to_thread.run_sync(self._forget_running, call_id)
                 self._on_stored()
 
     # --- state ---------------------------------------------------------------------------------
@@ -367,6 +389,7 @@ async def backfill_agent(
     dry_run: bool,
     progress: BackfillProgress,
     on_page: Callable[[], None] = lambda: None,
+    store: StoreCalls | None = None,
 ) -> None:
     """Page through one agent's calls (newest first) from the saved cursor; store the calls in
     [since, until); save the cursor after each stored page.
@@ -376,6 +399,7 @@ async def backfill_agent(
     it, should that one have vanished), which then becomes the new mark. An interrupted
     catch-up starts again from the top; the ledger drops what comes twice."""
     span = f"{since_ns or ''}..{until_ns or ''}"
+    store = store or inbox_store(inbox, state)
     saved = await anyio.to_thread.run_sync(_backfill_cursor, state, agent_id, span)
     cursor, catch_up = saved.cursor, False
     if dry_run:
@@ -386,48 +410,102 @@ async def backfill_agent(
             return
         cursor, catch_up = None, True
     head: dict[str, Any] | None = None  # the newest call when this pass began
-    while True:
+
+    async def pages(tg: anyio.abc.TaskGroup) -> None:
+        nonlocal cursor, head
         page = await client.list_calls(agent_id, limit=PAGE_LIMIT, starting_after=cursor)
-        progress.pages += 1
-        if cursor is None and head is None and page.calls:
-            head = page.calls[0]
-        keep: list[dict[str, Any]] = []
-        older = False
-        for raw in page.calls:
-            start = _start_ns(raw)
-            if catch_up and _reached(raw, start, saved.head_id, saved.head_start_ns):
-                older = True
-                break
-            if until_ns is not None and start is not None and start >= until_ns:
-                progress.skipped_newer += 1
-                continue
-            if since_ns is not None and start is not None and start < since_ns:
-                older = True
-                break
-            keep.append(raw)
-        finished = older or page.next_page is None or not page.calls
-        if dry_run:
-            progress.calls += len(keep)
-        else:
-            stored = await anyio.to_thread.run_sync(
-                functools.partial(store_calls, inbox, state, keep, "backfill")
-            )
-            progress.calls += stored.calls
-            progress.invalid += stored.invalid
-            save = functools.partial(
-                _save_backfill, state, agent_id, span,
-                cursor=None if catch_up else page.next_page,
-                done=finished or catch_up,
-                calls=stored.calls,
-                head=head,
-                new_mark=catch_up and finished,
-            )  # fmt: skip
-            await anyio.to_thread.run_sync(save)
-        on_page()
-        if finished:
-            progress.agents_done += 1
-            return
-        cursor = page.next_page
+        while True:
+            progress.pages += 1
+            if cursor is None and head is None and page.calls:
+                head = page.calls[0]
+            keep, older = _in_range(page, saved if catch_up else None, since_ns, until_ns, progress)
+            finished = older or page.next_page is None or not page.calls
+            # the next page is requested while this one is stored (the API's latency overlaps
+            # the processing); it is only used once this one's cursor is saved
+            following = None if finished else _Request(tg, client, agent_id, page.next_page)
+            if dry_run:
+                progress.calls += len(keep)
+            else:
+                stored = await store(keep, "backfill", True, time.time_ns())
+                progress.calls += stored.calls
+                progress.invalid += stored.invalid
+                save = functools.partial(
+                    _save_backfill, state, agent_id, span,
+                    cursor=None if catch_up else page.next_page,
+                    done=finished or catch_up,
+                    calls=stored.calls,
+                    head=head,
+                    new_mark=catch_up and finished,
+                )  # fmt: skip
+                await anyio.to_thread.run_sync(save)
+            on_page()
+            if following is None:
+                progress.agents_done += 1
+                return
+            cursor = page.next_page
+            page = await following.result()
+
+    # a failure (the API's, the store's) is raised as itself, not in an exception group
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        try:
+            await pages(tg)
+        except Exception as exc:
+            failure = exc
+            tg.cancel_scope.cancel()  # the next page's request, if one is under way
+    if failure is not None:
+        raise failure
+
+
+def _in_range(
+    page: CallsPage,
+    mark: BackfillCursor | None,
+    since_ns: int | None,
+    until_ns: int | None,
+    progress: BackfillProgress,
+) -> tuple[list[dict[str, Any]], bool]:
+    """The calls of ``page`` in [since, until) and newer than a catch-up's ``mark``, and whether
+    the range ended on this page (a call older than it)."""
+    keep: list[dict[str, Any]] = []
+    for raw in page.calls:
+        start = _start_ns(raw)
+        if mark is not None and _reached(raw, start, mark.head_id, mark.head_start_ns):
+            return keep, True
+        if until_ns is not None and start is not None and start >= until_ns:
+            progress.skipped_newer += 1
+            continue
+        if since_ns is not None and start is not None and start < since_ns:
+            return keep, True
+        keep.append(raw)
+    return keep, False
+
+
+class _Request:
+    """One List Calls request under way in ``tg``; :meth:`result` waits for it (its
+    :class:`CartesiaError` is raised there, not in the task group)."""
+
+    def __init__(
+        self, tg: anyio.abc.TaskGroup, client: CartesiaClient, agent_id: str, cursor: str | None
+    ) -> None:
+        self._done = anyio.Event()
+        self._page: CallsPage | None = None
+        self._error: CartesiaError | None = None
+        tg.start_soon(self._fetch, client, agent_id, cursor)
+
+    async def _fetch(self, client: CartesiaClient, agent_id: str, cursor: str | None) -> None:
+        try:
+            self._page = await client.list_calls(agent_id, limit=PAGE_LIMIT, starting_after=cursor)
+        except CartesiaError as exc:
+            self._error = exc
+        finally:
+            self._done.set()
+
+    async def result(self) -> CallsPage:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._page is not None
+        return self._page
 
 
 def _reached(raw: dict[str, Any], start: int | None, mark_id: str | None, mark_start_ns: int | None) -> bool:

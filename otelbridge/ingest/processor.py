@@ -26,14 +26,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 from pydantic_core import from_json
 
-from otelbridge.cartesia.models import TranscriptItem, parse_evaluation
+from otelbridge.cartesia.models import AgentCall, TranscriptItem, parse_evaluation
 from otelbridge.cartesia.webhooks import (
     CALL_STARTED,
     CALL_TURN,
@@ -41,6 +41,8 @@ from otelbridge.cartesia.webhooks import (
     POST_CALL_ANALYSIS,
     WebhookEvent,
     parse_webhook_event,
+    synthetic_body,
+    synthetic_event,
 )
 from otelbridge.delivery.otlp import MAX_SPANS_PER_REQUEST
 from otelbridge.delivery.spool import Spool
@@ -54,7 +56,15 @@ from otelbridge.mapping.latency import TurnTiming, preceding, spoken_timings
 from otelbridge.mapping.policy import MappingOptions
 from otelbridge.mapping.records import InstrumentKind, MetricPoint, SpanRecord
 from otelbridge.mapping.traces import CallContext, UnplaceableCallError
-from otelbridge.store import CallRow, Dropped, InboxStore, StateStore, StateTx, StoreWriteError
+from otelbridge.store import (
+    CallRow,
+    Dropped,
+    InboxStore,
+    RunningCall,
+    StateStore,
+    StateTx,
+    StoreWriteError,
+)
 
 log = logging.getLogger("otelbridge.processor")
 
@@ -68,6 +78,8 @@ INBOX_TRIM_ROWS = 10_000
 INBOX_TRIM_BYTES = 8 * 1024 * 1024
 #: inbox rows taken between two checkpoints of inbox.db's WAL (~2 MB of webhooks)
 INBOX_CHECKPOINT_ROWS = 2000
+#: a call read from the List Calls API, validated, and its JSON as the API sent it
+ListedCall = tuple[AgentCall, dict[str, Any]]
 #: an LLM-judge result read by the poller (``{"type": ..., "call_id", "agent_id", "evaluation": {...}}``)
 EVALUATION_EVENT = "otelbridge.evaluation"
 
@@ -181,6 +193,32 @@ class Processor:
             self._trimmed_through, self._untrimmed_rows, self._untrimmed_bytes = watermark, 0, 0
         return result
 
+    def take_calls(
+        self, calls: Sequence[ListedCall], source: str, running: Sequence[RunningCall], now_ns: int
+    ) -> BatchResult:
+        """Calls read from the List Calls API (validated by the caller), processed at once as
+        their synthetic events, in one transaction with the ``running`` ones to re-read: no
+        inbox row, no second validation. Only the holder of the pipeline lease may call this."""
+        result = BatchResult()
+        spans: list[SpanRecord] = []
+        points: list[MetricPoint] = []
+        self._first_calls.clear()
+        self._fallen = result.fallen_deployments
+        with self._state.transaction() as tx:
+            for call, raw in calls:
+                result.events += 1
+                event = synthetic_event(call, source)
+                # a final call is processed whole; an unfinished one may be kept, as stored JSON
+                body = None if call.is_final else synthetic_body(event, raw)
+                increment = self._take(tx, event, body, now_ns, result)
+                spans += increment.spans
+                points += increment.points
+                result.late_log_items += increment.late_log_items
+            if running:
+                tx.remember_running(running)
+            self._spool_batch(tx, spans, points, now_ns, result)
+        return result
+
     def sweep(self) -> BatchResult:
         """Export calls silent for ``call_timeout``; forget calls closed before the retention."""
         now = self._clock()
@@ -242,6 +280,13 @@ class Processor:
             log.error("inbox event skipped: no longer valid (%s)", type(exc).__name__)
             result.failed_events += 1
             return Increment()
+        return self._take(tx, event, body, received_ns, result)
+
+    def _take(
+        self, tx: StateTx, event: WebhookEvent, body: bytes | None, received_ns: int, result: BatchResult
+    ) -> Increment:
+        """One validated event (``body``: its JSON, kept when the event must wait; None for a
+        final listed call, which never waits)."""
         result.events_by_type[event.type] = result.events_by_type.get(event.type, 0) + 1
         call_id = event.resolved_call_id
         if call_id is None or not event.is_known:
@@ -271,7 +316,7 @@ class Processor:
         return Increment([span], points)
 
     def _apply(
-        self, tx: StateTx, event: WebhookEvent, body: bytes, call_id: str, received_ns: int
+        self, tx: StateTx, event: WebhookEvent, body: bytes | None, call_id: str, received_ns: int
     ) -> Increment:
         call = tx.load_call(call_id) or CallRow(call_id, event.agent_id or "unknown")
         call.last_event_ns = max(call.last_event_ns, received_ns)
@@ -303,11 +348,9 @@ class Processor:
                 if call.pending and call.start_ns is not None:
                     increment = self._sync(tx, call, None, with_root=False)
         elif event.type in END_EVENTS:
-            if closed:  # a late or repeated end: only what is still missing
-                increment = self._sync(tx, call, body, with_root=True, kept=False)
-            else:
-                self._keep(tx, call, body)
-                increment = self._sync(tx, call, None, with_root=True)
+            # the end event joins the kept ones as parsed (closing drops them all anyway)
+            increment = self._sync(tx, call, event, with_root=True, kept=not closed)
+            if not closed:  # else a late or repeated end: only what is still missing
                 self._close(tx, call, received_ns)
         elif event.type == POST_CALL_ANALYSIS and event.analysis is not None:
             summary = event.analysis.summary
@@ -341,15 +384,21 @@ class Processor:
                 call.summary_exported = True
 
     def _sync(
-        self, tx: StateTx, call: CallRow, body: bytes | None, *, with_root: bool, kept: bool = True
+        self,
+        tx: StateTx,
+        call: CallRow,
+        current: WebhookEvent | None,
+        *,
+        with_root: bool,
+        kept: bool = True,
     ) -> Increment:
-        """Assemble the call from its kept events (and ``body``) and take what is missing."""
+        """Assemble the call from its kept events (and ``current``) and take what is missing."""
         assembler = CallAssembler()
-        bodies = tx.kept_events(call.call_id) if kept else []
-        if body is not None:
-            bodies.append(body)
-        for raw in bodies:
-            assembler.add(parse_webhook_event(from_json(raw)))
+        if kept:
+            for raw in tx.kept_events(call.call_id):
+                assembler.add(parse_webhook_event(from_json(raw)))
+        if current is not None:
+            assembler.add(current)
         assembled = assembler.calls()
         if not assembled:
             return Increment()
@@ -434,7 +483,9 @@ class Processor:
         tx.record_exported(call_id, [s.span_id for s in spans], now)
 
     @staticmethod
-    def _keep(tx: StateTx, call: CallRow, body: bytes) -> None:
+    def _keep(tx: StateTx, call: CallRow, body: bytes | None) -> None:
+        if body is None:  # only final listed calls come without one, and an end is never kept
+            raise ValueError(f"call {call.call_id}: an event to keep came without its JSON")
         tx.keep_event(call.call_id, body)
         call.pending = True
 
