@@ -23,7 +23,6 @@ A call that hears nothing for ``call_timeout`` is exported as it stands (:meth:`
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
-from pydantic_core import from_json
+from pydantic_core import from_json, to_json
 
 from otelbridge.cartesia.models import AgentCall, TranscriptItem, parse_evaluation
 from otelbridge.cartesia.webhooks import (
@@ -103,17 +102,18 @@ class BatchResult:
 
 
 def point_to_json(point: MetricPoint) -> str:
-    # the fields by hand: dataclasses.asdict deep-copies recursively, at several times the cost
+    # the fields by hand (dataclasses.asdict deep-copies recursively), serialized by
+    # pydantic-core: a 20-turn call stores some 80 points, and json.dumps took 4x as long
     p = point
-    return json.dumps({
+    return to_json({
         "instrument": p.instrument, "kind": p.kind, "unit": p.unit, "description": p.description,
         "value": p.value, "attributes": p.attributes, "span_key": p.span_key,
         "trace_id": p.trace_id, "span_id": p.span_id,
-    })  # fmt: skip
+    }).decode()  # fmt: skip
 
 
 def point_from_json(text: str) -> MetricPoint:
-    data: dict[str, Any] = json.loads(text)
+    data: dict[str, Any] = from_json(text)
     data["kind"] = InstrumentKind(data["kind"])
     return MetricPoint(**data)
 
