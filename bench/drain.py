@@ -7,7 +7,9 @@ Setup (not timed): a state directory whose spool holds the OTLP trace requests o
 processor from ``call_completed`` webhooks. Timed: the real ``Sender`` of the code under test, in
 this process, sending that spool over OTLP/HTTP to a receiver in its own process (answering 200
 and counting spans), from start until the spool is empty. Reported: seconds, spans/s, requests,
-the largest request (the export cap is 2 MiB), and that every span arrived exactly once.
+the largest request (the export cap is 2 MiB), and that every span arrived exactly once. Two times:
+until the spool is empty (its acknowledged rows deleted, the sender idle), and until the last
+span reached the receiver (``delivered``: what a user waiting for traces sees).
 
 ``--baseline REV`` also runs the same measurement, on the same spool, with the code of git
 revision REV (checked out into a temporary worktree), interleaved with the current code, and
@@ -100,6 +102,7 @@ def drain(state_dir: Path, url: str) -> dict[str, Any]:
 
     async def main() -> float:
         started = time.perf_counter()
+        result["started_at"] = time.time()  # the receiver notes its last span on the same clock
         async with anyio.create_task_group() as tg:
             tg.start_soon(sender.run, "traces")
             await anyio.sleep(0.05)
@@ -111,9 +114,10 @@ def drain(state_dir: Path, url: str) -> dict[str, Any]:
             tg.cancel_scope.cancel()
         return elapsed
 
-    elapsed = anyio.run(main)
+    result: dict[str, Any] = {}
+    result["seconds"] = anyio.run(main)
     transport.close()
-    return {"seconds": elapsed}
+    return result
 
 
 def run_receiver(stdin: TextIO, stdout: TextIO) -> None:
@@ -134,6 +138,7 @@ def run_receiver(stdin: TextIO, stdout: TextIO) -> None:
         def reset(self) -> None:
             self.ids: set[bytes] = set()
             self.span_count = self.count = self.max_bytes = 0
+            self.last_at = 0.0
 
         def _record(self, request: ReceivedRequest, accepted: bool) -> None:
             message = request.message
@@ -146,12 +151,14 @@ def run_receiver(stdin: TextIO, stdout: TextIO) -> None:
                     for ss in rs.scope_spans:
                         self.span_count += len(ss.spans)
                         self.ids.update(span.span_id for span in ss.spans)
+                self.last_at = time.time()
 
     receiver = Counting().start()
 
     def stats() -> dict[str, int]:
         return {"spans": receiver.span_count, "distinct": len(receiver.ids),
-                "requests": receiver.count, "max_bytes": receiver.max_bytes}  # fmt: skip
+                "requests": receiver.count, "max_bytes": receiver.max_bytes,
+                "last_at": receiver.last_at}  # fmt: skip
 
     def reset() -> dict[str, int]:
         receiver.reset()
@@ -202,8 +209,12 @@ def main() -> None:
                         run = measure(root, spool, receiver.url)
                         run.update(receiver.ask("stats"))
                         run["spans_per_s"] = spooled / run["seconds"]
+                        # delivered: the last span at the receiver (the spool's rows are then
+                        # still being deleted, which "seconds" includes)
+                        run["delivered_s"] = run.pop("last_at") - run.pop("started_at")
                         run["exactly_once"] = run["spans"] == run["distinct"] == spooled
-                        log(f"{name}: {run['seconds']:.2f} s, {run['spans_per_s']:,.0f} spans/s, "
+                        log(f"{name}: {run['seconds']:.2f} s, delivered in {run['delivered_s']:.2f} s, "
+                            f"{run['spans_per_s']:,.0f} spans/s, "
                             f"{run['requests']} requests, largest {run['max_bytes']:,} B, "
                             f"exactly once: {run['exactly_once']}")  # fmt: skip
                         results[name].append(run)
@@ -212,21 +223,29 @@ def main() -> None:
                 subprocess.run([*git, "remove", "--force", str(codes["baseline"])], check=False)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     medians = {name: statistics.median(r["seconds"] for r in runs) for name, runs in results.items()}
+    delivered = {name: statistics.median(r["delivered_s"] for r in runs) for name, runs in results.items()}
     report: dict[str, Any] = {
         "spans": spooled,
         "machine": f"{machine}, Python {platform.python_version()}",
-        "results": {name: {"median_s": medians[name], "runs": runs} for name, runs in results.items()},
+        "results": {
+            name: {"median_s": medians[name], "median_delivered_s": delivered[name], "runs": runs}
+            for name, runs in results.items()
+        },
     }
     if args.baseline:
         report["speedup"] = medians["baseline"] / medians["current"]
+        report["delivered_speedup"] = delivered["baseline"] / delivered["current"]
     if args.json:
         print(json.dumps(report, indent=2))
         return
     print(f"\n{report['machine']}; {spooled:,} spans spooled")
     for name, result in report["results"].items():
-        print(f"  {name:<9} median {result['median_s']:.2f} s ({spooled / result['median_s']:,.0f} spans/s)")
+        print(f"  {name:<9} median {result['median_s']:.2f} s ({spooled / result['median_s']:,.0f} spans/s), "
+              f"delivered in {result['median_delivered_s']:.2f} s")  # fmt: skip
     if "speedup" in report:
-        print(f"  current is {report['speedup']:.2f}x the baseline (goal >= 3.0)")
+        print(f"  current is {report['speedup']:.2f}x the baseline to an empty spool, "
+              f"{report['delivered_speedup']:.2f}x to the last span at the receiver "
+              "(goal >= 3.0)")  # fmt: skip
 
 
 if __name__ == "__main__":
