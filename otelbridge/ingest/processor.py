@@ -266,8 +266,8 @@ class Processor:
             result.spans += len(chunk)
         if spans:
             result.dropped.merge(self._spool.enforce_caps(tx, now))
-        for point in points:
-            result.points.append((tx.add_point(point_to_json(point)), point))
+        ids = tx.add_points([point_to_json(point) for point in points])
+        result.points.extend(zip(ids, points, strict=True))
 
     # --- one event ------------------------------------------------------------------------
     def _event(self, tx: StateTx, body: bytes, received_ns: int, result: BatchResult) -> Increment:

@@ -271,13 +271,17 @@ def test_ledger_keeps_unsigned_64_bit_span_ids(s: Stores) -> None:
 
 def test_points_until_forgotten(s: Stores) -> None:
     with s.state.transaction() as tx:
-        first = tx.add_point('{"a": 1}')
-        second = tx.add_point('{"a": 2}')
-    assert second > first
+        assert tx.add_points([]) == []
+        first, second = tx.add_points(['{"a": 1}', '{"a": 2}'])
+        more = tx.add_points([f'{{"b": {i}}}' for i in range(300)])
+    assert first < second < more[0]
+    assert more == sorted(more) and len(set(more)) == 300
     with s.state.transaction() as tx:
-        assert tx.points() == [(first, '{"a": 1}'), (second, '{"a": 2}')]
-        tx.forget_points(first)
-        assert tx.points() == [(second, '{"a": 2}')]
+        stored = tx.points()
+        assert stored[:2] == [(first, '{"a": 1}'), (second, '{"a": 2}')]
+        assert stored[2:] == [(i, f'{{"b": {n}}}') for n, i in enumerate(more)]  # each id its own point
+        tx.forget_points(more[149])
+        assert tx.points() == [(i, f'{{"b": {n}}}') for n, i in enumerate(more)][150:]
 
 
 # --- spool ----------------------------------------------------------------------------------------
