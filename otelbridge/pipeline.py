@@ -54,7 +54,7 @@ from otelbridge.delivery.spool import Spool
 from otelbridge.delivery.telemetry import Telemetry
 from otelbridge.delivery.transport import Transport, make_transport, probe
 from otelbridge.httplimits import HttpLimits, connection_cap, raise_fd_limit
-from otelbridge.ingest.poller import Poller, Stored, running_calls, validate_calls
+from otelbridge.ingest.poller import Poller, Stored, take_calls
 from otelbridge.ingest.processor import BatchResult, Processor, load_unexported_points
 from otelbridge.logs import active_redactor, configure_logging
 from otelbridge.mapping import conventions as c
@@ -192,11 +192,7 @@ class Pipeline:
         :data:`~otelbridge.ingest.poller.StoreCalls` for this lease holder's poller or backfill):
         committed with their spans, so the page counts as stored just as an inbox append would."""
 
-        def take() -> tuple[Stored, BatchResult]:
-            valid, stored = validate_calls(raws, source)
-            running = running_calls(valid, now_ns) if remember_running else []
-            return stored, self.processor.take_calls(valid, source, running, now_ns)
-
+        take = functools.partial(take_calls, self.processor, raws, source, remember_running, now_ns)
         async with self._processing:
             stored, result = await anyio.to_thread.run_sync(take)
         self._account(result)

@@ -39,7 +39,7 @@ from otelbridge.cartesia.client import CallsPage, CartesiaAuthError, CartesiaCli
 from otelbridge.cartesia.errors import describe_validation_error
 from otelbridge.cartesia.models import parse_call, parse_evaluation, timestamp_ns
 from otelbridge.cartesia.webhooks import synthetic_body, synthetic_event
-from otelbridge.ingest.processor import EVALUATION_EVENT, ListedCall
+from otelbridge.ingest.processor import EVALUATION_EVENT, BatchResult, ListedCall, Processor
 from otelbridge.store import BackfillCursor, InboxStore, NewRow, RunningCall, StateStore
 
 log = logging.getLogger("otelbridge.poller")
@@ -126,6 +126,16 @@ def store_calls(
 def running_calls(valid: Sequence[ListedCall], now_ns: int) -> list[RunningCall]:
     """The unfinished calls of a page, to re-read until final."""
     return [RunningCall(call.id, call.agent_id, now_ns) for call, _ in valid if not call.is_final]
+
+
+def take_calls(
+    processor: Processor, raws: Sequence[dict[str, Any]], source: str, remember_running: bool, now_ns: int
+) -> tuple[Stored, BatchResult]:
+    """A page validated once and processed at once (:meth:`Processor.take_calls`), for the
+    holder of the pipeline lease; its counts, and what processing made."""
+    valid, stored = validate_calls(raws, source)
+    running = running_calls(valid, now_ns) if remember_running else []
+    return stored, processor.take_calls(valid, source, running, now_ns)
 
 
 def inbox_store(inbox: InboxStore, state: StateStore) -> StoreCalls:

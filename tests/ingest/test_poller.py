@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +15,10 @@ import pytest
 from otelbridge.cartesia.client import CartesiaClient
 from otelbridge.cartesia.models import parse_call
 from otelbridge.delivery.spool import Spool
-from otelbridge.ingest.poller import Poller
-from otelbridge.ingest.processor import Processor, load_unexported_points
+from otelbridge.ingest.poller import Poller, Stored, take_calls
+from otelbridge.ingest.processor import BatchResult, Processor, load_unexported_points
 from otelbridge.mapping import conventions as c
-from otelbridge.mapping import map_call
+from otelbridge.mapping import ids, map_call
 from otelbridge.mapping.policy import MappingOptions
 from otelbridge.mapping.records import SpanRecord
 from otelbridge.store import PollWatermark, open_inbox, open_state
@@ -46,8 +46,14 @@ def _reset(api: CartesiaStandIn) -> None:
 
 
 class World:
-    def __init__(self, api: CartesiaStandIn, state_dir: Path, agent_ids: list[str]) -> None:
+    def __init__(
+        self, api: CartesiaStandIn, state_dir: Path, agent_ids: list[str], *, direct: bool = False
+    ) -> None:
+        """``direct``: pages go straight through the processor (as the lease holder's poller
+        stores them), not into the inbox."""
         self.api = api
+        self.direct = direct
+        self.taken: list[BatchResult] = []
         self.state: SqliteState = open_state(state_dir)
         self.inbox: SqliteInboxStore = open_inbox(state_dir)
         self.agent_ids = agent_ids
@@ -69,11 +75,19 @@ class World:
                 poller = Poller(
                     c, self.state, self.inbox, agent_ids=self.agent_ids, interval_s=60, concurrency=4,
                     refresh_s=600, give_up_ns=int(give_up_s * 1e9), evaluations=evaluations,
+                    store=self._take if self.direct else None,
                 )  # fmt: skip
                 await poller.poll_once()
                 return poller
 
         return anyio.run(main)
+
+    async def _take(
+        self, raws: Sequence[dict[str, Any]], source: str, remember_running: bool, now_ns: int
+    ) -> Stored:
+        stored, result = take_calls(self.processor, raws, source, remember_running, now_ns)
+        self.taken.append(result)
+        return stored
 
     def inbox_events(self) -> list[dict[str, Any]]:
         return [json.loads(r.body) for r in self.inbox.read_after(0, EVERYTHING, EVERYTHING)]
@@ -168,9 +182,9 @@ def test_new_calls_are_found_and_old_ones_not_reread(world: World, api: Cartesia
 def test_a_watermark_call_that_vanished_does_not_make_the_poller_page_to_the_end(
     world: World, api: CartesiaStandIn
 ) -> None:
-    ids = api.add_synthetic_calls("agent_a", 300, turns=2)
+    call_ids = api.add_synthetic_calls("agent_a", 300, turns=2)
     world.poll()
-    api.remove_call(ids[-1])  # the newest call, the watermark, is gone
+    api.remove_call(call_ids[-1])  # the newest call, the watermark, is gone
     api.add_synthetic_calls("agent_a", 3, first_index=300, turns=2)
     before = api.count(LIST)
     world.poll()
@@ -209,6 +223,54 @@ def test_running_calls_are_reread_until_final(world: World, api: CartesiaStandIn
     assert [e["type"] for e in world.inbox_events()] == ["call_started", "call_completed"]
     world.poll()
     assert api.count(f"{LIST}/{running['id']}") == 3  # final: no longer re-read
+
+
+def test_pages_taken_directly_export_each_call_once_with_no_inbox_row(
+    api: CartesiaStandIn, tmp_path: Path
+) -> None:
+    call_ids = api.add_synthetic_calls("agent_a", 250, turns=3)
+    w = World(api, tmp_path / "state", ["agent_a"], direct=True)
+    w.poll()
+    assert w.inbox.depth(0) == 0  # validated once, processed at once: nothing went through the inbox
+    assert [r.events for r in w.taken] == [100, 100, 50]
+    assert sum(r.events_by_type["call_completed"] for r in w.taken) == 250
+    counts = w.exported()
+    assert set(counts.values()) == {1}
+    assert set(counts) == _expected([api.get(i) for i in call_ids])
+    # the metric points were stored with the spans, in order, each with its own id
+    stored = load_unexported_points(w.state)
+    assert [p for _, p in stored] == [p for r in w.taken for _, p in r.points]
+    assert [i for i, _ in stored] == sorted({i for i, _ in stored})
+    w.poll()  # nothing new: nothing more exported
+    assert w.exported() == counts
+    w.close()
+
+
+def test_a_running_call_taken_directly_is_kept_then_completed_once(
+    api: CartesiaStandIn, tmp_path: Path
+) -> None:
+    running = make_call("agent_a", 1, turns=2, status="started")
+    api.add_call(running)
+    w = World(api, tmp_path / "state", ["agent_a"], direct=True)
+    w.poll()
+    with w.state.reading() as tx:
+        assert [r.call_id for r in tx.running_calls()] == [running["id"]]
+        assert tx.open_calls() == 1  # kept, waiting for its end
+    before = w.exported()
+    root = ids.span_id(running["id"], ids.root_key())
+    assert before and set(before.values()) == {1} and root not in before  # its turns, at once
+    api.update_call(
+        running["id"], status="completed", end_time="2026-03-02T09:30:00Z", end_reason="agent_hangup"
+    )
+    w.poll()
+    counts = w.exported()
+    assert set(counts.values()) == {1}
+    assert set(counts) == _expected([api.get(running["id"])])
+    with w.state.reading() as tx:
+        assert tx.running_calls() == []
+        assert tx.open_calls() == 0
+    assert w.inbox.depth(0) == 0
+    w.close()
 
 
 def test_running_calls_are_given_up(world: World, api: CartesiaStandIn) -> None:
@@ -256,12 +318,15 @@ def _sample() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return calls, events
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["inbox", "direct"])
 @pytest.mark.parametrize("order", ["webhooks_first", "poll_first", "interleaved"])
-def test_webhooks_and_polling_give_each_span_once(api: CartesiaStandIn, tmp_path: Path, order: str) -> None:
+def test_webhooks_and_polling_give_each_span_once(
+    api: CartesiaStandIn, tmp_path: Path, order: str, direct: bool
+) -> None:
     calls, events = _sample()
     api.add_calls(calls)
     agents = sorted({c["agent_id"] for c in calls})
-    w = World(api, tmp_path / "state", agents)
+    w = World(api, tmp_path / "state", agents, direct=direct)
     if order == "webhooks_first":
         w.put(*events)
         w.process()
@@ -282,12 +347,13 @@ def test_webhooks_and_polling_give_each_span_once(api: CartesiaStandIn, tmp_path
     w.close()
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["inbox", "direct"])
 def test_polled_calls_carry_the_response_latencies_and_deployments_of_their_mapping(
-    api: CartesiaStandIn, tmp_path: Path
+    api: CartesiaStandIn, tmp_path: Path, direct: bool
 ) -> None:
     calls = sample_calls()
     api.add_calls(calls)
-    w = World(api, tmp_path / "state", sorted({c["agent_id"] for c in calls}))
+    w = World(api, tmp_path / "state", sorted({c["agent_id"] for c in calls}), direct=direct)
     w.poll()
     w.process()
     expected: dict[int, float] = {}
