@@ -1,11 +1,13 @@
 """List Calls as the second path into the same traces: the poller and the backfill.
 
-Both turn API calls into **synthetic webhook events** in ``inbox.db`` — a final call becomes a
+Both turn API calls into **synthetic webhook events** — a final call becomes a
 ``call_completed`` (``call_failed``) event carrying the call object, an unfinished one a
 ``call_started`` — so that the one processor, with its ledger of exported span ids, decides
 what is new. A call whose spans went out through webhooks gets only what is missing; a call
 the poller exported adds nothing when its webhooks arrive later. Synthetic events carry
-``"source": "poll"`` or ``"source": "backfill"``.
+``"source": "poll"`` or ``"source": "backfill"``. Where a page goes is a :data:`StoreCalls`:
+the lease holder processes it at once (:func:`take_calls`); a backfill beside a running
+``serve`` appends it to ``inbox.db`` (:func:`inbox_store`).
 
 Incremental polling (:class:`Poller`, inside ``otelbridge serve``): per agent, list newest first
 (``expand=transcript&limit=100``), follow ``next_page`` as ``starting_after`` until the call
