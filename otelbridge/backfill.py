@@ -1,10 +1,11 @@
 """``otelbridge backfill``: a team's history from List Calls, once, into the same traces.
 
-Pages stream one at a time into ``inbox.db`` (bounded memory), with a cursor per agent and
-range saved after every page, so a rerun after Ctrl-C or a crash resumes where it stopped and
-exports nothing twice (the ledger). When no ``otelbridge serve`` runs on the state directory,
-backfill runs the pipeline itself (processor and senders) while it pages, and waits for the
-export; when one runs, backfill only stores and the daemon exports.
+Pages stream one at a time (bounded memory; the next one is requested while one is stored),
+with a cursor per agent and range saved after every page, so a rerun after Ctrl-C or a crash
+resumes where it stopped and exports nothing twice (the ledger). When no ``otelbridge serve``
+runs on the state directory, backfill runs the pipeline itself (processor and senders): each
+page is processed at once, with no inbox round trip, and backfill waits for the export; when
+one runs, backfill only stores the pages in ``inbox.db`` and the daemon exports.
 """
 
 from __future__ import annotations
