@@ -78,6 +78,8 @@ STUCK_AFTER_NS = 60 * 1_000_000_000
 #: the webhook side counts as gone when it has not reported for this long
 WEBHOOK_SILENT_NS = 10 * 1_000_000_000
 LOCK_WAIT_S = 30.0
+#: listed calls processed per transaction (a page is 100)
+CALLS_PER_TAKE = 25
 #: a replica that does not lead tries for the lease this often
 LEASE_RETRY_S = 2.0
 #: how often the leader renews its lease (it is lost after the engine's TTL without renewal)
@@ -192,10 +194,16 @@ class Pipeline:
         :data:`~otelbridge.ingest.poller.StoreCalls` for this lease holder's poller or backfill):
         committed with their spans, so the page counts as stored just as an inbox append would."""
 
-        take = functools.partial(take_calls, self.processor, raws, source, remember_running, now_ns)
-        async with self._processing:
-            stored, result = await anyio.to_thread.run_sync(take)
-        self._account(result)
+        stored = Stored()
+        # a transaction per few calls: the first export leaves early, and webhooks waiting for
+        # the processor get it between them
+        for start in range(0, len(raws), CALLS_PER_TAKE):
+            chunk = raws[start : start + CALLS_PER_TAKE]
+            take = functools.partial(take_calls, self.processor, chunk, source, remember_running, now_ns)
+            async with self._processing:
+                part, result = await anyio.to_thread.run_sync(take)
+            self._account(result)
+            stored.add(part)
         return stored
 
     def poke(self) -> None:

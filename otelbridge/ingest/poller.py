@@ -68,6 +68,14 @@ class Stored:
     invalid: int = 0
     oldest_start_ns: int | None = None
 
+    def add(self, other: Stored) -> None:
+        self.calls += other.calls
+        self.final += other.final
+        self.running += other.running
+        self.invalid += other.invalid
+        if other.oldest_start_ns is not None:
+            self.oldest_start_ns = min(self.oldest_start_ns or other.oldest_start_ns, other.oldest_start_ns)
+
 
 #: stores one page of listed calls — ``(raws, source, remember_running, now_ns) -> Stored`` —
 #: into the inbox (:func:`inbox_store`) or, where this process holds the pipeline lease,
