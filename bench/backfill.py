@@ -57,7 +57,6 @@ import math
 import os
 import platform
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -74,7 +73,10 @@ from common import (
     InternalProcess,
     answer_commands,
     clean_env,
+    code_roots,
     cpu_seconds,
+    describe_code,
+    git,
     log,
     start_profiler,
     summarize_profile,
@@ -692,27 +694,6 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def git(*args: str, cwd: Path = ROOT) -> str:
-    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, check=True).stdout
-
-
-def describe_code(root: Path) -> str:
-    """The commit of ``root`` (and whether its otelbridge/ has uncommitted changes), after
-    checking that a process with ``clean_env(code_root=root)`` imports otelbridge from there."""
-    out = subprocess.run(
-        [sys.executable, "-c", "import otelbridge; print(otelbridge.__file__)"],
-        env=clean_env(code_root=root), cwd=tempfile.gettempdir(), capture_output=True, text=True,
-        check=True,
-    )  # fmt: skip
-    where = Path(out.stdout.strip()).resolve()
-    if not where.is_relative_to(root.resolve()):
-        raise SystemExit(f"otelbridge for {root} is imported from {where}")
-    dirty = git("status", "--porcelain", "--", "otelbridge", cwd=root).strip()
-    return git("rev-parse", "--short=12", "HEAD", cwd=root).strip() + (
-        " + uncommitted changes to otelbridge/" if dirty else ""
-    )
-
-
 def measure(args: argparse.Namespace, codes: dict[str, Path], extra_env: dict[str, str]) -> dict[str, Any]:
     """Every size x ``--repeat``: a backfill by each code (current first in even repeats,
     baseline first in odd ones), then the SDK encoder alone in this process."""
@@ -778,23 +759,8 @@ def main(argv: list[str] | None = None) -> int:
         run_receiver(sys.stdin, sys.stdout)
         return 0
     extra_env = dict(item.split("=", 1) for item in args.env)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the worktree is removed
-    codes = {"current": ROOT}
-    with tempfile.TemporaryDirectory(prefix="otelbridge-bench-backfill-code-") as tmp:
-        base = Path(tmp) / "baseline"
-        try:
-            if args.baseline:
-                try:
-                    commit = git("rev-parse", "--verify", "-q", f"{args.baseline}^{{commit}}").strip()
-                except subprocess.CalledProcessError:
-                    raise SystemExit(f"--baseline: no commit {args.baseline!r} in {ROOT}") from None
-                git("worktree", "add", "--detach", "-q", str(base), commit)
-                codes["baseline"] = base
-            data = measure(args, codes, extra_env)
-        finally:
-            if base.exists():
-                with contextlib.suppress(subprocess.CalledProcessError):
-                    git("worktree", "remove", "--force", str(base))
+    with code_roots(args.baseline, "otelbridge-bench-backfill-code-") as codes:
+        data = measure(args, codes, extra_env)
     print(json.dumps(data, indent=2) if args.json else render(data))
     return 0 if data["goals"]["every_span_once"] else 1
 

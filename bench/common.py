@@ -1,5 +1,6 @@
-"""What the benchmarks share: logging, clean subprocess environments, helper processes driven
-over a line protocol, CPU time of a process, and py-spy profiling (start, then summarise by
+"""What the benchmarks share: logging, clean subprocess environments, the code to measure
+(this checkout and, for ``--baseline REV``, a temporary ``git worktree`` of REV), helper processes
+driven over a line protocol, CPU time of a process, and py-spy profiling (start, then summarise by
 area, function and leaf)."""
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, TextIO
@@ -35,6 +38,72 @@ def clean_env(*, code_root: Path = ROOT, **extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(code_root) + (f":{env['PYTHONPATH']}" if env.get("PYTHONPATH") else "")
     env.update(extra)
     return env
+
+
+def git(*args: str, cwd: Path = ROOT) -> str:
+    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, check=True).stdout
+
+
+def _exit_143(signum: int, frame: object) -> None:
+    sys.exit(143)
+
+
+@contextlib.contextmanager
+def code_roots(baseline: str | None, prefix: str = "otelbridge-bench-code-") -> Iterator[dict[str, Path]]:
+    """The otelbridge checkouts to measure, by name: ``current`` is this one; with ``baseline``
+    (a git revision) also ``baseline``, that commit checked out into a temporary detached
+    ``git worktree``, removed on exit, on failure too. Meanwhile SIGTERM exits through here
+    (SystemExit 143, so that every ``finally`` runs), unless the caller handles it. Run a
+    checkout's code with ``clean_env(code_root=root)``."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_143)
+    try:
+        with _checkouts(baseline, prefix) as codes:
+            yield codes
+    finally:
+        if previous is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _checkouts(baseline: str | None, prefix: str) -> Iterator[dict[str, Path]]:
+    codes = {"current": ROOT}
+    if not baseline:
+        yield codes
+        return
+    try:
+        commit = git("rev-parse", "--verify", "-q", f"{baseline}^{{commit}}").strip()
+    except subprocess.CalledProcessError:
+        raise SystemExit(f"--baseline: no commit {baseline!r} in {ROOT}") from None
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        base = Path(tmp) / "baseline"
+        try:
+            git("worktree", "add", "--detach", "-q", str(base), commit)
+            codes["baseline"] = base
+            yield codes
+        finally:
+            if base.exists():
+                with contextlib.suppress(subprocess.CalledProcessError):
+                    git("worktree", "remove", "--force", str(base))
+
+
+def describe_code(root: Path, cwd: Path | None = None) -> str:
+    """The commit of ``root`` (and whether its otelbridge/ has uncommitted changes), after
+    checking that a process with ``clean_env(code_root=root)``, in ``cwd`` (default a temporary
+    directory), imports otelbridge from there."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import otelbridge; print(otelbridge.__file__)"],
+        env=clean_env(code_root=root), cwd=cwd or tempfile.gettempdir(), capture_output=True,
+        text=True, check=True,
+    )  # fmt: skip
+    where = Path(out.stdout.strip()).resolve()
+    if not where.is_relative_to(root.resolve()):
+        raise SystemExit(f"otelbridge for {root} is imported from {where}")
+    dirty = git("status", "--porcelain", "--", "otelbridge", cwd=root).strip()
+    return git("rev-parse", "--short=12", "HEAD", cwd=root).strip() + (
+        " + uncommitted changes to otelbridge/" if dirty else ""
+    )
 
 
 def wait_or_kill(proc: subprocess.Popen[Any], timeout: float) -> None:

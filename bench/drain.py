@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from common import ROOT, InternalProcess, answer_commands, log
+from common import ROOT, InternalProcess, answer_commands, clean_env, code_roots, log
 
 CALL_SPANS = 22  # a synthetic call of 20 turns: root + 20 turns + the tool span
 
@@ -155,7 +155,7 @@ def run_receiver(stdin: TextIO, stdout: TextIO) -> None:
 
     receiver = Counting().start()
 
-    def stats() -> dict[str, int]:
+    def stats() -> dict[str, float]:
         return {"spans": receiver.span_count, "distinct": len(receiver.ids),
                 "requests": receiver.count, "max_bytes": receiver.max_bytes,
                 "last_at": receiver.last_at}  # fmt: skip
@@ -172,11 +172,10 @@ def measure(code_root: Path, spool: Path, url: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="otelbridge-drain-") as work:
         state_dir = Path(work) / "state"
         shutil.copytree(spool, state_dir)
-        env = {**os.environ, "PYTHONPATH": str(code_root)}
-        env = {k: v for k, v in env.items() if not k.startswith(("OTELBRIDGE_", "OTEL_"))}
         out = subprocess.run(
             [sys.executable, __file__, "--internal", "drain", str(state_dir), url],
-            env=env, cwd=code_root, capture_output=True, text=True, check=True,
+            env=clean_env(code_root=code_root), cwd=code_root, capture_output=True, text=True,
+            check=True,
         )  # fmt: skip
         return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
@@ -188,39 +187,32 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    codes = {"current": ROOT}
-    git = ["git", "-C", str(ROOT), "worktree"]
-    with tempfile.TemporaryDirectory(prefix="otelbridge-drain-bench-") as work:
-        if args.baseline:
-            base = Path(work) / "baseline"
-            subprocess.run([*git, "add", "--detach", "-q", str(base), args.baseline], check=True)
-            codes["baseline"] = base
-        try:
-            spool = Path(work) / "spool"
-            log(f"building a spool of about {args.spans:,} spans")
-            started = time.perf_counter()
-            spooled = build_spool(spool, args.spans)
-            log(f"spooled {spooled:,} spans in {time.perf_counter() - started:.1f} s")
-            results: dict[str, list[dict[str, Any]]] = {name: [] for name in codes}
-            with InternalProcess(__file__, "receiver") as receiver:
-                for _ in range(args.repeats):
-                    for name, root in codes.items():
-                        receiver.ask("reset")
-                        run = measure(root, spool, receiver.url)
-                        run.update(receiver.ask("stats"))
-                        run["spans_per_s"] = spooled / run["seconds"]
-                        # delivered: the last span at the receiver (the spool's rows are then
-                        # still being deleted, which "seconds" includes)
-                        run["delivered_s"] = run.pop("last_at") - run.pop("started_at")
-                        run["exactly_once"] = run["spans"] == run["distinct"] == spooled
-                        log(f"{name}: {run['seconds']:.2f} s, delivered in {run['delivered_s']:.2f} s, "
-                            f"{run['spans_per_s']:,.0f} spans/s, "
-                            f"{run['requests']} requests, largest {run['max_bytes']:,} B, "
-                            f"exactly once: {run['exactly_once']}")  # fmt: skip
-                        results[name].append(run)
-        finally:
-            if args.baseline:
-                subprocess.run([*git, "remove", "--force", str(codes["baseline"])], check=False)
+    with (
+        code_roots(args.baseline, "otelbridge-drain-code-") as codes,
+        tempfile.TemporaryDirectory(prefix="otelbridge-drain-bench-") as work,
+    ):
+        spool = Path(work) / "spool"
+        log(f"building a spool of about {args.spans:,} spans")
+        started = time.perf_counter()
+        spooled = build_spool(spool, args.spans)
+        log(f"spooled {spooled:,} spans in {time.perf_counter() - started:.1f} s")
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name in codes}
+        with InternalProcess(__file__, "receiver") as receiver:
+            for _ in range(args.repeats):
+                for name, root in codes.items():
+                    receiver.ask("reset")
+                    run = measure(root, spool, receiver.url)
+                    run.update(receiver.ask("stats"))
+                    run["spans_per_s"] = spooled / run["seconds"]
+                    # delivered: the last span at the receiver (the spool's rows are then
+                    # still being deleted, which "seconds" includes)
+                    run["delivered_s"] = run.pop("last_at") - run.pop("started_at")
+                    run["exactly_once"] = run["spans"] == run["distinct"] == spooled
+                    log(f"{name}: {run['seconds']:.2f} s, delivered in {run['delivered_s']:.2f} s, "
+                        f"{run['spans_per_s']:,.0f} spans/s, "
+                        f"{run['requests']} requests, largest {run['max_bytes']:,} B, "
+                        f"exactly once: {run['exactly_once']}")  # fmt: skip
+                    results[name].append(run)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     medians = {name: statistics.median(r["seconds"] for r in runs) for name, runs in results.items()}
     delivered = {name: statistics.median(r["delivered_s"] for r in runs) for name, runs in results.items()}

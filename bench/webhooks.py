@@ -1,6 +1,7 @@
 """Benchmark: acked ``call_turn`` webhooks per second, ack latency and freshness of ``otelbridge serve``.
 
-    python bench/webhooks.py [-t 2] [-c 32] [-d 10] [--rounds 3] [--json] [--profile] [--only ack-only]
+    python bench/webhooks.py [-t 2] [-c 32] [-d 10] [--rounds 3] [--baseline REV] [--json] [--profile]
+                             [--only ack-only]
 
 Three processes besides this one, all on this machine (on 2 cores they share the CPUs):
 
@@ -25,14 +26,35 @@ servers are measured in ``--rounds`` interleaved rounds (echo, ack-only, daemon;
 state directory and receiver each round) and the round with the median daemon/echo ratio is
 reported, with every round's numbers. Any non-2xx answer fails the run. Ack latency p50/p99
 come from wrk's latency histogram (``--latency``; wrk is closed-loop, so at saturation these
-include queueing). After the wrk
-run, *drain* is the time from wrk's end until the last turn span reaches the receiver.
+include queueing); the issue's goals: acks/s >= 0.7x the echo's, p99 <= 2x the echo's. After the
+wrk run, *drain* is the time from wrk's end until the last turn span reaches the receiver.
 
-Freshness: a separate paced run (``--fresh-rate`` requests/s for ``--fresh-duration`` s, sent
-with httpx from this process on a fixed schedule by 32 workers with a connection each; how
-late the sender fell behind the schedule is reported), each turn's send time against the
-arrival of its span (matched by span id, ``turn_span_id(call_id, role, start_timestamp)``)
-at the receiver; both clocks are ``CLOCK_MONOTONIC``, which is system-wide on Linux.
+CPU: during each wrk run, the CPU seconds of every process (``/proc/<pid>/stat``; wrk's from
+``RUSAGE_CHILDREN``; for the daemon its webhook process as ``server`` and its pipeline process).
+The daemon's CPU per turn is separate, and is exactly this: the CPU seconds of each of its two
+processes (webhook, pipeline) from the start of the wrk run until the drain is complete (read at
+the 50 ms poll that first sees the last turn span at the receiver; the pipeline lags behind the
+acks, so the wrk run alone would undercount it), per 10,000 turns exported (the acked ones plus
+the few wrk sent but did not count at its end). Before wrk the pipeline is left to finish the
+announcements (its CPU idle). Earlier versions reported only the webhook process during wrk.
+In ``--json``: ``cpu_s_per_10k_turns`` (the median round's; also in each round's ``daemon``).
+
+``--baseline REV``: each round also runs the daemon of git revision REV (``python -m otelbridge
+serve`` from a temporary ``git worktree``, its PYTHONPATH and cwd; removed at the end, on failure
+too) with the same wrk script and a fresh state directory and receiver, the current daemon first
+in odd rounds and second in even ones. Both daemons' processes are checked to run their own
+checkout's otelbridge (the files of their running frames by ``py-spy dump``; without it, their cwd
+and PYTHONPATH). Printed: acks/s, ratio to the echo, p99 and CPU s per 10,000 turns of each
+process, current and baseline (medians over the rounds), and current/baseline (the median of the
+rounds' ratios; the issue: halve the pipeline's); in ``--json``, ``baseline`` and each round's
+``baseline`` and ``current_vs_baseline``.
+
+Freshness (the current daemon, last round): a separate paced run (``--fresh-rate`` requests/s
+for ``--fresh-duration`` s, sent with httpx from this process on a fixed schedule by 32 workers
+with a connection each; how late the sender fell behind the schedule is reported), each turn's
+send time against the arrival of its span (matched by span id, ``turn_span_id(call_id, role,
+start_timestamp)``) at the receiver; both clocks are ``CLOCK_MONOTONIC``, which is system-wide on
+Linux.
 
 ``--profile`` samples each server with ``py-spy --gil`` during its wrk run and prints where
 the GIL-holding time goes (by area of the daemon, by function).
@@ -61,7 +83,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -72,7 +94,9 @@ from common import (
     InternalProcess,
     answer_commands,
     clean_env,
+    code_roots,
     cpu_seconds,
+    describe_code,
     log,
     start_profiler,
     summarize_profile,
@@ -86,6 +110,11 @@ TURN_SPAN_NAMES = ("user_turn", "assistant_turn")
 TURN_SPACING_S = 3.0  # a call's n-th turn starts at FIRST_TURN_S + n * TURN_SPACING_S
 FIRST_TURN_S = 0.5
 GOAL_RATIO = 0.7
+GOAL_P99_VS_ECHO = 2.0
+GOAL_PIPELINE_CPU_VS_BASELINE = 0.5  # the issue: halve the processor's CPU per turn
+TURNS_PER = 10_000  # CPU seconds are reported per this many turns
+#: the daemon's processes, by their name in the CPU per turn -> their key in a wrk run's pids
+DAEMON_PROCESSES = {"webhook": "server", "pipeline": "pipeline"}
 GOAL_FRESH_P50_S = 1.0
 GOAL_FRESH_P99_S = 3.0
 WRK_MARK = "WRKJSON "
@@ -463,11 +492,14 @@ def ack_only_server(secret: str, state_parent: Path | None) -> Iterator[tuple[st
 
 @contextlib.contextmanager
 def daemon(
-    receiver: Receiver, secret: str, state_parent: Path | None
-) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    receiver: Receiver, secret: str, state_parent: Path | None, code_root: Path = ROOT
+) -> Iterator[tuple[str, subprocess.Popen[bytes], int]]:
+    """``python -m otelbridge serve`` of the checkout ``code_root`` (its PYTHONPATH and cwd):
+    the webhook URL, the webhook process and the pid of its pipeline process."""
     port, admin = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="otelbridge-bench-", dir=state_parent) as state:
         env = clean_env(
+            code_root=code_root,
             OTELBRIDGE_STATE_DIR=state,
             OTELBRIDGE_WEBHOOK_SECRET=secret,
             OTELBRIDGE_LOG_LEVEL="warning",
@@ -476,14 +508,99 @@ def daemon(
             OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
             OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
         )
-        proc = subprocess.Popen([sys.executable, "-m", "otelbridge", "serve"], env=env, cwd=ROOT)
+        proc = subprocess.Popen([sys.executable, "-m", "otelbridge", "serve"], env=env, cwd=code_root)
         try:
             wait_http(f"http://127.0.0.1:{admin}/healthz", 60, proc, "otelbridge serve")
-            yield f"http://127.0.0.1:{port}{WEBHOOK_PATH}", proc, Path(state)
+            yield f"http://127.0.0.1:{port}{WEBHOOK_PATH}", proc, pipeline_pid(proc.pid)
         finally:
             stop(proc)
             if proc.returncode not in (0, None):
                 print(f"warning: otelbridge serve exited with {proc.returncode}", file=sys.stderr)
+
+
+def cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+
+
+def pipeline_pid(webhook_pid: int, timeout: float = 10.0) -> int:
+    """The pid of the webhook process's child ``python -m otelbridge.pipeline``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if ppid == webhook_pid and cmdline(int(entry.name))[1:3] == ["-m", "otelbridge.pipeline"]:
+                    return int(entry.name)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no pipeline process under otelbridge serve (pid {webhook_pid})")
+        time.sleep(0.05)
+
+
+def settle(pid: int, timeout: float = 10.0, period: float = 0.25) -> None:
+    """Wait until ``pid`` used at most one clock tick of CPU in ``period`` s (idle, as the
+    pipeline is between its once-a-second reports), for up to ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    before = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(period)
+        now = cpu_seconds(pid)
+        if now - before <= 1.5 / os.sysconf("SC_CLK_TCK"):
+            return
+        before = now
+    log(f"warning: pid {pid} still busy after {timeout:g} s; measuring anyway")
+
+
+def frame_files(pid: int) -> set[Path] | None:
+    """The files of the Python frames running in ``pid`` (``py-spy dump``), None if py-spy is
+    missing or may not look (the daemon's processes are not dumpable: root only)."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return None
+    out = subprocess.run(
+        [spy, "dump", "--pid", str(pid), "--full-filenames"], capture_output=True, text=True, check=False
+    )
+    files = {Path(f) for f in re.findall(r"\((/[^()]*?\.py):\d+\)", out.stdout)}
+    return files if out.returncode == 0 and files else None
+
+
+def verify_code(processes: Mapping[str, int], root: Path, roots: Sequence[Path]) -> str:
+    """Checks that each of the daemon's ``processes`` runs the otelbridge of ``root``: the
+    files of its running frames (py-spy) are in ``root``/otelbridge and in no other checkout's
+    (``roots``) nor an installed one; without py-spy, that its cwd and first PYTHONPATH entry
+    are ``root`` (what ``python -m`` imports from). Returns how it was checked."""
+    package = root.resolve() / "otelbridge"
+    others = [r.resolve() / "otelbridge" for r in roots if r.resolve() != root.resolve()]
+    evidence = []
+    for name, pid in processes.items():
+        files = frame_files(pid)
+        if files is not None:
+            ours = sorted(f for f in files if f.is_relative_to(package))
+            foreign = sorted(
+                f
+                for f in files
+                if any(f.is_relative_to(o) for o in others)
+                or re.search(r"/(site|dist)-packages/otelbridge/", str(f))
+            )
+            if foreign or not ours:
+                raise SystemExit(
+                    f"FAILED: the {name} process (pid {pid}) should run {package}; its frames are in "
+                    f"{[str(f) for f in foreign or files]}"
+                )
+            evidence.append(f"{name}: py-spy, {len(ours)} frame files in {package}, none elsewhere")
+            continue
+        try:
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd")).resolve()
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError as error:
+            evidence.append(f"{name}: unverified ({error.strerror}; no py-spy dump either)")
+            continue
+        pythonpath = next((e[11:].decode() for e in environ if e.startswith(b"PYTHONPATH=")), "")
+        if cwd != root.resolve() or Path(pythonpath.split(":")[0]).resolve() != root.resolve():
+            raise SystemExit(f"FAILED: the {name} process (pid {pid}) runs in {cwd}, PYTHONPATH {pythonpath}")
+        evidence.append(f"{name}: cwd and first PYTHONPATH entry are {root}")
+    return "; ".join(evidence)
 
 
 # --- load ------------------------------------------------------------------------------------
@@ -498,6 +615,10 @@ class WrkResult:
     cpu_s: dict[str, float]
     ended_at: float  # time.monotonic() when wrk returned
     output: str
+    started_at: float = 0.0  # time.monotonic() when wrk was started
+    pids: dict[str, int] = field(default_factory=dict)
+    #: each of ``pids``' CPU seconds so far when wrk was started
+    cpu_at_start: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -535,6 +656,7 @@ class Load:
 def run_wrk(url: str, script: Path, load: Load, pids: dict[str, int]) -> WrkResult:
     cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
     completed = subprocess.run(
         ["wrk", *load.args(), "-s", str(script), url], capture_output=True, text=True, check=False
     )
@@ -565,6 +687,9 @@ def run_wrk(url: str, script: Path, load: Load, pids: dict[str, int]) -> WrkResu
         cpu_s=cpu,
         ended_at=ended,
         output="\n".join(line for line in out.splitlines() if not line.startswith(WRK_MARK)),
+        started_at=started,
+        pids=dict(pids),
+        cpu_at_start=cpu0,
     )
 
 
@@ -652,28 +777,47 @@ def percentile(values: Sequence[float], p: float) -> float:
     return ordered[rank - 1]
 
 
-def wait_drain(
-    receiver: Receiver, acked: int, ended_at: float, timeout: float, quiet: float = 1.0
-) -> dict[str, Any]:
-    """Wait until the receiver holds >= ``acked`` turn spans and nothing new came for ``quiet`` s."""
+def wait_drain(receiver: Receiver, wrk: WrkResult, timeout: float, quiet: float = 1.0) -> dict[str, Any]:
+    """Wait until the receiver holds >= ``wrk.requests`` turn spans and nothing new came for
+    ``quiet`` s. Also the CPU seconds of each of the daemon's processes (``DAEMON_PROCESSES``)
+    from the start of the wrk run until the drain was complete: read at the poll (every 50 ms)
+    that first saw the final count of turn spans, i.e. just after the last turn span reached
+    the receiver; and per 10,000 of those turns (each acked webhook is one, plus the few that
+    wrk sent but did not count at its end)."""
+    acked = wrk.requests
+    processes = {name: wrk.pids[key] for name, key in DAEMON_PROCESSES.items()}
+    start = {name: wrk.cpu_at_start[key] for name, key in DAEMON_PROCESSES.items()}
     deadline = time.monotonic() + timeout
     last_count, last_change = -1, time.monotonic()
+    cpu = dict(start)
     stats = receiver.stats()
     while time.monotonic() < deadline:
         stats = receiver.stats()
         if stats["turn_spans"] != last_count:
+            try:
+                cpu = {name: cpu_seconds(pid) for name, pid in processes.items()}
+            except FileNotFoundError:
+                raise SystemExit(f"FAILED: a daemon process exited during the run ({processes})") from None
             last_count, last_change = stats["turn_spans"], time.monotonic()
         elif stats["turn_spans"] >= acked and time.monotonic() - last_change >= quiet:
             break
         time.sleep(0.05)
     complete = stats["turn_spans"] >= acked
+    turns = stats["turn_spans"]
+    used = {name: cpu[name] - start[name] for name in processes}
+    used["both"] = sum(used.values())
     return {
         "complete": complete,
         "acked_turns": acked,
-        "exported_turns": stats["turn_spans"],
-        "drain_s": round(max(0.0, stats["last_turn_at"] - ended_at), 3) if complete else None,
+        "exported_turns": turns,
+        "drain_s": round(max(0.0, stats["last_turn_at"] - wrk.ended_at), 3) if complete else None,
         "trace_requests": stats["trace_requests"],
         "spans": stats["spans"],
+        "cpu_window_s": round(last_change - wrk.started_at, 3),
+        "cpu_s": {name: round(v, 2) for name, v in used.items()},
+        "cpu_s_per_10k_turns": {name: round(v * TURNS_PER / turns, 3) for name, v in used.items()}
+        if complete and turns
+        else None,
     }
 
 
@@ -752,11 +896,49 @@ class Report:
     #: every round's (echo, ack-only, daemon) req/s; echo/daemon/ack_only above hold the round
     #: whose daemon/echo ratio is the median
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    #: the checkouts whose daemon runs: "current" and, with --baseline, "baseline"
+    codes: dict[str, Path] = field(default_factory=lambda: {"current": ROOT})
+    baseline_rev: str | None = None
+    #: per code: its commit (after checking that its checkout's otelbridge is imported), and how
+    #: the daemon's two processes were seen to run it
+    code: dict[str, str] = field(default_factory=dict)
+    code_checks: dict[str, str] = field(default_factory=dict)
+
+    def comparison(self) -> dict[str, Any] | None:
+        """--baseline: per measure, the median over the rounds of the current and the baseline
+        daemon, and the median of the rounds' current/baseline ratios."""
+        rounds = [r for r in self.rounds if r.get("baseline") and r.get("daemon")]
+        if "baseline" not in self.codes or not rounds:
+            return None
+        medians = {
+            code: {
+                key: statistics.median(flat(r[code])[key] for r in rounds) for key in flat(rounds[0][code])
+            }
+            for code in ("daemon", "baseline")
+        }
+        ratios = {
+            key: statistics.median(flat(r["current_vs_baseline"])[key] for r in rounds)
+            for key in flat(rounds[0]["current_vs_baseline"])
+        }
+        pipeline = ratios.get("cpu_s_per_10k_turns.pipeline")
+        halved = pipeline <= GOAL_PIPELINE_CPU_VS_BASELINE if pipeline is not None else None
+        return {
+            "rev": self.baseline_rev,
+            "commit": self.code.get("baseline"),
+            "rounds": len(rounds),
+            "order": "current daemon first in odd rounds, baseline first in even ones",
+            "current": unflat(medians["daemon"]),
+            "baseline": unflat(medians["baseline"]),
+            "current_vs_baseline": unflat(ratios),
+            "goal_pipeline_cpu_vs_baseline": GOAL_PIPELINE_CPU_VS_BASELINE,
+            "meets_pipeline_cpu_goal": halved,
+        }
 
     def as_dict(self) -> dict[str, Any]:
         assert self.echo is not None
         ratio = self.daemon.rps / self.echo.rps if self.daemon else None
         ratios = [r["ratio"] for r in self.rounds if r["ratio"] is not None]
+        p99 = self.daemon.latency_ms["p99"] / self.echo.latency_ms["p99"] if self.daemon else None
         return {
             "load": {
                 "tool": "wrk",
@@ -774,12 +956,48 @@ class Report:
             "ratio_range": [min(ratios), max(ratios)] if ratios else None,
             "goal_ratio": GOAL_RATIO,
             "meets_ratio_goal": ratio >= GOAL_RATIO if ratio is not None else None,
+            "p99_vs_echo": round(p99, 3) if p99 is not None else None,
+            "goal_p99_vs_echo": GOAL_P99_VS_ECHO,
+            "meets_p99_goal": p99 <= GOAL_P99_VS_ECHO if p99 is not None else None,
+            # each daemon process's CPU from the start of wrk until the last turn span arrived
+            "cpu_s_per_10k_turns": self.drain.get("cpu_s_per_10k_turns"),
             "drain": self.drain,
             "freshness": self.fresh,
             "goal_freshness_s": {"p50": GOAL_FRESH_P50_S, "p99": GOAL_FRESH_P99_S},
             "profiles": self.profiles,
+            "code": self.code,
+            "code_checks": self.code_checks,
+            "baseline": self.comparison(),
             "environment": self.environment,
         }
+
+
+def flat(measures: dict[str, Any]) -> dict[str, float]:
+    """``{"a": 1, "b": {"c": 2}}`` -> ``{"a": 1, "b.c": 2}`` (None values left out)."""
+    out: dict[str, float] = {}
+    for key, value in measures.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items() if v is not None})
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def unflat(measures: dict[str, float]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in measures.items():
+        head, _, tail = key.partition(".")
+        if tail:
+            out.setdefault(head, {})[tail] = round(value, 3)
+        else:
+            out[head] = round(value, 3)
+    return out
+
+
+def ratios(current: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    """current / baseline of every measure both have."""
+    a, b = flat(current), flat(baseline)
+    return unflat({k: a[k] / b[k] for k in a if b.get(k)})
 
 
 def environment(state_parent: Path | None) -> dict[str, Any]:
@@ -828,6 +1046,26 @@ def wrk_round(
     return result
 
 
+@dataclass(slots=True)
+class DaemonRun:
+    """One daemon's wrk run and drain (with its CPU per turn)."""
+
+    code: str  # "current" or "baseline"
+    wrk: WrkResult
+    drain: dict[str, Any]
+
+    def against(self, echo: WrkResult) -> dict[str, Any]:
+        """Acks/s, p99 and CPU per 10,000 turns, with the ratios to the same round's echo."""
+        return {
+            "rps": round(self.wrk.rps, 1),
+            "ratio": round(self.wrk.rps / echo.rps, 3),
+            "p99_ms": self.wrk.latency_ms["p99"],
+            "p99_vs_echo": round(self.wrk.latency_ms["p99"] / echo.latency_ms["p99"], 3),
+            "drain_s": self.drain.get("drain_s"),
+            "cpu_s_per_10k_turns": self.drain.get("cpu_s_per_10k_turns"),
+        }
+
+
 def daemon_round(
     corpus: Corpus,
     secret: str,
@@ -837,33 +1075,47 @@ def daemon_round(
     report: Report,
     tag: str,
     with_freshness: bool,
-) -> tuple[WrkResult, dict[str, Any]]:
-    """A fresh receiver and daemon: the wrk run, the drain, and (last round) freshness."""
+    code: str = "current",
+) -> DaemonRun:
+    """A fresh receiver and daemon of ``report.codes[code]``: the wrk run, the drain, and (last
+    round, current code) freshness."""
+    root = report.codes[code]
+    name = "daemon" if code == "current" else f"{code} daemon"
     receiver = Receiver()
     try:
         log(f"OTLP receiver at {receiver.url} (pid {receiver.pid})")
-        with daemon(receiver, secret, args.state_parent) as (url, proc, _state):
-            log(f"daemon: announcing {args.calls} calls (call_started, untimed)")
+        with daemon(receiver, secret, args.state_parent, root) as (url, proc, pipeline):
+            processes = {"webhook": proc.pid, "pipeline": pipeline}
+            check = verify_code(processes, root, list(report.codes.values()))
+            report.code_checks.setdefault(code, check)
+            log(f"{name}: webhook process {proc.pid}, pipeline {pipeline}, code of {root} ({check})")
+            log(f"{name}: announcing {args.calls} calls (call_started, untimed)")
             asyncio.run(post_all(url, [corpus.call_started(c) for c in call_ids(prefix, args.calls)], secret))
             time.sleep(1.0)  # let the processor take the announcements before the load
-            pids = {"server": proc.pid, "receiver": receiver.pid}
-            result = wrk_round("daemon" + tag, url, script, pids, args, report)
-            drain = wait_drain(receiver, result.requests, result.ended_at, args.drain_timeout)
-            log(f"daemon: drain {drain}")
-            if with_freshness and args.fresh_duration > 0 and drain.get("complete"):
+            settle(pipeline)  # and finish them: its CPU per turn counts from wrk's start
+            pids = {"server": proc.pid, "pipeline": pipeline, "receiver": receiver.pid}
+            result = wrk_round(name + tag, url, script, pids, args, report)
+            drain = wait_drain(receiver, result, args.drain_timeout)
+            log(f"{name}: drain {drain}")
+            if with_freshness and code == "current" and args.fresh_duration > 0 and drain.get("complete"):
                 log(f"freshness: {args.fresh_rate:g} req/s for {args.fresh_duration:g}s")
                 report.fresh = freshness(url, receiver, corpus, secret, args)
     finally:
         receiver.close()
-    return result, drain
+    return DaemonRun(code, result, drain)
 
 
-def run(args: argparse.Namespace) -> Report:
+def run(args: argparse.Namespace, codes: dict[str, Path]) -> Report:
+    """``codes``: the checkouts whose daemon runs each round, by name ("current", "baseline")."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install -y wrk")
     report = Report(
         Load(args.threads, args.connections, args.duration, args.timeout), environment(args.state_parent)
     )
+    if args.only != "ack-only":
+        report.codes, report.baseline_rev = dict(codes), args.baseline
+        # the daemon runs in its checkout with clean_env(code_root=root): the same here
+        report.code = {name: describe_code(root, cwd=root) for name, root in codes.items()}
     corpus = Corpus.load()
     secret = secrets.token_urlsafe(24)
     prefix = "ac_sid_benchload"
@@ -872,7 +1124,7 @@ def run(args: argparse.Namespace) -> Report:
         script.write_text(
             lua_script(corpus, prefix=prefix, calls=args.calls, threads=args.threads, secret=secret)
         )
-        rounds: list[tuple[WrkResult, WrkResult | None, WrkResult | None, dict[str, Any]]] = []
+        rounds: list[Round] = []
         for number in range(1, args.rounds + 1):
             tag = f" (round {number}/{args.rounds})" if args.rounds > 1 else ""
             last = number == args.rounds
@@ -882,39 +1134,60 @@ def run(args: argparse.Namespace) -> Report:
             if not args.skip_ack_only:
                 with ack_only_server(secret, args.state_parent) as (url, proc):
                     ack_only = wrk_round("ack-only" + tag, url, script, {"server": proc.pid}, args, report)
+            rounds.append(Round(echo, ack_only))
             if args.only == "ack-only":
-                rounds.append((echo, ack_only, None, {}))
                 continue
-            daemon_result, drain = daemon_round(corpus, secret, prefix, script, args, report, tag, last)
-            rounds.append((echo, ack_only, daemon_result, drain))
-            if not drain.get("complete"):
-                break
-        for e, a, d, _ in rounds:
-            report.rounds.append({
-                "echo_rps": e.rps,
-                "ack_only_rps": a.rps if a else None,
-                "daemon_rps": d.rps if d else None,
-                "ratio": round(d.rps / e.rps, 3) if d else None,
-                "ratio_ack_only": round(a.rps / e.rps, 3) if a else None,
-                "server_cpu_us_per_request": {
-                    name: round(r.cpu_s["server"] / r.requests * 1e6, 1)
-                    for name, r in (("echo", e), ("ack_only", a), ("daemon", d)) if r and r.requests
-                },
-            })  # fmt: skip
-
-        def ratio(r: tuple[WrkResult, WrkResult | None, WrkResult | None, dict[str, Any]]) -> float:
-            main = r[2] or r[1]
-            return main.rps / r[0].rps if main else 0.0
-
-        median = sorted(rounds, key=ratio)[(len(rounds) - 1) // 2]
-        report.echo, report.ack_only, report.daemon, report.drain = median
-        if any(not r[3].get("complete") for r in rounds if r[2] is not None):
-            report.drain = next(r[3] for r in rounds if r[2] is not None and not r[3].get("complete"))
-    if args.only == "ack-only":
-        return report
-    if not report.drain.get("complete"):
-        raise SystemExit(f"FAILED: not every acked turn was exported: {report.drain}")
+            # current then baseline in odd rounds, the other way round in even ones
+            for code in list(report.codes)[:: -1 if number % 2 == 0 else 1]:
+                result = daemon_round(corpus, secret, prefix, script, args, report, tag, last, code)
+                rounds[-1].daemons[code] = result
+                if not result.drain.get("complete"):
+                    name = "daemon" if code == "current" else f"{code} daemon"
+                    raise SystemExit(f"FAILED: {name}: not every acked turn was exported: {result.drain}")
+        report.rounds = [r.summary() for r in rounds]
+        median = sorted(rounds, key=Round.ratio)[(len(rounds) - 1) // 2]
+        report.echo, report.ack_only = median.echo, median.ack_only
+        if "current" in median.daemons:
+            report.daemon, report.drain = median.daemons["current"].wrk, median.daemons["current"].drain
     return report
+
+
+@dataclass(slots=True)
+class Round:
+    """One round: the echo, the ack-only diagnostic, each code's daemon."""
+
+    echo: WrkResult
+    ack_only: WrkResult | None
+    daemons: dict[str, DaemonRun] = field(default_factory=dict)
+
+    def ratio(self) -> float:
+        """The current daemon's acks/s over the echo's (the ack-only's with --only ack-only)."""
+        main = self.daemons["current"].wrk if "current" in self.daemons else self.ack_only
+        return main.rps / self.echo.rps if main else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        e, a = self.echo, self.ack_only
+        d, b = self.daemons.get("current"), self.daemons.get("baseline")
+        out = {
+            "echo_rps": e.rps,
+            "ack_only_rps": a.rps if a else None,
+            "daemon_rps": d.wrk.rps if d else None,
+            "ratio": round(d.wrk.rps / e.rps, 3) if d else None,
+            "ratio_ack_only": round(a.rps / e.rps, 3) if a else None,
+            # the server process (the daemon's webhook process) during the wrk run only
+            "server_cpu_us_per_request": {
+                name: round(r.cpu_s["server"] / r.requests * 1e6, 1)
+                for name, r in (("echo", e), ("ack_only", a), ("daemon", d.wrk if d else None))
+                if r and r.requests
+            },
+            "echo_p99_ms": e.latency_ms["p99"],
+            "daemon": d.against(e) if d else None,
+        }
+        if b:
+            out["baseline"] = b.against(e)
+            if d:
+                out["current_vs_baseline"] = ratios(d.against(e), b.against(e))
+        return out
 
 
 def render(data: dict[str, Any]) -> str:
@@ -925,7 +1198,7 @@ def render(data: dict[str, Any]) -> str:
         "",
         f"{'server':<8} {'acked/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'requests':>9}"
         + ("" if d else f" {'ms CPU/req':>10}")
-        + "   CPU s",
+        + "   CPU s during wrk",
     ]
     rows = [("echo", e)] + ([("daemon", d)] if d else []) + ([("ack-only", a)] if a else [])
     for name, r in rows:
@@ -944,10 +1217,15 @@ def render(data: dict[str, Any]) -> str:
             parts = [f"echo {r['echo_rps']:,.0f}/s"]
             if r["ack_only_rps"] is not None:
                 parts.append(f"ack-only {r['ack_only_rps']:,.0f}/s ({r['ratio_ack_only']:.2f}x)")
-            if r["daemon_rps"] is not None:
-                parts.append(f"daemon {r['daemon_rps']:,.0f}/s ({r['ratio']:.2f}x)")
+            for code in ("daemon", "baseline"):
+                if r.get(code):
+                    m = r[code]
+                    parts.append(
+                        f"{code} {m['rps']:,.0f}/s ({m['ratio']:.2f}x, p99 {m['p99_ms']:.1f} ms, "
+                        f"CPU s/10k turns {cpu_per_turns(m['cpu_s_per_10k_turns'])})"
+                    )
             cpu = ", ".join(f"{k} {v:g}" for k, v in r["server_cpu_us_per_request"].items())
-            lines.append(f"  round {n}: " + ", ".join(parts) + f"; server CPU us/request: {cpu}")
+            lines.append(f"  round {n}: " + ", ".join(parts) + f"; server CPU us/request during wrk: {cpu}")
         lines.append("")
     if d:
         fresh, drain = data["freshness"], data["drain"]
@@ -969,8 +1247,13 @@ def render(data: dict[str, Any]) -> str:
                 if a
                 else []
             ),
+            f"p99 daemon/echo: {data['p99_vs_echo']:.2f} (goal <= {data['goal_p99_vs_echo']:g}: "
+            f"{'met' if data['meets_p99_goal'] else 'NOT met'})",
             f"drain after wrk: {drain.get('drain_s')} s ({drain.get('exported_turns')} turn spans exported "
             f"for {drain.get('acked_turns')} acked; {drain.get('trace_requests')} OTLP trace requests)",
+            f"daemon CPU s per {TURNS_PER:,} turns, from the start of wrk until the last turn span "
+            f"arrived ({drain.get('cpu_window_s')} s, {drain.get('exported_turns')} turns): "
+            f"{cpu_per_turns(data['cpu_s_per_10k_turns'])}",
         ]
         if fresh:
             f = fresh["freshness_s"]
@@ -981,6 +1264,8 @@ def render(data: dict[str, Any]) -> str:
                 f"ack p50 {fresh['ack_ms']['p50']} ms, p99 {fresh['ack_ms']['p99']} ms; "
                 f"missing {fresh['missing']}"
             )
+        if data["baseline"]:
+            lines += ["", *render_comparison(data)]
     else:  # --only ack-only
         lines.append(
             f"ratio ack-only/echo (the request path alone): {data['ratio_ack_only']:.2f} "
@@ -996,6 +1281,44 @@ def render(data: dict[str, Any]) -> str:
             lines.append(f"  {title}:")
             lines += [f"    {share:5.1f}%  {name}" for name, share in profile[title]]
     return "\n".join(lines)
+
+
+def cpu_per_turns(cpu: dict[str, float] | None) -> str:
+    if not cpu:
+        return "n/a"
+    return f"webhook {cpu['webhook']:.2f}, pipeline {cpu['pipeline']:.2f}, both {cpu['both']:.2f}"
+
+
+def render_comparison(data: dict[str, Any]) -> list[str]:
+    b = data["baseline"]
+    cur, base, ratio = (flat(b[k]) for k in ("current", "baseline", "current_vs_baseline"))
+    rows = [
+        ("acks/s", "rps", ",.0f"),
+        ("acks/s / echo's", "ratio", ".2f"),
+        ("p99 ms", "p99_ms", ".2f"),
+        ("p99 / echo's", "p99_vs_echo", ".2f"),
+        *(
+            (f"CPU s/{TURNS_PER:,} turns, {name}", f"cpu_s_per_10k_turns.{name}", ".2f")
+            for name in ("webhook", "pipeline", "both")
+        ),
+    ]
+    lines = [
+        f"current ({data['code'].get('current')}) vs baseline {b['rev']} ({b['commit']}): each daemon "
+        "in every round, same wrk script, fresh state and receiver;",
+        f"medians of {b['rounds']} round(s); current/baseline is the median of the rounds' ratios "
+        f"({b['order']})",
+        f"  {'':<30} {'current':>10} {'baseline':>10} {'current/baseline':>17}",
+    ]
+    for title, key, spec in rows:
+        c, bl = (format(m[key], spec) if key in m else "n/a" for m in (cur, base))
+        r = f"{ratio[key]:.2f}x" if key in ratio else "n/a"
+        line = f"  {title:<30} {c:>10} {bl:>10} {r:>17}"
+        if key == "cpu_s_per_10k_turns.pipeline" and b["meets_pipeline_cpu_goal"] is not None:
+            met = "met" if b["meets_pipeline_cpu_goal"] else "NOT met"
+            line += f"  (issue: halve it, <= {b['goal_pipeline_cpu_vs_baseline']:.2f}x: {met})"
+        lines.append(line)
+    lines.append("code checks: " + "; ".join(f"{k}: {v}" for k, v in data["code_checks"].items()))
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1025,6 +1348,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", action="store_true", help="sample each server with py-spy --gil during its wrk run"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run the daemon of git revision REV (a temporary git worktree) in every round",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument(
         "--skip-ack-only", action="store_true", help="skip the diagnostic run of the ack path alone"
@@ -1047,6 +1375,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.only == "ack-only" and args.skip_ack_only:
         parser.error("--only ack-only and --skip-ack-only exclude each other")
+    if args.only == "ack-only" and args.baseline:
+        parser.error("--baseline compares daemons: not with --only ack-only")
     if args.internal == "echo":
         run_echo(args.port, args.echo_mode)
         return 0
@@ -1056,7 +1386,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.internal == "receiver":
         run_receiver(sys.stdin, sys.stdout)
         return 0
-    data = run(args).as_dict()
+    with code_roots(args.baseline, "otelbridge-bench-webhooks-code-") as codes:
+        data = run(args, codes).as_dict()
     print(json.dumps(data, indent=2) if args.json else render(data))
     return 0
 
