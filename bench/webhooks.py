@@ -7,9 +7,9 @@ Three processes besides this one, all on this machine (on 2 cores they share the
 
 * a local OTLP/HTTP receiver (``tests/support/otlp_receiver.py``'s ``HttpOtlpReceiver``, in
   its own process, answering 200; it notes when each span arrives);
-* the baseline: a bare Starlette app, one ``POST /webhooks/cartesia`` route doing
-  ``await request.json()`` and answering ``{"status": "ok"}``, served by uvicorn with the
-  daemon's options (uvloop, httptools, one worker, no access log, lifespan off);
+* the baseline: a raw ASGI JSON echo (reads the body, parses it, answers it back; ``--echo-mode
+  echo`` puts Starlette in front, as the figures before issue 20 did), served by uvicorn with
+  the daemon's options (uvloop, httptools, one worker, no access log, lifespan off);
 * the daemon: ``python -m otelbridge serve`` with a fresh state directory, a webhook secret,
   ``OTELBRIDGE_LOG_LEVEL=warning``, exporting to the receiver over OTLP/HTTP;
 * a diagnostic (``--skip-ack-only`` skips it): the daemon's own webhook app and durable inbox
@@ -296,9 +296,10 @@ end
 
 # --- helper processes (this file, run with --internal) ------------------------------------------
 def run_echo(port: int, mode: str = "echo") -> None:
-    """The baseline: bare Starlette + uvicorn, the daemon's server options. ``echo`` (the
-    issue's baseline) answers with the JSON it received; ``parse`` only parses it and answers a
-    fixed ``{"status": "ok"}`` (a stricter, cheaper baseline)."""
+    """The baseline, on uvicorn with the daemon's server options. ``raw`` (issue 20's baseline):
+    a raw ASGI app that reads the body, parses it and answers with the JSON it received;
+    ``echo`` (the earlier issues' baseline): the same through bare Starlette; ``parse``:
+    Starlette, only parsing and answering a fixed ``{"status": "ok"}``."""
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -309,7 +310,19 @@ def run_echo(port: int, mode: str = "echo") -> None:
         body = await request.json()
         return JSONResponse(body if mode == "echo" else {"status": "ok"})
 
-    app = Starlette(routes=[Route(WEBHOOK_PATH, echo, methods=["POST"])])
+    async def raw(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        chunks = []
+        more = True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        answer = json.dumps(json.loads(b"".join(chunks)), separators=(",", ":")).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+    app: Any = raw if mode == "raw" else Starlette(routes=[Route(WEBHOOK_PATH, echo, methods=["POST"])])
     uvicorn.run(
         app,
         host="127.0.0.1",
@@ -1364,10 +1377,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--echo-mode",
-        choices=("echo", "parse"),
-        default="echo",
-        help="baseline: echo = answer the received JSON (the issue's JSON echo, default); "
-        'parse = parse it and answer a fixed {"status": "ok"} (stricter)',
+        choices=("raw", "echo", "parse"),
+        default="raw",
+        help="baseline: raw = a raw ASGI app answering the received JSON (issue 20's, default); "
+        "echo = the same through Starlette (earlier figures); "
+        'parse = Starlette, parse and answer a fixed {"status": "ok"}',
     )
     parser.add_argument("--internal", choices=("echo", "receiver", "ack-only"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
