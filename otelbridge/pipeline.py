@@ -78,8 +78,14 @@ STUCK_AFTER_NS = 60 * 1_000_000_000
 #: the webhook side counts as gone when it has not reported for this long
 WEBHOOK_SILENT_NS = 10 * 1_000_000_000
 LOCK_WAIT_S = 30.0
+#: points stored before a metrics collection comes early (~400 bytes each in state.db)
+POINTS_PER_COLLECTION = 50_000
 #: listed calls processed per transaction (a page is 100)
 CALLS_PER_TAKE = 25
+#: listed calls wait while the spool holds more than this (see Pipeline._room_for_listed_calls)
+LISTED_SPOOL_HIGH_BYTES = 64 * 1024 * 1024
+LISTED_WAIT_S = 0.05
+LISTED_STALL_S = 30.0
 #: a replica that does not lead tries for the lease this often
 LEASE_RETRY_S = 2.0
 #: how often the leader renews its lease (it is lost after the engine's TTL without renewal)
@@ -166,6 +172,10 @@ class Pipeline:
         )
         self.wake = anyio.Event()
         self._processing = anyio.Lock()
+        #: points stored since the last metrics collection; past POINTS_PER_COLLECTION the
+        #: collection comes early (set by _account, awaited by the metrics loop)
+        self._points_waiting = 0
+        self._collect_early = anyio.Event()
         self.stopping = False
         self.poller: Poller | None = None
         self.client: CartesiaClient | None = None
@@ -198,6 +208,7 @@ class Pipeline:
         # a transaction per few calls: the first export leaves early, and webhooks waiting for
         # the processor get it between them
         for start in range(0, len(raws), CALLS_PER_TAKE):
+            await self._room_for_listed_calls()
             chunk = raws[start : start + CALLS_PER_TAKE]
             take = functools.partial(take_calls, self.processor, chunk, source, remember_running, now_ns)
             async with self._processing:
@@ -205,6 +216,30 @@ class Pipeline:
             self._account(result)
             stored.add(part)
         return stored
+
+    async def _room_for_listed_calls(self) -> None:
+        """Wait while the spool holds more than LISTED_SPOOL_HIGH_BYTES (or a quarter of its
+        cap): listed calls can wait, the API keeps them (the page's cursor has not moved), and
+        the spool's cap, which drops the oldest requests, is for what cannot wait. A backfill
+        would otherwise outrun its sender and take the spool towards the cap. Once the spool
+        has not shrunk for LISTED_STALL_S (the backend is down), the calls go on into it."""
+        high = min(LISTED_SPOOL_HIGH_BYTES, self.settings.spool_max_bytes // 4)
+        lowest, since = None, anyio.current_time()
+        while (held := await anyio.to_thread.run_sync(self._spool_bytes)) > high:
+            if lowest is None or held < lowest:
+                lowest, since = held, anyio.current_time()
+            elif anyio.current_time() - since >= LISTED_STALL_S:
+                log.warning(
+                    "the spool holds %.0f MB and has not shrunk for %.0f s: listed calls are "
+                    "processed into it anyway (the backend may be down)", held / 1e6, LISTED_STALL_S,
+                )  # fmt: skip
+                return
+            self.sender.notify()
+            await anyio.sleep(LISTED_WAIT_S)
+
+    def _spool_bytes(self) -> int:
+        with self._state_reader.reading() as tx:
+            return tx.spool_bytes()
 
     def poke(self) -> None:
         """New inbox rows (webhooks, polled calls): wake the processor."""
@@ -322,6 +357,9 @@ class Pipeline:
 
     def _account(self, result: BatchResult) -> None:
         self.telemetry.record(result.points)
+        self._points_waiting += len(result.points)
+        if self._points_waiting >= POINTS_PER_COLLECTION:
+            self._collect_early.set()
         if result.fallen_deployments:
             self.telemetry.recorder.forget_deployments(result.fallen_deployments)
         for event_type, count in result.events_by_type.items():
@@ -344,13 +382,18 @@ class Pipeline:
             )  # fmt: skip
 
     async def _metrics_loop(self) -> None:
+        """A collection every OTEL_METRIC_EXPORT_INTERVAL, or sooner once POINTS_PER_COLLECTION
+        points wait in the points table (kept until a collection has them): a backfill or a
+        burst of webhooks would otherwise grow that table for a whole interval."""
         interval = self.environment.metric_interval_s()
         while True:
-            await anyio.sleep(interval)
+            with anyio.move_on_after(interval):
+                await self._collect_early.wait()
             await self.collect_metrics()
 
     async def collect_metrics(self) -> None:
         through = self.telemetry.recorded_through
+        self._points_waiting, self._collect_early = 0, anyio.Event()
         if self.exporters["metrics"] == "none":  # /metrics still serves them; nothing to send
             if self.leader:
                 await anyio.to_thread.run_sync(self._forget_points, through)

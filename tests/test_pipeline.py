@@ -1,0 +1,142 @@
+"""The pipeline's bounds on what listed calls may cost, on real SQLite files and a real OTLP
+receiver: the points table is collected early once it holds many points, and listed calls wait
+for a spool that holds too much (until it stops shrinking)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from opentelemetry.sdk.resources import Resource
+
+from otelbridge import pipeline as pipeline_module
+from otelbridge.pipeline import Pipeline
+from otelbridge.settings import load_settings
+from tests.support.cartesia_api import make_call
+from tests.support.otlp_receiver import HttpOtlpReceiver
+
+SECRET = "a-webhook-secret-of-32-characters!"
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in list(os.environ):
+        if name.upper().startswith(("OTELBRIDGE_", "OTEL_")):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def _pipeline(state_dir: Path, endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Pipeline:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "3600000")  # no collection on the clock
+    settings = load_settings(None, state_dir=state_dir, webhook_secret=SECRET)
+    pipeline = Pipeline(settings, Resource({"service.name": "test"}))
+    assert pipeline.lease.acquire(0.0)
+    return pipeline
+
+
+def _calls(n: int) -> list[dict[str, Any]]:
+    return [make_call("agent_p", k, turns=6) for k in range(n)]
+
+
+def _points(pipeline: Pipeline) -> int:
+    with pipeline.state.reading() as tx:
+        return len(tx.points())
+
+
+def test_points_are_collected_early_once_many_wait(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+    receiver = HttpOtlpReceiver().start()
+    clean_env.setattr(pipeline_module, "POINTS_PER_COLLECTION", 300)
+    pipeline = _pipeline(tmp_path / "state", receiver.url, clean_env)
+    most: list[int] = []
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await pipeline.run_loops(tg)
+            for page in range(4):
+                calls = _calls(100)[page * 25 : page * 25 + 25]
+                stored = await pipeline.take_calls(calls, "backfill", True, time.time_ns())
+                assert stored.calls == 25
+                await anyio.sleep(0.3)  # the metrics loop's turn
+                most.append(await anyio.to_thread.run_sync(_points, pipeline))
+            sent = await anyio.to_thread.run_sync(receiver.wait_until, lambda: bool(receiver.metric_requests))
+            assert sent
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(main)
+    finally:
+        pipeline.close()
+        receiver.stop()
+    # 25 six-turn calls make some 300 points: each take is followed by a collection that takes
+    # them out of the table, long before the hour-long interval
+    assert max(most) < 300, most
+    assert any(name.startswith("cartesia.") for name in receiver.metric_names())
+
+
+def test_listed_calls_wait_for_a_full_spool_then_go_on_once_it_stops_shrinking(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    clean_env.setattr(pipeline_module, "LISTED_SPOOL_HIGH_BYTES", 20_000)
+    clean_env.setattr(pipeline_module, "LISTED_STALL_S", 1.0)
+    # nobody listens there: every export fails and the spool cannot shrink
+    pipeline = _pipeline(tmp_path / "state", "http://127.0.0.1:9", clean_env)
+    waited: list[float] = []
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await pipeline.run_loops(tg)
+            for _ in range(2):
+                started = time.monotonic()
+                await pipeline.take_calls(_calls(25), "backfill", True, time.time_ns())
+                waited.append(time.monotonic() - started)
+            tg.cancel_scope.cancel()
+
+    caplog.set_level(logging.WARNING, logger="otelbridge.pipeline")
+    try:
+        anyio.run(main)
+    finally:
+        pipeline.close()
+    # the first take found an empty spool; the second waited for it to shrink, then went on
+    assert waited[0] < 1.0 and 1.0 <= waited[1] < 10.0, waited
+    assert any("has not shrunk for 1 s" in r.getMessage() for r in caplog.records), caplog.text
+    with pipeline.engine.state().reading() as tx:
+        assert tx.spool_bytes() > 20_000  # both pages are in it: nothing was dropped
+
+
+def test_listed_calls_wait_while_the_sender_empties_the_spool(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    receiver = HttpOtlpReceiver().start()
+    clean_env.setattr(pipeline_module, "LISTED_SPOOL_HIGH_BYTES", 20_000)
+    pipeline = _pipeline(tmp_path / "state", receiver.url, clean_env)
+    held: list[int] = []
+    original = pipeline._spool_bytes
+
+    def spool_bytes() -> int:
+        held.append(original())
+        return held[-1]
+
+    clean_env.setattr(pipeline, "_spool_bytes", spool_bytes)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await pipeline.run_loops(tg)
+            await pipeline.take_calls(_calls(100), "backfill", True, time.time_ns())
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(main)
+    finally:
+        pipeline.close()
+        receiver.stop()
+    # each of the four 25-call takes looked at the spool first; past the mark it looked again
+    # until the sender had taken the spool below it
+    assert held[0] == 0 and any(b > 20_000 for b in held), held
+    assert len(held) > 4 and held[-1] <= 20_000, held
+    assert receiver.span_ids()  # the sender ran meanwhile
