@@ -387,13 +387,15 @@ class Pipeline:
         burst of webhooks would otherwise grow that table for a whole interval."""
         interval = self.environment.metric_interval_s()
         while True:
-            with anyio.move_on_after(interval):
-                await self._collect_early.wait()
+            self._collect_early = anyio.Event()
+            if self._points_waiting < POINTS_PER_COLLECTION:  # else points came during the last
+                with anyio.move_on_after(interval):
+                    await self._collect_early.wait()
             await self.collect_metrics()
 
     async def collect_metrics(self) -> None:
         through = self.telemetry.recorded_through
-        self._points_waiting, self._collect_early = 0, anyio.Event()
+        self._points_waiting = 0
         if self.exporters["metrics"] == "none":  # /metrics still serves them; nothing to send
             if self.leader:
                 await anyio.to_thread.run_sync(self._forget_points, through)
