@@ -19,6 +19,7 @@ prints the ratio current / baseline.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -81,6 +82,7 @@ def drain(state_dir: Path, url: str) -> dict[str, Any]:
     import anyio
     from opentelemetry.sdk.metrics import MeterProvider
 
+    from otelbridge.delivery.meter import MetricRecorder
     from otelbridge.delivery.sender import Sender
     from otelbridge.delivery.telemetry import Gauges, SelfMetrics
     from otelbridge.delivery.transport import make_transport
@@ -91,7 +93,10 @@ def drain(state_dir: Path, url: str) -> dict[str, Any]:
     engine = open_engine(state_dir, None, role="pipeline")
     state, reader, acks = engine.state(), engine.state_reader(), engine.acks()
     transport = make_transport({"traces": "otlp", "metrics": "otlp"})
-    metrics = SelfMetrics(MeterProvider(), Gauges())
+    provider = MeterProvider()
+    # a baseline from before issue 20 builds its own recorder (two arguments)
+    extra = (MetricRecorder(provider),) if "recorder" in inspect.signature(SelfMetrics).parameters else ()
+    metrics = SelfMetrics(provider, Gauges(), *extra)
     sender = Sender(
         state, transport, metrics, initial_backoff_s=0.05, max_backoff_s=0.5, reader=reader, acks=acks
     )

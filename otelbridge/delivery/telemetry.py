@@ -61,12 +61,12 @@ class Gauges:
 class SelfMetrics:
     """otelbridge's own instruments (names in docs/conventions.md, "Self-metrics")."""
 
-    def __init__(
-        self, provider: MeterProvider, gauges: Gauges, recorder: MetricRecorder | None = None
-    ) -> None:
+    def __init__(self, provider: MeterProvider, gauges: Gauges, recorder: MetricRecorder) -> None:
+        """``recorder``: the call metrics' recorder, whose folded and dropped tallies are
+        reported here."""
         meter = provider.get_meter(c.SELF_SCOPE, __version__)
         self.gauges = gauges
-        self._recorder = recorder or MetricRecorder(provider)
+        self._recorder = recorder
         self.events = meter.create_counter(
             c.SELF_EVENTS, "{event}", "Stored webhook events processed into spans, by event type"
         )

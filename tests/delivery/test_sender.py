@@ -18,6 +18,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from otelbridge.delivery.environment import Signal
+from otelbridge.delivery.meter import MetricRecorder
 from otelbridge.delivery.sender import Sender
 from otelbridge.delivery.telemetry import Gauges, SelfMetrics
 from otelbridge.delivery.transport import SendResult
@@ -66,7 +67,7 @@ def _sender(
     return Sender(
         state,
         transport,
-        SelfMetrics(provider, Gauges()),
+        SelfMetrics(provider, Gauges(), MetricRecorder(provider)),
         initial_backoff_s=0.05,
         max_backoff_s=0.2,
         rng=random.Random(7),
@@ -367,10 +368,11 @@ def test_metrics_requests_are_never_merged(tmp_path: Path) -> None:
         for body in (b"m1", b"m2"):
             tx.spool_add("metrics", body, 1, 0)
     transport = ScriptedTransport()
+    provider = MeterProvider()
     sender = Sender(
         state,
         transport,
-        SelfMetrics(MeterProvider(), Gauges()),
+        SelfMetrics(provider, Gauges(), MetricRecorder(provider)),
         initial_backoff_s=0.05,
         max_backoff_s=0.2,
     )  # the default caps
@@ -406,7 +408,8 @@ def test_every_known_counter_series_is_exported_from_start_at_zero() -> None:
     """``increase()`` alerts need a series before the first failure, and ``absent()`` must
     not fire on a healthy daemon: each counter series with labels known up front starts at 0."""
     reader = InMemoryMetricReader()
-    SelfMetrics(MeterProvider(metric_readers=[reader]), Gauges())
+    provider = MeterProvider(metric_readers=[reader])
+    SelfMetrics(provider, Gauges(), MetricRecorder(provider))
     signals = [(("signal", s),) for s in ("metrics", "traces")]
     assert _series(reader, "otelbridge.export.dead_letters") == dict.fromkeys(signals, 0)
     assert _series(reader, "otelbridge.export.rejected") == dict.fromkeys(signals, 0)
