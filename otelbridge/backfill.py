@@ -95,7 +95,10 @@ async def run_backfill(
         try:
             if not dry_run:
                 # this process exports only when no serve (no leader) runs the pipeline
-                pipeline = Pipeline(settings, service_resource(settings), database_url=database_url)
+                # no admin port here: no /metrics series (a second aggregation of every point)
+                pipeline = Pipeline(
+                    settings, service_resource(settings), database_url=database_url, prometheus=False
+                )
                 if not await anyio.to_thread.run_sync(pipeline.lease.acquire, 0.0):
                     pipeline.close()
                     pipeline = None

@@ -19,7 +19,7 @@ async def run_drain(settings: Settings, stall_s: float, out: TextIO, err: TextIO
     # the SQLite state whatever OTELBRIDGE_DATABASE_URL says: draining it is the point
     local = settings.model_copy(update={"database_url": None, "database_url_file": None})
     where = local.state_dir.absolute()
-    pipeline = Pipeline(local, service_resource(local))
+    pipeline = Pipeline(local, service_resource(local), prometheus=False)  # no admin port: no /metrics
     try:
         if not await anyio.to_thread.run_sync(pipeline.lease.acquire, 0.0):
             err.write(

@@ -115,7 +115,10 @@ class Pipeline:
         transport: Transport | None = None,
         api_key: str | None = None,
         database_url: str | None = None,
+        prometheus: bool = True,
     ) -> None:
+        """``prometheus``: keep the series for the admin port's ``/metrics`` (off for a
+        one-shot command that serves none)."""
         self.settings = settings
         self.engine = open_engine(settings.state_dir, database_url, role="pipeline")
         #: who processes, polls and sends: one pipeline per state directory (a file lease), or
@@ -136,6 +139,7 @@ class Pipeline:
             resource,
             temporality=self.environment.temporality(),
             limits=settings.series_limits(),
+            prometheus=prometheus,
         )
         self.metrics = self.telemetry.self_metrics
         self.webhooks = WebhookSide()

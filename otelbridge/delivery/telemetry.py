@@ -6,7 +6,8 @@ spool) and for the Prometheus ``/metrics`` endpoint.
   outages too. Temporality from ``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE``
   (``cumulative``, the default, or ``delta``). Exemplars (turn span ids) travel here.
 * Prometheus: the SDK's ``PrometheusMetricReader`` on a registry of our own (always cumulative;
-  no exemplars — the Python exporter does not carry them).
+  no exemplars — the Python exporter does not carry them); left out where nothing serves
+  ``/metrics`` (``otelbridge backfill``), which spares every point its second aggregation.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import (
     Counter,
@@ -28,9 +28,13 @@ from opentelemetry.sdk.metrics import (
     ObservableUpDownCounter,
     UpDownCounter,
 )
-from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader, MetricsData
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    InMemoryMetricReader,
+    MetricReader,
+    MetricsData,
+)
 from opentelemetry.sdk.resources import Resource
-from prometheus_client import CollectorRegistry, generate_latest
 
 from otelbridge import __version__
 from otelbridge.cartesia.webhooks import KNOWN_EVENT_TYPES
@@ -41,6 +45,9 @@ from otelbridge.delivery.spool import DROP_REASONS
 from otelbridge.delivery.transport import OUTCOMES
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping.records import MetricPoint
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 LAG_BUCKETS_S: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
@@ -225,17 +232,24 @@ class Telemetry:
         *,
         temporality: Temporality = "cumulative",
         limits: SeriesLimits | None = None,
+        prometheus: bool = True,
     ) -> None:
+        """``prometheus``: keep the series for ``/metrics`` too (a second aggregation of every
+        point); off where nothing serves them, as in ``otelbridge backfill``."""
         limits = limits or SeriesLimits()
         self.temporality = temporality
         self.otlp_reader = otlp_reader(temporality, limits)
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.prometheus_reader = PrometheusMetricReader(
-            registry=self.registry, cardinality_limits=cardinality_limits(limits)
-        )
-        self.provider = MeterProvider(
-            resource=resource, metric_readers=[self.otlp_reader, self.prometheus_reader]
-        )
+        readers: list[MetricReader] = [self.otlp_reader]
+        self.registry: CollectorRegistry | None = None
+        if prometheus:  # imported here: prometheus_client is not small, and backfill has no use
+            from opentelemetry.exporter.prometheus import PrometheusMetricReader
+            from prometheus_client import CollectorRegistry
+
+            self.registry = CollectorRegistry(auto_describe=True)
+            readers.append(
+                PrometheusMetricReader(registry=self.registry, cardinality_limits=cardinality_limits(limits))
+            )
+        self.provider = MeterProvider(resource=resource, metric_readers=readers)
         self.recorder = MetricRecorder(self.provider, limits)
         self.gauges = Gauges()
         self.self_metrics = SelfMetrics(self.provider, self.gauges, self.recorder)
@@ -254,6 +268,10 @@ class Telemetry:
         return collect_request(self.otlp_reader)
 
     def prometheus_text(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        if self.registry is None:
+            raise RuntimeError("this Telemetry keeps no series for /metrics (prometheus=False)")
         return bytes(generate_latest(self.registry))
 
     def shutdown(self) -> None:
