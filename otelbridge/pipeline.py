@@ -140,6 +140,7 @@ class Pipeline:
             temporality=self.environment.temporality(),
             limits=settings.series_limits(),
             prometheus=prometheus,
+            otlp=self.exporters["metrics"] != "none",
         )
         self.metrics = self.telemetry.self_metrics
         self.webhooks = WebhookSide()

@@ -233,13 +233,15 @@ class Telemetry:
         temporality: Temporality = "cumulative",
         limits: SeriesLimits | None = None,
         prometheus: bool = True,
+        otlp: bool = True,
     ) -> None:
-        """``prometheus``: keep the series for ``/metrics`` too (a second aggregation of every
-        point); off where nothing serves them, as in ``otelbridge backfill``."""
+        """Each reader aggregates every point again: ``prometheus`` keeps the series for
+        ``/metrics`` (off where nothing serves them, as in ``otelbridge backfill``), ``otlp``
+        those for the metrics exporter (off when it is ``none``)."""
         limits = limits or SeriesLimits()
         self.temporality = temporality
-        self.otlp_reader = otlp_reader(temporality, limits)
-        readers: list[MetricReader] = [self.otlp_reader]
+        self.otlp_reader = otlp_reader(temporality, limits) if otlp else None
+        readers: list[MetricReader] = [self.otlp_reader] if self.otlp_reader is not None else []
         self.registry: CollectorRegistry | None = None
         if prometheus:  # imported here: prometheus_client is not small, and backfill has no use
             from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -265,7 +267,8 @@ class Telemetry:
             self.recorded_through = max(self.recorded_through, *(point_id for point_id, _ in batch))
 
     def collect_otlp(self) -> tuple[bytes, int] | None:
-        return collect_request(self.otlp_reader)
+        """The OTLP request of what was recorded (None: nothing, or no OTLP reader)."""
+        return None if self.otlp_reader is None else collect_request(self.otlp_reader)
 
     def prometheus_text(self) -> bytes:
         from prometheus_client import generate_latest

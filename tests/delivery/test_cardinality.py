@@ -175,6 +175,7 @@ def test_fallen_deployments_lose_their_series_in_every_reader() -> None:
     assert len(calls) == 2 and not any('agent_id="a"' in x and "dep_old" in x for x in calls)
     assert _sample(text, "otelbridge_metrics_series_dropped_total", 'limit="deployments"') == 1
     # the OTLP reader forgot it too
+    assert telemetry.otlp_reader is not None
     data = telemetry.otlp_reader.get_metrics_data()
     assert data is not None
     points = [

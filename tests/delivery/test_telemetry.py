@@ -42,3 +42,15 @@ def test_points_reach_otlp_with_or_without_the_prometheus_series(prometheus: boo
         with pytest.raises(RuntimeError, match="no series for /metrics"):
             telemetry.prometheus_text()
     telemetry.shutdown()
+
+
+def test_without_the_otlp_reader_only_prometheus_keeps_series() -> None:
+    """The metrics exporter ``none``: /metrics still serves every series, nothing is collected."""
+    telemetry = Telemetry(Resource.create({}), otlp=False)
+    telemetry.recorder.record([_calls("a", "d1"), _calls("b", "d2")])
+    assert telemetry.otlp_reader is None and telemetry.collect_otlp() is None
+    text = telemetry.prometheus_text()
+    assert b'cartesia_deployment_id="d1"' in text and b'cartesia_deployment_id="d2"' in text
+    telemetry.recorder.forget_deployments([("a", "d1")])
+    assert b'cartesia_deployment_id="d1"' not in telemetry.prometheus_text()
+    telemetry.shutdown()
