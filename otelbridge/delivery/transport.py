@@ -330,6 +330,13 @@ def _compress(body: bytes, compression: str) -> bytes:
     return body
 
 
+#: the TLS context of a plain http:// route's client: it never makes a TLS connection (no
+#: redirects are followed), so no CA bundle is loaded (httpx's default loads certifi's: 0.1 s and
+#: a few MB, at the first export). Holding no trusted CA, it would refuse every server, never
+#: trust one, should it ever be used.
+_PLAIN_HTTP = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
 def _ssl_context(tls: Tls) -> ssl.SSLContext:
     try:
         if tls.ca_file:
@@ -360,7 +367,7 @@ class _HttpSender:
                 raise _ConfigError("transport closed", "closed")
             client = self._clients.get(tls)
             if client is None:
-                verify: ssl.SSLContext | bool = True if tls is None else _ssl_context(tls)
+                verify = _PLAIN_HTTP if tls is None else _ssl_context(tls)
                 client = httpx.Client(verify=verify, follow_redirects=False, http2=False)
                 self._clients[tls] = client
             return client

@@ -788,3 +788,13 @@ def test_a_404_on_a_doubled_signal_path_is_named(
     assert_result(result, "reject", "404")
     fix = failure_fix(transport, "traces", result)
     assert "/v1/traces twice" in fix and "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" in fix
+
+
+def test_a_plain_http_route_loads_no_ca_bundle_and_would_trust_no_server() -> None:
+    """http:// routes never make a TLS connection: their client's context holds no CA (so no
+    bundle is loaded at the first export) and verifies, so it could trust no server if used."""
+    from otelbridge.delivery import transport
+
+    context = transport._PLAIN_HTTP
+    assert context.cert_store_stats()["x509_ca"] == 0
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
