@@ -181,6 +181,8 @@ class Pipeline:
         #: collection comes early (set by _account, awaited by the metrics loop)
         self._points_waiting = 0
         self._collect_early = anyio.Event()
+        #: the spool's bytes when listed calls last gave up waiting for it to shrink
+        self._spool_stalled_at: int | None = None
         self.stopping = False
         self.poller: Poller | None = None
         self.client: CartesiaClient | None = None
@@ -231,6 +233,8 @@ class Pipeline:
         high = min(LISTED_SPOOL_HIGH_BYTES, self.settings.spool_max_bytes // 4)
         lowest, since = None, anyio.current_time()
         while (held := await anyio.to_thread.run_sync(self._spool_bytes)) > high:
+            if self._spool_stalled_at is not None and held >= self._spool_stalled_at:
+                return  # still not shrinking since the last wait gave up: no new wait
             if lowest is None or held < lowest:
                 lowest, since = held, anyio.current_time()
             elif anyio.current_time() - since >= LISTED_STALL_S:
@@ -238,9 +242,11 @@ class Pipeline:
                     "the spool holds %.0f MB and has not shrunk for %.0f s: listed calls are "
                     "processed into it anyway (the backend may be down)", held / 1e6, LISTED_STALL_S,
                 )  # fmt: skip
+                self._spool_stalled_at = held
                 return
             self.sender.notify()
             await anyio.sleep(LISTED_WAIT_S)
+        self._spool_stalled_at = None
 
     def _spool_bytes(self) -> int:
         with self._state_reader.reading() as tx:
