@@ -151,17 +151,23 @@ class Processor:
         self._uncheckpointed = 0
 
     # --- batches ------------------------------------------------------------------------
+    def _new_batch(self) -> BatchResult:
+        """The result of a batch about to start, and its caches reset: the deployments read in
+        its transaction, the ones that fall out of the bound in it."""
+        result = BatchResult()
+        self._first_calls.clear()
+        self._fallen = result.fallen_deployments
+        return result
+
     def watermark(self) -> int:
         """How far the inbox has been processed (the engine's position; 0 before the first)."""
         return self._inbox.processed_through() or 0
 
     def process_batch(self, limit: int = 500) -> BatchResult:
-        result = BatchResult()
         now = self._clock()
+        result = self._new_batch()
         spans: list[SpanRecord] = []
         points: list[MetricPoint] = []
-        self._first_calls.clear()
-        self._fallen = result.fallen_deployments
         with self._state.transaction() as tx:
             # claimed inside the write transaction: committed with what it produced, or not at all
             claim = self._inbox.claim(tx, limit, BATCH_BYTES)
@@ -199,11 +205,9 @@ class Processor:
         """Calls read from the List Calls API (validated by the caller), processed at once as
         their synthetic events, in one transaction with the ``running`` ones to re-read: no
         inbox row, no second validation. Only the holder of the pipeline lease may call this."""
-        result = BatchResult()
+        result = self._new_batch()
         spans: list[SpanRecord] = []
         points: list[MetricPoint] = []
-        self._first_calls.clear()
-        self._fallen = result.fallen_deployments
         with self._state.transaction() as tx:
             for call, raw in calls:
                 result.events += 1
@@ -222,11 +226,9 @@ class Processor:
     def sweep(self) -> BatchResult:
         """Export calls silent for ``call_timeout``; forget calls closed before the retention."""
         now = self._clock()
-        result = BatchResult()
+        result = self._new_batch()
         spans: list[SpanRecord] = []
         points: list[MetricPoint] = []
-        self._first_calls.clear()
-        self._fallen = result.fallen_deployments
         with self._state.transaction() as tx:
             for call_id in tx.stale_calls(now - self._call_timeout_ns, 500):
                 call = tx.load_call(call_id)
