@@ -73,8 +73,12 @@ class Stored:
         self.final += other.final
         self.running += other.running
         self.invalid += other.invalid
-        if other.oldest_start_ns is not None:
-            self.oldest_start_ns = min(self.oldest_start_ns or other.oldest_start_ns, other.oldest_start_ns)
+        self.started_at(other.oldest_start_ns)
+
+    def started_at(self, start_ns: int | None) -> None:
+        """Note a call's start time (None: unknown)."""
+        if start_ns is not None:
+            self.oldest_start_ns = min(self.oldest_start_ns or start_ns, start_ns)
 
 
 #: stores one page of listed calls — ``(raws, source, remember_running, now_ns) -> Stored`` —
@@ -98,8 +102,7 @@ def validate_calls(raws: Sequence[dict[str, Any]], source: str) -> tuple[list[Li
             continue
         valid.append((call, raw))
         stored.calls += 1
-        if call.start_time is not None:
-            stored.oldest_start_ns = min(stored.oldest_start_ns or call.start_time, call.start_time)
+        stored.started_at(call.start_time)
         if call.is_final:
             stored.final += 1
         else:
