@@ -4,10 +4,12 @@ spool) and for the Prometheus ``/metrics`` endpoint.
 * OTLP: an ``InMemoryMetricReader`` is collected every ``OTEL_METRIC_EXPORT_INTERVAL`` by the
   daemon, encoded by the SDK's own encoder and spooled like spans, so metrics survive backend
   outages too. Temporality from ``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE``
-  (``cumulative``, the default, or ``delta``). Exemplars (turn span ids) travel here.
+  (``cumulative``, the default, or ``delta``). Exemplars (turn span ids) travel here. Left out
+  when the metrics exporter is ``none``.
 * Prometheus: the SDK's ``PrometheusMetricReader`` on a registry of our own (always cumulative;
   no exemplars — the Python exporter does not carry them); left out where nothing serves
-  ``/metrics`` (``otelbridge backfill``), which spares every point its second aggregation.
+  ``/metrics`` (``otelbridge backfill`` and ``drain``), which spares every point its second
+  aggregation.
 """
 
 from __future__ import annotations
