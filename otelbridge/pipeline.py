@@ -49,7 +49,7 @@ from otelbridge.coredumps import disable_core_dumps
 from otelbridge.delivery.environment import SIGNALS, OtelEnvironment
 from otelbridge.delivery.otlp import encode_traces
 from otelbridge.delivery.resource import service_resource
-from otelbridge.delivery.sender import Sender
+from otelbridge.delivery.sender import SWEEP_BYTES, Sender
 from otelbridge.delivery.spool import Spool
 from otelbridge.delivery.telemetry import Telemetry
 from otelbridge.delivery.transport import Transport, make_transport, probe
@@ -174,6 +174,7 @@ class Pipeline:
             reader=self._state_reader,
             acks=self._acks,
             recover=False,  # when this process takes the lease (run_loops)
+            sweep_max_bytes=min(SWEEP_BYTES, settings.spool_max_bytes // 4),
         )
         self.wake = anyio.Event()
         self._processing = anyio.Lock()
@@ -249,8 +250,10 @@ class Pipeline:
         self._spool_stalled_at = None
 
     def _spool_bytes(self) -> int:
+        """What the spool holds for the backend: its acknowledged rows wait for a delete."""
         with self._state_reader.reading() as tx:
-            return tx.spool_bytes()
+            held = tx.spool_bytes()
+        return max(0, held - self.sender.acknowledged_bytes())
 
     def poke(self) -> None:
         """New inbox rows (webhooks, polled calls): wake the processor."""

@@ -13,13 +13,17 @@ from typing import Any
 
 import anyio
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource as ResourceProto
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 from opentelemetry.sdk.resources import Resource
 
 from otelbridge import pipeline as pipeline_module
 from otelbridge.pipeline import Pipeline
 from otelbridge.settings import load_settings
 from tests.support.cartesia_api import make_call
-from tests.support.otlp_receiver import HttpOtlpReceiver
+from tests.support.otlp_receiver import HttpAnswer, HttpOtlpReceiver
 
 SECRET = "a-webhook-secret-of-32-characters!"
 
@@ -145,3 +149,41 @@ def test_listed_calls_wait_while_the_sender_empties_the_spool(
     assert held[0] == 0 and any(b > 20_000 for b in held), held
     assert len(held) > 4 and held[-1] <= 20_000, held
     assert receiver.span_ids()  # the sender ran meanwhile
+
+
+def test_acknowledged_rows_waiting_for_their_delete_do_not_count_as_held(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    """The sender deletes acknowledged rows in batches: until then they are in the spool's bytes,
+    but listed calls wait only for what the backend has not taken."""
+    receiver = HttpOtlpReceiver().start()
+    # two exports taken, then the backend fails: the third row is retried, the first two wait
+    # for a delete (the spool has not run dry)
+    receiver.enqueue(*[HttpAnswer(200, path="/v1/traces")] * 2, *[HttpAnswer(503, path="/v1/traces")] * 50)
+    pipeline = _pipeline(tmp_path / "state", receiver.url, clean_env)
+    # over 1 MiB each: no two go out merged
+    bodies = [_trace_request(letter * (1 << 20)) for letter in "abc"]
+    with pipeline.state.transaction() as tx:
+        for body in bodies:
+            tx.spool_add("traces", body, 1, time.time_ns())
+    seen: dict[str, int] = {}
+
+    async def work() -> None:
+        pipeline.sender.notify()
+        assert await anyio.to_thread.run_sync(receiver.wait_until, lambda: len(receiver.requests) >= 3)
+        seen["held"] = await anyio.to_thread.run_sync(pipeline._spool_bytes)
+        with pipeline.state.reading() as tx:
+            seen["spool"] = tx.spool_bytes()
+
+    try:
+        _lead(pipeline, work)
+    finally:
+        receiver.stop()
+    assert seen == {"held": len(bodies[2]), "spool": sum(map(len, bodies))}
+
+
+def _trace_request(service: str) -> bytes:
+    resource = ResourceSpans(
+        resource=ResourceProto(attributes=[KeyValue(key="s", value=AnyValue(string_value=service))])
+    )
+    return bytes(ExportTraceServiceRequest(resource_spans=[resource]).SerializeToString())

@@ -44,6 +44,43 @@ def test_a_store_from_before_the_backfill_mark_gets_its_columns_and_keeps_its_ro
     assert [tuple(row) for row in rows] == [("a", "c", 1, 7, None, None)]
 
 
+def test_a_spool_take_reads_sizes_from_an_index_and_only_the_bodies_it_sends(tmp_path: Path) -> None:
+    """A row's columns after its body are reached through the body's overflow pages: the sizes a
+    take adds up come from a covering index, and the rows it returns from their id range."""
+    state = open_state(tmp_path)
+    big = 3 * MiB
+    with state.transaction() as tx:
+        ids = [tx.spool_add("traces", bytes([n]) * big, 1, n) for n in range(3)]
+        tx.spool_add("metrics", b"m", 1, 9, epoch="e")
+    with state.db.reading() as conn:
+        plan = " ".join(
+            row[3]
+            for row in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT id, size FROM spool WHERE signal=? AND id > ? ORDER BY id",
+                ("traces", 0),
+            )
+        )
+    assert "COVERING INDEX spool_take" in plan
+    with state.transaction() as tx:
+        taken = tx.spool_take("traces", 2 * MiB)
+        assert [(e.id, len(e.body), e.body[:1]) for e in taken] == [(ids[0], big, b"\x00")]
+        assert [e.id for e in tx.spool_take("traces", 2 * big, after_id=ids[0])] == ids[1:]
+    state.close()
+
+
+def test_an_older_spool_index_is_replaced_on_open(tmp_path: Path) -> None:
+    state = open_state(tmp_path)
+    with state.db.transaction() as conn:
+        conn.execute("DROP INDEX spool_take")
+        conn.execute("CREATE INDEX spool_signal ON spool (signal, id)")
+    state.close()
+    state = open_state(tmp_path)
+    with state.db.reading() as conn:
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE tbl_name='spool'")}
+    assert "spool_take" in names and "spool_signal" not in names
+    state.close()
+
+
 def test_a_store_written_by_a_newer_version_is_refused_by_name(tmp_path: Path) -> None:
     open_state(tmp_path).close()
     conn = sqlite3.connect(state_path(tmp_path))

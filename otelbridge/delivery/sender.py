@@ -15,8 +15,8 @@
 A 2xx is recorded at once in the ack log (``acks.db``, its own file: no wait for ``state.db``'s
 lock, which the processor holds through a batch), and the next request is taken after it (the
 spool is read past the last id acknowledged); the acknowledged rows are deleted in batches, every
-:data:`SWEEP_REQUESTS` exports or :data:`SWEEP_S` or when the spool runs dry, one commit (one
-fsync of ``state.db``) for many exports. A start deletes the recorded ones unsent. A ``kill -9``
+:data:`SWEEP_BYTES`, :data:`SWEEP_ROWS` or :data:`SWEEP_S` or when the spool runs dry, one
+commit (one fsync of ``state.db``) for many exports. A start deletes the recorded ones unsent. A ``kill -9``
 between the backend's 2xx and that record re-sends one export (backends such as Tempo
 de-duplicate by span id; docs/architecture.md, "Nothing lost, nothing doubled").
 """
@@ -50,9 +50,13 @@ MERGE_MAX_BYTES: dict[Signal, int] = {"traces": 2 * 1024 * 1024, "metrics": 0}
 SPLIT_ON: frozenset[str] = frozenset({"400", "413", "grpc INVALID_ARGUMENT", "grpc RESOURCE_EXHAUSTED"})
 #: ... of which these say the export was too large
 TOO_LARGE: frozenset[str] = frozenset({"413", "grpc RESOURCE_EXHAUSTED"})
-#: acknowledged spool rows are deleted after this many exports, or this many seconds, at most
-SWEEP_REQUESTS = 64
-SWEEP_S = 0.5
+#: acknowledged spool rows are deleted when the spool runs dry, or once this many body bytes
+#: (at most a quarter of the spool's cap: see Sender), rows or seconds wait: a delete
+#: overwrites the bodies and commits with an fsync, which beside the exports of a backlog
+#: slowed its delivery (docs/benchmarks.md)
+SWEEP_BYTES = 256 * 1024 * 1024
+SWEEP_ROWS = 4096
+SWEEP_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +112,12 @@ class Sender:
         reader: StateStore | None = None,
         acks: AckLog | None = None,
         recover: bool = True,
+        sweep_max_bytes: int = SWEEP_BYTES,
     ) -> None:
+        """``sweep_max_bytes``: acknowledged body bytes kept before a delete while the spool has
+        more to send (the pipeline passes a quarter of the spool's cap, which they count in)."""
         self._db, self._transport, self._metrics = state, transport, metrics
+        self._sweep_max_bytes = sweep_max_bytes
         self._acks = acks  # None: acknowledgements are not recorded (tests)
         #: acknowledged spool ids deleted since, forgotten in acks.db with the next record
         self._forget: list[int] = []
@@ -126,6 +134,7 @@ class Sender:
         #: acknowledged spool ids not yet deleted, per signal, and when the oldest was acknowledged
         self._unswept: dict[Signal, list[int]] = {s: [] for s in SIGNALS}
         self._unswept_since: dict[Signal, float] = dict.fromkeys(SIGNALS, 0.0)
+        self._unswept_bytes: dict[Signal, int] = dict.fromkeys(SIGNALS, 0)
         self._sweeping = {s: anyio.Lock() for s in SIGNALS}
         self.recovered = 0
         if recover:
@@ -251,10 +260,16 @@ class Sender:
             result = await self._send(signal, request)
         return result, following[0]
 
+    def acknowledged_bytes(self) -> int:
+        """Body bytes still in the spool that the backend has acknowledged (not yet deleted)."""
+        return sum(self._unswept_bytes.values())
+
     def _sweep_due(self, signal: Signal) -> bool:
         unswept = self._unswept[signal]
         return bool(unswept) and (
-            len(unswept) >= SWEEP_REQUESTS or anyio.current_time() - self._unswept_since[signal] >= SWEEP_S
+            self._unswept_bytes[signal] >= self._sweep_max_bytes
+            or len(unswept) >= SWEEP_ROWS
+            or anyio.current_time() - self._unswept_since[signal] >= SWEEP_S
         )
 
     async def _sweep(self, signal: Signal) -> None:
@@ -264,6 +279,7 @@ class Sender:
             ids, self._unswept[signal] = self._unswept[signal], []
             if not ids:
                 return
+            size, self._unswept_bytes[signal] = self._unswept_bytes[signal], 0
 
             def delete() -> None:
                 with self._db.transaction() as tx:
@@ -273,6 +289,7 @@ class Sender:
                 await anyio.to_thread.run_sync(delete)
             except BaseException:
                 self._unswept[signal][:0] = ids  # deleted by a later sweep, or by recover()
+                self._unswept_bytes[signal] += size
                 raise
             if self._acks is not None:
                 self._forget += ids
@@ -281,6 +298,7 @@ class Sender:
         if not self._unswept[signal]:
             self._unswept_since[signal] = anyio.current_time()
         self._unswept[signal] += request.ids
+        self._unswept_bytes[signal] += sum(len(e.body) for e in request.entries)
         self._sent_through[signal] = max(self._sent_through[signal], *request.ids)
         state = self.states[signal]
         if state.failures:

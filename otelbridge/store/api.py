@@ -13,7 +13,7 @@ writes SQL or imports a driver. Every write of the processing side happens insid
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal, Protocol, get_args
@@ -84,6 +84,19 @@ class SpoolEntry:
     created_ns: int
     attempts: int
     call_ends: list[int]
+
+
+def fitting_ids(sizes: Iterable[tuple[int, int]], max_bytes: int) -> list[int]:
+    """The ids of the oldest (id, size) rows whose sizes add up to at most ``max_bytes`` (always
+    at least one row): a spool take reads sizes first, and a body only once it fits."""
+    ids: list[int] = []
+    total = 0
+    for row_id, size in sizes:
+        total += size
+        if ids and total > max_bytes:
+            break
+        ids.append(row_id)
+    return ids
 
 
 @dataclass(slots=True)

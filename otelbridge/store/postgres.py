@@ -46,6 +46,7 @@ from otelbridge.store.api import (
     SpoolStats,
     StateTx,
     StoreWriteError,
+    fitting_ids,
 )
 from otelbridge.store.files import DatabaseUnreachableError, StoreError
 
@@ -549,30 +550,33 @@ class PostgresStateTx:
         return [(r["signal"], int(r["items"])) for r in rows]
 
     def spool_take(self, signal: Signal, max_bytes: int, after_id: int = 0) -> list[SpoolEntry]:
-        entries: list[SpoolEntry] = []
-        total = 0
+        # sizes first: a client-side cursor fetches its whole result, and a body is up to 2 MiB
         with self.conn.cursor() as cur:
             cur.execute(
-                "SELECT id, signal, body, items, created_ns, attempts, call_ends, size FROM spool "
-                "WHERE signal=%s AND id > %s ORDER BY id LIMIT 1000",
+                "SELECT id, size FROM spool WHERE signal=%s AND id > %s ORDER BY id LIMIT 1000",
                 (signal, after_id),
             )
-            for row in cur:
-                total += row["size"]
-                if entries and total > max_bytes:
-                    break
-                entries.append(
-                    SpoolEntry(
-                        row["id"],
-                        row["signal"],
-                        bytes(row["body"]),
-                        int(row["items"]),
-                        row["created_ns"],
-                        row["attempts"],
-                        json.loads(row["call_ends"] or "[]"),
-                    )
-                )
-        return entries
+            ids = fitting_ids(((row["id"], row["size"]) for row in cur), max_bytes)
+            if not ids:
+                return []
+            cur.execute(
+                "SELECT id, signal, body, items, created_ns, attempts, call_ends FROM spool "
+                "WHERE id = ANY(%s) ORDER BY id",
+                (ids,),
+            )
+            rows = cur.fetchall()
+        return [
+            SpoolEntry(
+                row["id"],
+                row["signal"],
+                bytes(row["body"]),
+                int(row["items"]),
+                row["created_ns"],
+                row["attempts"],
+                json.loads(row["call_ends"] or "[]"),
+            )
+            for row in rows
+        ]
 
     def spool_delete(self, entry_ids: Sequence[int]) -> None:
         self._run("DELETE FROM spool WHERE id = ANY(%s)", (list(entry_ids),))

@@ -42,6 +42,7 @@ from otelbridge.store.api import (
     SpoolStats,
     StateTx,
     StoreWriteError,
+    fitting_ids,
 )
 from otelbridge.store.files import StoreError, ensure_state_dir, free_bytes, no_space_hint, open_private
 from otelbridge.store.lease import FileLease
@@ -120,7 +121,8 @@ CREATE TABLE IF NOT EXISTS spool (
     call_ends       TEXT,                  -- JSON end times of the calls whose root is inside
     epoch           TEXT                   -- process that made a metrics request
 );
-CREATE INDEX IF NOT EXISTS spool_signal ON spool (signal, id);
+DROP INDEX IF EXISTS spool_signal;  -- (signal, id): superseded by spool_take, which covers size
+CREATE INDEX IF NOT EXISTS spool_take ON spool (signal, id, size);
 CREATE INDEX IF NOT EXISTS spool_created ON spool (created_ns);
 -- the spool's total body bytes, kept by triggers: the size cap is checked after every batch,
 -- and summing a spool of many thousand requests each time would read all of them
@@ -223,6 +225,13 @@ def connect(path: Path, schema: str, *, timeout_s: float = 30.0) -> sqlite3.Conn
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"cannot open {path}: {exc}{no_space_hint(path.parent)}") from None
     return conn
+
+
+def _spool_entry(row: sqlite3.Row) -> SpoolEntry:
+    return SpoolEntry(
+        row["id"], row["signal"], bytes(row["body"]), row["items"], row["created_ns"], row["attempts"],
+        json.loads(row["call_ends"] or "[]"),
+    )  # fmt: skip
 
 
 def is_full(exc: BaseException) -> bool:
@@ -589,30 +598,22 @@ class SqliteStateTx:
         return [(signal, items) for _, signal, items in victims]
 
     def spool_take(self, signal: Signal, max_bytes: int, after_id: int = 0) -> list[SpoolEntry]:
-        entries: list[SpoolEntry] = []
-        total = 0
+        # sizes from the covering index spool_take: a row's columns after its body are reached
+        # only through the body's overflow pages, so a body is read only once it fits
         cursor = self._conn.execute(
-            "SELECT id, signal, body, items, created_ns, attempts, call_ends, size FROM spool "
-            "WHERE signal=? AND id > ? ORDER BY id",
-            (signal, after_id),
+            "SELECT id, size FROM spool WHERE signal=? AND id > ? ORDER BY id", (signal, after_id)
         )
-        for row in cursor:
-            total += row["size"]
-            if entries and total > max_bytes:
-                break
-            entries.append(
-                SpoolEntry(
-                    row["id"],
-                    row["signal"],
-                    bytes(row["body"]),
-                    row["items"],
-                    row["created_ns"],
-                    row["attempts"],
-                    json.loads(row["call_ends"] or "[]"),
-                )
-            )
+        ids = fitting_ids(cursor, max_bytes)
         cursor.close()
-        return entries
+        if not ids:
+            return []
+        # the ids are a prefix of that scan: (after_id, last id] holds exactly them
+        rows = self._conn.execute(
+            "SELECT id, signal, body, items, created_ns, attempts, call_ends FROM spool "
+            "WHERE signal=? AND id > ? AND id <= ? ORDER BY id",
+            (signal, after_id, ids[-1]),
+        )
+        return [_spool_entry(row) for row in rows]
 
     def spool_delete(self, entry_ids: Sequence[int]) -> None:
         self._conn.executemany("DELETE FROM spool WHERE id=?", [(i,) for i in entry_ids])

@@ -19,7 +19,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from otelbridge.delivery.environment import Signal
 from otelbridge.delivery.meter import MetricRecorder
-from otelbridge.delivery.sender import Sender
+from otelbridge.delivery.sender import SWEEP_BYTES, Sender
 from otelbridge.delivery.telemetry import Gauges, SelfMetrics
 from otelbridge.delivery.transport import SendResult
 from otelbridge.logs import active_redactor
@@ -61,6 +61,7 @@ def _sender(
     *,
     merge: int = 0,
     acks: AckLog | None = None,
+    sweep_max_bytes: int = SWEEP_BYTES,
 ) -> Sender:
     """A sender that sends each spooled request alone unless ``merge`` bytes are allowed."""
     provider = MeterProvider(metric_readers=[reader])
@@ -73,6 +74,7 @@ def _sender(
         rng=random.Random(7),
         merge_max_bytes={"traces": merge, "metrics": 0},
         acks=acks,
+        sweep_max_bytes=sweep_max_bytes,
     )
 
 
@@ -448,4 +450,31 @@ def test_acknowledged_rows_are_deleted_in_batches_and_never_sent_twice(tmp_path:
     restarted = _sender(state, again, InMemoryMetricReader(), acks=acks)
     _run_until(restarted, restarted.idle)
     assert again.sent == []
+    state.close()
+
+
+def test_acknowledged_rows_are_deleted_before_the_spool_runs_dry_once_their_bytes_add_up(
+    tmp_path: Path,
+) -> None:
+    """A long backlog does not keep every acknowledged body until its end: past
+    ``sweep_max_bytes`` of them, a delete runs beside the next exports."""
+    state, acks = open_state(tmp_path), open_acks(tmp_path)
+    _fill(state, b"11", b"22", b"33", b"44", b"55", b"66")
+    depths: list[int] = []
+
+    def judge(body: bytes) -> SendResult | None:
+        deadline = time.monotonic() + 3.0
+        while body == b"66" and _depth(state) == 6 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the last export waits for a sweep (or gives up, and the test fails)
+        depths.append(_depth(state))
+        return None
+
+    transport = ScriptedTransport(judge=judge)
+    # past two of these 2-byte bodies
+    sender = _sender(state, transport, InMemoryMetricReader(), acks=acks, sweep_max_bytes=4)
+    _run_until(sender, lambda: len(transport.sent) == 6 and sender.idle(), timeout=10.0)
+    assert [b for _, b, _ in transport.sent] == [b"11", b"22", b"33", b"44", b"55", b"66"]
+    assert depths[0] == 6
+    assert depths[-1] < 6  # deleted while the spool still had rows to send
+    assert _depth(state) == 0
     state.close()
