@@ -1,0 +1,164 @@
+"""Benchmark: the resident memory of an idle ``otelbridge serve`` (webhook process + pipeline).
+
+    python bench/idle_rss.py [--baseline REV] [--repeats 3] [--image-venv DIR] [--settle 5] [--json]
+
+A real ``serve`` on loopback ports, with a fresh state directory and an OTLP endpoint nobody
+listens on, is started; once its admin port answers ``/healthz`` it is left alone ``--settle``
+seconds, then ``VmRSS`` (and its anonymous and file-backed parts) of the webhook process and of
+its pipeline child are read from ``/proc``, and it is stopped with SIGTERM.
+
+``--image-venv DIR`` runs it with the Python of a virtualenv holding only what the image installs
+(``requirements/image.txt``, made there if DIR does not exist): the development environment has
+test-only packages that the runtime imports when present (httpx imports ``rich`` and ``pygments``
+for its command line, the SDK's resources ``psutil``), which the image does not have.
+
+``--baseline REV`` also measures the code of git revision REV (a temporary git worktree),
+alternating with the current code, and prints the ratio current / baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from common import ROOT, clean_env, code_roots, log, wait_or_kill
+
+FIELDS = ("VmRSS", "RssAnon", "RssFile")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def memory(pid: int) -> dict[str, float]:
+    """``FIELDS`` of ``pid`` in MiB."""
+    out: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in FIELDS:
+            out[name] = int(value.split()[0]) / 1024  # /proc says kB: KiB
+    return out
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(child) for child in text]
+    return found
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as answer:
+            return int(answer.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def measure(python: str, code_root: Path, settle: float) -> dict[str, Any]:
+    admin = free_port()
+    with tempfile.TemporaryDirectory(prefix="otelbridge-rss-") as state:
+        env = clean_env(
+            code_root=code_root,
+            OTELBRIDGE_WEBHOOK_SECRET="a-webhook-secret-of-32-characters!",
+            OTELBRIDGE_STATE_DIR=state,
+            OTELBRIDGE_LISTEN_PORT=str(free_port()),
+            OTELBRIDGE_ADMIN_PORT=str(admin),
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{free_port()}",
+        )
+        proc = subprocess.Popen(
+            [python, "-m", "otelbridge", "serve"],
+            env=env, cwd=state, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while not healthy(f"http://127.0.0.1:{admin}/healthz"):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"serve did not come up (exit status {proc.poll()})")
+                time.sleep(0.1)
+            time.sleep(settle)
+            pipeline = children(proc.pid)
+            if len(pipeline) != 1:
+                raise SystemExit(f"expected one pipeline process, found {pipeline}")
+            webhook, child = memory(proc.pid), memory(pipeline[0])
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            wait_or_kill(proc, 30)
+    return {"webhook": webhook, "pipeline": child, "total": webhook["VmRSS"] + child["VmRSS"]}
+
+
+def image_python(venv: Path) -> str:
+    python = venv / "bin" / "python"
+    if not python.exists():
+        log(f"making {venv} from requirements/image.txt")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "--require-hashes", "-r",
+             str(ROOT / "requirements" / "image.txt")],
+            check=True,
+        )  # fmt: skip
+    return str(python)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baseline", help="a git revision to compare against, in the same run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--image-venv", type=Path, help="run with a venv of requirements/image.txt")
+    parser.add_argument("--settle", type=float, default=5.0, help="seconds idle before reading")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    python = image_python(args.image_venv) if args.image_venv else sys.executable
+    runs: dict[str, list[dict[str, Any]]] = {}
+    with code_roots(args.baseline, "otelbridge-rss-code-") as codes:
+        for _ in range(args.repeats):
+            for name, root in codes.items():
+                run = measure(python, root, args.settle)
+                log(f"{name}: {run['webhook']['VmRSS']:.1f} + {run['pipeline']['VmRSS']:.1f} = "
+                    f"{run['total']:.1f} MiB")  # fmt: skip
+                runs.setdefault(name, []).append(run)
+    report: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "python": python,
+        "results": {},
+    }
+    for name, results in runs.items():
+        report["results"][name] = {
+            process: {f: statistics.median(r[process][f] for r in results) for f in FIELDS}
+            for process in ("webhook", "pipeline")
+        } | {"total": statistics.median(r["total"] for r in results), "runs": results}
+    if args.baseline:
+        report["ratio"] = report["results"]["current"]["total"] / report["results"]["baseline"]["total"]
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"\n{report['machine']}; {python}; medians of {args.repeats}, MiB")
+    for name, result in report["results"].items():
+        parts = "; ".join(
+            f"{process} {result[process]['VmRSS']:.1f} (anon {result[process]['RssAnon']:.1f}, "
+            f"file {result[process]['RssFile']:.1f})"
+            for process in ("webhook", "pipeline")
+        )
+        print(f"  {name:<9} total {result['total']:.1f}: {parts}")
+    if "ratio" in report:
+        print(f"  current is {report['ratio']:.2f}x the baseline (goal: a total <= 80 MB)")
+
+
+if __name__ == "__main__":
+    main()
