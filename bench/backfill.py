@@ -350,7 +350,7 @@ PROFILE_AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("paging: List Calls HTTP + JSON decoding (client)", ("CartesiaClient.",)),
     ("paging: validate each call, inbox insert, cursor", ("store_calls", "backfill_agent", "_save_backfill")),
     ("processor: OTLP encoding of spans (to_readable_spans + SDK encoder)", ("<locals>.encode",)),
-    ("processor: metric points to JSON + points table", ("point_to_json",)),
+    ("processor: metric points to JSON + points table", ("points_to_json",)),
     ("processor: validate the stored call again (parse_webhook_event)", ("parse_webhook_event",)),
     ("processor: map, ledger, calls (per event)", ("Processor._event",)),
     ("processor: other (spool write, watermark, inbox delete)", ("Processor.",)),

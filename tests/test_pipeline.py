@@ -20,6 +20,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 from opentelemetry.sdk.resources import Resource
 
 from otelbridge import pipeline as pipeline_module
+from otelbridge.ingest.processor import load_unexported_points
 from otelbridge.pipeline import Pipeline
 from otelbridge.settings import load_settings
 from tests.support.cartesia_api import make_call
@@ -65,8 +66,7 @@ def _lead(pipeline: Pipeline, work: Callable[[], Awaitable[None]]) -> None:
 
 
 def _points(pipeline: Pipeline) -> int:
-    with pipeline.state.reading() as tx:
-        return len(tx.points())
+    return len(load_unexported_points(pipeline.state))
 
 
 def test_points_are_collected_early_once_many_wait(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:

@@ -237,10 +237,11 @@ def test_pages_taken_directly_export_each_call_once_with_no_inbox_row(
     counts = w.exported()
     assert set(counts.values()) == {1}
     assert set(counts) == _expected([api.get(i) for i in call_ids])
-    # the metric points were stored with the spans, in order, each with its own id
+    # the metric points were stored with the spans, in order, a row per transaction
     stored = load_unexported_points(w.state)
     assert [p for _, p in stored] == [p for r in w.taken for _, p in r.points]
-    assert [i for i, _ in stored] == sorted({i for i, _ in stored})
+    ids = [i for i, _ in stored]
+    assert ids == sorted(ids) and len(set(ids)) == len(w.taken) == 3
     w.poll()  # nothing new: nothing more exported
     assert w.exported() == counts
     w.close()

@@ -20,10 +20,10 @@ from otelbridge.cartesia.webhooks import parse_webhook_event
 from otelbridge.delivery.resource import build_resource
 from otelbridge.ingest import processor as processor_module
 from otelbridge.ingest.assembly import CallAssembler
-from otelbridge.ingest.processor import load_unexported_points
+from otelbridge.ingest.processor import load_unexported_points, points_to_json
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping import ids, map_call
-from otelbridge.mapping.records import MetricPoint
+from otelbridge.mapping.records import InstrumentKind, MetricPoint
 from tests.support.inbox_events import store_events
 from tests.support.processing import encode_spans, open_processor
 from tests.support.samples import webhook_events
@@ -779,3 +779,24 @@ def test_a_summary_after_the_root_is_the_output_of_call_analysis(harness: Harnes
     assert _string(late, c.OI_SPAN_KIND) == "CHAIN"
     (replayed_root,) = [s for s in _replayed_calls(mine) if not s.parent_span_id]
     assert _string(replayed_root, c.OI_OUTPUT_VALUE) == analysis["analysis"]["summary"]
+
+
+def test_points_stored_a_row_per_point_by_an_earlier_version_are_still_loaded(tmp_path: Path) -> None:
+    """A batch's points are one row now; rows of a version that stored a row per point (an
+    object each) wait in the same table after an upgrade and are recorded as they were."""
+    state, inbox, _ = open_processor(tmp_path)
+    old = MetricPoint("cartesia.tts.ttfb", InstrumentKind.HISTOGRAM, "s", "TTS", 0.25,
+                      {"cartesia.agent.id": "a"}, "turn:1", 7, 8)  # fmt: skip
+    new = [MetricPoint("cartesia.calls", InstrumentKind.COUNTER, "{call}", "calls", 1,
+                       {"cartesia.agent.id": "b", "ok": True}, "root", 1 << 100, 1 << 63)]  # fmt: skip
+    row = (
+        '{"instrument": "cartesia.tts.ttfb", "kind": "histogram", "unit": "s", "description": "TTS", '
+        '"value": 0.25, "attributes": {"cartesia.agent.id": "a"}, "span_key": "turn:1", "trace_id": 7, '
+        '"span_id": 8}'
+    )
+    with state.transaction() as tx:
+        first = tx.add_points([row])[0]
+        second = tx.add_points([points_to_json(new * 2)])[0]
+    assert load_unexported_points(state) == [(first, old), (second, new[0]), (second, new[0])]
+    state.close()
+    inbox.close()
