@@ -317,9 +317,13 @@ def run_echo(port: int, mode: str = "echo") -> None:
             message = await receive()
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
-        answer = json.dumps(json.loads(b"".join(chunks)), separators=(",", ":")).encode()
+        status = 200
+        try:
+            answer = json.dumps(json.loads(b"".join(chunks)), separators=(",", ":")).encode()
+        except ValueError:  # the readiness probe's empty body, say: a 400, not a traceback
+            status, answer = 400, b'{"error":"not JSON"}'
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
 
     app: Any = raw if mode == "raw" else Starlette(routes=[Route(WEBHOOK_PATH, echo, methods=["POST"])])
