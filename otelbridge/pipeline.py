@@ -22,7 +22,6 @@ from running on the same files.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import functools
@@ -87,8 +86,6 @@ CALLS_PER_TAKE = 25
 LISTED_SPOOL_HIGH_BYTES = 64 * 1024 * 1024
 LISTED_WAIT_S = 0.05
 LISTED_STALL_S = 30.0
-#: the longest line read from the webhook process (the first one holds the settings as JSON)
-STDIN_LINE_LIMIT = 16 * 1024 * 1024
 #: a replica that does not lead tries for the lease this often
 LEASE_RETRY_S = 2.0
 #: how often the leader renews its lease (it is lost after the engine's TTL without renewal)
@@ -670,19 +667,8 @@ async def resilient(
             await anyio.sleep(delay_s)
 
 
-async def _open_stdin() -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
-    """stdin, read on the event loop: the webhook process writes a line per inbox commit under
-    load, and a worker thread per line (``anyio.wrap_file``) took 4% of this process's CPU."""
-    reader = asyncio.StreamReader(limit=STDIN_LINE_LIMIT)
-    transport, _ = await asyncio.get_running_loop().connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer
-    )
-    return reader, transport
-
-
 async def run_pipeline() -> int:
-    stdin, stdin_pipe = await _open_stdin()
-    try:
+    async with anyio.wrap_file(sys.stdin.buffer) as stdin:
         config = json.loads(await stdin.readline())
         settings = Settings(**config["settings"])
         # The API key is redacted (the OTLP header values too: configure_logging adds them);
@@ -707,8 +693,6 @@ async def run_pipeline() -> int:
             if pipeline.client is not None:
                 await pipeline.client.aclose()
             pipeline.close()
-    finally:
-        stdin_pipe.close()
 
 
 def admin_limits(settings: Settings) -> HttpLimits:
@@ -727,7 +711,7 @@ def admin_limits(settings: Settings) -> HttpLimits:
     )
 
 
-async def _serve(pipeline: Pipeline, admin_sock: socket.socket, stdin: asyncio.StreamReader) -> int:
+async def _serve(pipeline: Pipeline, admin_sock: socket.socket, stdin: anyio.AsyncFile[bytes]) -> int:
     admin = quiet_server(
         build_admin_app(pipeline.readiness, pipeline.metrics_text, pipeline.liveness),
         admin_limits(pipeline.settings),
