@@ -14,11 +14,12 @@
 
 A 2xx is recorded at once in the ack log (``acks.db``, its own file: no wait for ``state.db``'s
 lock, which the processor holds through a batch), and the next request is taken after it (the
-spool is read past the last id acknowledged); the acknowledged rows are deleted in batches, every
-:data:`SWEEP_BYTES`, :data:`SWEEP_ROWS` or :data:`SWEEP_S` or when the spool runs dry, one
-commit (one fsync of ``state.db``) for many exports. A start deletes the recorded ones unsent. A ``kill -9``
-between the backend's 2xx and that record re-sends one export (backends such as Tempo
-de-duplicate by span id; docs/architecture.md, "Nothing lost, nothing doubled").
+spool is read past the last id acknowledged); the acknowledged rows are deleted in batches,
+when the spool runs dry or past :data:`SWEEP_BYTES` (the pipeline's: a quarter of the spool's
+cap), :data:`SWEEP_ROWS` or :data:`SWEEP_S`, one commit (one fsync of ``state.db``) for many
+exports. A start deletes the recorded ones unsent. A ``kill -9`` between the backend's 2xx and
+that record re-sends one export (backends such as Tempo de-duplicate by span id;
+docs/architecture.md, "Nothing lost, nothing doubled").
 """
 
 from __future__ import annotations
