@@ -78,7 +78,7 @@ STUCK_AFTER_NS = 60 * 1_000_000_000
 #: the webhook side counts as gone when it has not reported for this long
 WEBHOOK_SILENT_NS = 10 * 1_000_000_000
 LOCK_WAIT_S = 30.0
-#: points stored before a metrics collection comes early (~400 bytes each in state.db)
+#: points stored before a metrics collection comes early (a few hundred bytes each in state.db)
 POINTS_PER_COLLECTION = 50_000
 #: listed calls processed per transaction (a page is 100)
 CALLS_PER_TAKE = 25

@@ -275,7 +275,7 @@ class Processor:
         if spans:
             result.dropped.merge(self._spool.enforce_caps(tx, now))
         if points:
-            (row_id,) = tx.add_points([points_to_json(points)])
+            row_id = tx.add_point(points_to_json(points))
             result.points.extend((row_id, point) for point in points)
 
     # --- one event ------------------------------------------------------------------------

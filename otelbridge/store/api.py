@@ -208,9 +208,9 @@ class LedgerTx(Protocol):
 
 
 class PointsTx(Protocol):
-    def add_points(self, points: Sequence[str]) -> list[int]:
-        """Store metric points (JSON) until they are in a spooled metrics request; their ids,
-        increasing in the order given (one statement for a batch's points)."""
+    def add_point(self, point: str) -> int:
+        """Store a row of metric points (JSON) until it is in a spooled metrics request; its id
+        (increasing)."""
         ...
 
     def points(self) -> list[tuple[int, str]]: ...

@@ -489,16 +489,10 @@ class PostgresStateTx:
             )
 
     # --- points -----------------------------------------------------------------------------
-    def add_points(self, points: Sequence[str]) -> list[int]:
-        if not points:
-            return []
-        # one round trip for a batch; identity values are drawn in the order of the rows
-        rows = self._all(
-            "INSERT INTO points (point) SELECT p FROM unnest(%s::text[]) WITH ORDINALITY AS t(p, n) "
-            "ORDER BY n RETURNING id",
-            (list(points),),
-        )
-        return sorted(int(r["id"]) for r in rows)
+    def add_point(self, point: str) -> int:
+        row = self._one("INSERT INTO points (point) VALUES (%s) RETURNING id", (point,))
+        assert row is not None
+        return int(row["id"])
 
     def points(self) -> list[tuple[int, str]]:
         return [(r["id"], r["point"]) for r in self._all("SELECT id, point FROM points ORDER BY id")]

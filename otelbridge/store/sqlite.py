@@ -536,13 +536,10 @@ class SqliteStateTx:
         )
 
     # --- points -----------------------------------------------------------------------------
-    def add_points(self, points: Sequence[str]) -> list[int]:
-        if not points:
-            return []
-        self._conn.executemany("INSERT INTO points (point) VALUES (?)", [(p,) for p in points])
-        # one writer, one statement: the AUTOINCREMENT ids are consecutive, ending at the last
-        (last,) = self._conn.execute("SELECT last_insert_rowid()").fetchone()
-        return list(range(last - len(points) + 1, last + 1))
+    def add_point(self, point: str) -> int:
+        cur = self._conn.execute("INSERT INTO points (point) VALUES (?)", (point,))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
 
     def points(self) -> list[tuple[int, str]]:
         return [(r["id"], r["point"]) for r in self._conn.execute("SELECT id, point FROM points ORDER BY id")]

@@ -795,8 +795,8 @@ def test_points_stored_a_row_per_point_by_an_earlier_version_are_still_loaded(tm
         '"span_id": 8}'
     )
     with state.transaction() as tx:
-        first = tx.add_points([row])[0]
-        second = tx.add_points([points_to_json(new * 2)])[0]
+        first = tx.add_point(row)
+        second = tx.add_point(points_to_json(new * 2))
     assert load_unexported_points(state) == [(first, old), (second, new[0]), (second, new[0])]
     state.close()
     inbox.close()
