@@ -13,10 +13,11 @@ writes SQL or imports a driver. Every write of the processing side happens insid
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Literal, Protocol, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, get_args
 
 from otelbridge.mapping.latency import TurnTiming
 
@@ -75,6 +76,12 @@ class CallRow:
     latest_turn: TurnTiming | None = None
 
 
+class _Row(Protocol):
+    """A result row read by column name (``sqlite3.Row``, psycopg's ``dict_row``)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SpoolEntry:
     id: int
@@ -84,6 +91,14 @@ class SpoolEntry:
     created_ns: int
     attempts: int
     call_ends: list[int]
+
+    @classmethod
+    def from_row(cls, row: _Row) -> SpoolEntry:
+        """An entry from a spool row (either engine's: ``call_ends`` is stored as JSON text)."""
+        return cls(
+            row["id"], row["signal"], bytes(row["body"]), int(row["items"]), row["created_ns"],
+            row["attempts"], json.loads(row["call_ends"] or "[]"),
+        )  # fmt: skip
 
 
 def fitting_ids(sizes: Iterable[tuple[int, int]], max_bytes: int) -> list[int]:

@@ -559,18 +559,7 @@ class PostgresStateTx:
                 (ids,),
             )
             rows = cur.fetchall()
-        return [
-            SpoolEntry(
-                row["id"],
-                row["signal"],
-                bytes(row["body"]),
-                int(row["items"]),
-                row["created_ns"],
-                row["attempts"],
-                json.loads(row["call_ends"] or "[]"),
-            )
-            for row in rows
-        ]
+        return [SpoolEntry.from_row(row) for row in rows]
 
     def spool_delete(self, entry_ids: Sequence[int]) -> None:
         self._run("DELETE FROM spool WHERE id = ANY(%s)", (list(entry_ids),))

@@ -227,13 +227,6 @@ def connect(path: Path, schema: str, *, timeout_s: float = 30.0) -> sqlite3.Conn
     return conn
 
 
-def _spool_entry(row: sqlite3.Row) -> SpoolEntry:
-    return SpoolEntry(
-        row["id"], row["signal"], bytes(row["body"]), row["items"], row["created_ns"], row["attempts"],
-        json.loads(row["call_ends"] or "[]"),
-    )  # fmt: skip
-
-
 def is_full(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.Error):
         return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
@@ -610,7 +603,7 @@ class SqliteStateTx:
             "WHERE signal=? AND id > ? AND id <= ? ORDER BY id",
             (signal, after_id, ids[-1]),
         )
-        return [_spool_entry(row) for row in rows]
+        return [SpoolEntry.from_row(row) for row in rows]
 
     def spool_delete(self, entry_ids: Sequence[int]) -> None:
         self._conn.executemany("DELETE FROM spool WHERE id=?", [(i,) for i in entry_ids])
