@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,13 +35,10 @@ from typing import Any
 
 from common import ROOT, clean_env, code_roots, log, wait_or_kill
 
+sys.path.insert(0, str(ROOT))
+from tests.support.serve_process import free_port
+
 FIELDS = ("VmRSS", "RssAnon", "RssFile")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def memory(pid: int) -> dict[str, float]:
