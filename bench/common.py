@@ -1,6 +1,7 @@
 """What the benchmarks share: logging, clean subprocess environments, the code to measure
 (this checkout and, for ``--baseline REV``, a temporary ``git worktree`` of REV), helper processes
-driven over a line protocol, CPU time of a process, and py-spy profiling (start, then summarise by
+driven over a line protocol, the pipeline process of a ``serve``, CPU time of a process, and py-spy
+profiling (start, then summarise by
 area, function and leaf)."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -191,6 +193,26 @@ def answer_commands(
             stdout.flush()
     finally:
         receiver.stop()
+
+
+def cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+
+
+def pipeline_pid(webhook_pid: int, timeout: float = 10.0) -> int:
+    """The pid of the webhook process's child ``python -m otelbridge.pipeline``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if ppid == webhook_pid and cmdline(int(entry.name))[1:3] == ["-m", "otelbridge.pipeline"]:
+                    return int(entry.name)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no pipeline process under otelbridge serve (pid {webhook_pid})")
+        time.sleep(0.05)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -33,7 +33,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, clean_env, code_roots, log, wait_or_kill
+from common import ROOT, clean_env, code_roots, log, pipeline_pid, wait_or_kill
 
 sys.path.insert(0, str(ROOT))
 from tests.support.serve_process import free_port
@@ -49,14 +49,6 @@ def memory(pid: int) -> dict[str, float]:
         if name in FIELDS:
             out[name] = int(value.split()[0]) / 1024  # /proc says kB: KiB
     return out
-
-
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        found += [int(child) for child in text]
-    return found
 
 
 def healthy(url: str) -> bool:
@@ -89,10 +81,7 @@ def measure(python: str, code_root: Path, settle: float) -> dict[str, Any]:
                     raise SystemExit(f"serve did not come up (exit status {proc.poll()})")
                 time.sleep(0.1)
             time.sleep(settle)
-            pipeline = children(proc.pid)
-            if len(pipeline) != 1:
-                raise SystemExit(f"expected one pipeline process, found {pipeline}")
-            webhook, child = memory(proc.pid), memory(pipeline[0])
+            webhook, child = memory(proc.pid), memory(pipeline_pid(proc.pid))
         finally:
             proc.send_signal(signal.SIGTERM)
             wait_or_kill(proc, 30)

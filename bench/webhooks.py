@@ -98,6 +98,7 @@ from common import (
     cpu_seconds,
     describe_code,
     log,
+    pipeline_pid,
     start_profiler,
     summarize_profile,
     wait_or_kill,
@@ -533,26 +534,6 @@ def daemon(
             stop(proc)
             if proc.returncode not in (0, None):
                 print(f"warning: otelbridge serve exited with {proc.returncode}", file=sys.stderr)
-
-
-def cmdline(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
-
-
-def pipeline_pid(webhook_pid: int, timeout: float = 10.0) -> int:
-    """The pid of the webhook process's child ``python -m otelbridge.pipeline``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                if ppid == webhook_pid and cmdline(int(entry.name))[1:3] == ["-m", "otelbridge.pipeline"]:
-                    return int(entry.name)
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no pipeline process under otelbridge serve (pid {webhook_pid})")
-        time.sleep(0.05)
 
 
 def settle(pid: int, timeout: float = 10.0, period: float = 0.25) -> None:
