@@ -1,8 +1,10 @@
-"""Shared pytest configuration: the ``--update-golden`` option of the golden-file tests, and
-the real OTLP receiver most end-to-end tests export to."""
+"""Shared pytest configuration: the ``--update-golden`` option of the golden-file tests, the
+real OTLP receiver most end-to-end tests export to, and an environment with no inherited
+settings."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -33,3 +35,12 @@ def receiver() -> Iterator[HttpOtlpReceiver]:
     """A real OTLP/HTTP receiver on 127.0.0.1, stopped after the test."""
     with HttpOtlpReceiver() as r:
         yield r
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """``monkeypatch``, with every inherited ``OTELBRIDGE_*`` / ``OTEL_*`` variable removed."""
+    for name in list(os.environ):
+        if name.upper().startswith(("OTELBRIDGE_", "OTEL_")):
+            monkeypatch.delenv(name)
+    return monkeypatch

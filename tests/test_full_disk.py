@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import shutil
 import sqlite3
 import time
@@ -200,16 +199,13 @@ def test_a_restart_on_a_full_volume_is_not_ready_and_recovers_by_itself(
 
 def test_with_no_space_left_the_log_names_sqlites_error_once_and_the_drain_ends_cleanly(
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    clean_env: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     deliveries: list[Delivery],
 ) -> None:
     """The processor's loop on a volume with no byte left fails at every attempt: its traceback
     once, with SQLite's own error; the drain logs what it could not do and returns; nothing
     stored is lost once space returns."""
-    for name in list(os.environ):
-        if name.upper().startswith(("OTELBRIDGE_", "OTEL_")):
-            monkeypatch.delenv(name)
     caplog.set_level(logging.INFO, logger="otelbridge")
     with tmpfs(tmp_path / "vol", 16 * MiB) as vol:
         state = vol / "state"

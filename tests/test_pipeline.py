@@ -5,7 +5,6 @@ for a spool that holds too much (until it stops shrinking)."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,14 +26,6 @@ from tests.support.cartesia_api import make_call
 from tests.support.otlp_receiver import HttpAnswer, HttpOtlpReceiver
 
 SECRET = "a-webhook-secret-of-32-characters!"
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in list(os.environ):
-        if name.upper().startswith(("OTELBRIDGE_", "OTEL_")):
-            monkeypatch.delenv(name)
-    return monkeypatch
 
 
 def _pipeline(state_dir: Path, endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Pipeline:

@@ -186,13 +186,10 @@ def test_a_second_serve_on_the_same_state_dir_exits_in_use(started: Started, tmp
 
 
 def test_healthz_fails_when_the_webhook_side_has_not_reported(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, clean_env: pytest.MonkeyPatch
 ) -> None:
     """Liveness follows the webhook path: the pipeline alone answering /healthz 200 while no
     webhook can be taken would keep a broken daemon from being restarted."""
-    for name in list(os.environ):
-        if name.upper().startswith(("OTELBRIDGE_", "OTEL_")):
-            monkeypatch.delenv(name)
     settings = load_settings(None, state_dir=tmp_path / "state", webhook_secret=SECRET)
     pipeline = Pipeline(settings, Resource({}))
     app = build_admin_app(pipeline.readiness, pipeline.metrics_text, pipeline.liveness)

@@ -5,14 +5,7 @@ import pytest
 from otelbridge.mapping.policy import TextPolicy
 from otelbridge.settings import Settings, SettingsError, load_settings
 
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for name in list(os.environ):
-        if name.upper().startswith(("OTELBRIDGE_", "OTEL_")):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def test_defaults() -> None:
