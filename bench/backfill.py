@@ -294,6 +294,8 @@ def measure_encoder(
         sys.path.insert(0, str(ROOT))
     import uuid
 
+    from mapping import calibrate, timed  # bench/mapping.py's timing loop
+
     from otelbridge.cartesia.models import parse_call
     from otelbridge.delivery.otlp import MAX_SPANS_PER_REQUEST
     from otelbridge.delivery.resource import build_resource
@@ -321,16 +323,12 @@ def measure_encoder(
     calls_per_request = len(request) / spans_per_call
     request_bytes = len(encode_trace_request(request).SerializeToString())  # also the warm-up
 
-    def timed(loops: int) -> float:
-        started = time.perf_counter()
-        for _ in range(loops):
-            encode_trace_request(request).SerializeToString()
-        return time.perf_counter() - started
+    def encode() -> bytes:
+        data: bytes = encode_trace_request(request).SerializeToString()
+        return data
 
-    loops = 1
-    while (elapsed := timed(loops)) < min_s:  # calibration
-        loops = max(loops * 2, math.ceil(loops * 1.2 * min_s / max(elapsed, 1e-9)))
-    rates = [loops * calls_per_request / timed(loops) for _ in range(repeats)]
+    loops = calibrate(encode, min_s)
+    rates = [loops * calls_per_request / timed(encode, loops) for _ in range(repeats)]
     return {
         "calls_per_s": round(max(rates), 1),
         "spans_per_s": round(max(rates) * spans_per_call),
