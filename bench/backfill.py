@@ -79,6 +79,7 @@ from common import (
     git,
     log,
     start_profiler,
+    status_kb,
     summarize_profile,
 )
 
@@ -212,15 +213,6 @@ def run_receiver(stdin: TextIO, stdout: TextIO) -> None:
 
 
 # --- measuring a process ---------------------------------------------------------------------
-def status_kb(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of a running process, in kB (empty once it is gone)."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return {}
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(VmRSS|VmHWM):\s+(\d+) kB", text, re.M)}
-
-
 @dataclass(slots=True)
 class Watched:
     """What :func:`watch` saw of one process until it exited."""
@@ -249,7 +241,7 @@ def watch(proc: subprocess.Popen[bytes], timeout: float) -> Watched:
                 return Watched(
                     proc.returncode, now, usage.ru_maxrss, usage.ru_utime + usage.ru_stime, hwm, samples
                 )
-            kb = status_kb(proc.pid)
+            kb = status_kb(proc.pid, ("VmRSS", "VmHWM"))
             if kb:
                 samples.append((now, kb.get("VmRSS", 0)))
                 hwm = max(hwm, kb.get("VmHWM", 0))

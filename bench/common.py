@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, TextIO
@@ -213,6 +213,21 @@ def pipeline_pid(webhook_pid: int, timeout: float = 10.0) -> int:
         if time.monotonic() > deadline:
             raise RuntimeError(f"no pipeline process under otelbridge serve (pid {webhook_pid})")
         time.sleep(0.05)
+
+
+def status_kb(pid: int, fields: Sequence[str]) -> dict[str, int]:
+    """``fields`` of a running process's ``/proc/<pid>/status`` (``VmRSS``, ``RssAnon``...), in
+    kB as it says (KiB); empty once it is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    found: dict[str, int] = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name in fields:
+            found[name] = int(value.split()[0])
+    return found
 
 
 def cpu_seconds(pid: int) -> float:

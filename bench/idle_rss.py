@@ -33,7 +33,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, clean_env, code_roots, log, pipeline_pid, wait_or_kill
+from common import ROOT, clean_env, code_roots, log, pipeline_pid, status_kb, wait_or_kill
 
 sys.path.insert(0, str(ROOT))
 from tests.support.serve_process import free_port
@@ -43,12 +43,7 @@ FIELDS = ("VmRSS", "RssAnon", "RssFile")
 
 def memory(pid: int) -> dict[str, float]:
     """``FIELDS`` of ``pid`` in MiB."""
-    out: dict[str, float] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in FIELDS:
-            out[name] = int(value.split()[0]) / 1024  # /proc says kB: KiB
-    return out
+    return {name: kib / 1024 for name, kib in status_kb(pid, FIELDS).items()}
 
 
 def healthy(url: str) -> bool:
