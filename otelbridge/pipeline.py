@@ -178,6 +178,9 @@ class Pipeline:
         )
         self.wake = anyio.Event()
         self._processing = anyio.Lock()
+        #: one metrics collection at a time; none after the final one (collect_metrics)
+        self._collecting = anyio.Lock()
+        self._collected_last = False
         #: points stored since the last metrics collection; past POINTS_PER_COLLECTION the
         #: collection comes early (set by _account, awaited by the metrics loop)
         self._points_waiting = 0
@@ -407,7 +410,17 @@ class Pipeline:
                     await self._collect_early.wait()
             await self.collect_metrics()
 
-    async def collect_metrics(self) -> None:
+    async def collect_metrics(self, *, final: bool = False) -> None:
+        """Spool a metrics request of what was recorded. ``final``: the last one (a stop's drain,
+        a one-shot command's flush); the metrics loop collects no more after it, since a
+        collection landing after the wait for an empty spool would be left unsent."""
+        async with self._collecting:
+            if self._collected_last:
+                return
+            self._collected_last = final
+            await self._collect()
+
+    async def _collect(self) -> None:
         through = self.telemetry.recorded_through
         self._points_waiting = 0
         if self.exporters["metrics"] == "none":  # /metrics still serves them; nothing to send
@@ -459,7 +472,7 @@ class Pipeline:
         """Process everything stored and send until the spool is empty, or has not shrunk for
         ``stall_s`` (the backend refuses or is down); what is left, by signal."""
         await self.process_all()
-        await self.collect_metrics()
+        await self.collect_metrics(final=True)
         self.sender.notify()
         best, best_at = None, time.monotonic()
         while True:
@@ -488,7 +501,7 @@ class Pipeline:
         failed = False
         where = self.settings.state_dir if self.engine.single_process else "the database"
         steps: list[tuple[Callable[[], Awaitable[None]], str]] = [
-            (self.collect_metrics, "spool a last metrics collection")
+            (functools.partial(self.collect_metrics, final=True), "spool a last metrics collection")
         ]
         # with a local state directory this process is the only one that can process it
         leads = self.leader or self.engine.single_process

@@ -178,3 +178,26 @@ def _trace_request(service: str) -> bytes:
         resource=ResourceProto(attributes=[KeyValue(key="s", value=AnyValue(string_value=service))])
     )
     return bytes(ExportTraceServiceRequest(resource_spans=[resource]).SerializeToString())
+
+
+def test_no_metrics_collection_follows_the_final_one(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+    """A stop's drain (or a one-shot command's flush) makes the last collection and waits for
+    the spool to empty: a periodic collection landing after it would be left unsent."""
+    receiver = HttpOtlpReceiver().start()
+    pipeline = _pipeline(tmp_path / "state", receiver.url, clean_env)
+    sent: list[int] = []
+
+    async def work() -> None:
+        await pipeline.take_calls(_calls(2), "backfill", True, time.time_ns())
+        await pipeline.collect_metrics(final=True)
+        assert await anyio.to_thread.run_sync(receiver.wait_until, lambda: len(receiver.metric_requests) == 1)
+        pipeline._collect_early.set()  # the metrics loop's turn, as its interval would give it
+        await pipeline.collect_metrics()  # and anyone else's
+        await anyio.sleep(0.5)
+        sent.append(len(receiver.metric_requests))
+
+    try:
+        _lead(pipeline, work)
+    finally:
+        receiver.stop()
+    assert sent == [1]
