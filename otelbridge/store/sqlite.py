@@ -875,8 +875,18 @@ class SqliteInboxStore:
             conn.execute(_DELETE_THROUGH, (last_id,))
 
     def depth(self, after_id: int) -> int:
+        """The rows after ``after_id``, from the first and last ids (two index seeks): the rows
+        left are one run of ids, as ids are never reused and always committed in order, and
+        rows are only deleted through an id. A ``COUNT(*)`` read every page of the backlog (the
+        bodies' first bytes live there), every housekeeping tick of a loaded pipeline."""
         with self.db.reading() as conn:
-            return int(conn.execute("SELECT COUNT(*) FROM inbox WHERE id > ?", (after_id,)).fetchone()[0])
+            # two statements' worth: SQLite seeks for a lone MIN() or MAX(), not for both at once
+            first, last = conn.execute(
+                "SELECT (SELECT MIN(id) FROM inbox), (SELECT MAX(id) FROM inbox)"
+            ).fetchone()
+        if last is None or last <= after_id:
+            return 0
+        return int(last) - max(after_id, int(first) - 1)
 
     def checkpoint(self) -> None:
         """Copy what the WAL holds back into the database file without blocking its writers

@@ -115,6 +115,21 @@ def test_read_delete_and_ids_never_reused(tmp_path: Path) -> None:
     store.close()
 
 
+def test_depth_counts_the_rows_after_an_id_as_the_rows_read_do(tmp_path: Path) -> None:
+    """depth() works from the first and last ids: it must agree with the rows themselves,
+    before and after the processed ones are deleted, past either end and inside."""
+    store = open_inbox(tmp_path)
+    assert store.depth(0) == 0
+    store.append([(0, "call_turn", "c", f"{i}".encode()) for i in range(10)])
+    ids = [r.id for r in store.read_after(0, 100, READ_BYTES)]
+    store.delete_through(ids[3])
+    for after in range(0, ids[-1] + 3):
+        assert store.depth(after) == len(store.read_after(after, 100, READ_BYTES)), after
+    store.delete_through(ids[-1])
+    assert [store.depth(a) for a in (0, ids[-1], ids[-1] + 5)] == [0, 0, 0]
+    store.close()
+
+
 def test_rows_keep_the_order_of_the_appends(tmp_path: Path) -> None:
     async def main() -> None:
         async with _running(open_inbox(tmp_path)) as inbox, anyio.create_task_group() as senders:
