@@ -210,7 +210,7 @@ class Replay:
         recorder = MetricRecorder(provider, limits)
         for call in mapped:
             recorder.record(call.points)
-        collected = collect_request(reader)
+        collected = collect_request(reader, recorder, self.environment.temporality(), resource)
         provider.shutdown()
         if collected is None:
             return

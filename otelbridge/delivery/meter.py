@@ -1,22 +1,23 @@
-"""Feeds metric points from the mapping into an SDK MeterProvider.
+"""Feeds metric points from the mapping into the meter: histograms into our own aggregation
+(:mod:`otelbridge.delivery.histograms`), counters into an SDK MeterProvider.
 
-Instruments are made on first use with explicit bucket boundaries (the SDK's defaults,
-0/5/10/25…, are useless for seconds). Each observation is recorded in the context of its span
-so that exemplars point at the turn. The bounds on series, which need memory across calls,
-are applied here before the SDK sees a point (:mod:`otelbridge.delivery.cardinality`).
+Histograms get explicit bucket boundaries (the SDK's defaults, 0/5/10/25…, are useless for
+seconds). Each observation keeps its span, so that exemplars point at the turn. The bounds on
+series, which need memory across calls, are applied here before a point is recorded
+(:mod:`otelbridge.delivery.cardinality`).
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Final
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.metrics import Counter, Histogram, Meter
+from opentelemetry.metrics import Counter, Meter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.trace import SpanContext, TraceFlags
 
@@ -29,6 +30,7 @@ from otelbridge.delivery.cardinality import (
     forget_series,
     label_value,
 )
+from otelbridge.delivery.histograms import HistogramStore
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping.records import InstrumentKind, MetricPoint
 
@@ -88,8 +90,10 @@ def span_context(trace_id: int, span_id: int) -> SpanContext:
 
 
 class MetricRecorder:
-    """Records points into ``meter_provider`` within ``limits``. ``folded`` counts the points
-    (by limit) whose label read ``other`` or was cut, ``dropped`` the series dropped (by limit)."""
+    """Records points within ``limits``: counters into ``meter_provider``, histograms into
+    :attr:`histograms` (which :func:`otelbridge.delivery.telemetry.collect_request` and the
+    ``/metrics`` reader add to what the SDK collects). ``folded`` counts the points (by limit)
+    whose label read ``other`` or was cut, ``dropped`` the series dropped (by limit)."""
 
     def __init__(
         self,
@@ -100,8 +104,9 @@ class MetricRecorder:
     ) -> None:
         self._provider = meter_provider
         self._meter: Meter = meter_provider.get_meter(c.INSTRUMENTATION_SCOPE, __version__)
-        self._instruments: dict[str, Histogram | Counter] = {}
+        self._counters: dict[str, Counter] = {}
         self._limits = limits or SeriesLimits()
+        self.histograms = HistogramStore(self._limits.sdk_cardinality_limit())
         self._clock = clock
         self._agents = Admission(self._limits.agents)
         #: agent -> label -> the values admitted for that agent
@@ -150,7 +155,7 @@ class MetricRecorder:
                 c.METRIC_ATTR_AGENT_ID: label_value(agent_id)[0],
                 c.METRIC_ATTR_DEPLOYMENT_ID: label_value(deployment_id)[0],
             }
-            self.dropped["deployments"] += forget_series(self._provider, match)
+            self._drop("deployments", match)
 
     # --- the bounds -----------------------------------------------------------------------
     def _bound(self, point: MetricPoint, now: float) -> MetricPoint | None:
@@ -253,42 +258,29 @@ class MetricRecorder:
         self._log_metric_names.pop(agent, None)
         self._drop("agents", {c.METRIC_ATTR_AGENT_ID: agent})
 
-    def _drop(self, limit: str, match: _Attrs, instrument: str | None = None) -> None:
-        self.dropped[limit] += forget_series(
-            self._provider, match, None if instrument is None else instrument.__eq__
+    def _drop(self, limit: str, match: Mapping[str, str | bool | int], instrument: str | None = None) -> None:
+        accepts = None if instrument is None else instrument.__eq__
+        self.dropped[limit] += forget_series(self._provider, match, accepts) + self.histograms.forget(
+            match, accepts
         )
 
-    # --- the SDK --------------------------------------------------------------------------
+    # --- the meter ----------------------------------------------------------------------------
     def _record(self, point: MetricPoint) -> None:
+        if point.kind is InstrumentKind.HISTOGRAM:
+            self.histograms.record(point, bucket_boundaries(point))
+            return
         ids = (point.trace_id, point.span_id)
         if ids != self._context_ids:  # a turn's points come together: one context for them
             self._context_ids = ids
             self._context = trace.set_span_in_context(trace.NonRecordingSpan(span_context(*ids)))
-        context = self._context
-        if point.kind is InstrumentKind.HISTOGRAM:
-            self._histogram(point).record(point.value, point.attributes, context=context)
-        else:
-            self._counter(point.instrument, point.unit, point.description).add(
-                point.value, point.attributes, context=context
-            )
-
-    def _histogram(self, point: MetricPoint) -> Histogram:
-        instrument = self._instruments.get(point.instrument)
-        if instrument is None:
-            instrument = self._meter.create_histogram(
-                point.instrument,
-                unit=point.unit,
-                description=point.description,
-                explicit_bucket_boundaries_advisory=bucket_boundaries(point),
-            )
-            self._instruments[point.instrument] = instrument
-        assert isinstance(instrument, Histogram)
-        return instrument
+        self._counter(point.instrument, point.unit, point.description).add(
+            point.value, point.attributes, context=self._context
+        )
 
     def _counter(self, name: str, unit: str, description: str) -> Counter:
-        instrument = self._instruments.get(name)
+        instrument = self._counters.get(name)
         if instrument is None:
-            instrument = self._meter.create_counter(name, unit=unit, description=description)
-            self._instruments[name] = instrument
-        assert isinstance(instrument, Counter)
+            instrument = self._counters[name] = self._meter.create_counter(
+                name, unit=unit, description=description
+            )
         return instrument

@@ -1,5 +1,7 @@
 """One MeterProvider for the call metrics and otelbridge's own: read for OTLP (through the
-spool) and for the Prometheus ``/metrics`` endpoint.
+spool) and for the Prometheus ``/metrics`` endpoint. The call histograms are aggregated
+beside it, once for both (:mod:`otelbridge.delivery.histograms`), and added to what each
+reader collects.
 
 * OTLP: an ``InMemoryMetricReader`` is collected every ``OTEL_METRIC_EXPORT_INTERVAL`` by the
   daemon, encoded by the SDK's own encoder and spooled like spans, so metrics survive backend
@@ -8,8 +10,8 @@ spool) and for the Prometheus ``/metrics`` endpoint.
   when the metrics exporter is ``none``.
 * Prometheus: the SDK's ``PrometheusMetricReader`` on a registry of our own (always cumulative;
   no exemplars — the Python exporter does not carry them); left out where nothing serves
-  ``/metrics`` (``otelbridge backfill`` and ``drain``), which spares every point its second
-  aggregation.
+  ``/metrics`` (``otelbridge backfill`` and ``drain``), which spares every counter point its
+  second aggregation.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -33,10 +35,14 @@ from opentelemetry.sdk.metrics import (
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
     InMemoryMetricReader,
+    Metric,
     MetricReader,
     MetricsData,
+    ResourceMetrics,
+    ScopeMetrics,
 )
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from otelbridge import __version__
 from otelbridge.cartesia.webhooks import KNOWN_EVENT_TYPES
@@ -213,10 +219,32 @@ def otlp_reader(temporality: Temporality, limits: SeriesLimits | None = None) ->
     )
 
 
-def collect_request(reader: InMemoryMetricReader) -> tuple[bytes, int] | None:
-    """(encoded ExportMetricsServiceRequest, data points) of a collection, or None when there
-    is nothing."""
-    data = reader.get_metrics_data()
+def with_metrics(data: MetricsData | None, metrics: list[Metric], resource: Resource) -> MetricsData | None:
+    """``data`` (a reader's collection, None when it had nothing) with ``metrics`` added to the
+    call metrics' scope (made when the SDK has none)."""
+    if not metrics:
+        return data
+    resources = list(data.resource_metrics) if data is not None else []
+    if not resources:
+        resources = [ResourceMetrics(resource, [], "")]
+    first, scopes = resources[0], list(resources[0].scope_metrics)
+    for index, scope in enumerate(scopes):
+        if scope.scope.name == c.INSTRUMENTATION_SCOPE:
+            scopes[index] = ScopeMetrics(scope.scope, [*scope.metrics, *metrics], scope.schema_url)
+            break
+    else:
+        scopes.append(ScopeMetrics(InstrumentationScope(c.INSTRUMENTATION_SCOPE, __version__), metrics, ""))
+    resources[0] = ResourceMetrics(first.resource, scopes, first.schema_url)
+    return MetricsData(resources)
+
+
+def collect_request(
+    reader: InMemoryMetricReader, recorder: MetricRecorder, temporality: Temporality, resource: Resource
+) -> tuple[bytes, int] | None:
+    """(encoded ExportMetricsServiceRequest, data points) of a collection of ``reader`` and of
+    ``recorder``'s histograms, or None when there is nothing."""
+    chosen = AggregationTemporality.DELTA if temporality == "delta" else AggregationTemporality.CUMULATIVE
+    data = with_metrics(reader.get_metrics_data(), recorder.histograms.collect(chosen), resource)
     if data is None:
         return None
     items = count_points(data)
@@ -245,14 +273,12 @@ class Telemetry:
         self.otlp_reader = otlp_reader(temporality, limits) if otlp else None
         readers: list[MetricReader] = [self.otlp_reader] if self.otlp_reader is not None else []
         self.registry: CollectorRegistry | None = None
+        self.resource = resource
         if prometheus:  # imported here: prometheus_client is not small, and backfill has no use
-            from opentelemetry.exporter.prometheus import PrometheusMetricReader
             from prometheus_client import CollectorRegistry
 
             self.registry = CollectorRegistry(auto_describe=True)
-            readers.append(
-                PrometheusMetricReader(registry=self.registry, cardinality_limits=cardinality_limits(limits))
-            )
+            readers.append(_prometheus_reader(self.registry, limits, self))
         self.provider = MeterProvider(resource=resource, metric_readers=readers)
         self.recorder = MetricRecorder(self.provider, limits)
         self.gauges = Gauges()
@@ -270,7 +296,9 @@ class Telemetry:
 
     def collect_otlp(self) -> tuple[bytes, int] | None:
         """The OTLP request of what was recorded (None: nothing, or no OTLP reader)."""
-        return None if self.otlp_reader is None else collect_request(self.otlp_reader)
+        if self.otlp_reader is None:
+            return None
+        return collect_request(self.otlp_reader, self.recorder, self.temporality, self.resource)
 
     def prometheus_text(self) -> bytes:
         from prometheus_client import generate_latest
@@ -281,3 +309,22 @@ class Telemetry:
 
     def shutdown(self) -> None:
         self.provider.shutdown()
+
+
+def _prometheus_reader(
+    registry: CollectorRegistry, limits: SeriesLimits, telemetry: Telemetry
+) -> MetricReader:
+    """The SDK's Prometheus reader, each of whose collections (a scrape of ``/metrics``) also
+    shows the call histograms, cumulative."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+    class WithHistograms(PrometheusMetricReader):
+        def _receive_metrics(self, metrics_data: MetricsData | None, timeout_millis: float = 10_000,
+                             **kwargs: Any) -> None:  # fmt: skip
+            histograms = telemetry.recorder.histograms.cumulative()
+            merged = with_metrics(metrics_data, histograms, telemetry.resource)
+            if merged is not None:
+                super()._receive_metrics(merged, timeout_millis, **kwargs)
+
+    reader: MetricReader = WithHistograms(registry=registry, cardinality_limits=cardinality_limits(limits))
+    return reader

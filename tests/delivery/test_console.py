@@ -81,7 +81,7 @@ def test_metrics_print_a_line_per_metric() -> None:
     recorder = MetricRecorder(provider)
     for mapped in mapped_samples():
         recorder.record(mapped.points)
-    collected = collect_request(reader)
+    collected = collect_request(reader, recorder, "cumulative", RESOURCE)
     provider.shutdown()
     assert collected is not None
     out = io.StringIO()

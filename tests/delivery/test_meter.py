@@ -1,8 +1,15 @@
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    HistogramDataPoint,
+    InMemoryMetricReader,
+    NumberDataPoint,
+)
+from opentelemetry.sdk.resources import Resource
 
 from otelbridge.delivery.cardinality import SeriesLimits
 from otelbridge.delivery.meter import MetricRecorder
+from otelbridge.delivery.telemetry import with_metrics
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping.records import InstrumentKind, MetricPoint
 
@@ -21,7 +28,8 @@ def _collect(points: list[MetricPoint], **limits: int) -> tuple[dict[str, list],
     reader = InMemoryMetricReader()
     recorder = MetricRecorder(MeterProvider(metric_readers=[reader]), SeriesLimits(**limits))
     recorder.record(points)
-    data = reader.get_metrics_data()
+    histograms = recorder.histograms.collect(AggregationTemporality.CUMULATIVE)
+    data = with_metrics(reader.get_metrics_data(), histograms, Resource.create({}))
     assert data is not None
     metrics = {
         m.name: list(m.data.data_points) for sm in data.resource_metrics[0].scope_metrics for m in sm.metrics

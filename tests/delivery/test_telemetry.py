@@ -8,6 +8,7 @@ from opentelemetry.sdk.resources import Resource
 
 from otelbridge.delivery.telemetry import Telemetry
 from otelbridge.mapping import conventions as c
+from otelbridge.mapping.records import InstrumentKind, MetricPoint
 from tests.delivery.test_cardinality import _calls
 
 
@@ -53,4 +54,41 @@ def test_without_the_otlp_reader_only_prometheus_keeps_series() -> None:
     assert b'cartesia_deployment_id="d1"' in text and b'cartesia_deployment_id="d2"' in text
     telemetry.recorder.forget_deployments([("a", "d1")])
     assert b'cartesia_deployment_id="d1"' not in telemetry.prometheus_text()
+    telemetry.shutdown()
+
+
+def _histograms(telemetry: Telemetry) -> list[tuple[str, str, int, list[bytes]]]:
+    """(scope, metric, count, exemplar span ids) of every histogram point in an OTLP collection."""
+    collected = telemetry.collect_otlp()
+    assert collected is not None
+    request = ExportMetricsServiceRequest.FromString(collected[0])
+    return [
+        (sm.scope.name, metric.name, dp.count, [e.span_id for e in dp.exemplars])
+        for rm in request.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.HasField("histogram")
+        for dp in metric.histogram.data_points
+    ]
+
+
+@pytest.mark.parametrize("counters", [True, False])
+def test_histograms_reach_otlp_and_prometheus_from_one_aggregation(counters: bool) -> None:
+    """The call histograms join the call metrics' scope (made when no counter is there yet):
+    OTLP with each collection's new exemplars, /metrics cumulative, and a scrape takes nothing
+    from the next OTLP collection."""
+    telemetry = Telemetry(Resource.create({}))
+    ttfb = MetricPoint(c.METRIC_TTS_TTFB, InstrumentKind.HISTOGRAM, "s", "TTS TTFB", 0.2,
+                       {c.METRIC_ATTR_AGENT_ID: "a"}, "k", 7, 9)  # fmt: skip
+    telemetry.recorder.record([ttfb, *([_calls("a", "d1")] if counters else [])])
+    scrape = telemetry.prometheus_text().decode()
+    assert 'cartesia_tts_ttfb_seconds_count{cartesia_agent_id="a"' in scrape
+    span = (9).to_bytes(8, "big")
+    assert _histograms(telemetry) == [(c.INSTRUMENTATION_SCOPE, c.METRIC_TTS_TTFB, 1, [span])]
+    telemetry.recorder.record([ttfb])
+    assert _histograms(telemetry) == [(c.INSTRUMENTATION_SCOPE, c.METRIC_TTS_TTFB, 2, [span])]
+    assert _histograms(telemetry) == [(c.INSTRUMENTATION_SCOPE, c.METRIC_TTS_TTFB, 2, [])]
+    count = next(line for line in telemetry.prometheus_text().decode().splitlines()
+                 if line.startswith("cartesia_tts_ttfb_seconds_count{"))  # fmt: skip
+    assert count.endswith(" 2.0")
     telemetry.shutdown()
