@@ -102,26 +102,36 @@ class BatchResult:
 
 
 def points_to_json(points: Sequence[MetricPoint]) -> str:
-    """A batch's points as one stored row: a JSON array of field arrays (a row per point cost
-    an insert and a serialization each, some 80 per 20-turn call)."""
-    return to_json([
-        [p.instrument, p.kind, p.unit, p.description, p.value, p.attributes, p.span_key,
-         p.trace_id, p.span_id]
-        for p in points
-    ]).decode()  # fmt: skip
+    """A batch's points as one stored row: each instrument's name, kind, unit and description
+    once, then a field array per point (a row per point cost an insert and a serialization
+    each, some 80 per 20-turn call; the instrument fields repeated made half of each point's
+    JSON)."""
+    index: dict[str, int] = {}
+    instruments: list[list[str]] = []
+    rows: list[list[Any]] = []
+    for p in points:
+        at = index.get(p.instrument)
+        if at is None:
+            at = index[p.instrument] = len(instruments)
+            instruments.append([p.instrument, p.kind, p.unit, p.description])
+        rows.append([at, p.value, p.attributes, p.span_key, p.trace_id, p.span_id])
+    return to_json({"instruments": instruments, "points": rows}).decode()
 
 
 def points_from_json(text: str) -> list[MetricPoint]:
     """A stored row's points: a batch (:func:`points_to_json`), or one point as an object (the
     rows of a version that stored a row per point)."""
-    data: list[list[Any]] | dict[str, Any] = from_json(text)
-    if isinstance(data, dict):
+    data: dict[str, Any] = from_json(text)
+    if "points" not in data:
         data["kind"] = InstrumentKind(data["kind"])
         return [MetricPoint(**data)]
-    return [
-        MetricPoint(name, InstrumentKind(kind), unit, description, value, attributes, key, trace_id, span_id)
-        for name, kind, unit, description, value, attributes, key, trace_id, span_id in data
-    ]
+    instruments = [(name, InstrumentKind(kind), unit, description)
+                   for name, kind, unit, description in data["instruments"]]  # fmt: skip
+    points = []
+    for at, value, attributes, key, trace_id, span_id in data["points"]:
+        name, kind, unit, description = instruments[at]
+        points.append(MetricPoint(name, kind, unit, description, value, attributes, key, trace_id, span_id))
+    return points
 
 
 class Processor:

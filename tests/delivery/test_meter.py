@@ -90,3 +90,23 @@ def test_a_name_sent_as_a_number_and_as_a_string_keeps_its_first_kind() -> None:
     assert isinstance(histogram, HistogramDataPoint) and histogram.count == 2
     assert [dp.value for dp in metrics["cartesia.log_metric.other"]] == [1]
     assert recorder.folded["log_metric_kind"] == 1
+
+
+def test_points_sharing_one_attribute_dict_are_bounded_and_counted_each() -> None:
+    """A turn's points share their labels' dict: each point reads ``other`` and counts in
+    ``folded``, and the shared dict is left as it was."""
+    shared = {c.METRIC_ATTR_AGENT_ID: "b", c.METRIC_ATTR_ROLE: "user"}
+    points = [
+        _point(c.METRIC_TTS_TTFB, 0.1),  # agent "a" takes the one place
+        MetricPoint(c.METRIC_TTS_TTFB, InstrumentKind.HISTOGRAM, "s", "d", 0.2, shared, "k", 7, 9),
+        MetricPoint(c.METRIC_STT_TTFB, InstrumentKind.HISTOGRAM, "s", "d", 0.3, shared, "k", 7, 9),
+        MetricPoint(c.METRIC_TURNS, InstrumentKind.COUNTER, "1", "d", 1, shared, "k", 7, 9),
+    ]
+    metrics, recorder = _collect(points, agents=1)
+    assert recorder.folded["agents"] == 3
+    for name in (c.METRIC_STT_TTFB, c.METRIC_TURNS):
+        (dp,) = metrics[name]
+        assert dict(dp.attributes or {})[c.METRIC_ATTR_AGENT_ID] == "other"
+    agents = {dict(dp.attributes or {})[c.METRIC_ATTR_AGENT_ID] for dp in metrics[c.METRIC_TTS_TTFB]}
+    assert agents == {"a", "other"}
+    assert shared == {c.METRIC_ATTR_AGENT_ID: "b", c.METRIC_ATTR_ROLE: "user"}  # not changed in place
