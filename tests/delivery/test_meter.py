@@ -95,7 +95,7 @@ def test_a_name_sent_as_a_number_and_as_a_string_keeps_its_first_kind() -> None:
 def test_points_sharing_one_attribute_dict_are_bounded_and_counted_each() -> None:
     """A turn's points share their labels' dict: each point reads ``other`` and counts in
     ``folded``, and the shared dict is left as it was."""
-    shared = {c.METRIC_ATTR_AGENT_ID: "b", c.METRIC_ATTR_ROLE: "user"}
+    shared: dict[str, str | bool | int] = {c.METRIC_ATTR_AGENT_ID: "b", c.METRIC_ATTR_ROLE: "user"}
     points = [
         _point(c.METRIC_TTS_TTFB, 0.1),  # agent "a" takes the one place
         MetricPoint(c.METRIC_TTS_TTFB, InstrumentKind.HISTOGRAM, "s", "d", 0.2, shared, "k", 7, 9),
