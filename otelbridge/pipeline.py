@@ -742,7 +742,11 @@ async def _serve(pipeline: Pipeline, admin_sock: socket.socket, stdin: anyio.Asy
         tg.start_soon(serve_admin)
         tg.start_soon(pipeline.probe_endpoints)
         log.info("pipeline: exporting to %s; admin on %s", pipeline.export_target(), address(admin_sock))
-        orderly = await take_lines(pipeline.take, stdin)
+        orderly = False
+        while line := await stdin.readline():
+            if not pipeline.take(line.decode()):
+                orderly = True
+                break
         if orderly:
             pipeline.stopping = True
             await pipeline.drain(pipeline.settings.shutdown_timeout)
@@ -758,20 +762,6 @@ async def _serve(pipeline: Pipeline, admin_sock: socket.socket, stdin: anyio.Asy
             os._exit(0)
         tg.cancel_scope.cancel()
     return 0
-
-
-async def take_lines(take: Callable[[str], bool], stdin: anyio.AsyncFile[bytes]) -> bool:
-    """Apply stdin's lines with ``take`` (:meth:`Pipeline.take`) until it returns False for
-    ``stop`` (then True) or stdin ends (False). Whatever has arrived is
-    read at once: under load the webhook process writes a wake line per commit, and a worker
-    thread's trip per line was 4% of the pipeline's CPU."""
-    pending = b""
-    while chunk := await stdin.read1(65536):
-        *lines, pending = (pending + chunk).split(b"\n")
-        for line in lines:
-            if not take(line.decode()):
-                return True
-    return bool(pending) and not take(pending.decode())  # a last line without its end
 
 
 #: the pipeline yields the CPU to the webhook process under contention: acknowledging webhooks

@@ -5,7 +5,6 @@ for a spool that holds too much (until it stops shrinking)."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from opentelemetry.sdk.resources import Resource
 
 from otelbridge import pipeline as pipeline_module
 from otelbridge.ingest.processor import load_unexported_points
-from otelbridge.pipeline import Pipeline, take_lines
+from otelbridge.pipeline import Pipeline
 from otelbridge.settings import load_settings
 from tests.support.cartesia_api import make_call
 from tests.support.otlp_receiver import HttpAnswer, HttpOtlpReceiver
@@ -202,41 +201,3 @@ def test_no_metrics_collection_follows_the_final_one(tmp_path: Path, clean_env: 
     finally:
         receiver.stop()
     assert sent == [1]
-
-
-@pytest.mark.parametrize(
-    ("writes", "expected"),
-    [
-        ([b"w\nc [", b'["call_turn", "ok", 3]]\nw\n'], (["w", 'c [["call_turn", "ok", 3]]', "w"], False)),
-        ([b"w\nw\nstop\nw\n"], (["w", "w", "stop"], True)),
-        ([b"w\nst", b"op"], (["w", "stop"], True)),  # a last line without its newline
-        ([b"", b"w"], (["w"], False)),
-    ],
-)
-def test_stdin_lines_are_taken_whole_across_reads_until_stop_or_the_end(
-    writes: list[bytes], expected: tuple[list[str], bool]
-) -> None:
-    """The webhook process's lines, read as they come (many per read under load, or a line
-    split over two): each is taken once and whole, up to ``stop``."""
-    read_fd, write_fd = os.pipe()
-    taken: list[str] = []
-
-    def take(line: str) -> bool:
-        taken.append(line)
-        return line != "stop"
-
-    async def write() -> None:
-        for data in writes:
-            os.write(write_fd, data)
-            await anyio.sleep(0.05)  # a read apiece
-        os.close(write_fd)
-
-    stopped: list[bool] = []
-
-    async def main() -> None:
-        async with anyio.wrap_file(os.fdopen(read_fd, "rb")) as stdin, anyio.create_task_group() as tg:
-            tg.start_soon(write)
-            stopped.append(await take_lines(take, stdin))
-
-    anyio.run(main)
-    assert (taken, stopped[0]) == expected
