@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import platform
+import subprocess
+import sys
 
 import pytest
 
@@ -18,3 +21,36 @@ def test_glibc_takes_the_fixed_mmap_threshold(monkeypatch: pytest.MonkeyPatch) -
 def test_an_explicit_environment_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
     assert fix_mmap_threshold() is False
+
+
+FREEZE_SCRIPT = """
+import gc, json, weakref
+
+class Node:
+    pass
+
+def cycle():
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    return weakref.ref(a)
+
+before = cycle()  # garbage of the start: collected, not frozen
+import otelbridge.daemon
+from otelbridge.allocator import freeze_startup_objects
+
+freeze_startup_objects()
+frozen = gc.get_freeze_count()
+after = cycle()  # garbage made later: still collected
+gc.collect()
+print(json.dumps({"frozen": frozen, "before": before() is None, "after": after() is None}))
+"""
+
+
+def test_startup_objects_are_frozen_and_later_garbage_is_still_collected() -> None:
+    """In a fresh interpreter (a frozen object is never collected: not in the test runner):
+    the webhook process's modules are out of the collector's scans, and cycles made before or
+    after are freed."""
+    out = subprocess.run([sys.executable, "-c", FREEZE_SCRIPT], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout)
+    assert result["frozen"] > 20_000  # otelbridge.daemon's modules, classes and schemas
+    assert result["before"] and result["after"]
