@@ -284,7 +284,7 @@ def _backfill(args: argparse.Namespace, settings: Settings) -> int:
 def _serve(settings: Settings, warnings: Sequence[str]) -> int:
     import anyio
 
-    from otelbridge.allocator import freeze_startup_objects
+    from otelbridge.allocator import tune_garbage_collection
     from otelbridge.daemon import serve
     from otelbridge.logs import configure_logging
     from otelbridge.store import StoreError, database_secrets
@@ -298,7 +298,7 @@ def _serve(settings: Settings, warnings: Sequence[str]) -> int:
     _warn(warnings)
     if api_key is None and settings.poll_interval > 0:
         logging.getLogger("otelbridge").info("no OTELBRIDGE_CARTESIA_API_KEY: List Calls polling is off")
-    freeze_startup_objects()
+    tune_garbage_collection()
     try:
         anyio.run(serve, settings, secrets, api_key, database_url, backend_options={"use_uvloop": True})
     except (StartupError, StoreError) as exc:

@@ -43,7 +43,7 @@ from opentelemetry.sdk.resources import Resource
 
 from otelbridge import __version__
 from otelbridge.admin import Readiness, build_admin_app
-from otelbridge.allocator import fix_mmap_threshold, freeze_startup_objects
+from otelbridge.allocator import fix_mmap_threshold, tune_garbage_collection
 from otelbridge.cartesia.client import CartesiaClient
 from otelbridge.coredumps import disable_core_dumps
 from otelbridge.delivery.environment import SIGNALS, OtelEnvironment
@@ -794,7 +794,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     fix_mmap_threshold()
-    freeze_startup_objects()
+    tune_garbage_collection()
     with contextlib.suppress(OSError):
         os.nice(NICENESS)
     with contextlib.suppress(OSError, AttributeError):

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from otelbridge.allocator import fix_mmap_threshold
+from otelbridge.allocator import YOUNG_COLLECTION_ALLOCATIONS, fix_mmap_threshold
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
@@ -36,13 +36,14 @@ def cycle():
 
 before = cycle()  # garbage of the start: collected, not frozen
 import otelbridge.daemon
-from otelbridge.allocator import freeze_startup_objects
+from otelbridge.allocator import tune_garbage_collection
 
-freeze_startup_objects()
+tune_garbage_collection()
 frozen = gc.get_freeze_count()
 after = cycle()  # garbage made later: still collected
 gc.collect()
-print(json.dumps({"frozen": frozen, "before": before() is None, "after": after() is None}))
+young = gc.get_threshold()[0]
+print(json.dumps({"frozen": frozen, "before": before() is None, "after": after() is None, "young": young}))
 """
 
 
@@ -54,3 +55,4 @@ def test_startup_objects_are_frozen_and_later_garbage_is_still_collected() -> No
     result = json.loads(out.stdout)
     assert result["frozen"] > 20_000  # otelbridge.daemon's modules, classes and schemas
     assert result["before"] and result["after"]
+    assert result["young"] == YOUNG_COLLECTION_ALLOCATIONS > 700  # CPython's default
