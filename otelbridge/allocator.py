@@ -1,6 +1,6 @@
 """Memory tuning for the long-running commands: glibc's malloc (``serve``'s pipeline,
-``backfill``), and the startup objects kept out of the garbage collector's way (``serve``'s
-two processes; :func:`tune_garbage_collection`).
+``backfill``), and the garbage collector (``serve``'s two processes and ``backfill``:
+:func:`tune_garbage_collection`).
 
 glibc serves a large allocation with ``mmap`` and gives it back on ``free`` — until a freed
 mmapped chunk raises its *dynamic* mmap threshold to that chunk's size (up to 32 MiB on 64-bit).
@@ -45,8 +45,9 @@ def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
 
 
 #: net allocations between two collections of the youngest generation (CPython's default: 700).
-#: Under a webhook flood, 50,000 measured 1.03x acks/s and 0.97x CPU per turn (docs/benchmarks.md)
-YOUNG_COLLECTION_ALLOCATIONS = 50_000
+#: Measured against 700 (docs/benchmarks.md): under a webhook flood 1.06x acks/s and 0.95x of the
+#: pipeline's CPU per turn; backfill 1.15x calls/s at the same peak RSS (50,000 added 27 MB to it)
+YOUNG_COLLECTION_ALLOCATIONS = 10_000
 
 
 def tune_garbage_collection() -> None:

@@ -255,12 +255,13 @@ def _drain(args: argparse.Namespace, settings: Settings) -> int:
 def _backfill(args: argparse.Namespace, settings: Settings) -> int:
     import anyio
 
-    from otelbridge.allocator import fix_mmap_threshold
+    from otelbridge.allocator import fix_mmap_threshold, tune_garbage_collection
     from otelbridge.backfill import run_backfill
     from otelbridge.logs import configure_logging
     from otelbridge.store import database_secrets
 
     fix_mmap_threshold()
+    tune_garbage_collection()
 
     api_key = settings.cartesia_api_key_value()
     assert api_key is not None
