@@ -344,16 +344,19 @@ def run_echo(port: int, mode: str = "echo") -> None:
 
 def run_ack_only(port: int, state_dir: Path, secret: str) -> None:
     """Diagnostic: the daemon's webhook app and durable inbox (group commit, same SQLite
-    settings) on uvicorn with the daemon's options, but no processor, sender or telemetry:
-    what the ack path costs when nothing else competes for the GIL."""
+    settings) on uvicorn with the daemon's options and garbage-collector tuning, but no
+    processor, sender or telemetry: what the ack path costs when nothing else competes for the
+    GIL."""
     import anyio
     import uvicorn
 
+    from otelbridge.allocator import tune_garbage_collection
     from otelbridge.ingest.inbox import GroupCommitInbox
     from otelbridge.ingest.receiver import build_webhook_app
     from otelbridge.store import open_inbox
 
     inbox = GroupCommitInbox(open_inbox(state_dir))
+    tune_garbage_collection()  # as `otelbridge serve` does once started
 
     async def serve() -> None:
         app = build_webhook_app(inbox=inbox, secrets=[secret.encode()], max_body_bytes=8 * 1024 * 1024)
