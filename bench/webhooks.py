@@ -13,8 +13,9 @@ Three processes besides this one, all on this machine (on 2 cores they share the
 * the daemon: ``python -m otelbridge serve`` with a fresh state directory, a webhook secret,
   ``OTELBRIDGE_LOG_LEVEL=warning``, exporting to the receiver over OTLP/HTTP;
 * a diagnostic (``--skip-ack-only`` skips it): the daemon's own webhook app and durable inbox
-  (group commit, same SQLite settings) on the same uvicorn options, with no processor,
-  sender or telemetry: what the request path costs when nothing else wants the GIL.
+  (group commit, same SQLite settings) on the same uvicorn options and garbage-collector
+  tuning, with no processor, sender or telemetry: what the request path costs when nothing else
+  wants the GIL.
 
 Throughput: ``wrk`` (Debian's) runs the same generated Lua script with the same
 threads/connections/duration against the echo, the ack-only diagnostic, then the daemon. Every request is a
