@@ -24,6 +24,10 @@ from otelbridge.store import FreeSpace, InboxStore, NewRow, StoreWriteError
 log = logging.getLogger("otelbridge.inbox")
 
 MAX_BATCH = 1024
+#: processed rows deleted with one group commit at most: the commit's webhooks wait for the
+#: delete (with ``secure_delete``, 3,000 rows made a commit 13.5 ms instead of 1.1 ms), and the
+#: next commits delete the rest
+TRIM_ROWS_PER_COMMIT = 256
 
 #: why a batch was not stored: the detail for the log, and the reason the caller may be told
 Refusal = tuple[str, str | None]
@@ -114,10 +118,8 @@ class GroupCommitInbox:
             error = self._refuse_for_space(sum(len(row[3]) for row in rows))
             trim = self._trim_to if self._trim_to > self._trimmed else None
             try:
-                if error is None:
-                    self._write(rows, trim)
-                    if trim is not None:
-                        self._trimmed = trim
+                if error is None and self._write(rows, trim) and trim is not None:
+                    self._trimmed = trim  # else the next commits delete the rest
             except StoreWriteError as exc:
                 detail = str(exc)
                 error = (detail, FULL_PUBLIC if exc.full else None)
@@ -139,8 +141,8 @@ class GroupCommitInbox:
             self.appended += len(batch)
             self._on_commit()
 
-    def _write(self, rows: list[NewRow], trim_through: int | None = None) -> None:
-        self._store.append(rows, trim_through=trim_through)
+    def _write(self, rows: list[NewRow], trim_through: int | None = None) -> bool:
+        return self._store.append(rows, trim_through=trim_through, trim_rows=TRIM_ROWS_PER_COMMIT)
 
     def _refuse_for_space(self, writing: int) -> Refusal | None:
         """A refusal when writing ``writing`` bytes would go below the free-space floor; logs

@@ -332,9 +332,12 @@ class StateStore(Protocol):
 
 
 class InboxStore(Protocol):
-    def append(self, rows: Sequence[NewRow], *, trim_through: int | None = None) -> None:
-        """Append rows in one commit (and delete the processed rows up to ``trim_through`` in
-        it, where the engine trims that way); StoreWriteError when it cannot be committed."""
+    def append(
+        self, rows: Sequence[NewRow], *, trim_through: int | None = None, trim_rows: int | None = None
+    ) -> bool:
+        """Append rows in one commit, and delete in it the processed rows up to ``trim_through``
+        (where the engine trims that way), at most ``trim_rows`` of them; True when none up to
+        ``trim_through`` is left. StoreWriteError when it cannot be committed."""
         ...
 
     def claim(self, tx: StateTx, limit: int, max_bytes: int) -> Claim:

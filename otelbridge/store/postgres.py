@@ -707,20 +707,23 @@ class PostgresInboxStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def append(self, rows: Sequence[NewRow], *, trim_through: int | None = None) -> None:
+    def append(
+        self, rows: Sequence[NewRow], *, trim_through: int | None = None, trim_rows: int | None = None
+    ) -> bool:
         """One multi-row INSERT; a body already waiting is skipped. The processed rows are gone
-        already (claiming deletes them): ``trim_through`` is unused."""
+        already (claiming deletes them): ``trim_through`` and ``trim_rows`` are unused."""
         if not rows:
-            return
+            return True
         chunks = [rows[start : start + 1000] for start in range(0, len(rows), 1000)]
         with _writes("the database cannot be written"):
             if len(chunks) == 1:  # one statement in autocommit: atomic, one round trip
                 with self.db.connection() as conn:
                     _insert_inbox(conn, chunks[0])
-                return
+                return True
             with self.db.transaction() as conn:
                 for chunk in chunks:
                     _insert_inbox(conn, chunk)
+        return True
 
     def claim(self, tx: StateTx, limit: int, max_bytes: int) -> Claim:
         assert isinstance(tx, PostgresStateTx), (

@@ -811,6 +811,8 @@ def read_inbox_watermark(state_dir: Path) -> int | None:
 # --- inbox.db ----------------------------------------------------------------------------------
 _INSERT: Final = "INSERT INTO inbox (received_ns, event_type, call_id, body) VALUES (?, ?, ?, ?)"
 _DELETE_THROUGH: Final = "DELETE FROM inbox WHERE id <= ?"
+#: ... at most so many rows from the first: the ids left are one run (see ``depth``)
+_TRIM_THROUGH: Final = "DELETE FROM inbox WHERE id <= ? AND id < (SELECT MIN(id) FROM inbox) + ?"
 
 
 class SqliteInboxStore:
@@ -820,22 +822,31 @@ class SqliteInboxStore:
         self.db = db
         self.path = db.path
 
-    def append(self, rows: Sequence[NewRow], *, trim_through: int | None = None) -> None:
+    def append(
+        self, rows: Sequence[NewRow], *, trim_through: int | None = None, trim_rows: int | None = None
+    ) -> bool:
         """One multi-row INSERT: in autocommit it is its own transaction, and the thread gives
         up and takes back the GIL once, not once a row (executemany) plus BEGIN/COMMIT. At most
-        1024 x 4 parameters, far below SQLite's 32,766; longer lists go in one transaction."""
+        1024 x 4 parameters, far below SQLite's 32,766; longer lists go in one transaction.
+        ``trim_rows`` bounds the delete: with ``secure_delete`` each row is overwritten, and a
+        second's processed rows (~4,500 under a flood) made one commit 20 ms longer."""
         if not rows:
-            return
+            return True
+        trimmed = True
         with _writes("the state store cannot be written"):
             if trim_through is None and len(rows) <= 1024:
                 self.db.execute_atomic(_INSERT + ", (?, ?, ?, ?)" * (len(rows) - 1), _flat(rows))
-                return
+                return True
             with self.db.transaction() as conn:
-                if trim_through is not None:
+                if trim_through is not None and trim_rows is not None:
+                    deleted = conn.execute(_TRIM_THROUGH, (trim_through, trim_rows)).rowcount
+                    trimmed = deleted < trim_rows
+                elif trim_through is not None:
                     conn.execute(_DELETE_THROUGH, (trim_through,))
                 for start in range(0, len(rows), 1024):
                     chunk = rows[start : start + 1024]
                     conn.execute(_INSERT + ", (?, ?, ?, ?)" * (len(chunk) - 1), _flat(chunk))
+        return trimmed
 
     def claim(self, tx: StateTx, limit: int, max_bytes: int) -> Claim:
         """The rows after ``inbox_watermark`` in state.db, which moves past them in ``tx``.
