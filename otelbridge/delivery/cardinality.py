@@ -136,13 +136,14 @@ def forget_series(
             continue
         with view_match._lock:
             series = view_match._attributes_aggregation
-            for key in [k for k, agg in series.items() if _includes(agg._attributes, match)]:
+            for key in [k for k, agg in series.items() if includes(agg._attributes, match)]:
                 attributes = series.pop(key)._attributes
                 dropped.add((name, frozenset((attributes or {}).items())))
     return len(dropped)
 
 
-def _includes(attributes: Mapping[str, Any] | None, match: Mapping[str, Any]) -> bool:
+def includes(attributes: Mapping[str, Any] | None, match: Mapping[str, Any]) -> bool:
+    """Does a series with ``attributes`` carry every label of ``match``?"""
     if not attributes:
         return False
     return all(attributes.get(k) == v for k, v in match.items())

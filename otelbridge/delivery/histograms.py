@@ -32,6 +32,7 @@ from typing import Any, Final
 from opentelemetry.sdk.metrics import Exemplar
 from opentelemetry.sdk.metrics.export import AggregationTemporality, Histogram, HistogramDataPoint, Metric
 
+from otelbridge.delivery.cardinality import includes
 from otelbridge.mapping.records import MetricPoint
 
 log = logging.getLogger("otelbridge.metrics")
@@ -148,7 +149,7 @@ class HistogramStore:
                 if instrument is not None and not instrument(histogram.name):
                     continue
                 series = histogram.series
-                for key in [k for k, s in series.items() if _includes(s.attributes, match)]:
+                for key in [k for k, s in series.items() if includes(s.attributes, match)]:
                     del series[key]
                     dropped += 1
         return dropped
@@ -182,10 +183,6 @@ class HistogramStore:
                 if points:
                     metrics.append(_metric(instrument, points, cumulative))
         return metrics
-
-
-def _includes(attributes: Mapping[str, Any], match: Mapping[str, Any]) -> bool:
-    return all(attributes.get(k) == v for k, v in match.items())
 
 
 def _metric(
