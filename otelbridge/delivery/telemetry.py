@@ -203,10 +203,15 @@ def cardinality_limits(limits: SeriesLimits) -> dict[type, int]:
     return dict.fromkeys(kinds, limit)
 
 
+def aggregation_temporality(temporality: Temporality) -> AggregationTemporality:
+    """The SDK's value of ``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`` as read."""
+    return AggregationTemporality.DELTA if temporality == "delta" else AggregationTemporality.CUMULATIVE
+
+
 def otlp_reader(temporality: Temporality, limits: SeriesLimits | None = None) -> InMemoryMetricReader:
     """The reader whose collections go over OTLP, with the temporality asked for (sums and
     histograms; up-down counters and gauges are cumulative whatever is asked, as the SDK does)."""
-    chosen = AggregationTemporality.DELTA if temporality == "delta" else AggregationTemporality.CUMULATIVE
+    chosen = aggregation_temporality(temporality)
     instruments: Sequence[type] = (Counter, Histogram, ObservableCounter)
     preferred = dict.fromkeys(instruments, chosen)
     preferred |= {
@@ -243,8 +248,8 @@ def collect_request(
 ) -> tuple[bytes, int] | None:
     """(encoded ExportMetricsServiceRequest, data points) of a collection of ``reader`` and of
     ``recorder``'s histograms, or None when there is nothing."""
-    chosen = AggregationTemporality.DELTA if temporality == "delta" else AggregationTemporality.CUMULATIVE
-    data = with_metrics(reader.get_metrics_data(), recorder.histograms.collect(chosen), resource)
+    histograms = recorder.histograms.collect(aggregation_temporality(temporality))
+    data = with_metrics(reader.get_metrics_data(), histograms, resource)
     if data is None:
         return None
     items = count_points(data)
