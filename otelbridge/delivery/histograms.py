@@ -112,7 +112,7 @@ class HistogramStore:
             index = bisect_left(instrument.boundaries, value)
             counts = series.counts
             if counts is None:
-                counts = series.counts = [0] * (len(instrument.boundaries) + 1)
+                counts = series.counts = _zeros(instrument.boundaries)
             counts[index] += 1
             series.total += value
             series.low = min(series.low, value)
@@ -185,6 +185,14 @@ class HistogramStore:
         return metrics
 
 
+def _zeros(boundaries: tuple[float, ...]) -> list[int]:
+    return [0] * (len(boundaries) + 1)
+
+
+def _plus(counts: list[int], base: list[int]) -> list[int]:
+    return [a + b for a, b in zip(counts, base, strict=True)]
+
+
 def _metric(
     instrument: _Instrument, points: list[HistogramDataPoint], temporality: AggregationTemporality
 ) -> Metric:
@@ -234,22 +242,22 @@ def _collect(
     if counts is not None:
         # the SDK adds the interval to the previous values, in this order: the same float sums
         base = series.base_counts
-        series.base_counts = counts if base is None else [a + b for a, b in zip(counts, base, strict=True)]
+        series.base_counts = counts if base is None else _plus(counts, base)
         series.base_total = total + series.base_total
         series.base_low, series.base_high = min(low, series.base_low), max(high, series.base_high)
     if temporality is AggregationTemporality.DELTA:
         if counts is None:
             return None
         return _point(series, boundaries, since, now, (counts, total, low, high), exemplars)
-    base_counts = series.base_counts or [0] * (len(boundaries) + 1)
+    base_counts = series.base_counts or _zeros(boundaries)
     cumulative = (base_counts, series.base_total, series.base_low, series.base_high)
     return _point(series, boundaries, series.start_ns, now, cumulative, exemplars)
 
 
 def _total(series: _Series, boundaries: tuple[float, ...], now: int) -> HistogramDataPoint:
     """The series' cumulative point as of now, base and interval together, without exemplars."""
-    base = series.base_counts or [0] * (len(boundaries) + 1)
-    counts = base if series.counts is None else [a + b for a, b in zip(series.counts, base, strict=True)]
+    base = series.base_counts or _zeros(boundaries)
+    counts = base if series.counts is None else _plus(series.counts, base)
     low, high = min(series.low, series.base_low), max(series.high, series.base_high)
     return _point(
         series, boundaries, series.start_ns, now, (counts, series.total + series.base_total, low, high), []
