@@ -332,12 +332,11 @@ class StateStore(Protocol):
 
 
 class InboxStore(Protocol):
-    def append(
-        self, rows: Sequence[NewRow], *, trim_through: int | None = None, trim_rows: int | None = None
-    ) -> bool:
+    def append(self, rows: Sequence[NewRow], *, trim_through: int | None = None) -> bool:
         """Append rows in one commit, and delete in it the processed rows up to ``trim_through``
-        (where the engine trims that way), at most ``trim_rows`` of them; True when none up to
-        ``trim_through`` is left. StoreWriteError when it cannot be committed."""
+        (where the engine trims that way; it may leave some for the next commits, to keep each
+        one short); True when none up to ``trim_through`` is left. StoreWriteError when it
+        cannot be committed."""
         ...
 
     def claim(self, tx: StateTx, limit: int, max_bytes: int) -> Claim:

@@ -707,11 +707,9 @@ class PostgresInboxStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def append(
-        self, rows: Sequence[NewRow], *, trim_through: int | None = None, trim_rows: int | None = None
-    ) -> bool:
+    def append(self, rows: Sequence[NewRow], *, trim_through: int | None = None) -> bool:
         """One multi-row INSERT; a body already waiting is skipped. The processed rows are gone
-        already (claiming deletes them): ``trim_through`` and ``trim_rows`` are unused."""
+        already (claiming deletes them): ``trim_through`` is unused."""
         if not rows:
             return True
         chunks = [rows[start : start + 1000] for start in range(0, len(rows), 1000)]

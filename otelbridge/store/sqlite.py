@@ -813,6 +813,10 @@ _INSERT: Final = "INSERT INTO inbox (received_ns, event_type, call_id, body) VAL
 _DELETE_THROUGH: Final = "DELETE FROM inbox WHERE id <= ?"
 #: ... at most so many rows from the first: the ids left are one run (see ``depth``)
 _TRIM_THROUGH: Final = "DELETE FROM inbox WHERE id <= ? AND id < (SELECT MIN(id) FROM inbox) + ?"
+#: processed rows a webhook commit deletes at most (``append``), the next ones the rest: its
+#: webhooks wait for the delete, and with ``secure_delete`` each row is overwritten (a commit of
+#: 20 rows that also deleted 3,000 took 13.5 ms instead of 1.1 ms; 10,000, 33.6 ms)
+TRIM_ROWS_PER_COMMIT = 256
 
 
 class SqliteInboxStore:
@@ -822,14 +826,11 @@ class SqliteInboxStore:
         self.db = db
         self.path = db.path
 
-    def append(
-        self, rows: Sequence[NewRow], *, trim_through: int | None = None, trim_rows: int | None = None
-    ) -> bool:
+    def append(self, rows: Sequence[NewRow], *, trim_through: int | None = None) -> bool:
         """One multi-row INSERT: in autocommit it is its own transaction, and the thread gives
         up and takes back the GIL once, not once a row (executemany) plus BEGIN/COMMIT. At most
         1024 x 4 parameters, far below SQLite's 32,766; longer lists go in one transaction.
-        ``trim_rows`` bounds the delete: with ``secure_delete`` each row is overwritten, and a
-        second's processed rows (~4,500 under a flood) made one commit 20 ms longer."""
+        ``trim_through``: at most :data:`TRIM_ROWS_PER_COMMIT` processed rows are deleted."""
         if not rows:
             return True
         trimmed = True
@@ -838,11 +839,9 @@ class SqliteInboxStore:
                 self.db.execute_atomic(_INSERT + ", (?, ?, ?, ?)" * (len(rows) - 1), _flat(rows))
                 return True
             with self.db.transaction() as conn:
-                if trim_through is not None and trim_rows is not None:
-                    deleted = conn.execute(_TRIM_THROUGH, (trim_through, trim_rows)).rowcount
-                    trimmed = deleted < trim_rows
-                elif trim_through is not None:
-                    conn.execute(_DELETE_THROUGH, (trim_through,))
+                if trim_through is not None:
+                    deleted = conn.execute(_TRIM_THROUGH, (trim_through, TRIM_ROWS_PER_COMMIT)).rowcount
+                    trimmed = deleted < TRIM_ROWS_PER_COMMIT
                 for start in range(0, len(rows), 1024):
                     chunk = rows[start : start + 1024]
                     conn.execute(_INSERT + ", (?, ?, ?, ?)" * (len(chunk) - 1), _flat(chunk))

@@ -12,10 +12,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from otelbridge.ingest import inbox as inbox_module
 from otelbridge.ingest.inbox import FULL_PUBLIC, LOW_SPACE_PUBLIC, GroupCommitInbox
 from otelbridge.ingest.receiver import StoreUnavailable
 from otelbridge.store import FreeSpace, InboxStore, free_bytes, inbox_path, open_inbox
+from otelbridge.store import sqlite as sqlite_store
 from tests.support.tmpfs import fill, tmpfs
 
 MiB = 1024 * 1024
@@ -158,22 +158,25 @@ def test_trim_through_deletes_processed_rows_in_the_next_commit(tmp_path: Path) 
     anyio.run(main)
 
 
-def test_a_commit_trims_at_most_so_many_rows_and_the_next_ones_the_rest(tmp_path: Path) -> None:
-    """The store deletes at most ``trim_rows`` processed rows with a commit and says whether
-    any is left; never one past ``trim_through``, whatever the first id left is."""
+def test_a_commit_trims_at_most_so_many_rows_and_the_next_ones_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store deletes at most ``TRIM_ROWS_PER_COMMIT`` processed rows with a commit and says
+    whether any is left; never one past ``trim_through``, whatever the first id left is."""
+    monkeypatch.setattr(sqlite_store, "TRIM_ROWS_PER_COMMIT", 2)
     store = open_inbox(tmp_path)
     store.append([(0, "call_turn", "c", f"{i}".encode()) for i in range(7)])
     ids = [r.id for r in store.read_after(0, 100, READ_BYTES)]
     store.delete_through(ids[1])  # the first id left is not 1
-    answers = [store.append([(0, "t", "c", b"new")], trim_through=ids[5], trim_rows=2) for _ in range(3)]
+    answers = [store.append([(0, "t", "c", b"new")], trim_through=ids[5]) for _ in range(3)]
     assert answers == [False, False, True]
     assert [bytes(r.body) for r in store.read_after(0, 100, READ_BYTES)] == [b"6", b"new", b"new", b"new"]
-    assert store.append([(0, "t", "c", b"new")], trim_through=ids[5], trim_rows=2) is True  # nothing left
+    assert store.append([(0, "t", "c", b"new")], trim_through=ids[5]) is True  # nothing left
     store.close()
 
 
 def test_the_group_commit_trims_over_several_commits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(inbox_module, "TRIM_ROWS_PER_COMMIT", 2)
+    monkeypatch.setattr(sqlite_store, "TRIM_ROWS_PER_COMMIT", 2)
 
     async def main() -> None:
         async with _running(open_inbox(tmp_path)) as inbox:
