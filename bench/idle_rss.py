@@ -1,11 +1,24 @@
 """Benchmark: the resident memory of an idle ``otelbridge serve`` (webhook process + pipeline).
 
-    python bench/idle_rss.py [--baseline REV] [--repeats 3] [--image-venv DIR] [--settle 5] [--json]
+    python bench/idle_rss.py [--baseline REV] [--repeats 3] [--image-venv DIR] [--settle 5] [--floor]
+                             [--json]
 
 A real ``serve`` on loopback ports, with a fresh state directory and an OTLP endpoint nobody
 listens on, is started; once its admin port answers ``/healthz`` it is left alone ``--settle``
 seconds, then ``VmRSS`` (and its anonymous and file-backed parts) of the webhook process and of
 its pipeline child are read from ``/proc``, and it is stopped with SIGTERM.
+
+Also read: each process's ``Pss`` (``/proc/<pid>/smaps_rollup``), its share of the pages it
+maps, a page shared by N processes counting 1/N in each. The two processes map the same
+interpreter and libraries, so the sum of their RSS counts those pages twice; the sum of their
+PSS counts them once, as the pod's memory cgroup charges them.
+
+``--floor`` also measures, in fresh interpreters of the same Python, what any process of this
+design holds before a line of otelbridge runs: the interpreter alone, then with ``asyncio``
+(anyio's backend; it imports ssl and libcrypto), then with pydantic and one model defined (the
+first model imports pydantic's schema machinery). Both processes need all three: the webhook
+process validates webhooks and settings with pydantic, the pipeline validates the List Calls
+answers; both run on anyio.
 
 ``--image-venv DIR`` runs it with the Python of a virtualenv holding only what the image installs
 (``requirements/image.txt``, made there if DIR does not exist): the development environment has
@@ -38,12 +51,61 @@ from common import ROOT, clean_env, code_roots, log, pipeline_pid, status_kb, wa
 sys.path.insert(0, str(ROOT))
 from tests.support.serve_process import free_port
 
-FIELDS = ("VmRSS", "RssAnon", "RssFile")
+FIELDS = ("VmRSS", "RssAnon", "RssFile", "Pss")
+
+#: run by ``python -c`` for --floor: imports what argv[1] names, prints VmRSS and Pss in KiB
+_FLOOR_PROBE = """
+import sys
+if sys.argv[1] in ("asyncio", "pydantic"):
+    import asyncio
+if sys.argv[1] == "pydantic":
+    import pydantic
+    class Model(pydantic.BaseModel):
+        field: int
+def kib(path, name):
+    for line in open(path):
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+print(kib("/proc/self/status", "VmRSS"), kib("/proc/self/smaps_rollup", "Pss"))
+"""
+FLOOR_STEPS = {
+    "interpreter": "python alone",
+    "asyncio": "+ asyncio (with ssl)",
+    "pydantic": "+ pydantic, one model",
+}
+
+
+def pss_kb(pid: int) -> dict[str, int]:
+    """``Pss`` of a running process in KiB (``/proc/<pid>/smaps_rollup``); empty once gone."""
+    try:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    except OSError:
+        return {}
+    found = [int(line.split()[1]) for line in lines if line.startswith("Pss:")]
+    return {"Pss": found[0]} if found else {}
 
 
 def memory(pid: int) -> dict[str, float]:
     """``FIELDS`` of ``pid`` in MiB."""
-    return {name: kib / 1024 for name, kib in status_kb(pid, FIELDS).items()}
+    kib = status_kb(pid, FIELDS) | pss_kb(pid)
+    return {name: kib[name] / 1024 for name in FIELDS if name in kib}
+
+
+def floor(python: str, repeats: int) -> dict[str, dict[str, float]]:
+    """Median VmRSS and Pss in MiB of a fresh ``python`` at each of :data:`FLOOR_STEPS`."""
+    found: dict[str, dict[str, float]] = {}
+    for step in FLOOR_STEPS:
+        runs = []
+        for _ in range(repeats):
+            out = subprocess.run([python, "-c", _FLOOR_PROBE, step], env=clean_env(),
+                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
+            rss, pss = (int(v) / 1024 for v in out.split())
+            runs.append((rss, pss))
+        found[step] = {
+            "VmRSS": statistics.median(r for r, _ in runs),
+            "Pss": statistics.median(p for _, p in runs),
+        }
+    return found
 
 
 def healthy(url: str) -> bool:
@@ -80,7 +142,12 @@ def measure(python: str, code_root: Path, settle: float) -> dict[str, Any]:
         finally:
             proc.send_signal(signal.SIGTERM)
             wait_or_kill(proc, 30)
-    return {"webhook": webhook, "pipeline": child, "total": webhook["VmRSS"] + child["VmRSS"]}
+    return {
+        "webhook": webhook,
+        "pipeline": child,
+        "total": webhook["VmRSS"] + child["VmRSS"],
+        "pss_total": webhook["Pss"] + child["Pss"],
+    }
 
 
 def image_python(venv: Path) -> str:
@@ -102,6 +169,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--image-venv", type=Path, help="run with a venv of requirements/image.txt")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds idle before reading")
+    parser.add_argument("--floor", action="store_true", help="also measure what any process holds")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     python = image_python(args.image_venv) if args.image_venv else sys.executable
@@ -122,7 +190,13 @@ def main() -> None:
         report["results"][name] = {
             process: {f: statistics.median(r[process][f] for r in results) for f in FIELDS}
             for process in ("webhook", "pipeline")
-        } | {"total": statistics.median(r["total"] for r in results), "runs": results}
+        } | {
+            "total": statistics.median(r["total"] for r in results),
+            "pss_total": statistics.median(r["pss_total"] for r in results),
+            "runs": results,
+        }
+    if args.floor:
+        report["floor"] = floor(python, args.repeats)
     if args.baseline:
         report["ratio"] = report["results"]["current"]["total"] / report["results"]["baseline"]["total"]
     if args.json:
@@ -132,12 +206,19 @@ def main() -> None:
     for name, result in report["results"].items():
         parts = "; ".join(
             f"{process} {result[process]['VmRSS']:.1f} (anon {result[process]['RssAnon']:.1f}, "
-            f"file {result[process]['RssFile']:.1f})"
+            f"file {result[process]['RssFile']:.1f}, PSS {result[process]['Pss']:.1f})"
             for process in ("webhook", "pipeline")
         )
-        print(f"  {name:<9} total {result['total']:.1f}: {parts}")
+        print(f"  {name:<9} total {result['total']:.1f} (PSS {result['pss_total']:.1f}): {parts}")
     if "ratio" in report:
         print(f"  current is {report['ratio']:.2f}x the baseline (goal: a total <= 80 MB)")
+    if "floor" in report:
+        print("  floor of any one process, RSS (PSS):")
+        for step, label in FLOOR_STEPS.items():
+            found = report["floor"][step]
+            print(f"    {label:<24} {found['VmRSS']:5.1f} ({found['Pss']:.1f})")
+        last = report["floor"]["pydantic"]
+        print(f"    two processes            {2 * last['VmRSS']:5.1f} ({2 * last['Pss']:.1f})")
 
 
 if __name__ == "__main__":
