@@ -83,6 +83,7 @@ def drain(state_dir: Path, url: str) -> dict[str, Any]:
     """Run the Sender of the code on ``sys.path`` until the traces spool is empty."""
     import anyio
     from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
     from otelbridge.delivery.meter import MetricRecorder
     from otelbridge.delivery.sender import Sender
@@ -95,7 +96,9 @@ def drain(state_dir: Path, url: str) -> dict[str, Any]:
     engine = open_engine(state_dir, None, role="pipeline")
     state, reader, acks = engine.state(), engine.state_reader(), engine.acks()
     transport = make_transport({"traces": "otlp", "metrics": "otlp"})
-    provider = MeterProvider()
+    # two readers, as the pipeline's meter has (OTLP and Prometheus): a self-metric recorded
+    # per acknowledgement costs what it costs in a daemon
+    provider = MeterProvider(metric_readers=[InMemoryMetricReader(), InMemoryMetricReader()])
     # a baseline from before issue 20 builds its own recorder (two arguments)
     extra = (MetricRecorder(provider),) if "recorder" in inspect.signature(SelfMetrics).parameters else ()
     metrics = SelfMetrics(provider, Gauges(), *extra)

@@ -62,6 +62,7 @@ def _sender(
     merge: int = 0,
     acks: AckLog | None = None,
     sweep_max_bytes: int = SWEEP_BYTES,
+    clock: Callable[[], int] = time.time_ns,
 ) -> Sender:
     """A sender that sends each spooled request alone unless ``merge`` bytes are allowed."""
     provider = MeterProvider(metric_readers=[reader])
@@ -75,6 +76,7 @@ def _sender(
         merge_max_bytes={"traces": merge, "metrics": 0},
         acks=acks,
         sweep_max_bytes=sweep_max_bytes,
+        clock=clock,
     )
 
 
@@ -427,6 +429,46 @@ def test_every_known_counter_series_is_exported_from_start_at_zero() -> None:
         (("type", t),)
         for t in ("call_started", "call_turn", "call_completed", "call_failed", "post_call_analysis")
     }
+
+
+def _lags(reader: InMemoryMetricReader) -> tuple[int, float]:
+    """(count, sum) of the export lag histogram."""
+    data = reader.get_metrics_data()
+    for rm in data.resource_metrics if data is not None else []:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == "otelbridge.export.lag":
+                    (point,) = metric.data.data_points
+                    return point.count, point.sum  # type: ignore[union-attr]
+    return 0, 0.0
+
+
+def test_the_lag_of_every_acknowledged_call_is_recorded(tmp_path: Path) -> None:
+    """Each call end of an acknowledged export is a lag point (from the call's end to the
+    acknowledgement), recorded before the next exports go out, and the last ones before the
+    sender goes idle."""
+    second = 1_000_000_000
+    now = 100 * second
+    state = open_state(tmp_path)
+    with state.transaction() as tx:  # three exports ending calls 1 s, 2 s, ... 6 s before now
+        for ends in ([now - 1 * second, now - 2 * second], [now - 3 * second], [now - 6 * second] * 3):
+            tx.spool_add("traces", b"x", 1, 0, call_ends=ends)
+    reader = InMemoryMetricReader()
+    seen_at_send: list[int] = []
+
+    def judge(body: bytes) -> SendResult | None:
+        seen_at_send.append(_lags(reader)[0])
+        return None
+
+    transport = ScriptedTransport(judge=judge)
+    sender = _sender(state, transport, reader, clock=lambda: now)
+    # all six while the sender still runs, idle: not left for a stop to record
+    _run_until(sender, lambda: sender.idle() and _lags(reader)[0] == 6)
+    assert len(transport.sent) == 3
+    assert _lags(reader) == (6, 1 + 2 + 3 + 6 * 3)
+    assert seen_at_send[0] == 0
+    assert seen_at_send[2] >= 2  # the first export's, by the time the third goes out
+    state.close()
 
 
 def test_acknowledged_rows_are_deleted_in_batches_and_never_sent_twice(tmp_path: Path) -> None:
