@@ -13,9 +13,10 @@ Three processes besides this one, all on this machine (on 2 cores they share the
 * the daemon: ``python -m otelbridge serve`` with a fresh state directory, a webhook secret,
   ``OTELBRIDGE_LOG_LEVEL=warning``, exporting to the receiver over OTLP/HTTP;
 * a diagnostic (``--skip-ack-only`` skips it): the daemon's own webhook app and durable inbox
-  (group commit, same SQLite settings) on the same uvicorn options and garbage-collector
-  tuning, with no processor, sender or telemetry: what the request path costs when nothing else
-  wants the GIL.
+  (group commit, same SQLite settings) on the daemon's own server (uvicorn with the
+  abusive-client limits at their defaults; ``--ack-only-server plain``: without them) and
+  garbage-collector tuning, with no processor, sender or telemetry: what the request path costs
+  when nothing else wants the GIL.
 
 Throughput: ``wrk`` (Debian's) runs the same generated Lua script with the same
 threads/connections/duration against the echo, the ack-only diagnostic, then the daemon. Every request is a
@@ -343,38 +344,45 @@ def run_echo(port: int, mode: str = "echo") -> None:
     )
 
 
-def run_ack_only(port: int, state_dir: Path, secret: str) -> None:
+def run_ack_only(port: int, state_dir: Path, secret: str, server: str) -> None:
     """Diagnostic: the daemon's webhook app and durable inbox (group commit, same SQLite
-    settings) on uvicorn with the daemon's options and garbage-collector tuning, but no
-    processor, sender or telemetry: what the ack path costs when nothing else competes for the
-    GIL."""
+    settings) with the daemon's garbage-collector tuning, but no processor, sender or telemetry:
+    what the ack path costs when nothing else competes for the GIL. ``server``: ``daemon``, the
+    daemon's own uvicorn server with the abusive-client limits at their defaults
+    (``otelbridge.web.quiet_server``); ``plain``, uvicorn+httptools without them (what this
+    diagnostic ran before 2026-12-06)."""
     import anyio
     import uvicorn
 
     from otelbridge.allocator import tune_garbage_collection
+    from otelbridge.httplimits import HttpLimits
     from otelbridge.ingest.inbox import GroupCommitInbox
     from otelbridge.ingest.receiver import build_webhook_app
     from otelbridge.store import open_inbox
+    from otelbridge.web import bind, quiet_server
 
     inbox = GroupCommitInbox(open_inbox(state_dir))
     tune_garbage_collection()  # as `otelbridge serve` does once started
 
     async def serve() -> None:
         app = build_webhook_app(inbox=inbox, secrets=[secret.encode()], max_body_bytes=8 * 1024 * 1024)
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            lifespan="off",
-            access_log=False,
-            server_header=False,
-            log_config=None,
-            http="httptools",
-        )
         async with anyio.create_task_group() as tg:
             tg.start_soon(inbox.run)
             tg.start_soon(report)
-            await uvicorn.Server(config).serve()  # re-raises SIGTERM when it stops: no "after"
+            if server == "daemon":
+                await quiet_server(app, HttpLimits()).serve(sockets=[bind("127.0.0.1", port, "--port")])
+            else:
+                config = uvicorn.Config(
+                    app,
+                    host="127.0.0.1",
+                    port=port,
+                    lifespan="off",
+                    access_log=False,
+                    server_header=False,
+                    log_config=None,
+                    http="httptools",
+                )
+                await uvicorn.Server(config).serve()  # re-raises SIGTERM when it stops: no "after"
             inbox.close()
             tg.cancel_scope.cancel()
 
@@ -499,10 +507,13 @@ def echo_server(mode: str = "echo") -> Iterator[tuple[str, subprocess.Popen[byte
 
 
 @contextlib.contextmanager
-def ack_only_server(secret: str, state_parent: Path | None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def ack_only_server(
+    secret: str, state_parent: Path | None, server: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="otelbridge-bench-ack-", dir=state_parent) as state:
-        command = [sys.executable, __file__, "--internal", "ack-only", "--port", str(port), "--state", state]
+        command = [sys.executable, __file__, "--internal", "ack-only", "--port", str(port), "--state", state,
+                   "--ack-only-server", server]  # fmt: skip
         proc = subprocess.Popen(command, env=clean_env(BENCH_WEBHOOK_SECRET=secret))
         try:
             url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
@@ -1134,7 +1145,7 @@ def run(args: argparse.Namespace, codes: dict[str, Path]) -> Report:
                 echo = wrk_round("echo" + tag, url, script, {"server": proc.pid}, args, report)
             ack_only = None
             if not args.skip_ack_only:
-                with ack_only_server(secret, args.state_parent) as (url, proc):
+                with ack_only_server(secret, args.state_parent, args.ack_only_server) as (url, proc):
                     ack_only = wrk_round("ack-only" + tag, url, script, {"server": proc.pid}, args, report)
             rounds.append(Round(echo, ack_only))
             if args.only == "ack-only":
@@ -1365,6 +1376,13 @@ def main(argv: list[str] | None = None) -> int:
         help="ack-only: run only the echo and the ack-only diagnostic (quick, for the request path)",
     )
     parser.add_argument(
+        "--ack-only-server",
+        choices=("daemon", "plain"),
+        default="daemon",
+        help="the diagnostic's server: daemon = the daemon's, with the abusive-client limits "
+        "(default); plain = uvicorn+httptools without them",
+    )
+    parser.add_argument(
         "--echo-mode",
         choices=("raw", "echo", "parse"),
         default="raw",
@@ -1384,7 +1402,7 @@ def main(argv: list[str] | None = None) -> int:
         run_echo(args.port, args.echo_mode)
         return 0
     if args.internal == "ack-only":
-        run_ack_only(args.port, args.state, os.environ["BENCH_WEBHOOK_SECRET"])
+        run_ack_only(args.port, args.state, os.environ["BENCH_WEBHOOK_SECRET"], args.ack_only_server)
         return 0
     if args.internal == "receiver":
         run_receiver(sys.stdin, sys.stdout)
