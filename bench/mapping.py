@@ -38,12 +38,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from otelbridge.cartesia.models import AgentCall, parse_call
-from otelbridge.delivery.otlp import encode_traces
-from otelbridge.mapping import MappingOptions, map_call
-from tests.support.sdk_reference import build_resource, encode_trace_request, to_readable_spans
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the checkout's otelbridge and tests.support, from any directory
 
-SAMPLES = Path(__file__).resolve().parents[1] / "examples"
+from otelbridge.cartesia.models import AgentCall, parse_call  # noqa: E402
+from otelbridge.delivery.otlp import encode_traces  # noqa: E402
+from otelbridge.mapping import MappingOptions, map_call  # noqa: E402
+from tests.support.sdk_reference import build_resource, encode_trace_request, to_readable_spans  # noqa: E402
+
+SAMPLES = ROOT / "examples"
 TURNS = 40
 CHUNKS_PER_TURN = 8
 TOOL_CALLS = 4
