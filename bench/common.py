@@ -215,11 +215,12 @@ def pipeline_pid(webhook_pid: int, timeout: float = 10.0) -> int:
         time.sleep(0.05)
 
 
-def status_kb(pid: int, fields: Sequence[str]) -> dict[str, int]:
-    """``fields`` of a running process's ``/proc/<pid>/status`` (``VmRSS``, ``RssAnon``...), in
-    kB as it says (KiB); empty once it is gone."""
+def status_kb(pid: int, fields: Sequence[str], file: str = "status") -> dict[str, int]:
+    """``fields`` of a running process's ``/proc/<pid>/status`` (``VmRSS``, ``RssAnon``...), or
+    of another ``/proc/<pid>`` file of the same ``Name: value kB`` lines (``smaps_rollup``:
+    ``Pss``...), in kB as it says (KiB); empty once it is gone."""
     try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        lines = Path(f"/proc/{pid}/{file}").read_text().splitlines()
     except OSError:
         return {}
     found: dict[str, int] = {}

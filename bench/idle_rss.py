@@ -51,7 +51,8 @@ from common import ROOT, clean_env, code_roots, log, pipeline_pid, status_kb, wa
 sys.path.insert(0, str(ROOT))
 from tests.support.serve_process import free_port
 
-FIELDS = ("VmRSS", "RssAnon", "RssFile", "Pss")
+STATUS_FIELDS = ("VmRSS", "RssAnon", "RssFile")
+FIELDS = (*STATUS_FIELDS, "Pss")  # Pss: from smaps_rollup
 
 #: run by ``python -c`` for --floor: imports what argv[1] names, prints VmRSS and Pss in KiB
 _FLOOR_PROBE = """
@@ -75,19 +76,9 @@ FLOOR_STEPS = {
 }
 
 
-def pss_kb(pid: int) -> dict[str, int]:
-    """``Pss`` of a running process in KiB (``/proc/<pid>/smaps_rollup``); empty once gone."""
-    try:
-        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
-    except OSError:
-        return {}
-    found = [int(line.split()[1]) for line in lines if line.startswith("Pss:")]
-    return {"Pss": found[0]} if found else {}
-
-
 def memory(pid: int) -> dict[str, float]:
     """``FIELDS`` of ``pid`` in MiB."""
-    kib = status_kb(pid, FIELDS) | pss_kb(pid)
+    kib = status_kb(pid, STATUS_FIELDS) | status_kb(pid, ("Pss",), "smaps_rollup")
     return {name: kib[name] / 1024 for name in FIELDS if name in kib}
 
 
