@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -91,18 +92,23 @@ def _counter(reader: InMemoryMetricReader, name: str) -> dict[tuple[tuple[str, o
     return {labels: value for labels, value in _series(reader, name).items() if value}
 
 
-def _series(reader: InMemoryMetricReader, name: str) -> dict[tuple[tuple[str, object], ...], float]:
+def _points(reader: InMemoryMetricReader, name: str) -> list[Any]:
+    """The data points of metric ``name`` in a collection of ``reader``."""
     data = reader.get_metrics_data()
-    out: dict[tuple[tuple[str, object], ...], float] = {}
     if data is None:
-        return out
-    for rm in data.resource_metrics:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                if metric.name == name:
-                    for point in metric.data.data_points:
-                        out[tuple(sorted((point.attributes or {}).items()))] = point.value  # type: ignore[union-attr]
-    return out
+        return []
+    return [
+        point
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    ]
+
+
+def _series(reader: InMemoryMetricReader, name: str) -> dict[tuple[tuple[str, object], ...], float]:
+    return {tuple(sorted((p.attributes or {}).items())): p.value for p in _points(reader, name)}
 
 
 def _run_until(sender: Sender, condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -433,14 +439,11 @@ def test_every_known_counter_series_is_exported_from_start_at_zero() -> None:
 
 def _lags(reader: InMemoryMetricReader) -> tuple[int, float]:
     """(count, sum) of the export lag histogram."""
-    data = reader.get_metrics_data()
-    for rm in data.resource_metrics if data is not None else []:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                if metric.name == "otelbridge.export.lag":
-                    (point,) = metric.data.data_points
-                    return point.count, point.sum  # type: ignore[union-attr]
-    return 0, 0.0
+    points = _points(reader, "otelbridge.export.lag")
+    if not points:
+        return 0, 0.0
+    (point,) = points
+    return point.count, point.sum
 
 
 def test_the_lag_of_every_acknowledged_call_is_recorded(tmp_path: Path) -> None:
