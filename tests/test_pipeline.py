@@ -162,6 +162,11 @@ def test_acknowledged_rows_waiting_for_their_delete_do_not_count_as_held(
     async def work() -> None:
         pipeline.sender.notify()
         assert await anyio.to_thread.run_sync(receiver.wait_until, lambda: len(receiver.requests) >= 3)
+
+        def retrying() -> bool:  # the sender's account of its relay: two acknowledged, then a 503
+            return pipeline.sender.states["traces"].failures > 0
+
+        assert await anyio.to_thread.run_sync(receiver.wait_until, retrying)
         seen["held"] = await anyio.to_thread.run_sync(pipeline._spool_bytes)
         with pipeline.state.reading() as tx:
             seen["spool"] = tx.spool_bytes()

@@ -13,8 +13,9 @@
   status and the backend's message; counted and logged at ERROR.
 
 A 2xx is recorded at once in the ack log (``acks.db``, its own file: no wait for ``state.db``'s
-lock, which the processor holds through a batch), and the next request is taken after it (the
-spool is read past the last id acknowledged); the acknowledged rows are deleted in batches,
+lock, which the processor holds through a batch), and the next request, read while the last
+was in flight, goes out at once from the same worker thread (a relay: the event loop does the
+bookkeeping of several exports after them); the acknowledged rows are deleted in batches,
 when the spool runs dry or past :data:`SWEEP_BYTES` (the pipeline's: a quarter of the spool's
 cap), :data:`SWEEP_ROWS` or :data:`SWEEP_S`, one commit (one fsync of ``state.db``) for many
 exports. A start deletes the recorded ones unsent. A ``kill -9`` between the backend's 2xx and
@@ -28,6 +29,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import anyio
@@ -58,6 +60,9 @@ TOO_LARGE: frozenset[str] = frozenset({"413", "grpc RESOURCE_EXHAUSTED"})
 SWEEP_BYTES = 256 * 1024 * 1024
 SWEEP_ROWS = 4096
 SWEEP_S = 5.0
+#: a relay of acknowledged exports (Sender._relay_sends) hands back to the event loop after this
+#: long, so that heartbeats, deletes and a stop are not kept waiting by a long backlog
+RELAY_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,10 +175,15 @@ class Sender:
         return backoff(failures - 1, self._initial, self._max, self._rng)
 
     async def run(self, signal: Signal) -> None:
-        async with anyio.create_task_group() as sweeps:
-            await self._run(signal, sweeps)
+        # the next request is read in this thread while one is in flight (see _relay_sends)
+        reads = ThreadPoolExecutor(1, thread_name_prefix=f"otelbridge-spool-{signal}")
+        try:
+            async with anyio.create_task_group() as sweeps:
+                await self._run(signal, sweeps, reads)
+        finally:
+            reads.shutdown(wait=False, cancel_futures=True)
 
-    async def _run(self, signal: Signal, sweeps: anyio.abc.TaskGroup) -> None:
+    async def _run(self, signal: Signal, sweeps: anyio.abc.TaskGroup, reads: Executor) -> None:
         state = self.states[signal]
         ahead: Outgoing | None = None  # the request after the last one sent, read while it was
         while True:
@@ -191,19 +201,20 @@ class Sender:
                     await self._wake[signal].wait()
                 continue
             self._idle[signal] = False
-            result, following = await self._send_reading_ahead(signal, request)
-            self._metrics.export_attempts.add(
-                1, {c.SELF_ATTR_SIGNAL: signal, c.SELF_ATTR_OUTCOME: result.outcome}
-            )
-            if result.outcome == "ok":
-                await self._ok(signal, request, result)
-                ahead = following
-            elif result.outcome == "retry":
-                await self._retry(signal, request, result)
-            elif len(request.entries) > 1 and result.status in SPLIT_ON:
-                await self._split(signal, request, result)
-            else:
-                await self._reject(signal, request, result)
+            relayed, following = await self._relay(signal, request, reads)
+            for request, result, answered_ns in relayed:
+                self._metrics.export_attempts.add(
+                    1, {c.SELF_ATTR_SIGNAL: signal, c.SELF_ATTR_OUTCOME: result.outcome}
+                )
+                if result.outcome == "ok":
+                    self._ok(signal, request, result, answered_ns)
+                    ahead = following
+                elif result.outcome == "retry":
+                    await self._retry(signal, request, result)
+                elif len(request.entries) > 1 and result.status in SPLIT_ON:
+                    await self._split(signal, request, result)
+                else:
+                    await self._reject(signal, request, result)
 
     async def _split(self, signal: Signal, request: Outgoing, result: SendResult) -> None:
         """A refused merged export: its halves go alone (split again while refused), so that a
@@ -232,7 +243,7 @@ class Sender:
                 1, {c.SELF_ATTR_SIGNAL: signal, c.SELF_ATTR_OUTCOME: answer.outcome}
             )
             if answer.outcome == "ok":
-                await self._ok(signal, part, answer)
+                self._ok(signal, part, answer, self._clock())
             elif answer.outcome == "retry":  # the rest waits, in order, for the backend
                 await self._retry(signal, Outgoing([e for p in (part, *parts) for e in p.entries]), answer)
                 return
@@ -246,20 +257,47 @@ class Sender:
             entries = tx.spool_take(signal, self._merge.get(signal, 0), after_id=after_id)
         return Outgoing(entries) if entries else None
 
-    async def _send_reading_ahead(
-        self, signal: Signal, request: Outgoing
-    ) -> tuple[SendResult, Outgoing | None]:
-        """Send ``request`` and, meanwhile, read the one after it from the spool (used only if
-        this one is acknowledged): the export in flight stays the only one."""
-        following: list[Outgoing | None] = [None]
+    async def _relay(
+        self, signal: Signal, request: Outgoing, reads: Executor
+    ) -> tuple[list[tuple[Outgoing, SendResult, int]], Outgoing | None]:
+        forget, self._forget = self._forget, []
+        # no further than a delete of what it acknowledged would be due (see _sweep_due)
+        room = (self._sweep_max_bytes - self._unswept_bytes[signal], SWEEP_ROWS - len(self._unswept[signal]))
+        relayed, following = await anyio.to_thread.run_sync(
+            self._relay_sends, signal, request, forget, reads, room
+        )
+        if relayed[0][1].outcome != "ok":
+            self._forget[:0] = forget  # not recorded: forgotten with the next acknowledgement
+        return relayed, following
 
-        async def read_ahead() -> None:
-            following[0] = await anyio.to_thread.run_sync(self._next, signal, max(request.ids))
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(read_ahead)
-            result = await self._send(signal, request)
-        return result, following[0]
+    def _relay_sends(
+        self, signal: Signal, request: Outgoing, forget: list[int], reads: Executor, room: tuple[int, int]
+    ) -> tuple[list[tuple[Outgoing, SendResult, int]], Outgoing | None]:
+        """Send ``request``, reading the one after it meanwhile; while each is acknowledged (and
+        recorded), send the next at once from this thread, for up to :data:`RELAY_S` and until
+        ``room`` (acknowledged body bytes, rows) is used. Still one export in flight, but no hop
+        to the event loop and back between two: the bookkeeping of what was sent (metrics,
+        deletes) waits for the relay to end. Returns what was sent, with its answer and when
+        that came, and the next request if the last was acknowledged."""
+        relayed: list[tuple[Outgoing, SendResult, int]] = []
+        until = time.monotonic() + RELAY_S
+        room_bytes, room_rows = room
+        while True:
+            following = reads.submit(self._next, signal, max(request.ids))
+            result = self._send_and_record(signal, request, forget)
+            forget = []
+            relayed.append((request, result, self._clock()))
+            try:
+                ahead = following.result()
+            except Exception:  # the loop reads again, and meets the error itself
+                return relayed, None
+            if result.outcome != "ok":
+                return relayed, None
+            room_bytes -= sum(len(e.body) for e in request.entries)
+            room_rows -= len(request.entries)
+            if ahead is None or room_bytes <= 0 or room_rows <= 0 or time.monotonic() >= until:
+                return relayed, ahead
+            request = ahead
 
     def acknowledged_bytes(self) -> int:
         """Body bytes still in the spool that the backend has acknowledged (not yet deleted)."""
@@ -295,7 +333,7 @@ class Sender:
             if self._acks is not None:
                 self._forget += ids
 
-    async def _ok(self, signal: Signal, request: Outgoing, result: SendResult) -> None:
+    def _ok(self, signal: Signal, request: Outgoing, result: SendResult, answered_ns: int) -> None:
         if not self._unswept[signal]:
             self._unswept_since[signal] = anyio.current_time()
         self._unswept[signal] += request.ids
@@ -306,9 +344,8 @@ class Sender:
             log.info("%s export recovered after %d failed attempt(s)", signal, state.failures)
         state.failures, state.last_error, state.retry_at_ns = 0, None, 0
         state.sent += 1
-        now = self._clock()
         for end_ns in request.call_ends:
-            self._metrics.lag.record(max(0.0, (now - end_ns) / 1e9))
+            self._metrics.lag.record(max(0.0, (answered_ns - end_ns) / 1e9))
         if result.rejected:
             self._metrics.export_rejected.add(result.rejected, {c.SELF_ATTR_SIGNAL: signal})
             log.warning(

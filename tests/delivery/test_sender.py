@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -64,6 +65,7 @@ def _sender(
     acks: AckLog | None = None,
     sweep_max_bytes: int = SWEEP_BYTES,
     clock: Callable[[], int] = time.time_ns,
+    spool_reader: StateStore | None = None,
 ) -> Sender:
     """A sender that sends each spooled request alone unless ``merge`` bytes are allowed."""
     provider = MeterProvider(metric_readers=[reader])
@@ -78,6 +80,7 @@ def _sender(
         acks=acks,
         sweep_max_bytes=sweep_max_bytes,
         clock=clock,
+        reader=spool_reader,
     )
 
 
@@ -447,8 +450,8 @@ def _lags(reader: InMemoryMetricReader) -> tuple[int, float]:
 
 
 def test_the_lag_of_every_acknowledged_call_is_recorded(tmp_path: Path) -> None:
-    """Each call end of an acknowledged export is a lag point (from the call's end to the
-    acknowledgement), recorded before the next exports go out, and the last ones before the
+    """Each call end of an acknowledged export is a lag point, from the call's end to when the
+    backend answered (not to when the sender's loop got round to it), all recorded before the
     sender goes idle."""
     second = 1_000_000_000
     now = 100 * second
@@ -457,20 +460,78 @@ def test_the_lag_of_every_acknowledged_call_is_recorded(tmp_path: Path) -> None:
         for ends in ([now - 1 * second, now - 2 * second], [now - 3 * second], [now - 6 * second] * 3):
             tx.spool_add("traces", b"x", 1, 0, call_ends=ends)
     reader = InMemoryMetricReader()
-    seen_at_send: list[int] = []
+    clock = [now]
 
     def judge(body: bytes) -> SendResult | None:
-        seen_at_send.append(_lags(reader)[0])
+        clock[0] = now  # the answer comes at "now"; the loop's bookkeeping reads a later clock
         return None
 
+    def later() -> int:
+        clock[0] += 10 * second
+        return clock[0] - 10 * second
+
     transport = ScriptedTransport(judge=judge)
-    sender = _sender(state, transport, reader, clock=lambda: now)
+    sender = _sender(state, transport, reader, clock=later)
     # all six while the sender still runs, idle: not left for a stop to record
     _run_until(sender, lambda: sender.idle() and _lags(reader)[0] == 6)
     assert len(transport.sent) == 3
     assert _lags(reader) == (6, 1 + 2 + 3 + 6 * 3)
-    assert seen_at_send[0] == 0
-    assert seen_at_send[2] >= 2  # the first export's, by the time the third goes out
+    state.close()
+
+
+def test_a_backlog_is_relayed_each_acknowledgement_recorded_before_the_next_export(tmp_path: Path) -> None:
+    """Acknowledged exports are followed by the next at once, from the same worker thread (no
+    hop to the event loop between two), each recorded in the ack log before the next goes out;
+    a refused one ends the relay, and the rest waits for it."""
+    state, acks = open_state(tmp_path), open_acks(tmp_path)
+    _fill(state, b"1", b"2", b"3", b"4")
+    seen: list[tuple[bytes, int, list[int]]] = []
+
+    def judge(body: bytes) -> SendResult | None:
+        seen.append((body, threading.get_ident(), sorted(i for i, _ in acks.acked())))
+        if body == b"3" and sum(1 for b, _, _ in seen if b == b"3") == 1:
+            return SendResult("retry", "503", "busy")
+        return None
+
+    transport = ScriptedTransport(judge=judge)
+    sender = _sender(state, transport, InMemoryMetricReader(), acks=acks)
+    _run_until(sender, lambda: len(transport.sent) == 5 and sender.idle())
+    assert [body for body, _, _ in seen] == [b"1", b"2", b"3", b"3", b"4"]
+    first, second, third = seen[0], seen[1], seen[2]
+    assert first[1] == second[1] == third[1]  # one relay: one thread
+    assert first[2] == [] and second[2] == [1] and third[2] == [1, 2]  # the ack log, as each left
+    assert seen[4][2][-1] == 3  # after the retry, 3 was recorded before 4 went out
+    assert sender.states["traces"].sent == 4
+    state.close()
+    acks.close()
+
+
+class _FlakyReader:
+    """The spool's reader, whose ``fail_at``-th read fails."""
+
+    def __init__(self, state: StateStore, fail_at: int) -> None:
+        self.state, self.fail_at, self.reads = state, fail_at, 0
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Any]:
+        self.reads += 1
+        if self.reads == self.fail_at:
+            raise sqlite3.OperationalError("disk I/O error")
+        with self.state.reading() as tx:
+            yield tx
+
+
+def test_a_failed_read_during_a_relay_keeps_what_was_acknowledged(tmp_path: Path) -> None:
+    """The read of the next request fails while one is in flight: that one's acknowledgement is
+    still accounted for, and the loop reads again (here with success): each sent once."""
+    state = open_state(tmp_path)
+    _fill(state, b"1", b"2", b"3")
+    reader = _FlakyReader(state, fail_at=2)  # the first read-ahead
+    transport = ScriptedTransport()
+    sender = _sender(state, transport, InMemoryMetricReader(), spool_reader=cast(StateStore, reader))
+    _run_until(sender, lambda: len(transport.sent) == 3 and sender.idle())
+    assert [b for _, b, _ in transport.sent] == [b"1", b"2", b"3"]
+    assert sender.states["traces"].sent == 3 and reader.reads >= 4
     state.close()
 
 
