@@ -338,15 +338,15 @@ def measure_encoder(
 PROFILE_AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("start-up: imports", ("_find_and_load",)),
     ("paging: List Calls HTTP + JSON decoding (client)", ("CartesiaClient.",)),
-    ("paging: validate each call, inbox insert, cursor", ("store_calls", "backfill_agent", "_save_backfill")),
-    ("processor: OTLP encoding of spans (to_readable_spans + SDK encoder)", ("<locals>.encode",)),
-    ("processor: metric points to JSON + points table", ("points_to_json",)),
-    ("processor: validate the stored call again (parse_webhook_event)", ("parse_webhook_event",)),
-    ("processor: map, ledger, calls (per event)", ("Processor._event",)),
-    ("processor: other (spool write, watermark, inbox delete)", ("Processor.",)),
-    ("meter: recording the points (Telemetry.record)", ("Telemetry.record",)),
-    ("meter: other self-telemetry", ("elemetry",)),
+    ("validating the listed calls (validate_calls)", ("validate_calls",)),
+    ("mapping: spans and points (call_increment)", ("call_increment", "turn_increment")),
+    ("OTLP encoding of spans (encode_traces)", ("encode_traces",)),
+    ("metric points to JSON (the points row)", ("points_to_json",)),
+    ("recording the points (Telemetry.record)", ("Telemetry.record",)),
+    ("processor: other (assembly, ledger, call rows, spool, SQL)", ("Processor.",)),
     ("sender: spool read, HTTP export, delete", ("Sender.",)),
+    ("meter: self-telemetry, metrics collections", ("elemetry",)),
+    ("paging: the loop, cursor (backfill_agent)", ("backfill_agent", "_save_backfill")),
     ("hand-off to worker threads (anyio to_thread)", ("run_sync_in_worker_thread", "WorkerThread")),
 )
 
