@@ -238,12 +238,13 @@ class Sender:
         while parts:
             part = parts.pop(0)
             state.heartbeat_ns = self._clock()
-            answer = await self._send(signal, part)
+            relayed, _ = await self._relay(signal, part, None)  # alone: no read-ahead, no relay
+            _, answer, answered_ns = relayed[0]
             self._metrics.export_attempts.add(
                 1, {c.SELF_ATTR_SIGNAL: signal, c.SELF_ATTR_OUTCOME: answer.outcome}
             )
             if answer.outcome == "ok":
-                self._ok(signal, part, answer, self._clock())
+                self._ok(signal, part, answer, answered_ns)
             elif answer.outcome == "retry":  # the rest waits, in order, for the backend
                 await self._retry(signal, Outgoing([e for p in (part, *parts) for e in p.entries]), answer)
                 return
@@ -258,7 +259,7 @@ class Sender:
         return Outgoing(entries) if entries else None
 
     async def _relay(
-        self, signal: Signal, request: Outgoing, reads: Executor
+        self, signal: Signal, request: Outgoing, reads: Executor | None
     ) -> tuple[list[tuple[Outgoing, SendResult, int]], Outgoing | None]:
         forget, self._forget = self._forget, []
         # no further than a delete of what it acknowledged would be due (see _sweep_due)
@@ -271,22 +272,30 @@ class Sender:
         return relayed, following
 
     def _relay_sends(
-        self, signal: Signal, request: Outgoing, forget: list[int], reads: Executor, room: tuple[int, int]
+        self,
+        signal: Signal,
+        request: Outgoing,
+        forget: list[int],
+        reads: Executor | None,
+        room: tuple[int, int],
     ) -> tuple[list[tuple[Outgoing, SendResult, int]], Outgoing | None]:
-        """Send ``request``, reading the one after it meanwhile; while each is acknowledged (and
-        recorded), send the next at once from this thread, for up to :data:`RELAY_S` and until
-        ``room`` (acknowledged body bytes, rows) is used. Still one export in flight, but no hop
-        to the event loop and back between two: the bookkeeping of what was sent (metrics,
-        deletes) waits for the relay to end. Returns what was sent, with its answer and when
-        that came, and the next request if the last was acknowledged."""
+        """Send ``request``, reading the one after it meanwhile (in ``reads``; None: send this one
+        alone); while each is acknowledged (and recorded), send the next at once from this
+        thread, for up to :data:`RELAY_S` and until ``room`` (acknowledged body bytes, rows) is
+        used. Still one export in flight, but no hop to the event loop and back between two: the
+        bookkeeping of what was sent (metrics, deletes) waits for the relay to end. Returns what
+        was sent, with its answer and when that came, and the next request if the last was
+        acknowledged."""
         relayed: list[tuple[Outgoing, SendResult, int]] = []
         until = time.monotonic() + RELAY_S
         room_bytes, room_rows = room
         while True:
-            following = reads.submit(self._next, signal, max(request.ids))
+            following = None if reads is None else reads.submit(self._next, signal, max(request.ids))
             result = self._send_and_record(signal, request, forget)
             forget = []
             relayed.append((request, result, self._clock()))
+            if following is None:
+                return relayed, None
             try:
                 ahead = following.result()
             except Exception:  # the loop reads again, and meets the error itself
@@ -357,13 +366,6 @@ class Sender:
             )
         elif result.partial_message:
             log.warning("%s export: backend warning: %s", signal, result.partial_message)
-
-    async def _send(self, signal: Signal, request: Outgoing) -> SendResult:
-        forget, self._forget = self._forget, []
-        result = await anyio.to_thread.run_sync(self._send_and_record, signal, request, forget)
-        if result.outcome != "ok":
-            self._forget[:0] = forget  # not recorded: forgotten with the next acknowledgement
-        return result
 
     def _send_and_record(self, signal: Signal, request: Outgoing, forget: list[int]) -> SendResult:
         """Send; on a 2xx, record it in acks.db in the same worker thread, before anything can
