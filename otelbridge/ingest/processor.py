@@ -77,6 +77,9 @@ INBOX_TRIM_ROWS = 10_000
 INBOX_TRIM_BYTES = 8 * 1024 * 1024
 #: inbox rows taken between two checkpoints of inbox.db's WAL (~2 MB of webhooks)
 INBOX_CHECKPOINT_ROWS = 2000
+#: calls whose mapping context (ids, common attributes) is kept between their events: a streamed
+#: turn built it afresh, two hashes and the common attributes each time
+CONTEXTS_KEPT = 1024
 #: a call read from the List Calls API, validated, and its JSON as the API sent it
 ListedCall = tuple[AgentCall, dict[str, Any]]
 #: an LLM-judge result read by the poller (``{"type": ..., "call_id", "agent_id", "evaluation": {...}}``)
@@ -156,6 +159,9 @@ class Processor:
         self._deployments_per_agent = deployments_per_agent
         #: agent -> its deployments' first calls, as read in the current transaction
         self._first_calls: dict[str, dict[str, int]] = {}
+        #: by every field a context is built from: a call row that learns its agent's name or
+        #: its deployment gets a new one
+        self._contexts: dict[tuple[str, str, str | None, int, str | None], CallContext] = {}
         #: deployments that fell out of the bound in the current batch (for its result)
         self._fallen: list[tuple[str, str]] = []
         self._clock = clock
@@ -449,9 +455,15 @@ class Processor:
 
     def _context(self, call: CallRow) -> CallContext:
         assert call.start_ns is not None
-        return CallContext(
-            call.call_id, call.agent_id, call.agent_name, call.start_ns, self._options, call.deployment_id
-        )
+        key = (call.call_id, call.agent_id, call.agent_name, call.start_ns, call.deployment_id)
+        context = self._contexts.get(key)
+        if context is None:
+            if len(self._contexts) >= CONTEXTS_KEPT:
+                del self._contexts[next(iter(self._contexts))]
+            context = self._contexts[key] = CallContext(
+                call.call_id, call.agent_id, call.agent_name, call.start_ns, self._options, call.deployment_id
+            )
+        return context
 
     # --- storage ----------------------------------------------------------------------------
     @staticmethod

@@ -25,6 +25,7 @@ from otelbridge.mapping import conventions as c
 from otelbridge.mapping import ids, map_call
 from otelbridge.mapping.records import InstrumentKind, MetricPoint
 from tests.support.inbox_events import store_events
+from tests.support.otlp_receiver import attributes
 from tests.support.processing import encode_spans, open_processor
 from tests.support.samples import webhook_events
 
@@ -145,6 +146,41 @@ def test_turns_are_exported_as_they_arrive(harness: Harness) -> None:
     # its TTFB points are stored for the meter
     points = [p for _, p in load_unexported_points(harness.state)]
     assert {p.instrument for p in points} & {c.METRIC_TTS_TTFB, c.METRIC_STT_TTFB, c.METRIC_TURN_DURATION}
+
+
+def test_a_turn_after_the_call_row_learns_its_agent_name_carries_it(harness: Harness) -> None:
+    """The processor keeps a call's mapping context between its events: a turn after an event
+    that named the agent and its deployment carries them; the turn before does not."""
+    events = _events()
+    call_id = next(e["call_id"] for e in events if e.get("type") == "call_turn")
+    mine = [e for e in events if e.get("call_id") == call_id]
+    started = next(e for e in mine if e["type"] == "call_started")
+    first, second = [e for e in mine if e["type"] == "call_turn"][:2]
+    anonymous = {
+        **started,
+        "call": {k: v for k, v in started["call"].items() if k not in ("agent_name", "deployment_id")},
+    }
+    harness.put(anonymous, first)
+    harness.run()
+    harness.put(started, second)  # delivered again, now with the name and the deployment
+    harness.run()
+    by_start = sorted(harness.spans(), key=lambda s: s.start_time_unix_nano)
+    names = [attributes(s.attributes).get(c.GEN_AI_AGENT_NAME) for s in by_start]
+    assert names == [None, started["call"]["agent_name"]]
+    assert by_start[0].trace_id == by_start[1].trace_id
+
+
+def test_the_contexts_kept_between_events_are_bounded(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However many calls stream at once, at most CONTEXTS_KEPT contexts are kept (the oldest
+    go first), and a call whose context went is mapped as before."""
+    monkeypatch.setattr(processor_module, "CONTEXTS_KEPT", 2)
+    events = _events()
+    harness.put(*events)
+    harness.run()
+    assert len(harness.processor._contexts) <= 2
+    _assert_exactly_once(harness.spans(), _expected_span_ids(events))
 
 
 def test_turns_before_call_started_wait_for_the_anchor(harness: Harness) -> None:
