@@ -82,6 +82,11 @@ class Outgoing:
         return b"".join(e.body for e in self.entries)
 
     @property
+    def size(self) -> int:
+        """The body's bytes, without joining the entries."""
+        return sum(len(e.body) for e in self.entries)
+
+    @property
     def items(self) -> int:
         return sum(e.items for e in self.entries)
 
@@ -220,7 +225,7 @@ class Sender:
         """A refused merged export: its halves go alone (split again while refused), so that a
         request that would pass alone is never dead-lettered with a bad neighbour."""
         state = self.states[signal]
-        size = len(request.body)
+        size = request.size
         if result.status in TOO_LARGE and self._merge.get(signal, 0) >= size // 2:
             self._merge[signal] = size // 2
             log.warning(
@@ -262,10 +267,9 @@ class Sender:
         self, signal: Signal, request: Outgoing, reads: Executor | None
     ) -> tuple[list[tuple[Outgoing, SendResult, int]], Outgoing | None]:
         forget, self._forget = self._forget, []
-        # no further than a delete of what it acknowledged would be due (see _sweep_due)
-        room = (self._sweep_max_bytes - self._unswept_bytes[signal], SWEEP_ROWS - len(self._unswept[signal]))
+        # no further than a delete of what it acknowledged would be due
         relayed, following = await anyio.to_thread.run_sync(
-            self._relay_sends, signal, request, forget, reads, room
+            self._relay_sends, signal, request, forget, reads, self._sweep_room(signal)
         )
         if relayed[0][1].outcome != "ok":
             self._forget[:0] = forget  # not recorded: forgotten with the next acknowledgement
@@ -302,7 +306,7 @@ class Sender:
                 return relayed, None
             if result.outcome != "ok":
                 return relayed, None
-            room_bytes -= sum(len(e.body) for e in request.entries)
+            room_bytes -= request.size
             room_rows -= len(request.entries)
             if ahead is None or room_bytes <= 0 or room_rows <= 0 or time.monotonic() >= until:
                 return relayed, ahead
@@ -312,12 +316,14 @@ class Sender:
         """Body bytes still in the spool that the backend has acknowledged (not yet deleted)."""
         return sum(self._unswept_bytes.values())
 
+    def _sweep_room(self, signal: Signal) -> tuple[int, int]:
+        """Acknowledged body bytes and rows still to come before a delete is due."""
+        return self._sweep_max_bytes - self._unswept_bytes[signal], SWEEP_ROWS - len(self._unswept[signal])
+
     def _sweep_due(self, signal: Signal) -> bool:
-        unswept = self._unswept[signal]
-        return bool(unswept) and (
-            self._unswept_bytes[signal] >= self._sweep_max_bytes
-            or len(unswept) >= SWEEP_ROWS
-            or anyio.current_time() - self._unswept_since[signal] >= SWEEP_S
+        room_bytes, room_rows = self._sweep_room(signal)
+        return bool(self._unswept[signal]) and (
+            room_bytes <= 0 or room_rows <= 0 or anyio.current_time() - self._unswept_since[signal] >= SWEEP_S
         )
 
     async def _sweep(self, signal: Signal) -> None:
@@ -346,7 +352,7 @@ class Sender:
         if not self._unswept[signal]:
             self._unswept_since[signal] = anyio.current_time()
         self._unswept[signal] += request.ids
-        self._unswept_bytes[signal] += sum(len(e.body) for e in request.entries)
+        self._unswept_bytes[signal] += request.size
         self._sent_through[signal] = max(self._sent_through[signal], *request.ids)
         state = self.states[signal]
         if state.failures:
