@@ -23,6 +23,7 @@ A call that hears nothing for ``call_timeout`` is exported as it stands (:meth:`
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -161,7 +162,7 @@ class Processor:
         self._first_calls: dict[str, dict[str, int]] = {}
         #: by every field a context is built from: a call row that learns its agent's name or
         #: its deployment gets a new one
-        self._contexts: dict[tuple[str, str, str | None, int, str | None], CallContext] = {}
+        self._contexts = functools.lru_cache(maxsize=CONTEXTS_KEPT)(self._new_context)
         #: deployments that fell out of the bound in the current batch (for its result)
         self._fallen: list[tuple[str, str]] = []
         self._clock = clock
@@ -455,15 +456,12 @@ class Processor:
 
     def _context(self, call: CallRow) -> CallContext:
         assert call.start_ns is not None
-        key = (call.call_id, call.agent_id, call.agent_name, call.start_ns, call.deployment_id)
-        context = self._contexts.get(key)
-        if context is None:
-            if len(self._contexts) >= CONTEXTS_KEPT:
-                del self._contexts[next(iter(self._contexts))]
-            context = self._contexts[key] = CallContext(
-                call.call_id, call.agent_id, call.agent_name, call.start_ns, self._options, call.deployment_id
-            )
-        return context
+        return self._contexts(call.call_id, call.agent_id, call.agent_name, call.start_ns, call.deployment_id)
+
+    def _new_context(
+        self, call_id: str, agent_id: str, agent_name: str | None, start_ns: int, deployment_id: str | None
+    ) -> CallContext:
+        return CallContext(call_id, agent_id, agent_name, start_ns, self._options, deployment_id)
 
     # --- storage ----------------------------------------------------------------------------
     @staticmethod

@@ -173,13 +173,15 @@ def test_a_turn_after_the_call_row_learns_its_agent_name_carries_it(harness: Har
 def test_the_contexts_kept_between_events_are_bounded(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """However many calls stream at once, at most CONTEXTS_KEPT contexts are kept (the oldest
-    go first), and a call whose context went is mapped as before."""
+    """However many calls stream at once, at most CONTEXTS_KEPT contexts are kept (the least
+    recently used go first), and a call whose context went is mapped as before."""
     monkeypatch.setattr(processor_module, "CONTEXTS_KEPT", 2)
+    harness.close()
+    harness.open()  # a processor made with that bound
     events = _events()
     harness.put(*events)
     harness.run()
-    assert len(harness.processor._contexts) <= 2
+    assert harness.processor._contexts.cache_info().currsize <= 2
     _assert_exactly_once(harness.spans(), _expected_span_ids(events))
 
 
