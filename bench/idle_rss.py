@@ -55,6 +55,8 @@ STATUS_FIELDS = ("VmRSS", "RssAnon", "RssFile")
 FIELDS = (*STATUS_FIELDS, "Pss")  # Pss: from smaps_rollup
 
 #: run by ``python -c`` for --floor: imports what argv[1] names, prints VmRSS and Pss in KiB
+#: (its own few lines of parsing, not common.status_kb: importing bench/common would add its
+#: imports to the floor it measures)
 _FLOOR_PROBE = """
 import sys
 if sys.argv[1] in ("asyncio", "pydantic"):

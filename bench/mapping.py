@@ -38,13 +38,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT
+
 sys.path.insert(0, str(ROOT))  # the checkout's otelbridge and tests.support, from any directory
 
-from otelbridge.cartesia.models import AgentCall, parse_call  # noqa: E402
-from otelbridge.delivery.otlp import encode_traces  # noqa: E402
-from otelbridge.mapping import MappingOptions, map_call  # noqa: E402
-from tests.support.sdk_reference import build_resource, encode_trace_request, to_readable_spans  # noqa: E402
+from otelbridge.cartesia.models import AgentCall, parse_call
+from otelbridge.delivery.otlp import encode_traces
+from otelbridge.mapping import MappingOptions, map_call
+from tests.support.sdk_reference import build_resource, encode_trace_request, to_readable_spans
 
 SAMPLES = ROOT / "examples"
 TURNS = 40
