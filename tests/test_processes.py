@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -211,6 +211,16 @@ def test_healthz_fails_when_the_webhook_side_has_not_reported(
         pipeline.close()
 
 
+def polled(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Whether ``predicate()`` came to hold within ``timeout`` s, looking every 20 ms."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def test_an_export_acknowledged_while_state_db_is_locked_is_not_sent_again(
     started: Started, tmp_path: Path
 ) -> None:
@@ -225,25 +235,36 @@ def test_an_export_acknowledged_while_state_db_is_locked_is_not_sent_again(
         env = {**receiver.env(), "OTEL_METRIC_EXPORT_INTERVAL": "60000"}  # no metrics writes
         daemon = started.start(env)
         assert receiver.wait_until(lambda: any(r.path == "/v1/traces" for r in receiver.requests))
-        # the first export waits 1.5 s for its retry: time to spool the call and take the lock
-        receiver.fail_next(1, status=503, retry_after_s=1.5, path="/v1/traces")
+        # every export fails (each retry 1.5 s later) until the whole call is spooled: a window
+        # of one retry was too short for the pipeline on a loaded machine, and its retry then
+        # delivered (and deleted) the first rows before the rest were spooled
+        receiver.fail_next(1000, status=503, retry_after_s=1.5, path="/v1/traces")
         Poster(daemon.webhook_url, SECRET, threads=1).post_all(one_call)
         assert receiver.wait_until(lambda: any(r.answer == 503 for r in receiver.requests))
 
-        def spooled_and_retry_recorded() -> bool:
-            # the sender records the 503 (attempts + 1) in state.db: the lock must come after that
-            # write, or the sender waits for it instead of sending (a race on a loaded machine)
+        def spool() -> tuple[int, int]:
             with contextlib.closing(sqlite3.connect(f"file:{state / 'state.db'}?mode=ro", uri=True)) as c:
                 items, attempts = c.execute(
                     "SELECT COALESCE(SUM(items), 0), MAX(attempts) FROM spool"
                 ).fetchone()
-            return int(items) >= len(expected) and (attempts or 0) >= 1
+            return int(items), int(attempts or 0)
 
-        assert receiver.wait_until(spooled_and_retry_recorded, 5.0)
+        # the spool is polled: the receiver's wait_until looks again only when a request comes
+        assert polled(lambda: spool()[0] >= len(expected), 20.0), daemon.stderr
+        receiver.clear_answers()  # the next retry is acknowledged
+        failed = sum(r.answer == 503 for r in receiver.requests)
+        # the sender records each 503 (attempts + 1) in state.db: the lock must come after the
+        # last of those writes, or the sender waits for it instead of sending again
+        assert polled(lambda: spool()[1] >= failed, 5.0)
+        sent_before_lock = len(receiver.requests)
         holder = sqlite3.connect(state / "state.db", isolation_level=None)
         try:
             holder.execute("BEGIN IMMEDIATE")
             assert receiver.wait_until(lambda: expected <= receiver.span_ids(), 5), daemon.stderr
+            # the acknowledged export left while the lock was held (not before it was taken)
+            assert any(
+                r.answer == 200 and r.path == "/v1/traces" for r in receiver.requests[sent_before_lock:]
+            )
             time.sleep(0.3)  # the acknowledgement's record, if it does not wait for the lock
             assert daemon.kill() == -9
         finally:
