@@ -1040,18 +1040,23 @@ def environment(state_parent: Path | None) -> dict[str, Any]:
 def wrk_round(
     name: str, url: str, script: Path, pids: dict[str, int], args: argparse.Namespace, report: Report
 ) -> WrkResult:
-    """One wrk run; with ``--profile``, py-spy samples ``pids["server"]`` meanwhile."""
+    """One wrk run; with ``--profile``, py-spy samples ``pids["server"]`` meanwhile, and the
+    daemon's pipeline process too (it shares the two cores)."""
     load = report.load
     log(f"{name}: wrk {' '.join(load.args())} against {url}")
-    profiler, out = None, Path(tempfile.gettempdir()) / f"otelbridge-bench-{name}.pyspy.txt"
+    sampled = {name: pids["server"]} | ({f"{name} pipeline": pids["pipeline"]} if "pipeline" in pids else {})
+    profilers = {}
     if args.profile:
-        out.unlink(missing_ok=True)
-        profiler = start_profiler(pids["server"], out, PROFILE_RATE, load.duration_s)
+        for label, pid in sampled.items():
+            out = Path(tempfile.gettempdir()) / f"otelbridge-bench-{label.replace(' ', '-')}.pyspy.txt"
+            out.unlink(missing_ok=True)
+            profilers[label] = (start_profiler(pid, out, PROFILE_RATE, load.duration_s), out)
     result = run_wrk(url, script, load, pids)
-    if profiler is not None:
-        profiler.wait()
+    for label, (profiler, out) in profilers.items():
+        if profiler is not None:
+            profiler.wait()
         if out.exists():
-            report.profiles[name] = summarize_profile(
+            report.profiles[label] = summarize_profile(
                 out, load.duration_s, PROFILE_RATE, PROFILE_AREAS, "event loop, other"
             )
     check_wrk(name, result)
