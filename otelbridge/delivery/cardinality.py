@@ -83,11 +83,14 @@ def label_value(value: str) -> tuple[str, bool]:
 class Admission:
     """At most ``limit`` values, the least recently seen first."""
 
-    __slots__ = ("_limit", "_seen")
+    __slots__ = ("_limit", "_seen", "touch")
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._seen: OrderedDict[str, float] = OrderedDict()
+        #: an admitted value seen again at the time it was last admitted: the order
+        #: :meth:`admit` would leave (the dict's own method: no Python frame per touch)
+        self.touch: Callable[[str], None] = self._seen.move_to_end
 
     def admit(self, value: str, now: float) -> tuple[bool, str | None]:
         """(admitted, the value evicted to make room, if any)."""

@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
 
 from otelbridge.delivery.cardinality import (
@@ -224,3 +226,82 @@ def test_worst_case_holds_the_sdk_limit_and_the_page_is_current() -> None:
         "docs/cardinality.md is stale: paste the output of `python3 -c "
         '"from otelbridge.delivery.cardinality import worst_case_table; print(worst_case_table())"`'
     )
+
+
+_AGENTS = st.sampled_from(["a", "b", "c"])
+_POINTS = st.one_of(
+    st.builds(_calls, _AGENTS, st.sampled_from(["d1", "d2"]), st.sampled_from(["r1", "r2", "r" * 300])),
+    st.builds(_tool, _AGENTS, st.sampled_from(["t1", "t2", "t3"])),
+    st.builds(
+        lambda agent, value: MetricPoint(
+            c.METRIC_TTS_TTFB,
+            InstrumentKind.HISTOGRAM,
+            "s",
+            "d",
+            value,
+            {c.METRIC_ATTR_AGENT_ID: agent},
+            "k",
+            7,
+            9,
+        ),
+        _AGENTS,
+        st.sampled_from([0.1, 0.7, 3.0]),
+    ),
+    st.builds(
+        lambda agent, name, text: MetricPoint(
+            f"{c.METRIC_LOG_METRIC_PREFIX}{name}",
+            InstrumentKind.COUNTER,
+            "1",
+            "d",
+            1,
+            {c.METRIC_ATTR_AGENT_ID: agent, c.METRIC_ATTR_LOG_VALUE: text},
+            "k",
+            7,
+            9,
+        ),
+        _AGENTS,
+        st.sampled_from(["m0", "m1"]),
+        st.sampled_from(["x", "y"]),
+    ),
+)
+
+
+def _recorded(meter: Meter) -> tuple[object, ...]:
+    """What a recorder's readers and tallies hold (exemplars aside: a batch's counter points of
+    one series are summed, with the last one's)."""
+    counters = _counter_values(meter)
+    histograms = {
+        (m.name, frozenset(dp.attributes.items())): (dp.count, dp.sum, tuple(dp.bucket_counts))
+        for m in meter.recorder.histograms.collect(AggregationTemporality.CUMULATIVE)
+        for dp in m.data.data_points
+    }
+    return counters, histograms, dict(meter.recorder.folded), dict(meter.recorder.dropped)
+
+
+def _counter_values(meter: Meter) -> dict[str, dict[frozenset[tuple[str, object]], float]]:
+    data = meter.reader.get_metrics_data()
+    out: dict[str, dict[frozenset[tuple[str, object]], float]] = {}
+    for rm in data.resource_metrics if data else []:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                out[m.name] = {
+                    frozenset((dp.attributes or {}).items()): dp.value for dp in m.data.data_points
+                }
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.lists(_POINTS, max_size=14)), max_size=6))
+def test_a_batch_is_bounded_as_its_points_one_by_one(batches: list[tuple[bool, list[MetricPoint]]]) -> None:
+    """Within one ``record`` call the bounds are worked out once per attribute set: the result
+    (series, folds, drops, and which idle value goes first later) is that of the points
+    recorded one by one at the same time."""
+    limits = {"agents": 2, "tool_names": 1, "log_metric_names": 1, "log_metric_values": 1}
+    whole, one_by_one = Meter(**limits), Meter(**limits)
+    for idle, points in batches:
+        for meter in (whole, one_by_one):
+            meter.clock.now += IDLE_EVICTION_S if idle else 1.0
+        whole.recorder.record(points)
+        for point in points:
+            one_by_one.recorder.record([point])
+    assert _recorded(whole) == _recorded(one_by_one)
