@@ -20,7 +20,7 @@ from otelbridge.cartesia.webhooks import parse_webhook_event
 from otelbridge.delivery.resource import build_resource
 from otelbridge.ingest import processor as processor_module
 from otelbridge.ingest.assembly import CallAssembler
-from otelbridge.ingest.processor import load_unexported_points, points_to_json
+from otelbridge.ingest.processor import load_unexported_points, points_from_json, points_to_json
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping import ids, map_call
 from otelbridge.mapping.records import InstrumentKind, MetricPoint
@@ -819,9 +819,10 @@ def test_a_summary_after_the_root_is_the_output_of_call_analysis(harness: Harnes
     assert _string(replayed_root, c.OI_OUTPUT_VALUE) == analysis["analysis"]["summary"]
 
 
-def test_points_stored_a_row_per_point_by_an_earlier_version_are_still_loaded(tmp_path: Path) -> None:
-    """A batch's points are one row now; rows of a version that stored a row per point (an
-    object each) wait in the same table after an upgrade and are recorded as they were."""
+def test_points_stored_by_earlier_versions_are_still_loaded(tmp_path: Path) -> None:
+    """A batch's points are one row, each attribute set and span named once; rows of versions
+    that stored a row per point (an object each), or a batch with every point in full, wait in
+    the same table after an upgrade and are recorded as they were."""
     state, inbox, _ = open_processor(tmp_path)
     old = MetricPoint("cartesia.tts.ttfb", InstrumentKind.HISTOGRAM, "s", "TTS", 0.25,
                       {"cartesia.agent.id": "a"}, "turn:1", 7, 8)  # fmt: skip
@@ -832,9 +833,61 @@ def test_points_stored_a_row_per_point_by_an_earlier_version_are_still_loaded(tm
         '"value": 0.25, "attributes": {"cartesia.agent.id": "a"}, "span_key": "turn:1", "trace_id": 7, '
         '"span_id": 8}'
     )
+    in_full = (
+        '{"instruments": [["cartesia.tts.ttfb", "histogram", "s", "TTS"]], '
+        '"points": [[0, 0.25, {"cartesia.agent.id": "a"}, "turn:1", 7, 8]]}'
+    )
     with state.transaction() as tx:
         first = tx.add_point(row)
-        second = tx.add_point(points_to_json(new * 2))
-    assert load_unexported_points(state) == [(first, old), (second, new[0]), (second, new[0])]
+        second = tx.add_point(in_full)
+        third = tx.add_point(points_to_json(new * 2))
+    assert load_unexported_points(state) == [(first, old), (second, old), (third, new[0]), (third, new[0])]
     state.close()
     inbox.close()
+
+
+_LABELS = st.sampled_from(["cartesia.agent.id", "ok", "n"])
+_VALUES = st.one_of(st.booleans(), st.integers(-2, 2), st.sampled_from(["a", "b", "1", "True"]))
+
+
+#: an instrument has one kind, unit and description
+_INSTRUMENTS = st.sampled_from(
+    [
+        ("cartesia.calls", InstrumentKind.COUNTER, "{call}", "Calls by outcome"),
+        ("cartesia.tts.ttfb", InstrumentKind.HISTOGRAM, "s", "TTS"),
+    ]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.builds(
+            lambda instrument, value, attributes, span: MetricPoint(
+                instrument[0],
+                instrument[1],
+                instrument[2],
+                instrument[3],
+                value,
+                attributes,
+                span[0],
+                span[1],
+                span[2],
+            ),
+            _INSTRUMENTS,
+            st.one_of(st.integers(0, 3), st.floats(0, 10)),
+            st.dictionaries(_LABELS, _VALUES, max_size=3),
+            st.sampled_from([("root", 1 << 100, 1 << 63), ("turn:1", 1 << 100, 5), ("root", 1, 1)]),
+        ),
+        max_size=12,
+    )
+)
+def test_a_points_row_gives_back_its_points(points: list[MetricPoint]) -> None:
+    """Stored and read again, a batch's points are the same, each attribute of its own type
+    (True and 1 are equal in Python, and a set is stored once), in their own dicts."""
+    loaded = points_from_json(points_to_json(points))
+    assert loaded == points
+    assert [[type(v) for v in p.attributes.values()] for p in loaded] == [
+        [type(v) for v in p.attributes.values()] for p in points
+    ]
+    assert len({id(p.attributes) for p in loaded}) == len(loaded)
