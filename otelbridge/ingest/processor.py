@@ -33,7 +33,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import from_json, to_json
 
-from otelbridge.cartesia.models import AgentCall, TranscriptItem, parse_evaluation
+from otelbridge.cartesia.models import AgentCall, parse_evaluation
 from otelbridge.cartesia.webhooks import (
     CALL_STARTED,
     CALL_TURN,
@@ -48,7 +48,6 @@ from otelbridge.delivery.otlp import MAX_SPANS_PER_REQUEST
 from otelbridge.delivery.spool import Spool
 from otelbridge.ingest.assembly import CallAssembler
 from otelbridge.mapping import conventions as c
-from otelbridge.mapping import ids
 from otelbridge.mapping.deployments import Labeller, fold, folded_count, labeller
 from otelbridge.mapping.evaluations import map_evaluation
 from otelbridge.mapping.increments import Increment, analysis_span, call_increment, turn_increment
@@ -384,16 +383,16 @@ class Processor:
             call.start_ns = event.timestamp
         closed = call.closed_ns is not None
         increment = Increment()
+        ledgered = False  # a streamed turn's spans are in the ledger once mapped
 
         if event.type == CALL_TURN and event.turn is not None:
             timing = TurnTiming.of(event.turn)
             if call.start_ns is not None:
-                increment = turn_increment(
-                    self._context(call),
-                    event.turn,
-                    self._exported_of(tx, call_id, event.turn),
-                    self._preceding(tx, call, timing),
-                )
+                whole = turn_increment(self._context(call), event.turn, (), self._preceding(tx, call, timing))
+                # its spans recorded in the ledger at once: the ones not there before go out
+                fresh = tx.newly_exported(call_id, [s.span_id for s in whole.spans], received_ns)
+                increment = whole.only(fresh)
+                ledgered = True
             else:
                 self._keep(tx, call, body)
             self._remember_turns(tx, call, [timing])
@@ -418,16 +417,19 @@ class Processor:
                     increment = Increment([span])
                 call.summary_exported = True
 
-        self._taken(tx, call, increment, received_ns)
+        self._taken(tx, call, increment, received_ns, ledgered=ledgered)
         self._save(tx, call)
         return increment
 
-    def _taken(self, tx: StateTx, call: CallRow, increment: Increment, now: int) -> None:
-        """Ledger the spans of ``increment``, bound the deployments of its points and note what
-        its root settles."""
+    def _taken(
+        self, tx: StateTx, call: CallRow, increment: Increment, now: int, *, ledgered: bool = False
+    ) -> None:
+        """Ledger the spans of ``increment`` (unless ``ledgered``), bound the deployments of its
+        points and note what its root settles."""
         if not increment.spans:
             return
-        self._ledger(tx, call.call_id, increment.spans, now)
+        if not ledgered:
+            self._ledger(tx, call.call_id, increment.spans, now)
         if increment.points:
             call_ns = call.start_ns if call.start_ns is not None else increment.spans[0].start_ns
             increment.points = fold(increment.points, self._labeller(tx, call.agent_id, call_ns))
@@ -493,14 +495,6 @@ class Processor:
         return CallContext(call_id, agent_id, agent_name, start_ns, self._options, deployment_id)
 
     # --- storage ----------------------------------------------------------------------------
-    @staticmethod
-    def _exported_of(tx: StateTx, call_id: str, item: TranscriptItem) -> set[int]:
-        """The ledger entries of one turn's span ids only (a turn webhook of a long call must not
-        read the call's whole ledger)."""
-        keys = [ids.turn_key(item.role, item.start_timestamp)]
-        keys += [ids.tool_key(keys[0], t.id) for t in item.tool_calls]
-        return tx.exported_among(call_id, [ids.span_id(call_id, k) for k in keys])
-
     @staticmethod
     def _preceding(tx: StateTx, call: CallRow, turn: TurnTiming) -> TurnTiming | None:
         """The received turn before ``turn``: the latest one when ``turn`` starts after it, else of

@@ -49,6 +49,14 @@ class Increment:
     def __bool__(self) -> bool:
         return bool(self.spans or self.points)
 
+    def only(self, span_ids: Collection[int]) -> Increment:
+        """The spans of ``span_ids``, and their points."""
+        return Increment(
+            [s for s in self.spans if s.span_id in span_ids],
+            [p for p in self.points if p.span_id in span_ids],
+            self.late_log_items,
+        )
+
 
 def call_increment(
     call: AgentCall,
@@ -94,9 +102,8 @@ def turn_increment(
     """One turn of a ``call_turn`` webhook (and its tool calls), minus what is out already;
     ``previous`` is the spoken turn before it among those received (for response latency)."""
     spans = map_turn(ctx, item, response_latency=latency_after(previous, TurnTiming.of(item)))
-    points = turn_points(ctx, item, spans)
-    emit = {s.span_id for s in spans if s.span_id not in exported}
-    return Increment([s for s in spans if s.span_id in emit], [p for p in points if p.span_id in emit])
+    whole = Increment(spans, turn_points(ctx, item, spans))
+    return whole.only({s.span_id for s in spans if s.span_id not in exported}) if exported else whole
 
 
 def analysis_span(ctx: CallContext, summary: str, at_ns: int) -> SpanRecord:

@@ -215,8 +215,9 @@ class LedgerTx(Protocol):
         """The span ids (unsigned 64-bit) exported for a call."""
         ...
 
-    def exported_among(self, call_id: str, span_ids: Sequence[int]) -> set[int]:
-        """Which of ``span_ids`` are exported (one turn's: never the call's whole ledger)."""
+    def newly_exported(self, call_id: str, span_ids: Sequence[int], now_ns: int) -> set[int]:
+        """Record ``span_ids`` as exported; those that were not before. One statement for a
+        streamed turn's spans (never the call's whole ledger)."""
         ...
 
     def record_exported(self, call_id: str, span_ids: Sequence[int], now_ns: int) -> None: ...

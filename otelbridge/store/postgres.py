@@ -473,10 +473,14 @@ class PostgresStateTx:
         rows = self._all("SELECT span_id FROM ledger WHERE call_id=%s", (call_id,))
         return {r["span_id"] & _UNSIGNED for r in rows}
 
-    def exported_among(self, call_id: str, span_ids: Sequence[int]) -> set[int]:
+    def newly_exported(self, call_id: str, span_ids: Sequence[int], now_ns: int) -> set[int]:
+        if not span_ids:
+            return set()
         rows = self._all(
-            "SELECT span_id FROM ledger WHERE call_id=%s AND span_id = ANY(%s)",
-            (call_id, [signed64(s) for s in span_ids]),
+            # RETURNING gives the rows inserted, not the ones skipped (already in the ledger)
+            "INSERT INTO ledger (call_id, span_id, exported_ns) "
+            "SELECT %s, unnest(%s::bigint[]), %s ON CONFLICT DO NOTHING RETURNING span_id",
+            (call_id, [signed64(s) for s in span_ids], now_ns),
         )
         return {r["span_id"] & _UNSIGNED for r in rows}
 

@@ -514,12 +514,16 @@ class SqliteStateTx:
         rows = self._conn.execute("SELECT span_id FROM ledger WHERE call_id=?", (call_id,))
         return {r["span_id"] & _UNSIGNED for r in rows}
 
-    def exported_among(self, call_id: str, span_ids: Sequence[int]) -> set[int]:
-        marks = ",".join("?" * len(span_ids))
+    def newly_exported(self, call_id: str, span_ids: Sequence[int], now_ns: int) -> set[int]:
+        if not span_ids:
+            return set()
         rows = self._conn.execute(
-            f"SELECT span_id FROM ledger WHERE call_id=? AND span_id IN ({marks})",  # noqa: S608 - placeholders only
-            (call_id, *(signed64(s) for s in span_ids)),
-        )
+            # RETURNING gives the rows inserted, not the ones ignored (already in the ledger)
+            "INSERT OR IGNORE INTO ledger (call_id, span_id, exported_ns) VALUES "  # noqa: S608 - placeholders only
+            + ",".join(["(?, ?, ?)"] * len(span_ids))
+            + " RETURNING span_id",
+            [value for s in span_ids for value in (call_id, signed64(s), now_ns)],
+        ).fetchall()
         return {r["span_id"] & _UNSIGNED for r in rows}
 
     def record_exported(self, call_id: str, span_ids: Sequence[int], now_ns: int) -> None:

@@ -5,7 +5,12 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    HistogramDataPoint,
+    InMemoryMetricReader,
+    NumberDataPoint,
+)
 from opentelemetry.sdk.resources import Resource
 
 from otelbridge.delivery.cardinality import (
@@ -271,9 +276,10 @@ def _recorded(meter: Meter) -> tuple[object, ...]:
     one series are summed, with the last one's)."""
     counters = _counter_values(meter)
     histograms = {
-        (m.name, frozenset(dp.attributes.items())): (dp.count, dp.sum, tuple(dp.bucket_counts))
+        (m.name, frozenset((dp.attributes or {}).items())): (dp.count, dp.sum, tuple(dp.bucket_counts))
         for m in meter.recorder.histograms.collect(AggregationTemporality.CUMULATIVE)
         for dp in m.data.data_points
+        if isinstance(dp, HistogramDataPoint)
     }
     return counters, histograms, dict(meter.recorder.folded), dict(meter.recorder.dropped)
 
@@ -285,7 +291,9 @@ def _counter_values(meter: Meter) -> dict[str, dict[frozenset[tuple[str, object]
         for sm in rm.scope_metrics:
             for m in sm.metrics:
                 out[m.name] = {
-                    frozenset((dp.attributes or {}).items()): dp.value for dp in m.data.data_points
+                    frozenset((dp.attributes or {}).items()): dp.value
+                    for dp in m.data.data_points
+                    if isinstance(dp, NumberDataPoint)
                 }
     return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 import tempfile
 import time
@@ -891,3 +892,21 @@ def test_a_points_row_gives_back_its_points(points: list[MetricPoint]) -> None:
         [type(v) for v in p.attributes.values()] for p in points
     ]
     assert len({id(p.attributes) for p in loaded}) == len(loaded)
+
+
+def test_a_redelivered_turn_whose_tool_calls_share_an_id_exports_each_span_once(harness: Harness) -> None:
+    """Two tool calls of one id in a turn are two spans (the second's key counts it); the turn
+    delivered again must find both in the ledger, not only the first."""
+    events = _events()
+    call_id = next(e["call_id"] for e in events if e.get("type") == "call_turn")
+    started = next(e for e in events if e.get("call_id") == call_id and e["type"] == "call_started")
+    turn = copy.deepcopy(next(e for e in events if e.get("call_id") == call_id and e["type"] == "call_turn"))
+    call = {"id": "tc_1", "name": "lookup", "arguments": {"q": 1}}
+    turn["turn"]["tool_calls"] = [call, {**call, "arguments": {"q": 2}}]
+    harness.put(started, turn)
+    harness.run()
+    first = harness.spans()
+    assert len([s for s in first if s.parent_span_id == first[0].span_id]) == 2  # both tool spans
+    harness.put(turn)
+    harness.run()
+    _assert_exactly_once(harness.spans(), {s.span_id for s in first})

@@ -265,8 +265,19 @@ def test_ledger_keeps_unsigned_64_bit_span_ids(s: Stores) -> None:
         tx.record_exported("c1", [high], 2)  # again: no error, no duplicate
     with s.state.reading() as tx:
         assert tx.exported("c1") == {high, low, 5}
-        assert tx.exported_among("c1", [high, 6]) == {high}
         assert tx.exported("c2") == set()
+
+
+def test_newly_exported_records_the_span_ids_and_names_those_not_recorded_before(s: Stores) -> None:
+    high = (1 << 64) - 1
+    with s.state.transaction() as tx:
+        tx.record_exported("c1", [high], 1)
+        assert tx.newly_exported("c1", [high, 6, 6, 1 << 63], 2) == {6, 1 << 63}
+        assert tx.newly_exported("c1", [high, 6], 3) == set()
+        assert tx.newly_exported("c2", [high], 3) == {high}  # per call
+        assert tx.newly_exported("c1", [], 3) == set()
+    with s.state.reading() as tx:
+        assert tx.exported("c1") == {high, 6, 1 << 63}
 
 
 def test_points_until_forgotten(s: Stores) -> None:
