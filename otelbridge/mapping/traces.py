@@ -251,8 +251,8 @@ def _text_chunk_events(
     ctx: CallContext, item: TranscriptItem, span: SpanRecord, adjust: _Adjustments
 ) -> None:
     """The turn's ``cartesia.text_chunk`` events, clamped into it, their text under the policy."""
-    # A turn has dozens of chunks: the common case (a time inside the turn, short text kept as
-    # it is) is decided here without a sink; anything else takes the general path.
+    # A turn has dozens of chunks: short text kept as it is needs no sink, a time inside the
+    # turn no clamp (chunks stamped past the turn's end are common, so both are decided apart).
     options = ctx.options
     plain = options.text_policy is TextPolicy.KEEP
     short = options.max_attribute_bytes // 4
@@ -260,22 +260,21 @@ def _text_chunk_events(
     events = span.events
     for index, chunk in enumerate(item.text_chunks):
         offset = chunk["start_timestamp"]
-        at = base + offset_to_ns(offset) if 0 <= offset <= MAX_OFFSET_S else -1
+        if not 0 <= offset <= MAX_OFFSET_S:
+            offset = _offset(offset, adjust, "text_chunk")
+        at = base + offset_to_ns(offset)
+        moved = False
+        if not lo <= at <= hi:
+            at, moved = _clamp(at, lo, hi, adjust, "text_chunk_outside_turn")
         text = chunk.get("text", "")
-        if lo <= at <= hi and plain and len(text) <= short:
-            events.append(EventRecord(c.EVENT_TEXT_CHUNK, at, {c.CHUNK_INDEX: index, c.CHUNK_TEXT: text}))
-            continue
-        at, moved = _clamp(
-            base + offset_to_ns(_offset(offset, adjust, "text_chunk")),
-            lo,
-            hi,
-            adjust,
-            "text_chunk_outside_turn",
-        )
-        attrs: Attributes = {c.CHUNK_INDEX: index}
-        event_sink = AttributeSink(options, attrs)
-        event_sink.text(c.CHUNK_TEXT, text)
-        event_sink.list_cuts()  # every cut is listed, on the event that holds it
+        attrs: Attributes
+        if plain and len(text) <= short:
+            attrs = {c.CHUNK_INDEX: index, c.CHUNK_TEXT: text}
+        else:
+            attrs = {c.CHUNK_INDEX: index}
+            event_sink = AttributeSink(options, attrs)
+            event_sink.text(c.CHUNK_TEXT, text)
+            event_sink.list_cuts()  # every cut is listed, on the event that holds it
         if moved:
             attrs[c.TIME_ADJUSTED] = True
         events.append(EventRecord(c.EVENT_TEXT_CHUNK, at, attrs))
