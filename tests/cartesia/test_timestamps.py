@@ -1,6 +1,9 @@
 import calendar
+import datetime as dt
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from otelbridge.cartesia.timestamps import format_rfc3339_ns, offset_to_ns, parse_rfc3339_ns
 
@@ -74,3 +77,26 @@ def test_reasons_never_quote_the_value_and_stay_short(text: str) -> None:
     reason = str(caught.value)
     assert text.strip() not in reason and "+1415" not in reason and "23:36" not in reason
     assert len(reason) < 120
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.datetimes(min_value=dt.datetime(1, 1, 2), max_value=dt.datetime(9999, 12, 30)),
+    st.integers(0, 999_999_999),
+    st.integers(0, 9),
+    st.integers(-(23 * 60 + 59), 23 * 60 + 59),
+)
+def test_any_time_reads_as_calendar_arithmetic_has_it(
+    when: dt.datetime, nanos: int, digits: int, offset_minutes: int
+) -> None:
+    """Every date of years 1-9999, any offset, 0-9 digits: the Unix nanoseconds that exact
+    datetime arithmetic gives (an independent reference for the parser's day count)."""
+    fraction = f"{nanos:09d}"[:digits]
+    sign = "+" if offset_minutes >= 0 else "-"
+    hours, minutes = divmod(abs(offset_minutes), 60)
+    stamp = f"{when.year:04d}-{when:%m-%dT%H:%M:%S}"  # %Y gives 999, not 0999
+    text = f"{stamp}{'.' + fraction if digits else ''}{sign}{hours:02d}:{minutes:02d}"
+    local = when.replace(microsecond=0, tzinfo=dt.timezone(dt.timedelta(minutes=offset_minutes)))
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    expected = (local - epoch) // dt.timedelta(seconds=1) * 1_000_000_000 + int(fraction.ljust(9, "0") or 0)
+    assert parse_rfc3339_ns(text) == expected
