@@ -137,7 +137,8 @@ class MetricRecorder:
         instead of many; the exemplar is the series' last point)."""
         now = self._clock()
         self._unbounded.clear()  # valid within one call: its points share one ``now``
-        sums: dict[tuple[str, tuple[tuple[str, str | bool | int], ...]], MetricPoint] = {}
+        #: a series' last point, its values' sum and how many were summed
+        sums: dict[tuple[str, tuple[tuple[str, str | bool | int], ...]], tuple[MetricPoint, float, int]] = {}
         for raw in points:
             point = self._bound(raw, now)
             if point is None:
@@ -147,9 +148,11 @@ class MetricRecorder:
                 continue
             key = (point.instrument, tuple(sorted(point.attributes.items())))
             seen = sums.get(key)
-            sums[key] = point if seen is None else replace(point, value=seen.value + point.value)
-        for point in sums.values():
-            self._record(point)
+            sums[key] = (
+                (point, point.value, 1) if seen is None else (point, seen[1] + point.value, seen[2] + 1)
+            )
+        for point, total, count in sums.values():
+            self._record(point if count == 1 else replace(point, value=total))
 
     def forget_deployments(self, fallen: Iterable[tuple[str, str]]) -> None:
         """Drop the series of deployments (agent id, deployment id) no longer among the most

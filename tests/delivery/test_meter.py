@@ -110,3 +110,23 @@ def test_points_sharing_one_attribute_dict_are_bounded_and_counted_each() -> Non
     agents = {dict(dp.attributes or {})[c.METRIC_ATTR_AGENT_ID] for dp in metrics[c.METRIC_TTS_TTFB]}
     assert agents == {"a", "other"}
     assert shared == {c.METRIC_ATTR_AGENT_ID: "b", c.METRIC_ATTR_ROLE: "user"}  # not changed in place
+
+
+def test_counter_points_of_one_series_are_one_add_with_the_last_points_exemplar() -> None:
+    points = [
+        MetricPoint(
+            c.METRIC_TURNS, InstrumentKind.COUNTER, "{turn}", "d", value, {c.AGENT_ID: "a"}, "k", 7, span
+        )
+        for value, span in ((1, 11), (2, 12), (4, 13))
+    ]
+    other = MetricPoint(
+        c.METRIC_TURNS, InstrumentKind.COUNTER, "{turn}", "d", 5, {c.AGENT_ID: "b"}, "k", 7, 14
+    )
+    metrics, _ = _collect([*points, other])
+    by_agent = {dict(dp.attributes or {})[c.AGENT_ID]: dp for dp in metrics[c.METRIC_TURNS]}
+    assert {agent: dp.value for agent, dp in by_agent.items() if isinstance(dp, NumberDataPoint)} == {
+        "a": 7,
+        "b": 5,
+    }
+    (exemplar,) = by_agent["a"].exemplars
+    assert (exemplar.span_id, exemplar.value) == (13, 7)
