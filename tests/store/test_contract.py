@@ -275,6 +275,7 @@ def test_newly_exported_records_the_span_ids_and_names_those_not_recorded_before
         assert tx.newly_exported("c1", [high, 6, 6, 1 << 63], 2) == {6, 1 << 63}
         assert tx.newly_exported("c1", [high, 6], 3) == set()
         assert tx.newly_exported("c2", [high], 3) == {high}  # per call
+        assert tx.newly_exported("c2", [high], 4) == set()  # one id alone, already there
         assert tx.newly_exported("c1", [], 3) == set()
     with s.state.reading() as tx:
         assert tx.exported("c1") == {high, 6, 1 << 63}
