@@ -86,6 +86,10 @@ ListedCall = tuple[AgentCall, dict[str, Any]]
 EVALUATION_EVENT = "otelbridge.evaluation"
 
 
+class _EventFailed(Exception):
+    """An event failed in a batch run without a savepoint per event."""
+
+
 @dataclass(slots=True)
 class BatchResult:
     events: int = 0
@@ -215,6 +219,15 @@ class Processor:
         return self._inbox.processed_through() or 0
 
     def process_batch(self, limit: int = 500) -> BatchResult:
+        # First without a savepoint per event (two statements each; two round trips on
+        # PostgreSQL): an event that fails rolls the whole batch back, which then runs again
+        # with them, where that event alone is skipped.
+        try:
+            return self._process_batch(limit, guarded=False)
+        except _EventFailed:
+            return self._process_batch(limit, guarded=True)
+
+    def _process_batch(self, limit: int, *, guarded: bool) -> BatchResult:
         now = self._clock()
         result = self._new_batch()
         spans: list[SpanRecord] = []
@@ -225,7 +238,7 @@ class Processor:
             rows = claim.rows
             for row in rows:
                 result.events += 1
-                increment = self._event(tx, row.body, row.received_ns, result)
+                increment = self._event(tx, row.body, row.received_ns, result, guarded=guarded)
                 spans += increment.spans
                 points += increment.points
                 result.late_log_items += increment.late_log_items
@@ -324,7 +337,9 @@ class Processor:
             result.points.extend((row_id, point) for point in points)
 
     # --- one event ------------------------------------------------------------------------
-    def _event(self, tx: StateTx, body: bytes, received_ns: int, result: BatchResult) -> Increment:
+    def _event(
+        self, tx: StateTx, body: bytes, received_ns: int, result: BatchResult, *, guarded: bool
+    ) -> Increment:
         try:
             data = from_json(body)
             if isinstance(data, dict) and data.get("type") == EVALUATION_EVENT:
@@ -334,23 +349,36 @@ class Processor:
             log.error("inbox event skipped: no longer valid (%s)", type(exc).__name__)
             result.failed_events += 1
             return Increment()
-        return self._take(tx, event, body, received_ns, result)
+        return self._take(tx, event, body, received_ns, result, guarded=guarded)
 
     def _take(
-        self, tx: StateTx, event: WebhookEvent, body: bytes | None, received_ns: int, result: BatchResult
+        self,
+        tx: StateTx,
+        event: WebhookEvent,
+        body: bytes | None,
+        received_ns: int,
+        result: BatchResult,
+        *,
+        guarded: bool = True,
     ) -> Increment:
         """One validated event (``body``: its JSON, kept when the event must wait; None for a
-        final listed call, which never waits)."""
+        final listed call, which never waits). ``guarded``: in a savepoint of its own, skipped
+        alone if it fails; else its failure is :class:`_EventFailed`, for the whole batch."""
         result.events_by_type[event.type] = result.events_by_type.get(event.type, 0) + 1
         call_id = event.resolved_call_id
         if call_id is None or not event.is_known:
             return Increment()
         try:
-            with tx.savepoint():
+            if guarded:
+                with tx.savepoint():
+                    increment = self._apply(tx, event, body, call_id, received_ns)
+            else:
                 increment = self._apply(tx, event, body, call_id, received_ns)
         except StoreWriteError:  # the store failed, not the event: the whole batch fails
             raise
-        except Exception:  # a bug must not wedge the inbox: skip the event, loudly
+        except Exception as exc:  # a bug must not wedge the inbox: skip the event, loudly
+            if not guarded:
+                raise _EventFailed from exc
             self._first_calls.clear()  # it may hold what the rollback undid
             log.exception("call %s: %s event could not be processed and was skipped", call_id, event.type)
             result.failed_events += 1

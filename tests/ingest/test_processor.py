@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import random
 import tempfile
 import time
@@ -23,7 +24,7 @@ from otelbridge.ingest import processor as processor_module
 from otelbridge.ingest.assembly import CallAssembler
 from otelbridge.ingest.processor import load_unexported_points, points_from_json, points_to_json
 from otelbridge.mapping import conventions as c
-from otelbridge.mapping import ids, map_call
+from otelbridge.mapping import deployments, ids, map_call
 from otelbridge.mapping.records import InstrumentKind, MetricPoint
 from tests.support.inbox_events import store_events
 from tests.support.otlp_receiver import attributes
@@ -910,3 +911,34 @@ def test_a_redelivered_turn_whose_tool_calls_share_an_id_exports_each_span_once(
     harness.put(turn)
     harness.run()
     _assert_exactly_once(harness.spans(), {s.span_id for s in first})
+
+
+def test_an_event_that_fails_is_skipped_alone_and_the_rest_of_its_batch_goes_out_once(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch runs first without a savepoint per event; an event that fails rolls it back and
+    it runs again with them: that event is skipped (and logged) once, every other span goes out
+    once, nothing of the first run remains."""
+    events = _events()
+    turns = [e for e in events if e.get("type") == "call_turn"]
+    bad = turns[len(turns) // 2]["turn"]
+    bad_key = ids.turn_key(bad["role"], bad["start_timestamp"])
+
+    def failing(points: list[MetricPoint], label: Any) -> list[MetricPoint]:
+        # the streamed turn's points only (not the call's at its end), after its span ids went
+        # into the ledger: only a rollback takes them out, so that the call's end exports it
+        if points and all(p.span_key.startswith(bad_key) for p in points):
+            raise RuntimeError("a bug in the labels")
+        return deployments.fold(points, label)
+
+    monkeypatch.setattr(processor_module, "fold", failing)
+    harness.put(*events)
+    failed = 0
+    with caplog.at_level(logging.ERROR, logger="otelbridge.processor"):
+        while (result := harness.processor.process_batch(limit=7)).events:
+            failed += result.failed_events
+    assert failed == 1
+    assert len([r for r in caplog.records if "could not be processed" in r.getMessage()]) == 1
+    # the whole calls' ends export what the skipped turn would have: each span once, all there
+    _assert_exactly_once(harness.spans(), _expected_span_ids(events))
+    assert harness.processor.watermark() == len(events)
