@@ -27,6 +27,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -369,10 +370,7 @@ class Processor:
         if call_id is None or not event.is_known:
             return Increment()
         try:
-            if guarded:
-                with tx.savepoint():
-                    increment = self._apply(tx, event, body, call_id, received_ns)
-            else:
+            with tx.savepoint() if guarded else nullcontext():
                 increment = self._apply(tx, event, body, call_id, received_ns)
         except StoreWriteError:  # the store failed, not the event: the whole batch fails
             raise
