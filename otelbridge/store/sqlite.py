@@ -523,9 +523,7 @@ class SqliteStateTx:
             return set()
         rows = self._conn.execute(
             # RETURNING gives the rows inserted, not the ones ignored (already in the ledger)
-            "INSERT OR IGNORE INTO ledger (call_id, span_id, exported_ns) VALUES "  # noqa: S608 - placeholders only
-            + ",".join(["(?, ?, ?)"] * len(span_ids))
-            + " RETURNING span_id",
+            _RECORD_EXPORTED + ", (?, ?, ?)" * (len(span_ids) - 1) + " RETURNING span_id",
             [value for s in span_ids for value in (call_id, signed64(s), now_ns)],
         ).fetchall()
         return {r["span_id"] & _UNSIGNED for r in rows}
