@@ -390,9 +390,8 @@ class Processor:
         evaluation = parse_evaluation(data.get("evaluation"))
         result.events_by_type[EVALUATION_EVENT] = result.events_by_type.get(EVALUATION_EVENT, 0) + 1
         span, points = map_evaluation(evaluation, self._options)
-        if span.span_id in tx.exported(evaluation.call_id):
-            return Increment()
-        self._ledger(tx, evaluation.call_id, [span], received_ns)
+        if not tx.newly_exported(evaluation.call_id, [span.span_id], received_ns):
+            return Increment()  # read before: its span is out already
         return Increment([span], points)
 
     def _apply(
@@ -409,7 +408,7 @@ class Processor:
             call.start_ns = event.timestamp
         closed = call.closed_ns is not None
         increment = Increment()
-        ledgered = False  # a streamed turn's spans are in the ledger once mapped
+        ledgered = False  # a streamed turn's spans, or a late summary's, are in the ledger once mapped
 
         if event.type == CALL_TURN and event.turn is not None:
             timing = TurnTiming.of(event.turn)
@@ -439,8 +438,9 @@ class Processor:
             elif summary and not call.summary_exported and call.start_ns is not None:
                 at = event.timestamp if event.timestamp is not None else received_ns
                 span = analysis_span(self._context(call), summary, at)
-                if span.span_id not in tx.exported(call_id):
+                if tx.newly_exported(call_id, [span.span_id], received_ns):
                     increment = Increment([span])
+                ledgered = True
                 call.summary_exported = True
 
         self._taken(tx, call, increment, received_ns, ledgered=ledgered)
