@@ -413,7 +413,8 @@ class Processor:
         if event.type == CALL_TURN and event.turn is not None:
             timing = TurnTiming.of(event.turn)
             if call.start_ns is not None:
-                whole = turn_increment(self._context(call), event.turn, (), self._preceding(tx, call, timing))
+                previous = self._preceding(tx, call, timing)
+                whole = turn_increment(self._context(call), event.turn, (), previous, timing)
                 # its spans recorded in the ledger at once: the ones not there before go out
                 fresh = tx.newly_exported(call_id, [s.span_id for s in whole.spans], received_ns)
                 increment = whole.only(fresh)

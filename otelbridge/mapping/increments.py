@@ -97,11 +97,17 @@ def call_increment(
 
 
 def turn_increment(
-    ctx: CallContext, item: TranscriptItem, exported: Collection[int], previous: TurnTiming | None = None
+    ctx: CallContext,
+    item: TranscriptItem,
+    exported: Collection[int],
+    previous: TurnTiming | None = None,
+    timing: TurnTiming | None = None,
 ) -> Increment:
     """One turn of a ``call_turn`` webhook (and its tool calls), minus what is out already;
-    ``previous`` is the spoken turn before it among those received (for response latency)."""
-    spans = map_turn(ctx, item, response_latency=latency_after(previous, TurnTiming.of(item)))
+    ``previous`` is the spoken turn before it among those received (for response latency),
+    ``timing`` the turn's own ``TurnTiming.of(item)`` where the caller has it already."""
+    timing = TurnTiming.of(item) if timing is None else timing
+    spans = map_turn(ctx, item, response_latency=latency_after(previous, timing))
     whole = Increment(spans, turn_points(ctx, item, spans))
     return whole.only({s.span_id for s in spans if s.span_id not in exported}) if exported else whole
 

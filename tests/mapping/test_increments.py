@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from otelbridge.cartesia.models import AgentCall, parse_call
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping import map_call
@@ -48,7 +50,9 @@ def _ctx(call: AgentCall) -> CallContext:
     return CallContext(call.id, call.agent_id, call.agent_name, call.start_time, OPTIONS)
 
 
-def test_streamed_turns_then_completion_equal_the_whole_call() -> None:
+@pytest.mark.parametrize("timing_given", [False, True], ids=["timing-computed", "timing-given"])
+def test_streamed_turns_then_completion_equal_the_whole_call(timing_given: bool) -> None:
+    """Also with each turn's timing handed in, as the processor does (it has it already)."""
     call = _call()
     whole = map_call(call, OPTIONS)
     exported: set[int] = set()
@@ -58,7 +62,8 @@ def test_streamed_turns_then_completion_equal_the_whole_call() -> None:
         if item.is_system:
             continue
         timing = TurnTiming.of(item)
-        inc = turn_increment(_ctx(call), item, exported, preceding(received, timing.start_us))
+        previous = preceding(received, timing.start_us)
+        inc = turn_increment(_ctx(call), item, exported, previous, timing if timing_given else None)
         received.append(timing)
         exported |= {s.span_id for s in inc.spans}
         spans += inc.spans
