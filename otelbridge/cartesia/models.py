@@ -67,12 +67,16 @@ def _empty_map_if_none(value: object) -> object:
 _FLOAT_MAX: Final = sys.float_info.max
 
 
+def _check_float_range(value: object, what: str) -> None:
+    # JSON allows any integer; a metric holds a 64-bit float (mapping would overflow)
+    if isinstance(value, int) and not -_FLOAT_MAX <= value <= _FLOAT_MAX:
+        raise ValueError(f"{what} must be a number a 64-bit float can hold (|value| <= 1.8e308)")
+
+
 def _metric_value(value: object) -> object:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int) and not -_FLOAT_MAX <= value <= _FLOAT_MAX:
-        # JSON allows any integer; a metric holds a 64-bit float (mapping would overflow)
-        raise ValueError("a LogMetric value must be a number a 64-bit float can hold (|value| <= 1.8e308)")
+    _check_float_range(value, "a LogMetric value")
     if isinstance(value, int | float | str):
         return value
     raise ValueError("a LogMetric value must be a number or a string")
@@ -88,6 +92,7 @@ def _evaluation_value(value: object) -> object:
     """Numbers stay numbers, booleans become 1/0 (a pass/fail judge), anything else its JSON text."""
     if isinstance(value, bool):
         return int(value)
+    _check_float_range(value, "an evaluation value")  # its score and metric are floats
     if value is None or isinstance(value, int | float | str):
         return value
     return json.dumps(value, sort_keys=True, separators=(",", ":"))

@@ -34,7 +34,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import from_json, to_json
 
-from otelbridge.cartesia.models import AgentCall, parse_evaluation
+from otelbridge.cartesia.models import AgentCall, EvaluationResult, parse_evaluation
 from otelbridge.cartesia.webhooks import (
     CALL_STARTED,
     CALL_TURN,
@@ -344,7 +344,10 @@ class Processor:
         try:
             data = from_json(body)
             if isinstance(data, dict) and data.get("type") == EVALUATION_EVENT:
-                return self._evaluation(tx, data, received_ns, result)
+                evaluation = parse_evaluation(data.get("evaluation"))
+                result.events_by_type[EVALUATION_EVENT] = result.events_by_type.get(EVALUATION_EVENT, 0) + 1
+                work = functools.partial(self._evaluation, tx, evaluation, received_ns)
+                return self._isolated(tx, EVALUATION_EVENT, evaluation.call_id, result, guarded, work)
             event = parse_webhook_event(data)
         except (ValueError, ValidationError) as exc:  # validated on receipt: only a schema change
             log.error("inbox event skipped: no longer valid (%s)", type(exc).__name__)
@@ -369,26 +372,37 @@ class Processor:
         call_id = event.resolved_call_id
         if call_id is None or not event.is_known:
             return Increment()
+        work = functools.partial(self._apply, tx, event, body, call_id, received_ns)
+        return self._isolated(tx, event.type, call_id, result, guarded, work)
+
+    def _isolated(
+        self,
+        tx: StateTx,
+        event_type: str,
+        call_id: str,
+        result: BatchResult,
+        guarded: bool,
+        work: Callable[[], Increment],
+    ) -> Increment:
+        """``work`` for one event: ``guarded``, in a savepoint of its own, skipped alone if it
+        fails; else its failure is :class:`_EventFailed`, for the whole batch to run again
+        guarded. A failure of the store itself fails the batch."""
         try:
             with tx.savepoint() if guarded else nullcontext():
-                increment = self._apply(tx, event, body, call_id, received_ns)
+                increment = work()
         except StoreWriteError:  # the store failed, not the event: the whole batch fails
             raise
         except Exception as exc:  # a bug must not wedge the inbox: skip the event, loudly
             if not guarded:
                 raise _EventFailed from exc
             self._first_calls.clear()  # it may hold what the rollback undid
-            log.exception("call %s: %s event could not be processed and was skipped", call_id, event.type)
+            log.exception("call %s: %s event could not be processed and was skipped", call_id, event_type)
             result.failed_events += 1
             return Increment()
         result.deployments_folded += folded_count(increment.points)
         return increment
 
-    def _evaluation(
-        self, tx: StateTx, data: dict[str, Any], received_ns: int, result: BatchResult
-    ) -> Increment:
-        evaluation = parse_evaluation(data.get("evaluation"))
-        result.events_by_type[EVALUATION_EVENT] = result.events_by_type.get(EVALUATION_EVENT, 0) + 1
+    def _evaluation(self, tx: StateTx, evaluation: EvaluationResult, received_ns: int) -> Increment:
         span, points = map_evaluation(evaluation, self._options)
         if not tx.newly_exported(evaluation.call_id, [span.span_id], received_ns):
             return Increment()  # read before: its span is out already

@@ -11,9 +11,10 @@ from typing import Any
 
 import anyio
 import pytest
+from pydantic import ValidationError
 
 from otelbridge.cartesia.client import CartesiaClient
-from otelbridge.cartesia.models import parse_call
+from otelbridge.cartesia.models import parse_call, parse_evaluation
 from otelbridge.delivery.spool import Spool
 from otelbridge.ingest.poller import Poller, Stored, take_calls
 from otelbridge.ingest.processor import BatchResult, Processor, load_unexported_points
@@ -399,3 +400,52 @@ def test_evaluations_become_spans_once(world: World, api: CartesiaStandIn) -> No
     counts = world.exported()
     assert all(n == 1 for n in counts.values())
     assert len(counts) == len(_expected([call])) + 2
+
+
+def _completed(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Final calls as the poller stores them in the inbox."""
+    return [{"type": "call_completed", "call_id": call["id"], "agent_id": call["agent_id"], "call": call,
+             "source": "poll"} for call in calls]  # fmt: skip
+
+
+def _evaluation_event(result: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation as the poller stores it in the inbox."""
+    return {"type": "otelbridge.evaluation", "call_id": result["callId"], "agent_id": result["agentId"],
+            "evaluation": result}  # fmt: skip
+
+
+def test_an_evaluation_beyond_a_float_is_skipped_alone(world: World) -> None:
+    """An integer value no float holds (JSON allows it) made every batch fail, for good: it is
+    invalid now, and a row stored before is skipped while the events after it go on."""
+    from tests.support.cartesia_api import make_metric_result
+
+    first, second = make_call("agent_a", 1, turns=2), make_call("agent_a", 2, turns=2)
+    huge = make_metric_result(first, "resolved", value=10**400)
+    with pytest.raises(ValidationError, match="an evaluation value must be a number a 64-bit float can hold"):
+        parse_evaluation(huge)
+    world.put(_evaluation_event(huge), *_completed([second]))
+    world.process()
+    assert world.inbox.processed_through() == 2  # both rows processed, not stuck on the first
+    assert len(world.exported()) == len(_expected([second]))
+
+
+def test_an_evaluation_whose_processing_fails_is_skipped_alone(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in an evaluation's mapping skips that event, as one in a webhook's does: the
+    evaluations ran outside the isolation every other event has, and failed every batch."""
+    from otelbridge.ingest import processor as processor_module
+    from tests.support.cartesia_api import make_metric_result
+
+    first, second = make_call("agent_a", 1, turns=2), make_call("agent_a", 2, turns=2)
+
+    def broken(*_: object) -> object:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(processor_module, "map_evaluation", broken)
+    world.put(_evaluation_event(make_metric_result(first, "resolved", value=1)), *_completed([second]))
+    results = []
+    while (result := world.processor.process_batch()).events:
+        results.append(result)
+    assert sum(r.failed_events for r in results) == 1
+    assert len(world.exported()) == len(_expected([second]))
