@@ -31,8 +31,13 @@ def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> f
     return max((when - (now or dt.datetime.now(dt.UTC))).total_seconds(), 0.0)
 
 
+#: past it every wait is ``max_s`` anyway, for any initial wait above 1e-19 of it
+_MAX_EXPONENT = 64
+
+
 def backoff(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
     """The wait before retry ``attempt`` (0-based): ``initial_s * 2**attempt`` capped at
     ``max_s``, half of it fixed and half random (equal jitter)."""
-    ceiling = min(max_s, initial_s * 2.0 ** max(0, attempt))
+    # the exponent is bounded: 2.0**1024 overflows a float, after ~1,000 failures of an outage
+    ceiling = min(max_s, initial_s * 2.0 ** min(max(0, attempt), _MAX_EXPONENT))
     return ceiling / 2 + rng.uniform(0.0, ceiling / 2)

@@ -236,8 +236,8 @@ def test_with_no_space_left_the_log_names_sqlites_error_once_and_the_drain_ends_
             assert "OperationalError: database or disk is full" in failures[0].getMessage()
             assert "cannot rollback" not in caplog.text
             assert (
-                "stopping: could not process the stored events (OperationalError: database or disk is full)"
-                in caplog.text
+                "stopping: could not process the stored events (StoreWriteError: the state store cannot "
+                "be written (OperationalError: database or disk is full))" in caplog.text
             )
             assert "everything received was exported" not in caplog.text
 

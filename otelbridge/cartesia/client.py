@@ -424,10 +424,10 @@ class CartesiaClient:
         return text.replace(self._api_key, "[redacted]") if len(self._api_key) >= 6 else text
 
     def _backoff(self, retry: int, retry_after: float | None) -> float:
-        """Delay before retry number ``retry`` (0-based)."""
-        if retry_after is not None:
-            return min(retry_after, RETRY_AFTER_MAX_S)
-        return backoff(retry, self.initial_backoff_s, self.max_backoff_s, self._rng)
+        """Delay before retry number ``retry`` (0-based): the backoff, or the server's
+        ``Retry-After`` where longer (a 0 is a floor, not a retry at once)."""
+        delay = backoff(retry, self.initial_backoff_s, self.max_backoff_s, self._rng)
+        return delay if retry_after is None else max(delay, min(retry_after, RETRY_AFTER_MAX_S))
 
     async def _get_json(self, path: str, params: Mapping[str, str | int] | None) -> Any:
         op = f"GET {path}"

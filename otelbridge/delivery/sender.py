@@ -394,17 +394,21 @@ class Sender:
         state = self.states[signal]
         state.failures += 1
         state.last_error = f"{result.status}: {result.message}"
+        # The server's Retry-After is a floor, not the whole wait (as the Collector's exporters
+        # take it): a 0 or a date past would otherwise resend at once, again and again.
+        delay = self.backoff(state.failures)
         if result.retry_after is not None:
-            delay = min(max(result.retry_after, 0.0), MAX_RETRY_AFTER_S)
-        else:
-            delay = self.backoff(state.failures)
+            delay = max(delay, min(result.retry_after, MAX_RETRY_AFTER_S))
         state.retry_at_ns = self._clock() + int(delay * 1e9)
 
         def retried() -> None:
             with self._db.transaction() as tx:
                 tx.spool_retried(request.ids, state.retry_at_ns)
 
-        await anyio.to_thread.run_sync(retried)
+        try:
+            await anyio.to_thread.run_sync(retried)
+        except StoreWriteError as exc:  # a full disk: the wait still holds, in memory
+            log.warning("%s export: cannot record when to retry (%s); waiting anyway", signal, exc)
         level = logging.WARNING if state.failures == 1 or state.failures % 10 == 0 else logging.DEBUG
         log.log(
             level,
@@ -416,6 +420,10 @@ class Sender:
             state.failures,
             delay,
         )
+        await self._back_off(signal, delay)
+
+    async def _back_off(self, signal: Signal, delay: float) -> None:
+        state = self.states[signal]
         deadline = anyio.current_time() + delay
         while anyio.current_time() < deadline:  # keep the heartbeat fresh while backing off
             state.heartbeat_ns = self._clock()
@@ -431,7 +439,18 @@ class Sender:
                 for one in request.entries:
                     tx.dead_letter(one, self._clock(), result.status, reason)
 
-        await anyio.to_thread.run_sync(dead)
+        try:
+            await anyio.to_thread.run_sync(dead)
+        except StoreWriteError as exc:
+            # A full disk: the request stays in the spool, to be refused (and moved) again after
+            # a backoff, not resent at once by a restarted loop every second.
+            state = self.states[signal]
+            state.failures += 1
+            delay = self.backoff(state.failures)
+            log.warning("%s export refused (%s), but cannot move it to dead letters (%s); trying "
+                        "again in %.1fs", signal, result.status, exc, delay)  # fmt: skip
+            await self._back_off(signal, delay)
+            return
         self._metrics.dead_letters.add(len(request.entries), {c.SELF_ATTR_SIGNAL: signal})
         self.states[signal].last_error = f"{result.status}: {result.message}"
         log.error(

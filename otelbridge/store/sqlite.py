@@ -728,7 +728,9 @@ class SqliteState:
 
     @contextmanager
     def transaction(self) -> Iterator[SqliteStateTx]:
-        with self.db.transaction() as conn:
+        # SQLite's errors as the seam's StoreWriteError, as PostgreSQL's are: a caller tells a
+        # full disk from a bug without knowing the engine
+        with _writes("the state store cannot be written"), self.db.transaction() as conn:
             yield SqliteStateTx(conn)
 
     @contextmanager

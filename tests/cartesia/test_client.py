@@ -198,6 +198,17 @@ def test_429_retry_after_is_honoured(api: CartesiaStandIn) -> None:
     assert dict(stats[0].statuses) == {429: 1, 200: 1}
 
 
+def test_a_retry_after_of_zero_still_backs_off(api: CartesiaStandIn) -> None:
+    api.fail_next(2, status=503, retry_after=0)
+    sleeps = Sleeps()
+
+    async def body(client: CartesiaClient) -> None:
+        await client.list_agents()
+
+    run(api, body, sleep=sleeps, initial_backoff_s=1.0, max_backoff_s=3.0)
+    assert 0.5 <= sleeps.delays[0] <= 1.0 and 1.0 <= sleeps.delays[1] <= 2.0  # not at once
+
+
 def test_retry_after_http_date_and_cap(api: CartesiaStandIn) -> None:
     soon = email.utils.format_datetime(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30), usegmt=True)
     api.fail_next(1, status=429, retry_after=soon)

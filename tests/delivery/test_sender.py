@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 import sqlite3
 import threading
@@ -27,6 +28,7 @@ from otelbridge.delivery.transport import SendResult
 from otelbridge.logs import active_redactor
 from otelbridge.store import AckLog, StateStore, acks_path, open_acks, open_state, state_path
 from otelbridge.store.sqlite import SqliteState
+from tests.support.tmpfs import fill, tmpfs
 
 
 class ScriptedTransport:
@@ -217,7 +219,64 @@ def test_backoff_grows_with_jitter_and_is_capped(tmp_path: Path) -> None:
     assert 0.025 <= delays[0] <= 0.05
     assert 0.05 <= delays[1] <= 0.1
     assert all(0.1 <= d <= 0.2 for d in delays[3:])  # capped at retry_max_backoff
+    # 2.0**1024 overflows a float: after ~1,000 failures (17 h of outage at 1-60 s) the sender
+    # raised instead of waiting, and its restarted loop resent once a second
+    assert all(0.1 <= sender.backoff(n) <= 0.2 for n in (1025, 1026, 10**6))
     state.close()
+
+
+@pytest.mark.parametrize("retry_after", [0.0, None], ids=["retry-after-0", "no-retry-after"])
+def test_a_retry_after_of_zero_still_backs_off(tmp_path: Path, retry_after: float | None) -> None:
+    """``Retry-After: 0`` (or a date past, which reads 0) is a floor, not the wait: it resent at
+    once, 40 requests in 2 s against a backend that kept answering so."""
+    state = open_state(tmp_path)
+    _fill(state, b"1")
+    busy = SendResult("retry", "503", "busy", retry_after=retry_after)
+    transport = ScriptedTransport(busy, busy, busy)
+    _run_until(_sender(state, transport, InMemoryMetricReader()), lambda: _depth(state) == 0)
+    times = [t for _, _, t in transport.sent]
+    assert len(times) == 4
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # backoff(1..3) with initial 0.05 s: at least 0.025, 0.05, 0.1 s (equal jitter: half fixed)
+    assert [g >= low for g, low in zip(gaps, (0.025, 0.05, 0.1), strict=True)] == [True] * 3, gaps
+    state.close()
+
+
+def test_a_full_disk_keeps_the_backoff(tmp_path: Path) -> None:
+    """Recording when to retry, or moving a refused request to dead letters, fails on a full
+    volume: the sender still waits (the backend's Retry-After, its backoff) and goes on, where
+    its loop raised and, restarted a second later, resent once a second whatever it was told."""
+    with tmpfs(tmp_path / "vol", 8 * 1024 * 1024) as vol:
+        state = open_state(vol)
+        _fill(state, b"1", b"2")
+        refused = SendResult("reject", "400", "invalid")
+        transport = ScriptedTransport(
+            SendResult("retry", "503", "busy", retry_after=0.3),
+            judge=lambda body: refused if body == b"1" else None,
+        )
+        filler = fill(vol, 0)
+        sender = _sender(state, transport, InMemoryMetricReader())
+
+        async def main() -> None:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sender.run, "traces")
+                with anyio.fail_after(5):
+                    while len(transport.sent) < 3:  # the retry, then refusals it cannot record
+                        await anyio.sleep(0.01)
+                filler.unlink()
+                with anyio.fail_after(5):
+                    while _depth(state):
+                        await anyio.sleep(0.01)
+                tg.cancel_scope.cancel()
+
+        anyio.run(main)
+        times = [t for _, _, t in transport.sent]
+        bodies = [b for _, b, _ in transport.sent]
+        assert times[1] - times[0] >= 0.28  # Retry-After held though it could not be recorded
+        assert all(b - a >= 0.025 for a, b in itertools.pairwise(times[1:-1]))  # the backoff
+        assert bodies[-1] == b"2" and set(bodies[:-1]) == {b"1"}
+        assert _dead(state) == [(b"1", "400")]  # moved once space came back
+        state.close()
 
 
 def test_a_backlog_goes_out_merged_up_to_the_byte_cap(tmp_path: Path) -> None:
