@@ -357,12 +357,18 @@ class Pipeline:
             self.wake = anyio.Event()
             await self.process_all()
             if anyio.current_time() >= next_sweep:
-                async with self._processing:  # the poller's take_calls uses the processor too
-                    result = await anyio.to_thread.run_sync(self.processor.sweep)
-                self._account(result)
+                await self.sweep()
                 next_sweep = anyio.current_time() + SWEEP_INTERVAL_S
             with anyio.move_on_after(0.5):
                 await self.wake.wait()
+
+    async def sweep(self) -> BatchResult:
+        """One processor sweep (calls silent for ``call_timeout`` exported as they stand, at most
+        500; old state forgotten), never beside the processing loop or the poller."""
+        async with self._processing:  # the poller's take_calls uses the processor too
+            result = await anyio.to_thread.run_sync(self.processor.sweep)
+        self._account(result)
+        return result
 
     async def process_all(self) -> None:
         async with self._processing:  # the loop and a drain never process side by side

@@ -4,10 +4,16 @@ running keeps it out; a backend still down is said so, with nothing lost."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 
+from otelbridge.cartesia.webhooks import parse_webhook_event
+from otelbridge.store.sqlite import open_inbox, open_state
 from tests.support.otlp_receiver import HttpOtlpReceiver
+from tests.support.samples import webhook_events
 from tests.support.serve_process import (
     Poster,
     ServeProcess,
@@ -77,3 +83,91 @@ def test_drain_sends_what_a_killed_serve_left_and_refuses_while_one_runs(
     again = run_cli(["drain"], serve_env(state, free_port(), free_port(), SECRET, receiver.env()), tmp_path)
     assert again.returncode == 0 and "0 stored webhook(s) processed" in again.stdout
     assert Counter(s.span_id.hex() for s in receiver.spans()) == counts
+
+
+# --- calls still open: the volume is being retired ------------------------------------------------
+OPEN_CALL = "ac_sid_J71fTquWoGsbeKXgzg2sye"
+
+
+def _store_open_call(state: Path, received_ns: int) -> None:
+    """What a stopped serve left of a call it heard start and speak, but not end: its webhooks
+    in inbox.db, received at ``received_ns``."""
+    events = [
+        e
+        for e in webhook_events()
+        if parse_webhook_event(e).resolved_call_id == OPEN_CALL
+        and e.get("type") in ("call_started", "call_turn")
+    ]
+    assert len(events) == 5
+    inbox = open_inbox(state)
+    try:
+        inbox.append(
+            [(received_ns, parse_webhook_event(e).type, OPEN_CALL, json.dumps(e).encode()) for e in events]
+        )
+    finally:
+        inbox.close()
+
+
+def _open_calls(state: Path) -> list[str]:
+    store = open_state(state)
+    try:
+        with store.db.reading() as conn:
+            return [
+                row["call_id"] for row in conn.execute("SELECT call_id FROM calls WHERE closed_ns IS NULL")
+            ]
+    finally:
+        store.close()
+
+
+def _drain(tmp_path: Path, state: Path, receiver: HttpOtlpReceiver) -> subprocess.CompletedProcess[str]:
+    return run_cli(
+        ["drain"], serve_env(state, free_port(), free_port(), SECRET, receiver.env()), tmp_path, 120
+    )
+
+
+def _roots(receiver: HttpOtlpReceiver) -> list[str]:
+    return [s.span_id.hex() for s in receiver.spans() if not s.parent_span_id]
+
+
+def test_drain_exports_a_call_silent_past_the_call_timeout_as_it_stands(
+    tmp_path: Path, receiver: HttpOtlpReceiver
+) -> None:
+    """Serve would have exported it on its next sweep (every 30 s); drain returned before any."""
+    state = tmp_path / "state"
+    _store_open_call(state, time.time_ns() - 5 * 3600 * 10**9)  # OTELBRIDGE_CALL_TIMEOUT is 4 h
+    drained = _drain(tmp_path, state, receiver)
+    assert drained.returncode == 0, drained.stderr
+    assert len(_roots(receiver)) == 1  # the root, with the call's end
+    assert _open_calls(state) == []
+    assert "1 open call(s) exported as they stand" in drained.stdout
+
+
+def test_drain_exports_a_call_still_within_the_call_timeout_as_it_stands(
+    tmp_path: Path, receiver: HttpOtlpReceiver
+) -> None:
+    """A call that was in progress when serve stopped: the volume is being retired, and nothing
+    else would ever export its root (or the events it keeps), so the drain does, as it stands."""
+    state = tmp_path / "state"
+    _store_open_call(state, time.time_ns() - 60 * 10**9)
+    drained = _drain(tmp_path, state, receiver)
+    assert drained.returncode == 0, drained.stderr
+    assert len(_roots(receiver)) == 1
+    assert _open_calls(state) == []
+    assert "1 open call(s) exported as they stand" in drained.stdout
+    again = _drain(tmp_path, state, receiver)
+    assert again.returncode == 0 and "0 open call(s)" in again.stdout
+    assert len(_roots(receiver)) == 1
+
+
+def test_drain_fails_while_a_call_is_dated_after_its_clock(
+    tmp_path: Path, receiver: HttpOtlpReceiver
+) -> None:
+    """A call last heard of later than the drain's clock says (serve ran on a host whose clock was
+    ahead) cannot be exported yet: said so, and not 0, so the volume is not retired with it."""
+    state = tmp_path / "state"
+    _store_open_call(state, time.time_ns() + 3600 * 10**9)
+    drained = _drain(tmp_path, state, receiver)
+    assert drained.returncode == 1, drained.stderr
+    assert "1 call(s)" in drained.stderr and "still open" in drained.stderr
+    assert "every export accepted" not in drained.stdout
+    assert _open_calls(state) == [OPEN_CALL]
