@@ -59,6 +59,8 @@ SCHEMA_VERSION: Final = 1
 #: the oldest server the schema and queries are written for (identity columns, ``FORCE`` on
 #: drop, ``xid8``-free): PostgreSQL 13
 MIN_SERVER_VERSION: Final = 130000
+#: ``pg_advisory_xact_lock`` key of spool inserts: they commit one at a time, in id order
+SPOOL_LOCK: Final = 0x6F62_7370_6F6F_6C00  # "obspool"
 #: ``pg_advisory_xact_lock`` key of migrations: replicas starting together migrate one at a time
 MIGRATION_LOCK: Final = 0x6F74656C62726467  # "otelbrdg"
 
@@ -515,6 +517,10 @@ class PostgresStateTx:
         call_ends: list[int] | None = None,
         epoch: str | None = None,
     ) -> int:
+        # Spool ids commit in id order: the sender reads past the newest id it sent, and a
+        # lower id committed after a higher one (another replica's metrics, the leader's
+        # collection beside its processor) would be skipped. The lock is held to the commit.
+        self._run("SELECT pg_advisory_xact_lock(%s)", (SPOOL_LOCK,))
         row = self._one(
             "INSERT INTO spool (signal, body, size, items, created_ns, call_ends, epoch) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",

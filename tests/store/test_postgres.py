@@ -64,6 +64,46 @@ def test_a_row_committed_after_a_later_one_was_claimed_is_still_claimed(engine: 
     assert third.rows == []
 
 
+def test_spool_rows_commit_in_id_order(engine: PostgresEngine) -> None:
+    """The sender reads the spool past the newest id it sent. Two replicas (or the leader's
+    processor and its metrics collection) spool at once: the one that took the lower id
+    committed later, and the sender, already past the higher one, never sent it. A spool insert
+    now waits for the one before it to commit, so no higher id is seen before a lower one."""
+    slow_store, fast_store, reader = engine.state(), engine.state(), engine.state_reader()
+    ids: dict[str, int] = {}
+    inserted, release, fast_done = threading.Event(), threading.Event(), threading.Event()
+
+    def slow() -> None:
+        with slow_store.transaction() as tx:
+            ids["slow"] = tx.spool_add("metrics", b"slow", 1, 0)
+            inserted.set()
+            release.wait(10)
+
+    def fast() -> None:
+        with fast_store.transaction() as tx:
+            ids["fast"] = tx.spool_add("metrics", b"fast", 1, 0)
+        fast_done.set()
+
+    threads = [threading.Thread(target=slow), threading.Thread(target=fast)]
+    try:
+        threads[0].start()
+        assert inserted.wait(10)
+        threads[1].start()
+        assert not fast_done.wait(0.5)  # waits for the insert before it to commit
+        with reader.reading() as tx:
+            assert tx.spool_take("metrics", 0, after_id=0) == []  # nothing committed yet
+        release.set()
+        for t in threads:
+            t.join(10)
+        assert fast_done.is_set() and ids["slow"] < ids["fast"]
+        with reader.reading() as tx:
+            assert [e.body for e in tx.spool_take("metrics", 1 << 20, after_id=0)] == [b"slow", b"fast"]
+    finally:
+        release.set()
+        for store in (slow_store, fast_store, reader):
+            store.close()
+
+
 def test_receipt_is_idempotent_while_the_row_waits(engine: PostgresEngine) -> None:
     inbox = engine.inbox()
     try:
