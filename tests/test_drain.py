@@ -10,7 +10,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
 from otelbridge.cartesia.webhooks import parse_webhook_event
+from otelbridge.drain import DeadLetters
 from otelbridge.store.sqlite import open_inbox, open_state
 from tests.support.otlp_receiver import HttpOtlpReceiver
 from tests.support.samples import webhook_events
@@ -171,3 +175,53 @@ def test_drain_fails_while_a_call_is_dated_after_its_clock(
     assert "1 call(s)" in drained.stderr and "still open" in drained.stderr
     assert "every export accepted" not in drained.stdout
     assert _open_calls(state) == [OPEN_CALL]
+
+
+# --- requests the backend refused for good ---------------------------------------------------------
+def test_drain_fails_when_the_backend_refused_requests_for_good(
+    tmp_path: Path, receiver: HttpOtlpReceiver
+) -> None:
+    """Dead letters stay in the volume: the drain says how many and why (never their bodies), and
+    does not exit 0, so that nobody deletes the volume unaware; a second drain says so again."""
+    state = tmp_path / "state"
+    marker = "body-marker-7f3a"
+    body = ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[Span(name=marker)])])]
+    ).SerializeToString()
+    store = open_state(state)
+    try:
+        with store.transaction() as tx:
+            for _ in range(2):
+                tx.spool_add("traces", body, 1, time.time_ns())
+    finally:
+        store.close()
+    for _ in range(3):  # the two merged, then each alone
+        receiver.reject_next(400, "invalid span", path="/v1/traces")
+    drained = _drain(tmp_path, state, receiver)
+    assert drained.returncode == 1, drained.stderr
+    assert "every export accepted" not in drained.stdout
+    assert "2 request(s)" in drained.stderr and "refused for good" in drained.stderr
+    assert "2 during this drain" in drained.stderr
+    assert (
+        "dead_letters" in drained.stderr
+        and "traces 400" in drained.stderr
+        and "invalid span" in drained.stderr
+    )
+    summary = drained.stdout + drained.stderr.split("otelbridge drain:", 1)[1]
+    assert marker not in summary
+
+    again = _drain(tmp_path, state, receiver)
+    assert again.returncode == 1, again.stderr
+    assert "2 request(s)" in again.stderr and "0 during this drain" in again.stderr
+
+
+def test_a_dead_letter_summary_is_short_one_line_and_bounded() -> None:
+    dead = DeadLetters(
+        requests=7,
+        kinds=[("traces", "400", "bad\nline\x1b[2J" + "x" * 1000, 2)]
+        + [("metrics", str(400 + i), f"reason {i}", 1) for i in range(5)],
+    )
+    summary = dead.summary()
+    assert "\n" not in summary and "\x1b" not in summary
+    assert 'traces 400 "bad\\nline' in summary and len(summary) < 600
+    assert "reason 3" in summary and "reason 4" not in summary and summary.endswith("; 1 other kind(s)")
