@@ -465,12 +465,14 @@ class Processor:
     def _taken(
         self, tx: StateTx, call: CallRow, increment: Increment, now: int, *, ledgered: bool = False
     ) -> None:
-        """Ledger the spans of ``increment`` (unless ``ledgered``), bound the deployments of its
-        points and note what its root settles."""
+        """Ledger the spans and log items of ``increment`` (unless ``ledgered``), bound the
+        deployments of its points and note what its root settles."""
+        if not ledgered and (increment.spans or increment.log_items):
+            tx.record_exported(
+                call.call_id, [*(s.span_id for s in increment.spans), *increment.log_items], now
+            )
         if not increment.spans:
             return
-        if not ledgered:
-            self._ledger(tx, call.call_id, increment.spans, now)
         if increment.points:
             call_ns = call.start_ns if call.start_ns is not None else increment.spans[0].start_ns
             increment.points = fold(increment.points, self._labeller(tx, call.agent_id, call_ns))
@@ -570,10 +572,6 @@ class Processor:
             self._fallen.append((agent_id, deployment_id))
 
         return labeller(first_calls, call_ns, self._deployments_per_agent, changed, fell)
-
-    @staticmethod
-    def _ledger(tx: StateTx, call_id: str, spans: list[SpanRecord], now: int) -> None:
-        tx.record_exported(call_id, [s.span_id for s in spans], now)
 
     @staticmethod
     def _keep(tx: StateTx, call: CallRow, body: bytes | None) -> None:

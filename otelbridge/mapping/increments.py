@@ -13,8 +13,10 @@ Rules (docs/conventions.md, "Streaming"):
 * Metric points follow their span: a point goes out with the span it points at.
 * Log items (``system`` transcript entries) arrive only with a whole call. They go out with the
   root span, never before it: on their turn when that turn goes out together with the root,
-  otherwise (their turn was streamed earlier) as events of the root span. When the root is
-  already out, they can no longer be placed and are counted as ``late_log_items``.
+  otherwise (their turn was streamed earlier) as events of the root span. The ledger holds an
+  id per log item settled (:func:`log_item_ids`) beside the span ids: when the root is already
+  out, an item it went out with adds nothing, and one it did not carry can no longer be placed
+  and is counted as ``late_log_items``, once (its id goes into the ledger too).
 * A summary that arrives after the root went out becomes a ``call_analysis`` span, a child of
   the root at the time of the analysis event (:func:`analysis_span`), which also carries it as
   OpenInference's ``output.value`` (the root's can no longer change).
@@ -41,6 +43,9 @@ class Increment:
     points: list[MetricPoint] = field(default_factory=list)
     #: log items that could not be placed: their span and the root were already exported
     late_log_items: int = 0
+    #: the ledger ids (:func:`log_item_ids`) of the log items this increment settles: those that
+    #: go out with its root, and those it counts late
+    log_items: list[int] = field(default_factory=list)
 
     @property
     def root(self) -> SpanRecord | None:
@@ -55,6 +60,7 @@ class Increment:
             [s for s in self.spans if s.span_id in span_ids],
             [p for p in self.points if p.span_id in span_ids],
             self.late_log_items,
+            self.log_items,
         )
 
 
@@ -78,9 +84,13 @@ def call_increment(
         emit.discard(root.span_id)
 
     late = 0
+    settled: list[int] = []  # the log items' ledger ids: out with the root now, or late
+    item_ids = log_item_ids(call) if with_root and spans.log_events else {}
     for index, target, event in spans.log_events:
-        if root_new and target.span_id in emit:
-            continue  # goes out on its own span, together with the root
+        if root_new:
+            settled.append(item_ids[index])
+            if target.span_id in emit:
+                continue  # goes out on its own span, together with the root
         target.events.remove(event)
         if root_new:
             root.events.append(event)
@@ -88,12 +98,34 @@ def call_increment(
                 spans.log_metric_spans[index] = root
         else:
             spans.log_metric_spans.pop(index, None)
-            if with_root:
+            if with_root and item_ids[index] not in exported:  # else: out with the root before
                 late += 1
+                settled.append(item_ids[index])
     root.events.sort(key=event_time)
 
     points = [p for p in map_call_points(call, spans) if p.span_id in emit]
-    return Increment([s for s in spans.all() if s.span_id in emit], points, late)
+    return Increment([s for s in spans.all() if s.span_id in emit], points, late, settled)
+
+
+def log_item_ids(call: AgentCall) -> dict[int, int]:
+    """Transcript index -> ledger id of each log item of ``call``: a span id's hash of the key
+    ``log:{kind}:{name}:{start}`` (``:{n}`` for the n-th item of one key), what the item is and
+    not its place, which differs between the API's copy of a call and one assembled from
+    webhooks. No span has such a key: the id never names a span."""
+    out: dict[int, int] = {}
+    occurrences: dict[str, int] = {}
+    for index, item in enumerate(call.transcript):
+        if not item.is_system:
+            continue
+        if item.log_metric is not None:
+            base = f"log:metric:{item.log_metric.name}:{ids.start_key(item.start_timestamp)}"
+        elif item.log_event is not None:
+            base = f"log:event:{item.log_event.event}:{ids.start_key(item.start_timestamp)}"
+        else:
+            continue
+        n = occurrences[base] = occurrences.get(base, 0) + 1
+        out[index] = ids.span_id(call.id, base if n == 1 else f"{base}:{n}")
+    return out
 
 
 def turn_increment(

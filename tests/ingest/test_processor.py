@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from otelbridge.cartesia.models import parse_call
 from otelbridge.cartesia.webhooks import parse_webhook_event
 from otelbridge.delivery.resource import build_resource
 from otelbridge.ingest import processor as processor_module
@@ -942,3 +943,61 @@ def test_an_event_that_fails_is_skipped_alone_and_the_rest_of_its_batch_goes_out
     # the whole calls' ends export what the skipped turn would have: each span once, all there
     _assert_exactly_once(harness.spans(), _expected_span_ids(events))
     assert harness.processor.watermark() == len(events)
+
+
+# --- log items (system transcript entries) go out with the root, or are late once ----------------
+
+
+def _logged_call(call_id: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """call_started, call_completed (two log items in its transcript) and the final call."""
+    turns = [{"role": "user", "start_timestamp": 1.0, "end_timestamp": 2.0, "text": "a"}]
+    started, _, completed = _call_events(call_id, turns, None)
+    completed["call"]["transcript"] += [
+        {"role": "system", "start_timestamp": 1.5, "log_event": {"event": "tool_log", "metadata": {}}},
+        {"role": "system", "start_timestamp": 5.0, "log_metric": {"name": "m", "value": 1}},
+    ]
+    return started, completed, completed["call"]
+
+
+def _late_log_items(harness: Harness) -> int:
+    late = 0
+    while (result := harness.processor.process_batch(limit=7)).events:
+        late += result.late_log_items
+    return late
+
+
+def test_log_items_exported_with_the_root_are_not_late_when_the_call_comes_again(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same completion delivered twice, then the final call read by the poller: the log
+    items went out with the first copy (events of the root), none of them is late."""
+    started, completed, final = _logged_call("ac_logs_again")
+    harness.put(started, completed)
+    assert _late_log_items(harness) == 0
+    first = harness.spans()
+    assert sum(len(s.events) for s in first) == 2
+    with caplog.at_level(logging.INFO, logger="otelbridge.processor"):
+        harness.put(completed)
+        assert _late_log_items(harness) == 0
+        result = harness.processor.take_calls([(parse_call(final), final)], "poll", [], time.time_ns())
+        assert result.late_log_items == 0 and result.spans == 0
+    assert not [r for r in caplog.records if "log item" in r.getMessage()]
+    assert len(harness.spans()) == len(first)
+
+
+def test_log_items_known_only_after_the_root_went_out_are_late_once(tmp_path: Path) -> None:
+    """A call exported as it stood at its timeout, then its completion with two log items: they
+    cannot be placed any more and are counted late; a second copy of the completion counts
+    them no more."""
+    clock = [time.time_ns()]
+    h = Harness(tmp_path / "state", clock)
+    started, completed, _ = _logged_call("ac_logs_late")
+    h.put(started)
+    h.run()
+    clock[0] += 3601 * 10**9
+    assert h.processor.sweep().calls_closed == 1
+    h.put(completed)
+    assert _late_log_items(h) == 2
+    h.put(completed)
+    assert _late_log_items(h) == 0
+    h.close()

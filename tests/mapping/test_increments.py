@@ -116,13 +116,44 @@ def test_without_root_log_items_wait_for_the_end() -> None:
     assert any(p.instrument == c.METRIC_CALLS for p in rest.points)
 
 
-def test_repeated_completion_adds_nothing_and_counts_late_items() -> None:
+def test_a_repeated_completion_adds_nothing_and_its_log_items_are_not_late() -> None:
+    """The log items went out with the root: the ledger names them (their ids beside the span
+    ids), and a second copy of the call counts none of them late."""
     call = _call()
     first = call_increment(call, OPTIONS, set(), with_root=True)
-    exported = {s.span_id for s in first.spans}
+    assert first.late_log_items == 0 and len(set(first.log_items)) == 2
+    exported = {s.span_id for s in first.spans} | set(first.log_items)
+    assert len(exported) == len(first.spans) + 2  # no span's id among them
     second = call_increment(call, OPTIONS, exported, with_root=True)
     assert not second.spans and not second.points
-    assert second.late_log_items == 2
+    assert second.late_log_items == 0 and second.log_items == []
+
+
+def test_log_items_the_root_went_out_without_are_late_once() -> None:
+    """A root exported before the call's log items were known (a timeout, an end without them):
+    the items that come later cannot be placed; each is counted late once, however many
+    copies of the call follow."""
+    first = call_increment(_call(with_logs=False), OPTIONS, set(), with_root=True)
+    assert first.log_items == []
+    exported = {s.span_id for s in first.spans}
+    later = call_increment(_call(), OPTIONS, exported, with_root=True)
+    assert not later.spans and not later.points
+    assert later.late_log_items == 2 and len(set(later.log_items)) == 2
+    again = call_increment(_call(), OPTIONS, exported | set(later.log_items), with_root=True)
+    assert again.late_log_items == 0 and again.log_items == []
+
+
+def test_the_ids_of_log_items_are_their_own() -> None:
+    """A log item's id is made of what it is (kind, name, start), not of its place in the
+    transcript: the assembled call and the API's copy order items differently."""
+    call = _call()
+    ids_first = call_increment(call, OPTIONS, set(), with_root=True).log_items
+    reordered = call.model_copy(update={"transcript": list(reversed(call.transcript))})
+    assert sorted(call_increment(reordered, OPTIONS, set(), with_root=True).log_items) == sorted(ids_first)
+    # without the root nothing is settled: the items wait for the end
+    assert call_increment(call, OPTIONS, set(), with_root=False).log_items == []
+    other = call.model_copy(update={"id": "call_2"})  # per call, as span ids are
+    assert not set(call_increment(other, OPTIONS, set(), with_root=True).log_items) & set(ids_first)
 
 
 def test_analysis_span_is_a_child_of_the_root() -> None:
