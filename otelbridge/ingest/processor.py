@@ -83,6 +83,9 @@ INBOX_CHECKPOINT_ROWS = 2000
 CONTEXTS_KEPT = 1024
 #: a call read from the List Calls API, validated, and its JSON as the API sent it
 ListedCall = tuple[AgentCall, dict[str, Any]]
+#: the agent of a call first heard of through an event that does not name it (a ``call_turn``
+#: may come without ``agent_id``), until one does
+UNKNOWN_AGENT = "unknown"
 #: an LLM-judge result read by the poller (``{"type": ..., "call_id", "agent_id", "evaluation": {...}}``)
 EVALUATION_EVENT = "otelbridge.evaluation"
 
@@ -411,7 +414,10 @@ class Processor:
     def _apply(
         self, tx: StateTx, event: WebhookEvent, body: bytes | None, call_id: str, received_ns: int
     ) -> Increment:
-        call = tx.load_call(call_id) or CallRow(call_id, event.agent_id or "unknown")
+        agent_id = event.agent_id or (event.call.agent_id if event.call is not None else None)
+        call = tx.load_call(call_id) or CallRow(call_id, agent_id or UNKNOWN_AGENT)
+        if agent_id and call.agent_id == UNKNOWN_AGENT:  # first heard of through a turn without it
+            call.agent_id = agent_id
         call.last_event_ns = max(call.last_event_ns, received_ns)
         if event.call is not None:
             call.agent_name = event.call.agent_name or call.agent_name

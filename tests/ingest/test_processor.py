@@ -173,6 +173,32 @@ def test_a_turn_after_the_call_row_learns_its_agent_name_carries_it(harness: Har
     assert by_start[0].trace_id == by_start[1].trace_id
 
 
+def test_a_call_first_heard_of_without_its_agent_takes_the_agent_named_later(harness: Harness) -> None:
+    """A call_turn may come without agent_id: a call first heard of through one is the agent
+    ``unknown``'s until an event names the agent; every span and point after that carries it
+    (the turn that waited for the anchor included)."""
+    events = _events()
+    call_id = next(e["call_id"] for e in events if e.get("type") == "call_turn")
+    mine = [e for e in events if e.get("call_id") == call_id]
+    started = next(e for e in mine if e["type"] == "call_started")
+    agent = started["agent_id"]
+    first, second = [
+        {k: v for k, v in e.items() if k != "agent_id"} for e in mine if e["type"] == "call_turn"
+    ][:2]
+    harness.put(first)
+    harness.run()  # waits: no anchor yet
+    harness.put(started, second)
+    harness.run()
+    spans = harness.spans()
+    assert len(spans) >= 2
+    assert {attributes(s.attributes).get(c.GEN_AI_AGENT_ID) for s in spans} == {agent}
+    points = [p for _, p in load_unexported_points(harness.state)]
+    assert points and {p.attributes.get(c.METRIC_ATTR_AGENT_ID) for p in points} == {agent}
+    with harness.state.reading() as tx:
+        call = tx.load_call(call_id)
+    assert call is not None and call.agent_id == agent
+
+
 def test_the_contexts_kept_between_events_are_bounded(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
