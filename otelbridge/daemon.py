@@ -39,7 +39,7 @@ from anyio.abc import TaskStatus
 from otelbridge.coredumps import disable_core_dumps
 from otelbridge.httplimits import HttpLimits, connection_cap, raise_fd_limit
 from otelbridge.ingest.inbox import GroupCommitInbox
-from otelbridge.ingest.receiver import build_webhook_app
+from otelbridge.ingest.receiver import DEFAULT_STORE_TIMEOUT_S, build_webhook_app
 from otelbridge.settings import ENV_PREFIX, Settings
 from otelbridge.store import (
     Engine,
@@ -131,7 +131,7 @@ class Daemon:
         )
         app = build_webhook_app(
             inbox=self.inbox, secrets=self._secrets, max_body_bytes=s.max_body_bytes,
-            on_outcome=self._on_outcome, path=WEBHOOK_PATH,
+            on_outcome=self._on_outcome, path=WEBHOOK_PATH, store_timeout=DEFAULT_STORE_TIMEOUT_S,
         )  # fmt: skip
         fd_limit = raise_fd_limit()
         limits = HttpLimits(
@@ -145,7 +145,9 @@ class Daemon:
         )  # fmt: skip
         log.info("webhook listener: at most %d connections (OTELBRIDGE_MAX_CONNECTIONS=%d, "
                  "open-file limit %d)", limits.max_connections, s.max_connections, fd_limit)  # fmt: skip
-        server = quiet_server(app, limits)
+        # A webhook in flight at a stop gets the receiver's own answer (a 503 past the store's
+        # timeout), never uvicorn's cancellation: a text/plain 500 and a traceback.
+        server = quiet_server(app, limits, graceful_shutdown_s=DEFAULT_STORE_TIMEOUT_S + 1)
         server_done, inbox_done, pipeline_done = anyio.Event(), anyio.Event(), anyio.Event()
         async with anyio.create_task_group() as tg:
 

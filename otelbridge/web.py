@@ -65,8 +65,16 @@ class QuietServer(uvicorn.Server):
         yield
 
 
-def quiet_server(app: ASGIApp, limits: HttpLimits | None = None) -> QuietServer:
-    """uvicorn+httptools with the abusive-client limits of :mod:`otelbridge.httplimits`."""
+#: how long a graceful stop waits for the requests in flight before cancelling them
+GRACEFUL_SHUTDOWN_S = 5.0
+
+
+def quiet_server(
+    app: ASGIApp, limits: HttpLimits | None = None, *, graceful_shutdown_s: float = GRACEFUL_SHUTDOWN_S
+) -> QuietServer:
+    """uvicorn+httptools with the abusive-client limits of :mod:`otelbridge.httplimits`;
+    ``graceful_shutdown_s``: how long a stop waits for the requests in flight (then uvicorn
+    cancels them and answers a plain-text 500)."""
     limits = limits or HttpLimits()
     config = uvicorn.Config(
         app,
@@ -74,7 +82,7 @@ def quiet_server(app: ASGIApp, limits: HttpLimits | None = None) -> QuietServer:
         access_log=False,
         server_header=False,
         log_config=None,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=graceful_shutdown_s,  # type: ignore[arg-type]  # a float is fine
         http=protocol_class(limits),
         # limit_concurrency is not used: it counts idle connections and 503s the legitimate
         # sender in text/plain; the cap in httplimits refuses new connections instead

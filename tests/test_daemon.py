@@ -297,6 +297,34 @@ def test_graceful_stop_drains_everything(tmp_path: Path, monkeypatch: pytest.Mon
         assert c.METRIC_TURNS in receiver.metric_names()
 
 
+def test_a_webhook_in_flight_at_a_stop_gets_the_json_503(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop while a webhook waits for a slow store: the receiver's own answer (503, JSON,
+    Retry-After) once its store timeout passes. uvicorn's graceful stop (5 s) cancelled it
+    first, before the store's timeout (10 s): a text/plain 500 and a traceback in the log."""
+    from otelbridge import daemon as daemon_module
+
+    monkeypatch.setattr(daemon_module, "DEFAULT_STORE_TIMEOUT_S", 1.0)
+    settings = _settings(tmp_path / "state")
+    with running(settings) as run:
+        locker = sqlite3.connect(settings.state_dir / "inbox.db", isolation_level=None, timeout=10)
+        locker.execute("BEGIN IMMEDIATE")  # the store cannot commit
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                answer = pool.submit(run.post, _events()[0])
+                time.sleep(0.3)  # in flight, waiting for the commit
+                run.portal.call(run.daemon.request_stop)
+                response = answer.result(timeout=20)
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/json"
+    assert "retry-after" in response.headers
+    assert response.json()["error"] == "unavailable"
+
+
 def test_metric_points_are_exported_once_across_a_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
