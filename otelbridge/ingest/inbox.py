@@ -19,6 +19,7 @@ from collections.abc import Callable
 import anyio
 
 from otelbridge.ingest.receiver import StoreUnavailable
+from otelbridge.logs import LOG_EVERY
 from otelbridge.store import FreeSpace, InboxStore, NewRow, StoreWriteError
 
 log = logging.getLogger("otelbridge.inbox")
@@ -47,8 +48,14 @@ class GroupCommitInbox:
         *,
         on_commit: Callable[[], None] = lambda: None,
         free_space: FreeSpace | None = None,
+        log_every: float = LOG_EVERY,
     ) -> None:
         self._store = store
+        #: failed commits are logged once, then as a counted line per ``log_every`` seconds: a
+        #: full disk refusing every webhook is not a line per webhook (committer thread only)
+        self._log_every = log_every
+        self._failed: int | None = None  # failed commits since the last line; None: committing
+        self._next_failure_line = 0.0
         self._on_commit = on_commit
         #: checked by the committer once per batch (a cached reading, not a statvfs per request)
         self._space = free_space
@@ -114,16 +121,35 @@ class GroupCommitInbox:
             error = self._refuse_for_space(sum(len(row[3]) for row in rows))
             trim = self._trim_to if self._trim_to > self._trimmed else None
             try:
-                if error is None and self._write(rows, trim) and trim is not None:
-                    self._trimmed = trim  # else the next commits delete the rest
+                if error is None:
+                    if self._write(rows, trim) and trim is not None:
+                        self._trimmed = trim  # else the next commits delete the rest
+                    self._note_commit()
             except StoreWriteError as exc:
                 detail = str(exc)
                 error = (detail, FULL_PUBLIC if exc.full else None)
-                log.error("inbox commit of %d webhook(s) failed: %s", len(batch), detail)
+                self._note_failure(len(batch), detail)
             try:
                 loop.call_soon_threadsafe(self._answer, batch, error)
             except RuntimeError:  # the event loop is closed: nobody is waiting any more
                 return
+
+    def _note_failure(self, webhooks: int, detail: str) -> None:
+        now = time.monotonic()
+        if self._failed is None:
+            log.error("inbox commit of %d webhook(s) failed: %s", webhooks, detail)
+            self._failed, self._next_failure_line = 0, now + self._log_every
+            return
+        self._failed += 1
+        if now >= self._next_failure_line:
+            log.error("inbox commits failed %d more time(s) in the last %g s: %s",
+                      self._failed, self._log_every, detail)  # fmt: skip
+            self._failed, self._next_failure_line = 0, now + self._log_every
+
+    def _note_commit(self) -> None:
+        if self._failed is not None:
+            log.info("inbox commits succeed again (%d more failed since the last line)", self._failed)
+            self._failed = None
 
     def _answer(
         self, batch: list[tuple[NewRow, asyncio.Future[Refusal | None]]], error: Refusal | None

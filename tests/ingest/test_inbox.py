@@ -88,6 +88,34 @@ def test_store_failure_is_store_unavailable(tmp_path: Path) -> None:
     anyio.run(main)
 
 
+def test_failed_commits_are_logged_once_then_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store that refuses every commit (a full disk refuses every webhook): the first failure
+    has its line, the next ones one counted line per interval, not a line per commit."""
+    caplog.set_level(logging.INFO, logger="otelbridge")
+    store = open_inbox(tmp_path)
+    store.close()  # every write now fails
+
+    async def main() -> None:
+        inbox = GroupCommitInbox(store, log_every=1.0)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(inbox.run)
+            for _ in range(30):  # one at a time: a failed commit each
+                with pytest.raises(StoreUnavailable):
+                    await inbox.append(b"{}", "call_turn", "c")
+            await anyio.sleep(1.05)  # 30 failures take far less than the interval
+            with pytest.raises(StoreUnavailable):
+                await inbox.append(b"{}", "call_turn", "c")
+            inbox.close()
+
+    anyio.run(main)
+    lines = [r.getMessage() for r in caplog.records if "inbox commit" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("inbox commit of 1 webhook(s) failed: ")
+    assert lines[1].startswith("inbox commits failed 30 more time(s) in the last 1 s: ")
+
+
 def test_append_after_close_is_store_unavailable(tmp_path: Path) -> None:
     async def main() -> None:
         inbox = GroupCommitInbox(open_inbox(tmp_path))
