@@ -15,11 +15,13 @@ early 413 (docs/notes/server-limits-research.md), so this subclass of uvicorn's 
   liveness probe;
 - after an answer that closes with the body unread (the receiver's early 413): read and
   discard the rest up to a bound, then close, so a client that writes first reads the 413;
-- malformed HTTP (bad request line, duplicate Content-Length, CL+TE) answered 400 JSON.
+- malformed HTTP (bad request line, duplicate Content-Length, CL+TE) answered 400 JSON;
+- the trailer fields of a chunked body: dropped (the app never sees them), and bounded as the
+  head is (431 JSON; while draining after an answer, a close).
 
 It overrides uvicorn 0.55 internals (pinned; tests/test_http_limits.py checks they exist):
 ``connection_made``, ``data_received``, ``on_message_begin``, ``on_headers_complete``,
-``on_message_complete``, ``connection_lost``, ``timeout_keep_alive_task``,
+``on_message_complete``, ``on_body``, ``connection_lost``, ``timeout_keep_alive_task``,
 ``timeout_keep_alive_handler``, ``_unset_keepalive_if_required``, ``cycle.response_started``.
 """
 
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, cast
 
 import httptools
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from otelbridge.ingest.receiver import _encode
@@ -114,6 +117,23 @@ class _Reject(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+class _Trailers(list[tuple[bytes, bytes]]):
+    """Where uvicorn's on_header puts fields once the head is done, i.e. a chunked body's
+    trailers: counted against max_headers, then dropped (uvicorn would add them to the app's
+    scope headers, without bound)."""
+
+    __slots__ = ("fields", "limit")
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.fields, self.limit = 0, limit
+
+    def append(self, field: tuple[bytes, bytes]) -> None:
+        self.fields += 1
+        if self.fields > self.limit:
+            raise _Reject(431, "header_too_large", f"more than {self.limit} trailer fields")
+
+
 class _DrainingTransport:
     """What uvicorn's request cycle writes to: close() becomes 'drain, then close' while the
     request body is still coming."""
@@ -160,6 +180,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._why = ""
         self._in_body = self._draining = self._in_head = False
         self._drained = self._head_raw = self._chunk = 0
+        # where this read's parse has got to (a lower bound, from the parsed sizes) and where
+        # the head or the trailer section began in it: so trailers count their own bytes only
+        self._pos = self._head_base = self._trailer_base = self._trailer_raw = 0
+        self._head_done = self._in_trailer = False
+        self._trailers = _Trailers(self.limits.max_headers)
         self._probe_only = False
         super().connection_made(_DrainingTransport(self, transport))  # type: ignore[arg-type]
         if self.limits.evict_idle:
@@ -180,25 +205,34 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             if self._drained > self.limits.drain_bytes:
                 self._real.close()
                 return
-        self._chunk = len(data)
+        self._chunk = n = len(data)
+        self._pos, self._head_done = 0, False
+        self._head_base, self._trailer_base = -self._head_raw, -self._trailer_raw
         try:
             self.parser.feed_data(data)
             if self._in_head:
                 # httptools passes a header on only once it is complete, gluing its parts
                 # meanwhile: bound an unfinished head by its raw bytes here
-                self._head_raw += len(data)
+                self._head_raw += n
                 if self._head_raw > self.limits.max_header_bytes:
                     limit = self.limits.max_header_bytes
                     raise _Reject(431, "header_too_large", f"request head exceeds {limit} bytes")
             else:
                 self._head_raw = 0
+            if self._in_trailer:  # the same for trailer fields (or a chunk's data yet to come)
+                self._trailer_raw = n - self._trailer_base
+                if self._trailer_raw > self.limits.max_header_bytes:
+                    limit = self.limits.max_header_bytes
+                    raise _Reject(431, "header_too_large", f"trailer fields exceed {limit} bytes")
+            else:
+                self._trailer_raw = 0
         except _Reject as exc:
-            self._refuse(exc.code, exc.message, exc.status)
+            self._reject(exc)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__cause__ or exc.__context__
             if not isinstance(cause, _Reject):
                 raise
-            self._refuse(cause.code, cause.message, cause.status)
+            self._reject(cause)
         except httptools.HttpParserUpgrade:
             self._refuse("bad_request", "protocol upgrades are not supported", 400)
         except httptools.HttpParserError as exc:
@@ -208,9 +242,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._refuse("bad_request", f"malformed HTTP request: {exc}"[:200], 400)
 
     def on_message_begin(self) -> None:
+        if self._head_done:  # the previous request's head, before uvicorn forgets it
+            self._settle_head()
         super().on_message_begin()
         self._unset_keepalive_if_required()
         self._in_head = True
+        self._head_base = self._pos
         self._arm(self.limits.head_timeout, "request head not received in time")
 
     def on_headers_complete(self) -> None:
@@ -219,6 +256,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         lim = self.limits
         self._in_head = False
         self._deadline = 0.0
+        self._pos, self._head_done = self._head_base, True  # its size is added when needed
         if len(self.url) > lim.max_url_bytes:
             raise _Reject(414, "uri_too_long", f"request target exceeds {lim.max_url_bytes} bytes")
         if len(self.headers) > lim.max_headers:
@@ -232,12 +270,46 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             paths = ", ".join(sorted(p.decode() for p in lim.probe_paths))
             raise _Reject(503, "unavailable", f"too many connections: only {paths} answered; retry later")
         super().on_headers_complete()
+        self._trailers.fields = 0
+        self.headers = self._trailers  # the request's own list stays in its scope
         self._in_body = True
         self._arm(lim.body_timeout, "request body not received in time")
 
+    def on_body(self, body: bytes) -> None:
+        self._pos += len(body)
+        self._in_trailer = False  # a chunk's data: the zero-size last chunk has none
+        # uvicorn's on_body, inlined: one call less per chunk (tests check it is unchanged)
+        cycle = self.cycle
+        if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
+            return
+        cycle.body += body
+        if len(cycle.body) > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        cycle.message_event.set()
+
+    def on_chunk_header(self) -> None:
+        # the chunk-size line is in: the chunk's data (on_body) or, after the last one, trailers
+        if self._head_done:
+            self._settle_head()
+        # "0\r\n" at least, and the "\r\n" that ended the previous chunk's data (none before
+        # the first chunk: 2 bytes too many once a body, no matter)
+        self._pos += 5
+        self._trailer_base = self._pos
+        self._in_trailer = True
+
+    def _settle_head(self) -> None:
+        """Add the head that ended in this read to where the parse has got to: the fewest
+        bytes it can have taken ("M U HTTP/1.1", "n:v" lines), so later sections never
+        count less than their own bytes."""
+        self._head_done = False
+        scope = self.scope
+        size = len(scope["method"]) + len(self.url) + 14
+        size += sum(len(n) + len(v) + 3 for n, v in scope["headers"])
+        self._pos = max(self._pos + size, 0)
+
     def on_message_complete(self) -> None:
-        self._in_body = False
-        self._head_raw = 0
+        self._in_body = self._in_trailer = False
+        self._head_raw = self._trailer_raw = 0
         self._deadline = 0.0
         if self._draining:  # the unwanted body is all read: a clean close now
             self._real.close()
@@ -300,16 +372,21 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         cls._sweep = loop.call_later(SWEEP_EVERY, cls._run_sweep, loop, connections) if connections else None
 
     def _expire(self) -> None:
+        self._reject(_Reject(408, "timeout", self._why))
+
+    def _reject(self, exc: _Reject) -> None:
         self._deadline = 0.0
-        if self._in_body and self.cycle is not None:
+        if self._draining:
+            self._real.close()  # the answer is out and the body unwanted: only closing is left
+        elif self._in_body and self.cycle is not None:
             # the app has the request and counts it itself (http.disconnect: "bad_request"),
             # so only the log line counts it here: one outcome per request
-            self._note("timeout")
+            self._note(exc.code)
             if not self.cycle.response_started and not self._real.is_closing():
-                self._real.write(error_response(408, "timeout", self._why))
+                self._real.write(error_response(exc.status, exc.code, exc.message))
             self._real.close()  # after an answer already started, only closing is left
         else:
-            self._refuse("timeout", self._why, 408)
+            self._refuse(exc.code, exc.message, exc.status)
 
     def _count(self, outcome: str) -> None:
         self.limits.on_refusal(outcome)

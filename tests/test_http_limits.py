@@ -162,6 +162,15 @@ def test_the_uvicorn_internals_the_layer_overrides_still_exist() -> None:
     cycle = inspect.getsource(RequestResponseCycle)
     for attr in ("response_started", "waiting_for_100_continue", "response_complete"):
         assert f"self.{attr} = " in cycle, attr
+    # the layer's on_body inlines uvicorn's: it must still be this
+    assert [line.strip() for line in inspect.getsource(HttpToolsProtocol.on_body).splitlines()[1:]] == [
+        "if (self.parser.should_upgrade() and self._should_upgrade()) or self.cycle.response_complete:",
+        "return",
+        "self.cycle.body += body",
+        "if len(self.cycle.body) > HIGH_WATER_LIMIT:",
+        "self.flow.pause_reading()",
+        "self.cycle.message_event.set()",
+    ]
 
 
 # --- head limits ---------------------------------------------------------------------------
@@ -206,6 +215,80 @@ def test_a_long_url_gets_414_json(serve: Any) -> None:
         raw, _ = read_answer(sock)
     assert_json_error(raw, 414, "uri_too_long")
     assert s.refusals == ["uri_too_long"]
+
+
+# --- trailer fields of a chunked body ---------------------------------------------------------
+def _chunked_head(path: str = PATH) -> bytes:
+    return (
+        b"POST " + path.encode() + b" HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"transfer-encoding: chunked\r\n\r\n"
+    )
+
+
+def _flood(sock: socket.socket, first: bytes, more: bytes, limit: int) -> int:
+    """Send ``first``, then ``more`` again and again up to ``limit`` bytes or until the server
+    cuts the connection; the bytes sent."""
+    sock.sendall(first)
+    sent = len(first)
+    try:
+        while sent < limit:
+            sock.sendall(more)
+            sent += len(more)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    return sent
+
+
+@pytest.mark.parametrize(
+    ("first", "more"),
+    [
+        pytest.param(b"", b"a:\r\n" * 16384, id="endless-fields"),
+        pytest.param(b"x-big: ", b"a" * 65536, id="one-endless-field"),
+    ],
+)
+def test_endless_trailer_fields_get_431_json_quickly(serve: Any, first: bytes, more: bytes) -> None:
+    # trailers came after the head's limits were checked: uvicorn kept every one (841 MB seen)
+    s = serve(body_timeout=10.0)
+    limit = 4 * 1024 * 1024
+    with s.connect() as sock:
+        t0 = time.monotonic()
+        sent = _flood(sock, _chunked_head() + b"1\r\n{\r\n0\r\n" + first, more, limit)
+        raw, how = read_answer(sock, 1.0)
+        took = time.monotonic() - t0
+    assert_json_error(raw, 431, "header_too_large")
+    assert how in ("closed", "reset")
+    assert sent < limit and took < 2.0
+    assert s.inbox.n == 0
+    assert s.refusals == []  # the app has the request and counts its disconnect itself, once
+
+
+def test_endless_trailer_fields_after_an_early_answer_close_the_connection(serve: Any) -> None:
+    # no path there: the app answers 404 at once (connection: close) and the layer drains the
+    # body; trailers during the drain must not grow without bound either: only closing is left
+    s = serve(body_timeout=10.0, drain_timeout=5.0)
+    limit = 4 * 1024 * 1024
+    with s.connect() as sock:
+        sock.sendall(_chunked_head("/nope"))
+        time.sleep(0.1)  # the 404 goes out first
+        t0 = time.monotonic()
+        sent = _flood(sock, b"1\r\n{\r\n0\r\n", b"a:\r\n" * 16384, limit)
+        raw, how = read_answer(sock, 3.0)
+        took = time.monotonic() - t0
+    assert parse(raw)[0] == 404 and raw.count(b"HTTP/1.1") == 1  # and no 431 after it
+    assert how in ("closed", "reset")
+    assert sent < limit and took < 2.0  # not held until drain_timeout
+
+
+def test_a_chunked_body_with_a_few_trailer_fields_is_still_accepted(serve: Any) -> None:
+    s = serve()
+    with s.connect() as sock:
+        trailers = b"x-checksum: 1\r\nx-more: 2\r\n\r\n"
+        sock.sendall(_chunked_head() + b"%x\r\n%s\r\n0\r\n%s" % (len(BODY), BODY, trailers))
+        raw = sock.recv(65536)
+        sock.sendall(_request())  # and the connection is still usable
+        raw2 = sock.recv(65536)
+    assert parse(raw)[0] == 200 and parse(raw2)[0] == 200
+    assert s.inbox.n == 2 and s.refusals == []
 
 
 # --- malformed HTTP ------------------------------------------------------------------------
