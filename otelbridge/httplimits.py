@@ -15,7 +15,8 @@ early 413 (docs/notes/server-limits-research.md), so this subclass of uvicorn's 
   liveness probe;
 - after an answer that closes with the body unread (the receiver's early 413): read and
   discard the rest up to a bound, then close, so a client that writes first reads the 413;
-- malformed HTTP (bad request line, duplicate Content-Length, CL+TE) answered 400 JSON;
+- malformed HTTP (bad request line, duplicate Content-Length, CL+TE, a request target
+  uvicorn cannot read) answered 400 JSON;
 - the trailer fields of a chunked body: dropped (the app never sees them), and bounded as the
   head is (431 JSON; while draining after an answer, a close).
 
@@ -259,6 +260,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._pos, self._head_done = self._head_base, True  # its size is added when needed
         if len(self.url) > lim.max_url_bytes:
             raise _Reject(414, "uri_too_long", f"request target exceeds {lim.max_url_bytes} bytes")
+        if self.url[:1] != b"/" and not _readable_target(self.url):  # origin-form always is
+            raise _Reject(400, "bad_request", "invalid request target")  # never echoed: it may hold anything
         if len(self.headers) > lim.max_headers:
             raise _Reject(431, "header_too_large", f"more than {lim.max_headers} header fields")
         # one chunk may hold a whole head plus body: count the head itself only then
@@ -425,6 +428,16 @@ def protocol_class(limits: HttpLimits) -> type[LimitedHttpToolsProtocol]:
         (LimitedHttpToolsProtocol,),
         {"limits": limits, "_log": CountedLog(logger, summary), "_refused": refused, "_sweep": None},
     )
+
+
+def _readable_target(url: bytes) -> bool:
+    """Whether uvicorn's httptools.parse_url reads the target and finds a path: llhttp passes
+    some it cannot ("http://[x", "http://h:65536/", "http://h"), and uvicorn then fails with
+    a traceback (holding the target) and no answer."""
+    try:
+        return httptools.parse_url(url).path is not None
+    except httptools.HttpParserInvalidURLError:
+        return False
 
 
 def _evict_oldest_idle(among: list[LimitedHttpToolsProtocol], live: list[LimitedHttpToolsProtocol]) -> bool:

@@ -312,6 +312,27 @@ def test_malformed_http_gets_400_in_the_json_shape(serve: Any, request_bytes: by
     assert s.refusals == ["bad_request"]
 
 
+@pytest.mark.parametrize(
+    "target",
+    [b"http://[secret-x", b"http://secret-x:65536/", b"http://", b"http:///secret-x", b"http://secret-x"],
+)
+def test_a_request_target_llhttp_passes_but_no_url_parser_can_read_gets_400_json(
+    serve: Any, caplog: pytest.LogCaptureFixture, target: bytes
+) -> None:
+    # uvicorn's httptools.parse_url fails on these (or finds no path): no answer, and a
+    # traceback with the URL in the log
+    s = serve()
+    with caplog.at_level(logging.INFO), s.connect() as sock:
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nhost: x\r\n\r\n")
+        raw, how = read_answer(sock)
+        time.sleep(0.1)  # any log line of the server thread is in
+    assert_json_error(raw, 400, "bad_request")
+    assert b"secret" not in raw and how == "closed"
+    assert s.refusals == ["bad_request"]
+    assert "secret" not in caplog.text and "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 # --- timeouts ------------------------------------------------------------------------------
 def test_a_connection_that_never_sends_a_request_is_closed(serve: Any) -> None:
     s = serve()
