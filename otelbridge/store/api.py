@@ -222,6 +222,15 @@ class LedgerTx(Protocol):
 
     def record_exported(self, call_id: str, span_ids: Sequence[int], now_ns: int) -> None: ...
 
+    def forget_ledger_without_call(
+        self, after_call_id: str, exported_before_ns: int, limit: int
+    ) -> tuple[int, str | None]:
+        """One step of a walk over the ledger's calls in id order: of the next ``limit`` after
+        ``after_call_id``, forget the ledger of those with no call row whose last span went out
+        before ``exported_before_ns`` (an evaluation's, whose call was never heard of or is
+        forgotten). (rows deleted, the last call walked; None once the walk is through.)"""
+        ...
+
 
 class PointsTx(Protocol):
     def add_point(self, point: str) -> int:

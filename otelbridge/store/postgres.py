@@ -494,6 +494,34 @@ class PostgresStateTx:
                 (call_id, [signed64(s) for s in span_ids], now_ns),
             )
 
+    def forget_ledger_without_call(
+        self, after_call_id: str, exported_before_ns: int, limit: int
+    ) -> tuple[int, str | None]:
+        # The primary key's order, its index alone: a step reads the ids of `limit` calls, looks
+        # each up in calls, and reads the spans of those that have no row (an index on
+        # exported_ns would make every span's insert dearer for a sweep every 30 s). In steps:
+        # a NOT EXISTS in one query was planned as a hash of every call, or of the whole ledger.
+        walked = self._all(
+            "WITH walked AS (SELECT DISTINCT call_id FROM ledger WHERE call_id > %s "
+            "ORDER BY call_id LIMIT %s) "
+            "SELECT walked.call_id, calls.call_id IS NULL AS unowned FROM walked "
+            "LEFT JOIN calls ON calls.call_id = walked.call_id ORDER BY walked.call_id",
+            (after_call_id, limit),
+        )
+        unowned = [r["call_id"] for r in walked if r["unowned"]]
+        deleted = 0
+        if unowned:
+            old = self._all(
+                "SELECT call_id FROM ledger WHERE call_id = ANY(%s) GROUP BY call_id "
+                "HAVING MAX(exported_ns) < %s",
+                (unowned, exported_before_ns),
+            )
+            if old:
+                deleted = self._run(
+                    "DELETE FROM ledger WHERE call_id = ANY(%s)", ([r["call_id"] for r in old],)
+                )
+        return deleted, walked[-1]["call_id"] if len(walked) == limit else None
+
     # --- points -----------------------------------------------------------------------------
     def add_point(self, point: str) -> int:
         row = self._one("INSERT INTO points (point) VALUES (%s) RETURNING id", (point,))

@@ -347,6 +347,13 @@ _SAVE_CALL: Final = (
     "deployment_id=excluded.deployment_id, latest_role=excluded.latest_role, "
     "latest_start_us=excluded.latest_start_us, latest_end_us=excluded.latest_end_us"
 )
+#: the next calls of the ledger after one, and whether each is forgotten: no call row, and its
+#: last span out before the cutoff
+_LEDGER_WALK: Final = (
+    "SELECT call_id, MAX(exported_ns) < ? AND NOT EXISTS "
+    "(SELECT 1 FROM calls WHERE calls.call_id = ledger.call_id) AS orphan "
+    "FROM ledger WHERE call_id > ? GROUP BY call_id ORDER BY call_id LIMIT ?"
+)
 _REMEMBER_TURN: Final = "INSERT OR IGNORE INTO turns (call_id, start_us, role, end_us) VALUES (?, ?, ?, ?)"
 _SAVE_BACKFILL_UPSERT: Final = (
     "INSERT INTO backfill (agent_id, range, cursor, done, calls, head_id, head_start_ns) "
@@ -530,6 +537,18 @@ class SqliteStateTx:
 
     def record_exported(self, call_id: str, span_ids: Sequence[int], now_ns: int) -> None:
         self._conn.executemany(_RECORD_EXPORTED, [(call_id, signed64(s), now_ns) for s in span_ids])
+
+    def forget_ledger_without_call(
+        self, after_call_id: str, exported_before_ns: int, limit: int
+    ) -> tuple[int, str | None]:
+        # the primary key's order: a step reads the ledger of `limit` calls, no more (an index
+        # on exported_ns would make every span's insert dearer for a sweep every 30 s)
+        rows = self._conn.execute(_LEDGER_WALK, (exported_before_ns, after_call_id, limit)).fetchall()
+        orphans = [(r["call_id"],) for r in rows if r["orphan"]]
+        deleted = (
+            self._conn.executemany("DELETE FROM ledger WHERE call_id=?", orphans).rowcount if orphans else 0
+        )
+        return deleted, rows[-1]["call_id"] if len(rows) == limit else None
 
     # --- points -----------------------------------------------------------------------------
     def add_point(self, point: str) -> int:

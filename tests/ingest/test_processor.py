@@ -349,6 +349,41 @@ def test_silent_call_is_exported_as_it_stands_after_the_timeout(tmp_path: Path) 
     h.close()
 
 
+def _evaluation(call_id: str, evaluation_id: str) -> dict[str, Any]:
+    raw = {"id": evaluation_id, "metricName": "m", "agentId": "agent_1", "callId": call_id, "value": 1,
+           "createdAt": "2026-11-21T10:05:00Z"}  # fmt: skip
+    return {
+        "type": processor_module.EVALUATION_EVENT,
+        "call_id": call_id,
+        "agent_id": "agent_1",
+        "evaluation": raw,
+    }
+
+
+def test_the_ledger_of_evaluations_whose_call_has_no_row_is_forgotten_after_the_retention(
+    tmp_path: Path,
+) -> None:
+    """An evaluation of a call the processor never heard of (or forgot) leaves ledger rows no
+    call row owns: the sweep forgets them once they are older than the retention, as it forgets
+    closed calls; an evaluation of a call it keeps goes with that call."""
+    clock = [time.time_ns()]
+    h = Harness(tmp_path / "state", clock)
+    events = _events()
+    call_id = next(e["call_id"] for e in events if e.get("type") == "call_started")
+    h.put(next(e for e in events if e.get("call_id") == call_id and e["type"] == "call_started"))
+    h.put(_evaluation("ac_never_seen", "ev_1"), _evaluation(call_id, "ev_2"))
+    h.run()
+    ledger = "SELECT call_id, COUNT(*) FROM ledger GROUP BY call_id"
+    assert dict(map(tuple, h.state.db.conn.execute(ledger))) == {"ac_never_seen": 1, call_id: 1}
+    clock[0] += 8 * 86400 * 10**9  # past the week's retention; the open call times out meanwhile
+    h.processor.sweep()
+    assert dict(map(tuple, h.state.db.conn.execute(ledger))) == {call_id: 2}  # + its root, now
+    h.put(_evaluation("ac_never_seen", "ev_1"))  # read again after the retention: a new export
+    h.run()
+    assert len([s for s in h.spans() if s.name.startswith(c.SPAN_EVALUATION)]) == 3
+    h.close()
+
+
 def test_processed_inbox_rows_are_deleted_in_bulk_or_when_the_inbox_runs_dry(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:

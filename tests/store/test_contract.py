@@ -208,6 +208,28 @@ def test_calls_round_trip_and_age_out(s: Stores) -> None:
         assert tx.open_calls() == 1
 
 
+def test_the_ledger_of_a_call_without_a_row_is_forgotten_after_the_retention(s: Stores) -> None:
+    """An evaluation's spans are ledgered under its call id, which may have no call row (never
+    seen, or forgotten): the walk over the ledger's calls, ``limit`` of them at a time in id
+    order, forgets those whose last span went out before the cutoff and that have no row."""
+    with s.state.transaction() as tx:
+        tx.save_call(CallRow("a1", "agent", last_event_ns=1))  # a row: forgotten with it, not here
+        tx.record_exported("a1", [1], 5)
+        tx.record_exported("b1", [2, 3], 5)  # no row, old: forgotten
+        tx.record_exported("c1", [4], 5)
+        tx.record_exported("c1", [5], 50)  # no row, but a span out since the cutoff: kept
+        tx.record_exported("d1", [(1 << 64) - 1], 6)  # no row, old: forgotten
+    with s.state.transaction() as tx:
+        assert tx.forget_ledger_without_call("", 30, 2) == (2, "b1")  # a1 kept, b1 forgotten
+        assert tx.forget_ledger_without_call("b1", 30, 2) == (1, "d1")  # c1 kept, d1 forgotten
+        assert tx.forget_ledger_without_call("d1", 30, 2) == (0, None)  # the end: start again
+    with s.state.reading() as tx:
+        assert tx.exported("a1") == {1} and tx.exported("c1") == {4, 5}
+        assert tx.exported("b1") == set() and tx.exported("d1") == set()
+    with s.state.transaction() as tx:
+        assert tx.forget_ledger_without_call("", 30, 10) == (0, None)  # fewer than the limit
+
+
 def test_kept_events_in_order_until_dropped(s: Stores) -> None:
     with s.state.transaction() as tx:
         for body in (b"one", b"two", b"three"):
