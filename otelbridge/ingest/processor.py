@@ -89,6 +89,8 @@ LEDGER_WALK = "ledger_walk"
 #: calls of the ledger walked per sweep (~7 ms on SQLite): a million calls kept take 8 hours
 #: of sweeps every 30 s, past the retention
 LEDGER_WALK_CALLS = 1000
+#: the ``source`` of the synthetic events of calls the poller read (poller.py)
+POLL = "poll"
 #: the agent of a call first heard of through an event that does not name it (a ``call_turn``
 #: may come without ``agent_id``), until one does
 UNKNOWN_AGENT = "unknown"
@@ -456,6 +458,8 @@ class Processor:
             self._remember_turns(tx, call, [timing])
         elif event.type == CALL_STARTED:
             if not closed:
+                if event.source == POLL:
+                    self._drop_superseded_polls(tx, call_id)
                 self._keep(tx, call, body)
                 if call.pending and call.start_ns is not None:
                     increment = self._sync(tx, call, None, with_root=False)
@@ -597,6 +601,26 @@ class Processor:
             raise ValueError(f"call {call.call_id}: an event to keep came without its JSON")
         tx.keep_event(call.call_id, body)
         call.pending = True
+
+    @staticmethod
+    def _drop_superseded_polls(tx: StateTx, call_id: str) -> None:
+        """Before a newer poll copy of a running call is kept: drop the older ones it holds
+        all of (the poller re-reads the call every interval; each copy kept made every later
+        event of the call parse them all). The first call_started kept stays, whatever its
+        source: it is the one the assembler takes, the others add nothing to the call it
+        assembles (assembly.py). A webhook's event is never dropped."""
+        first_started = True
+        superseded: list[int] = []
+        for event_id, kept in tx.kept_events_with_ids(call_id):
+            data = from_json(kept)
+            if not isinstance(data, dict) or data.get("type") != CALL_STARTED:
+                continue
+            if first_started:
+                first_started = False
+            elif data.get("source") == POLL:
+                superseded.append(event_id)
+        if superseded:
+            tx.drop_kept_events_by_id(call_id, superseded)
 
     @staticmethod
     def _close(tx: StateTx, call: CallRow, now: int) -> None:

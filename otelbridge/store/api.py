@@ -187,6 +187,13 @@ class CallsTx(Protocol):
         ...
 
     def drop_kept_events(self, call_id: str) -> None: ...
+    def kept_events_with_ids(self, call_id: str) -> list[tuple[int, bytes]]:
+        """(id, body) of the events kept for a call, in the order they were kept."""
+        ...
+
+    def drop_kept_events_by_id(self, call_id: str, event_ids: Sequence[int]) -> None:
+        """Delete some of a call's kept events (a polled copy a newer one supersedes)."""
+        ...
 
 
 class TurnsTx(Protocol):

@@ -433,6 +433,14 @@ class PostgresStateTx:
     def drop_kept_events(self, call_id: str) -> None:
         self._run("DELETE FROM call_events WHERE call_id=%s", (call_id,))
 
+    def kept_events_with_ids(self, call_id: str) -> list[tuple[int, bytes]]:
+        rows = self._all("SELECT id, body FROM call_events WHERE call_id=%s ORDER BY id", (call_id,))
+        return [(int(r["id"]), bytes(r["body"])) for r in rows]
+
+    def drop_kept_events_by_id(self, call_id: str, event_ids: Sequence[int]) -> None:
+        if event_ids:
+            self._run("DELETE FROM call_events WHERE call_id=%s AND id = ANY(%s)", (call_id, list(event_ids)))
+
     # --- turns ----------------------------------------------------------------------------
     def turns(self, call_id: str) -> list[TurnTiming]:
         rows = self._all("SELECT role, start_us, end_us FROM turns WHERE call_id=%s", (call_id,))

@@ -478,6 +478,15 @@ class SqliteStateTx:
     def drop_kept_events(self, call_id: str) -> None:
         self._conn.execute("DELETE FROM call_events WHERE call_id=?", (call_id,))
 
+    def kept_events_with_ids(self, call_id: str) -> list[tuple[int, bytes]]:
+        rows = self._conn.execute("SELECT id, body FROM call_events WHERE call_id=? ORDER BY id", (call_id,))
+        return [(r["id"], bytes(r["body"])) for r in rows]
+
+    def drop_kept_events_by_id(self, call_id: str, event_ids: Sequence[int]) -> None:
+        self._conn.executemany(
+            "DELETE FROM call_events WHERE call_id=? AND id=?", [(call_id, i) for i in event_ids]
+        )
+
     # --- turns ----------------------------------------------------------------------------
     def turns(self, call_id: str) -> list[TurnTiming]:
         rows = self._conn.execute("SELECT role, start_us, end_us FROM turns WHERE call_id=?", (call_id,))

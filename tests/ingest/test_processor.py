@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import random
 import tempfile
@@ -19,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otelbridge.cartesia.models import parse_call
-from otelbridge.cartesia.webhooks import parse_webhook_event
+from otelbridge.cartesia.webhooks import parse_webhook_event, synthetic_body, synthetic_event
 from otelbridge.delivery.resource import build_resource
 from otelbridge.ingest import processor as processor_module
 from otelbridge.ingest.assembly import CallAssembler
@@ -1062,3 +1063,62 @@ def test_log_items_known_only_after_the_root_went_out_are_late_once(tmp_path: Pa
     h.put(completed)
     assert _late_log_items(h) == 0
     h.close()
+
+
+# --- a running call read again by every poll ------------------------------------------------------
+
+
+def _assembled(bodies: list[bytes]) -> Any:
+    assembler = CallAssembler()
+    for body in bodies:
+        assembler.add(parse_webhook_event(json.loads(body)))
+    (built,) = assembler.calls()
+    return built
+
+
+@pytest.mark.parametrize("webhook_first", [True, False], ids=["webhook-first", "poll-first"])
+def test_a_running_call_read_by_every_poll_keeps_one_polled_copy_and_assembles_the_same(
+    harness: Harness, webhook_first: bool
+) -> None:
+    """The poller re-reads a running call every interval; each read holds everything the one
+    before did. Only the newest polled copy is kept beside the webhooks' events (and the copy
+    the assembler takes, the first call_started kept, whichever it is): the kept rows no longer
+    grow with every poll, and the call they assemble is the one every copy assembled."""
+    call_id = "ac_running"
+    agent = {"id": call_id, "agent_id": "agent_1", "status": "created", "transcript": []}
+    start = "2026-11-21T10:00:00Z"
+    started = {"type": "call_started", "call_id": call_id, "agent_id": "agent_1", "timestamp": start,
+               "call": {**agent, "status": "started", "start_time": start, "agent_name": "bot"}}  # fmt: skip
+    turn = {"role": "user", "start_timestamp": 0.5, "end_timestamp": 0.9, "text": "hi"}
+    waiting = {"type": "call_turn", "call_id": call_id, "agent_id": "agent_1", "turn": turn}
+    every: list[bytes] = []  # what was kept before: every copy
+
+    def poll(raw: dict[str, Any]) -> None:
+        listed = parse_call(raw)
+        every.append(synthetic_body(synthetic_event(listed, "poll"), raw))
+        harness.processor.take_calls([(listed, raw)], "poll", [], time.time_ns())
+
+    def webhook(event: dict[str, Any]) -> None:
+        every.append(json.dumps(event).encode())
+        harness.put(event)
+        harness.run()
+
+    if webhook_first:
+        webhook(started)
+    else:  # listed before it started: no start time, the turn that comes waits for one
+        poll(agent)
+        webhook(waiting)
+        poll(agent)
+        webhook(started)
+    transcript: list[dict[str, Any]] = []
+    for k in range(30):
+        transcript.append({"role": "assistant" if k % 2 else "user", "start_timestamp": 1.0 + 3 * k,
+                           "end_timestamp": 3.0 + 3 * k, "text": "x" * 200})  # fmt: skip
+        poll({**agent, "status": "started", "start_time": start, "transcript": list(transcript)})
+    with harness.state.reading() as tx:
+        kept = tx.kept_events(call_id)
+    sources = [json.loads(body).get("source") for body in kept]
+    assert sources.count("poll") == (1 if webhook_first else 2)  # the newest (and the first kept)
+    assert json.loads(kept[-1]) == json.loads(every[-1])
+    assert len(kept) == len(every) - 29 - (0 if webhook_first else 1)  # every webhook event kept
+    assert _assembled(kept) == _assembled(every)

@@ -241,6 +241,22 @@ def test_kept_events_in_order_until_dropped(s: Stores) -> None:
         assert tx.kept_events("c2") == [b"other"]
 
 
+def test_kept_events_by_id_and_some_of_them_dropped(s: Stores) -> None:
+    with s.state.transaction() as tx:
+        for body in (b"one", b"two", b"three"):
+            tx.keep_event("c1", body)
+        tx.keep_event("c2", b"other")
+        kept = tx.kept_events_with_ids("c1")
+        assert [body for _, body in kept] == [b"one", b"two", b"three"]
+        assert [i for i, _ in kept] == sorted(i for i, _ in kept)
+        (other_id, _), *_ = tx.kept_events_with_ids("c2")
+        tx.drop_kept_events_by_id("c1", [kept[1][0], other_id])  # only the call's own
+        tx.drop_kept_events_by_id("c1", [])
+        tx.keep_event("c1", b"four")
+        assert tx.kept_events("c1") == [b"one", b"three", b"four"]
+        assert tx.kept_events("c2") == [b"other"]
+
+
 def test_turns_known_once_and_the_latest_before_a_start(s: Stores) -> None:
     with s.state.transaction() as tx:
         tx.remember_turns("c1", [TurnTiming("user", 1_000, 2_000), TurnTiming("assistant", 3_000, None)])
