@@ -182,7 +182,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_body = self._draining = self._in_head = False
         self._drained = self._head_raw = self._chunk = 0
         # where this read's parse has got to (a lower bound, from the parsed sizes) and where
-        # the head or the trailer section began in it: so trailers count their own bytes only
+        # the head or the trailer section began in it: so each counts its own bytes only, not
+        # the earlier requests' a pipelined read also holds
         self._pos = self._head_base = self._trailer_base = self._trailer_raw = 0
         self._head_done = self._in_trailer = False
         self._trailers = _Trailers(self.limits.max_headers)
@@ -214,7 +215,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             if self._in_head:
                 # httptools passes a header on only once it is complete, gluing its parts
                 # meanwhile: bound an unfinished head by its raw bytes here
-                self._head_raw += n
+                self._head_raw = n - self._head_base
                 if self._head_raw > self.limits.max_header_bytes:
                     limit = self.limits.max_header_bytes
                     raise _Reject(431, "header_too_large", f"request head exceeds {limit} bytes")
@@ -264,8 +265,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             raise _Reject(400, "bad_request", "invalid request target")  # never echoed: it may hold anything
         if len(self.headers) > lim.max_headers:
             raise _Reject(431, "header_too_large", f"more than {lim.max_headers} header fields")
-        # one chunk may hold a whole head plus body: count the head itself only then
-        if self._head_raw + self._chunk > lim.max_header_bytes and (
+        # one read may hold a whole head plus body: count the head itself only then
+        if self._chunk - self._head_base > lim.max_header_bytes and (
             len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers) > lim.max_header_bytes
         ):
             raise _Reject(431, "header_too_large", f"request head exceeds {lim.max_header_bytes} bytes")

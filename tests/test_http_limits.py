@@ -8,6 +8,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import resource
 import socket
 import statistics
@@ -479,6 +480,39 @@ def test_a_head_and_a_large_body_in_one_write_is_not_a_false_431(serve: Any) -> 
         sock.sendall(_request(body))
         raw, _ = read_answer(sock, 1.0)
     assert parse(raw)[0] != 431
+
+
+def test_pipelined_requests_with_large_bodies_in_one_write_are_not_a_false_431(serve: Any) -> None:
+    # one read held two whole requests and the start of a third's head: the whole read was
+    # counted as that head's bytes
+    s = serve(max_header_bytes=64 * 1024)
+    body = json.dumps({**json.loads(BODY), "pad": "x" * 100_000}).encode()
+    third = _request(body)
+    with s.connect() as sock:
+        sock.sendall(_request(body) + _request(body) + third[:60])
+        time.sleep(0.2)
+        sock.sendall(third[60:])
+        got = b""
+        with contextlib.suppress(TimeoutError):
+            sock.settimeout(2.0)
+            while got.count(b"HTTP/1.1 ") < 3 and (chunk := sock.recv(65536)):
+                got += chunk
+    assert re.findall(rb"HTTP/1\.1 (\d+)", got) == [b"200"] * 3
+    assert s.inbox.n == 3 and s.refusals == []
+
+
+def test_thousands_of_small_pipelined_requests_are_not_a_false_431(serve: Any) -> None:
+    s = serve()
+    n = 12000  # 372 KB: a read (256 KiB at most) ends inside a head, after thousands of requests
+    with s.connect() as sock:
+        sock.sendall(b"GET /nope HTTP/1.1\r\nhost: x\r\n\r\n" * n)
+        got = b""
+        with contextlib.suppress(TimeoutError):
+            sock.settimeout(3.0)
+            while got.count(b"HTTP/1.1 ") < n and (chunk := sock.recv(1 << 20)):
+                got += chunk
+    assert set(re.findall(rb"HTTP/1\.1 (\d+)", got)) == {b"404"}
+    assert got.count(b"HTTP/1.1 ") == n and s.refusals == []
 
 
 def test_expect_100_continue_still_works(serve: Any) -> None:
