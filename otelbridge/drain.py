@@ -135,23 +135,15 @@ def _leftovers(state_dir: Path, since_ns: int) -> Leftovers:
     left = Leftovers()
     reader = open_state_reader(state_dir)
     try:
-        with reader.db.reading() as conn:
-            count, latest = conn.execute(
-                "SELECT COUNT(*), MAX(last_event_ns) FROM calls WHERE closed_ns IS NULL"
-            ).fetchone()
-            kinds = conn.execute(
-                "SELECT signal, status, reason, COUNT(*), SUM(items), SUM(failed_ns >= ?) "
-                "FROM dead_letters GROUP BY signal, status, reason "
-                "ORDER BY COUNT(*) DESC, signal, status, reason",
-                (since_ns,),
-            ).fetchall()
+        with reader.reading() as tx:
+            left.open_calls, left.latest_ns = tx.open_calls_latest_event()
+            kinds = tx.dead_letter_kinds(since_ns)
     finally:
         reader.close()
-    left.open_calls, left.latest_ns = int(count), int(latest or 0)
     dead = left.dead
     for signal, status, reason, requests, items, recent in kinds:
-        dead.requests += int(requests)
-        dead.items += int(items)
-        dead.recent += int(recent)
-        dead.kinds.append((str(signal), str(status), str(reason), int(requests)))
+        dead.requests += requests
+        dead.items += items
+        dead.recent += recent
+        dead.kinds.append((signal, status, reason, requests))
     return left

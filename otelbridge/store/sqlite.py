@@ -661,6 +661,25 @@ class SqliteStateTx:
         )
         self._conn.execute("DELETE FROM spool WHERE id=?", (entry.id,))
 
+    # --- what a drain leaves (SQLite only: ``otelbridge drain`` retires a SQLite volume) ------
+    def open_calls_latest_event(self) -> tuple[int, int]:
+        """How many calls are open, and the newest ``last_event_ns`` among them (0: none)."""
+        count, latest = self._conn.execute(
+            "SELECT COUNT(*), MAX(last_event_ns) FROM calls WHERE closed_ns IS NULL"
+        ).fetchone()
+        return int(count), int(latest or 0)
+
+    def dead_letter_kinds(self, since_ns: int) -> list[tuple[str, str, str, int, int, int]]:
+        """The dead letters by (signal, status, reason), the most frequent first: with how many
+        requests, items, and requests that failed at ``since_ns`` or later (never the bodies)."""
+        rows = self._conn.execute(
+            "SELECT signal, status, reason, COUNT(*), SUM(items), SUM(failed_ns >= ?) "
+            "FROM dead_letters GROUP BY signal, status, reason "
+            "ORDER BY COUNT(*) DESC, signal, status, reason",
+            (since_ns,),
+        )
+        return [(str(r[0]), str(r[1]), str(r[2]), int(r[3]), int(r[4]), int(r[5])) for r in rows]
+
     def purge_dead_letters(self, failed_before_ns: int) -> None:
         self._conn.execute("DELETE FROM dead_letters WHERE failed_ns < ?", (failed_before_ns,))
 
