@@ -17,7 +17,7 @@ silently.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -25,7 +25,7 @@ from otelbridge.cartesia.models import AgentCall, TranscriptItem
 from otelbridge.cartesia.timestamps import MAX_OFFSET_S, offset_to_ns
 from otelbridge.mapping import conventions as c
 from otelbridge.mapping import ids
-from otelbridge.mapping.latency import TurnTiming, response_latencies
+from otelbridge.mapping.latency import TurnTiming, response_latencies, spoken_timings
 from otelbridge.mapping.policy import (
     MAX_NAME_BYTES,
     NAME_CUT,
@@ -323,12 +323,15 @@ def _finish(span: SpanRecord, sink: AttributeSink, adjust: _Adjustments) -> None
     sink.list_cuts()
 
 
-def call_anchor(call: AgentCall, fallback_end_ns: int | None = None) -> tuple[int, int, list[str]]:
+def call_anchor(
+    call: AgentCall, fallback_end_ns: int | None = None, known_turns: Iterable[TurnTiming] = ()
+) -> tuple[int, int, list[str]]:
     """(start_ns, end_ns, adjustments) of the root span.
 
     A missing start is derived from the end (or from ``fallback_end_ns``, the time of the
     event that reported the call) minus the last transcript offset; a missing or early end is
-    stretched to cover the transcript.
+    stretched to cover the transcript, and the turns learnt apart from it (``known_turns``,
+    streamed ones the end's transcript may lack), as if they were in it.
     """
     adjust = _Adjustments()
     last_ns = 0
@@ -336,6 +339,11 @@ def call_anchor(call: AgentCall, fallback_end_ns: int | None = None) -> tuple[in
         for value in (item.start_timestamp, item.end_timestamp):
             if value is not None and value > 0:
                 last_ns = max(last_ns, offset_to_ns(min(value, MAX_OFFSET_S)))
+    max_us = int(MAX_OFFSET_S * 1_000_000)
+    for turn in known_turns:
+        for us in (turn.start_us, turn.end_us):
+            if us is not None and us > 0:
+                last_ns = max(last_ns, min(us, max_us) * 1000)
     start, end = call.start_time, call.end_time
     if start is None:
         if end is None:
@@ -359,7 +367,15 @@ def call_anchor(call: AgentCall, fallback_end_ns: int | None = None) -> tuple[in
     return start, max(end, start + last_ns), adjust.reasons
 
 
-def root_span(ctx: CallContext, call: AgentCall, end_ns: int, adjustments: list[str]) -> SpanRecord:
+def root_span(
+    ctx: CallContext,
+    call: AgentCall,
+    end_ns: int,
+    adjustments: list[str],
+    known_turns: Sequence[TurnTiming] = (),
+) -> SpanRecord:
+    """The call's span; ``known_turns`` (streamed, maybe missing from the end's transcript)
+    count among its turns."""
     sink = ctx.sink(c.OPERATION_INVOKE_AGENT)
     span = SpanRecord(
         key=ids.root_key(),
@@ -378,7 +394,11 @@ def root_span(ctx: CallContext, call: AgentCall, end_ns: int, adjustments: list[
     sink.put(c.CALL_END_REASON, call.end_reason)
     sink.put(c.CALL_ERROR_MESSAGE, call.error_message)
     sink.put(c.CALL_SUMMARY, call.summary)
-    sink.put(c.CALL_TURN_COUNT, sum(1 for t in call.transcript if not t.is_system))
+    turn_count = sum(1 for t in call.transcript if not t.is_system)
+    if known_turns:
+        heard = {(t.role, t.start_us) for t in spoken_timings(call.transcript)}
+        turn_count += len({(t.role, t.start_us) for t in known_turns} - heard)
+    sink.put(c.CALL_TURN_COUNT, turn_count)
     sink.put(c.DEPLOYMENT_ID, call.deployment_id)
     sink.put(c.DEPLOYMENT_VERSION_ID, call.deployment_version_id)
     sink.put(c.DEPLOYMENT_REGION, call.deployment_region)
@@ -507,11 +527,13 @@ def map_call_spans(
     fallback_end_ns: int | None = None,
     known_turns: Iterable[TurnTiming] = (),
 ) -> CallSpans:
-    """``known_turns``: turns of the call learnt apart from its transcript (streamed ones), which
-    can precede a transcript turn for its response latency."""
-    start_ns, end_ns, adjustments = call_anchor(call, fallback_end_ns)
+    """``known_turns``: turns of the call learnt apart from its transcript (streamed ones): they
+    count among the root's turns and are within it, and can precede a transcript turn for its
+    response latency."""
+    known_turns = list(known_turns)
+    start_ns, end_ns, adjustments = call_anchor(call, fallback_end_ns, known_turns)
     ctx = CallContext(call.id, call.agent_id, call.agent_name, start_ns, options, call.deployment_id)
-    root = root_span(ctx, call, end_ns, adjustments)
+    root = root_span(ctx, call, end_ns, adjustments, known_turns)
     latencies = response_latencies(call.transcript, known_turns)
     turns: list[SpanRecord] = []
     tools: list[SpanRecord] = []

@@ -350,6 +350,47 @@ def test_silent_call_is_exported_as_it_stands_after_the_timeout(tmp_path: Path) 
     h.close()
 
 
+@pytest.mark.parametrize("ending", ["end_without_transcript", "sweep"])
+def test_the_root_counts_and_covers_the_streamed_turns(tmp_path: Path, ending: str) -> None:
+    """Streamed turns go out at once and are not kept: the root, built from the kept events and
+    the end's own transcript, left them out when the end carried none (the 2025 shape, ``body:
+    []``) or when no end came (the timeout's sweep): a turn count of 0, and a root of no length
+    with its turns outside it. It counts and covers them now, as replay of the same events does."""
+    base = {"request_id": "ac_streamed", "agent_id": "agent_1"}
+    events = [
+        {**base, "type": "call_started", "timestamp": "2026-11-20T09:00:00Z", "body": []},
+        {**base, "type": "call_turn", "timestamp": "2026-11-20T09:00:02Z",
+         "body": {"role": "user", "start_timestamp": 1.0, "end_timestamp": 2.0, "text": "hello there"}},
+        {**base, "type": "call_turn", "timestamp": "2026-11-20T09:00:40Z",
+         "body": {"role": "assistant", "start_timestamp": 2.5, "end_timestamp": 40.0, "text": "hi"}},
+    ]  # fmt: skip
+    if ending == "end_without_transcript":
+        events.append({**base, "type": "call_completed", "timestamp": "2026-11-20T09:00:10Z", "body": []})
+    clock = [time.time_ns()]
+    h = Harness(tmp_path / "state", clock)
+    try:
+        h.put(*events)
+        h.run()
+        if ending == "sweep":
+            clock[0] += 3601 * 10**9
+            assert h.processor.sweep().calls_closed == 1
+        spans = h.spans()
+    finally:
+        h.close()
+    assembler = CallAssembler()
+    for event in events:
+        assembler.add(parse_webhook_event(event))
+    (built,) = assembler.calls()
+    replayed = map_call(built.call, fallback_end_ns=built.fallback_end_ns).root
+    (root,) = [s for s in spans if not s.parent_span_id]
+    assert (root.start_time_unix_nano, root.end_time_unix_nano) == (replayed.start_ns, replayed.end_ns)
+    assert attributes(root.attributes)[c.CALL_TURN_COUNT] == replayed.attributes[c.CALL_TURN_COUNT] == 2
+    children = [s for s in spans if s.parent_span_id]
+    assert len(children) == 2
+    assert all(root.start_time_unix_nano <= s.start_time_unix_nano <= s.end_time_unix_nano
+               <= root.end_time_unix_nano for s in children)  # fmt: skip
+
+
 def _evaluation(call_id: str, evaluation_id: str) -> dict[str, Any]:
     raw = {"id": evaluation_id, "metricName": "m", "agentId": "agent_1", "callId": call_id, "value": 1,
            "createdAt": "2026-11-21T10:05:00Z"}  # fmt: skip
