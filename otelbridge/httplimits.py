@@ -6,7 +6,8 @@ early 413 (docs/notes/server-limits-research.md), so this subclass of uvicorn's 
 
 - head bytes and header count (431), URL length (414);
 - timeouts for the head, the body, and a connection that never sends a request (408 JSON
-  where an answer is possible, else close);
+  where an answer is possible, else close); a client that stops reading its answers is cut
+  off once they have waited body_timeout (writes paused, or a close waiting to send them);
 - a connection cap (503 JSON, then close);
 - for the admin port (``evict_idle``): past the cap, or past the per-client cap, the oldest idle
   connection (no request in the app) is closed to make room; with none idle, the connection is
@@ -22,7 +23,8 @@ early 413 (docs/notes/server-limits-research.md), so this subclass of uvicorn's 
 
 It overrides uvicorn 0.55 internals (pinned; tests/test_http_limits.py checks they exist):
 ``connection_made``, ``data_received``, ``on_message_begin``, ``on_headers_complete``,
-``on_message_complete``, ``on_body``, ``connection_lost``, ``timeout_keep_alive_task``,
+``on_message_complete``, ``on_body``, ``connection_lost``, ``pause_writing``,
+``resume_writing``, ``timeout_keep_alive_task``,
 ``timeout_keep_alive_handler``, ``_unset_keepalive_if_required``, ``cycle.response_started``.
 """
 
@@ -158,12 +160,19 @@ class _DrainingTransport:
     def is_closing(self) -> bool:
         return self._proto._draining or self._real.is_closing()
 
+    def discard_writes(self) -> None:
+        self.write = self.writelines = _discard
+
     def close(self) -> None:
         p = self._proto
         if p._in_body and not p._draining and not self._real.is_closing():
             p._start_drain()
         elif not p._draining:
             self._real.close()
+
+
+def _discard(*args: Any, **kwargs: Any) -> None:
+    pass
 
 
 _order = itertools.count()  # connection age, for "the oldest idle one"
@@ -177,7 +186,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._real = transport  # uvloop's transport is no asyncio.Transport subclass: no isinstance
-        self._deadline = 0.0
+        self._deadline = self._write_deadline = 0.0
         self._why = ""
         self._in_body = self._draining = self._in_head = False
         self._drained = self._head_raw = self._chunk = 0
@@ -321,8 +330,20 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._deadline = 0.0
+        self._deadline = self._write_deadline = 0.0
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        # uvicorn's send then waits for the buffer to drain with no timer, and neither the
+        # body deadline nor the keep-alive one is armed: a client that pipelines requests and
+        # never reads the answers would hold the connection (and its slot) for ever
+        self._write_deadline = self.loop.time() + self.limits.body_timeout
+        self._start_sweep()
+        super().pause_writing()
+
+    def resume_writing(self) -> None:
+        self._write_deadline = 0.0
+        super().resume_writing()
 
     # --- admission with eviction (admin port) --------------------------------------------
     def _admit(self) -> bool:
@@ -361,6 +382,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # a float deadline checked by one sweep per server, not a TimerHandle per request
         self._deadline = self.loop.time() + delay
         self._why = why
+        self._start_sweep()
+
+    def _start_sweep(self) -> None:
         cls = type(self)
         if cls._sweep is None:
             cls._sweep = self.loop.call_later(SWEEP_EVERY, cls._run_sweep, self.loop, self.connections)
@@ -372,11 +396,28 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             d = p._deadline
             if d and d <= now:
                 p._expire()
+            w = p._write_deadline
+            if w:
+                if w <= now:
+                    p._stalled()
+            elif p._real.is_closing():
+                # closed with answers unsent, e.g. after a 408 to a client that reads nothing:
+                # the close waits for them to be sent, as long as a paused write may
+                p._write_deadline = now + p.limits.body_timeout
         # stops by itself once no connection is open (so nothing is left at shutdown)
         cls._sweep = loop.call_later(SWEEP_EVERY, cls._run_sweep, loop, connections) if connections else None
 
     def _expire(self) -> None:
         self._reject(_Reject(408, "timeout", self._why))
+
+    def _stalled(self) -> None:
+        self._write_deadline = 0.0
+        # only the log line: the requests it sent have their outcomes (the app counted them)
+        self._note("timeout")
+        # the abort resumes writing before connection_lost runs: the waiting send (of whichever
+        # pipelined request is in the app) would then write to a closed transport (uvloop raises)
+        cast("_DrainingTransport", self.transport).discard_writes()
+        self._real.abort()  # not close(): that would wait for the unread answers to be sent
 
     def _reject(self, exc: _Reject) -> None:
         self._deadline = 0.0

@@ -364,6 +364,64 @@ def test_a_slowloris_head_gets_408_json(serve: Any) -> None:
     assert s.refusals == ["timeout"]
 
 
+def test_a_client_that_pipelines_and_never_reads_is_closed(
+    serve: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # uvicorn waits for the write buffer to drain with no timer: the connection (and its slot
+    # under the cap) was held for ever
+    s = serve(max_connections=1, idle_timeout=10.0)
+    open_now = s.server.server.server_state.connections
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", s.port))
+        sock.setblocking(False)
+        while not open_now:
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        with contextlib.suppress(ConnectionError):
+            while open_now and time.monotonic() - t0 < 5.0:
+                with contextlib.suppress(BlockingIOError):
+                    sock.send(b"GET /nope HTTP/1.1\r\nhost: x\r\n\r\n" * 1000)
+                time.sleep(0.02)
+        while open_now and time.monotonic() - t0 < 5.0:
+            time.sleep(0.05)
+        took = time.monotonic() - t0
+        assert not open_now  # closed with its answers unread
+    assert took < 4.0  # filling the buffers takes about 1 s, then body_timeout
+    assert s.refusals == []  # every request it sent had its answer (unread): none refused
+    post_ok(s.port)  # the slot is free
+    assert "refused or closed connections: timeout from 127.0.0.1" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # the app's write too
+
+
+def test_a_connection_closed_with_answers_its_client_never_reads_is_cut_off(serve: Any) -> None:
+    # close() waits for every answer to be sent: a 408 to a client that reads nothing (its
+    # buffers full, the server's writes not paused yet) held the connection for ever
+    s = serve(max_connections=1, idle_timeout=10.0)
+    open_now = s.server.server.server_state.connections
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", s.port))
+        while not open_now:
+            time.sleep(0.01)
+        (proto,) = open_now
+        # white box: a small send buffer on the server's side, so a few answers fill it
+        proto._real.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        t0 = time.monotonic()
+        while proto._real.get_write_buffer_size() < 16384 and time.monotonic() - t0 < 3.0:
+            sock.sendall(b"GET /nope HTTP/1.1\r\nhost: x\r\n\r\n" * 20)  # answers queued, unread
+            time.sleep(0.005)
+        assert not proto.flow.write_paused  # under the high-water mark
+        sock.sendall(b"GET /nope HTTP/1.1\r\nho")  # a head never finished: 408, then close
+        t0 = time.monotonic()
+        while open_now and time.monotonic() - t0 < 5.0:
+            time.sleep(0.05)
+        took = time.monotonic() - t0
+        assert not open_now
+    assert took < 2.0  # head_timeout, then body_timeout for the answers to go
+    assert s.refusals == ["timeout"]  # the 408's; the cut itself is only logged
+
+
 @pytest.mark.parametrize("trickle", [False, True], ids=["stalled", "trickle"])
 def test_a_slow_body_gets_408_json(serve: Any, trickle: bool) -> None:
     s = serve()
