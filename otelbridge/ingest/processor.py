@@ -525,12 +525,18 @@ class Processor:
         if not assembled:
             return Increment()
         built = assembled[0]
+        whole = built.call
+        if call.start_ns is not None and whole.start_time != call.start_ns:
+            # The anchor the call's spans already have (streamed turns, an earlier root): the
+            # assembled copy may lack it (a listed copy read before the call started, a 2025
+            # end alone after the call closed), and a start derived anew misplaces its turns.
+            whole = whole.model_copy(update={"start_time": call.start_ns})
         # turns received before (streamed): they may precede a transcript turn the stream missed
         known = tx.turns(call.call_id) if call.latest_turn is not None else []
-        self._remember_turns(tx, call, spoken_timings(built.call.transcript))
+        self._remember_turns(tx, call, spoken_timings(whole.transcript))
         try:
             increment = call_increment(
-                built.call,
+                whole,
                 self._options,
                 tx.exported(call.call_id),
                 with_root=with_root,

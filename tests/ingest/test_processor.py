@@ -357,7 +357,7 @@ def test_the_root_counts_and_covers_the_streamed_turns(tmp_path: Path, ending: s
     []``) or when no end came (the timeout's sweep): a turn count of 0, and a root of no length
     with its turns outside it. It counts and covers them now, as replay of the same events does."""
     base = {"request_id": "ac_streamed", "agent_id": "agent_1"}
-    events = [
+    events: list[dict[str, Any]] = [
         {**base, "type": "call_started", "timestamp": "2026-11-20T09:00:00Z", "body": []},
         {**base, "type": "call_turn", "timestamp": "2026-11-20T09:00:02Z",
          "body": {"role": "user", "start_timestamp": 1.0, "end_timestamp": 2.0, "text": "hello there"}},
@@ -382,6 +382,7 @@ def test_the_root_counts_and_covers_the_streamed_turns(tmp_path: Path, ending: s
         assembler.add(parse_webhook_event(event))
     (built,) = assembler.calls()
     replayed = map_call(built.call, fallback_end_ns=built.fallback_end_ns).root
+    assert replayed is not None
     (root,) = [s for s in spans if not s.parent_span_id]
     assert (root.start_time_unix_nano, root.end_time_unix_nano) == (replayed.start_ns, replayed.end_ns)
     assert attributes(root.attributes)[c.CALL_TURN_COUNT] == replayed.attributes[c.CALL_TURN_COUNT] == 2
@@ -389,6 +390,71 @@ def test_the_root_counts_and_covers_the_streamed_turns(tmp_path: Path, ending: s
     assert len(children) == 2
     assert all(root.start_time_unix_nano <= s.start_time_unix_nano <= s.end_time_unix_nano
                <= root.end_time_unix_nano for s in children)  # fmt: skip
+
+
+def _turn_starts(spans: list[Span], start_ns: int) -> dict[str, float]:
+    """Turn text -> seconds from ``start_ns`` to its span's start."""
+    out = {}
+    for span in spans:
+        text = attributes(span.attributes).get(c.TURN_TEXT)
+        if isinstance(text, str):
+            out[text] = (span.start_time_unix_nano - start_ns) / 1e9
+    return out
+
+
+def test_a_turn_released_by_call_started_keeps_the_calls_anchor(tmp_path: Path) -> None:
+    """A listed copy read while the call was 'created' (no start_time) is the first call_started
+    kept; a turn then waits for the start, which call_started brings. The turn was released with
+    a start derived anew from the kept copies (at -1 s), while the call's other spans used the
+    start call_started gave; every span uses that one now."""
+    start = "2026-11-20T09:00:00Z"
+    start_ns = 1_795_165_200 * 10**9
+    call: dict[str, Any] = {"id": "ac_anchor", "agent_id": "agent_1", "status": "created", "transcript": []}
+    started = {"type": "call_started", "call_id": "ac_anchor", "agent_id": "agent_1", "timestamp": start,
+               "call": {**call, "status": "started", "start_time": start}}  # fmt: skip
+
+    def turn(role: str, at: float, text: str) -> dict[str, Any]:
+        spoken = {"role": role, "start_timestamp": at, "end_timestamp": at + 1, "text": text}
+        return {"type": "call_turn", "call_id": "ac_anchor", "agent_id": "agent_1", "timestamp": start,
+                "turn": spoken}  # fmt: skip
+
+    h = Harness(tmp_path / "state")
+    try:
+        h.put(_listed(call, "poll"), turn("user", 1.0, "first"))
+        h.run()  # the turn waits: no start yet
+        h.put(started, turn("assistant", 2.5, "second"))
+        h.run()
+        assert _turn_starts(h.spans(), start_ns) == {"first": 1.0, "second": 2.5}
+    finally:
+        h.close()
+
+
+def test_an_end_after_the_sweep_places_its_turns_at_the_calls_anchor(tmp_path: Path) -> None:
+    """A 2025 call closed by the timeout's sweep, then its end with a turn the stream missed: the
+    end, assembled alone, derived the start from its own timestamp (the turn at 99 s, not 5 s)."""
+    base = {"request_id": "ac_late", "agent_id": "agent_1"}
+    user = {"role": "user", "start_timestamp": 1.0, "end_timestamp": 2.0, "text": "a"}
+    assistant = {"role": "assistant", "start_timestamp": 5.0, "end_timestamp": 6.0, "text": "b"}
+    clock = [time.time_ns()]
+    h = Harness(tmp_path / "state", clock)
+    try:
+        h.put({**base, "type": "call_started", "timestamp": "2026-11-20T09:00:00Z", "body": []},
+              {**base, "type": "call_turn", "timestamp": "2026-11-20T09:00:02Z", "body": user})  # fmt: skip
+        h.run()
+        clock[0] += 3601 * 10**9
+        assert h.processor.sweep().calls_closed == 1
+        h.put(
+            {**base, "type": "call_completed", "timestamp": "2026-11-20T09:01:40Z", "body": [user, assistant]}
+        )
+        h.run()
+        assert _turn_starts(h.spans(), 1_795_165_200 * 10**9) == {"a": 1.0, "b": 5.0}
+    finally:
+        h.close()
+
+
+def _listed(call: dict[str, Any], source: str) -> dict[str, Any]:
+    """A listed call as the poller stores it in the inbox."""
+    return json.loads(synthetic_body(synthetic_event(parse_call(call), source), call))  # type: ignore[no-any-return]
 
 
 def _evaluation(call_id: str, evaluation_id: str) -> dict[str, Any]:
