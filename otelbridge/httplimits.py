@@ -194,7 +194,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # the head or the trailer section began in it: so each counts its own bytes only, not
         # the earlier requests' a pipelined read also holds
         self._pos = self._head_base = self._trailer_base = self._trailer_raw = 0
-        self._head_done = self._in_trailer = False
+        self._head_done = self._in_trailer = self._got_body = False
         self._trailers = _Trailers(self.limits.max_headers)
         self._probe_only = False
         super().connection_made(_DrainingTransport(self, transport))  # type: ignore[arg-type]
@@ -285,12 +285,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         self._trailers.fields = 0
         self.headers = self._trailers  # the request's own list stays in its scope
-        self._in_body = True
+        self._in_body, self._got_body = True, False
         self._arm(lim.body_timeout, "request body not received in time")
 
     def on_body(self, body: bytes) -> None:
         self._pos += len(body)
         self._in_trailer = False  # a chunk's data: the zero-size last chunk has none
+        self._got_body = True
         # uvicorn's on_body, inlined: one call less per chunk (tests check it is unchanged)
         cycle = self.cycle
         if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
@@ -454,8 +455,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _start_drain(self) -> None:
         self._draining = True
         self._deadline = 0.0
-        if self.cycle is not None and self.cycle.waiting_for_100_continue:
-            self._real.close()  # a client waiting for 100-continue sends nothing: close now
+        if self.expect_100_continue and not self._got_body:
+            # an answer before any body byte: no 100 Continue went out (uvicorn sends it when
+            # the app first reads; its waiting_for_100_continue is cleared by the answer, so
+            # it cannot tell), and a client waiting for one sends nothing: close now
+            self._real.close()
             return
         self._real.resume_reading()  # uvicorn pauses reading at its high-water mark
         self.loop.call_later(self.limits.drain_timeout, self._real.close)

@@ -459,6 +459,25 @@ def test_urllib_writing_a_20_mb_body_before_reading_sees_the_413(serve: Any) -> 
     assert payload["error"] == "too_large"
 
 
+@pytest.mark.parametrize("body_too", [False, True], ids=["waits-for-100", "body-at-once"])
+def test_an_expect_100_continue_request_refused_early_is_closed_without_waiting(
+    serve: Any, body_too: bool
+) -> None:
+    # no 100 Continue went out, so the client sends no body: nothing to drain, close at once
+    # (the check looked at uvicorn's waiting_for_100_continue, cleared by then: 5 s held);
+    # a client that sent its body anyway still has it drained, so it reads the 413
+    s = serve(drain_timeout=5.0)
+    size = 2 * MAX_BODY
+    head = _request(b"x" * size, extra=b"expect: 100-continue\r\n")[:-size]
+    with s.connect() as sock:
+        t0 = time.monotonic()
+        sock.sendall(head + (b"x" * size if body_too else b""))
+        raw, how = read_answer(sock, 3.0)
+        took = time.monotonic() - t0
+    assert parse(raw)[0] == 413 and b"HTTP/1.1 100" not in raw
+    assert how in ("closed", "reset") and took < 1.0
+
+
 def test_a_body_past_the_drain_bound_is_cut_off(serve: Any) -> None:
     s = serve(body_timeout=10.0, drain_bytes=2 * 1024 * 1024)
     with s.connect() as sock:
