@@ -468,21 +468,35 @@ class Processor:
             increment = self._sync(tx, call, event, with_root=True, kept=not closed)
             if not closed:  # else a late or repeated end: only what is still missing
                 self._close(tx, call, received_ns)
+            elif event.call is not None and event.call.summary:
+                # a copy read after the root went out (List Calls) may bring the summary the
+                # webhook end lacked: as a post_call_analysis would, its own span
+                late = self._late_summary(tx, call, event.call.summary, event, received_ns)
+                increment.spans += late.spans  # ledgered again with the rest: no harm
         elif event.type == POST_CALL_ANALYSIS and event.analysis is not None:
-            summary = event.analysis.summary
             if not closed:
                 self._keep(tx, call, body)
-            elif summary and not call.summary_exported and call.start_ns is not None:
-                at = event.timestamp if event.timestamp is not None else received_ns
-                span = analysis_span(self._context(call), summary, at)
-                if tx.newly_exported(call_id, [span.span_id], received_ns):
-                    increment = Increment([span])
+            elif event.analysis.summary:
+                increment = self._late_summary(tx, call, event.analysis.summary, event, received_ns)
                 ledgered = True
-                call.summary_exported = True
 
         self._taken(tx, call, increment, received_ns, ledgered=ledgered)
         self._save(tx, call)
         return increment
+
+    def _late_summary(
+        self, tx: StateTx, call: CallRow, summary: str, event: WebhookEvent, received_ns: int
+    ) -> Increment:
+        """The summary of a call whose root is out already (without one): a span of its own,
+        once (ledgered here)."""
+        if call.summary_exported or call.start_ns is None:
+            return Increment()
+        at = event.timestamp if event.timestamp is not None else received_ns
+        span = analysis_span(self._context(call), summary, at)
+        call.summary_exported = True
+        if not tx.newly_exported(call.call_id, [span.span_id], received_ns):
+            return Increment()  # read before: its span is out already
+        return Increment([span])
 
     def _taken(
         self, tx: StateTx, call: CallRow, increment: Increment, now: int, *, ledgered: bool = False

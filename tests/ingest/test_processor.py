@@ -267,6 +267,28 @@ def test_post_call_analysis_after_the_root_becomes_a_span(harness: Harness) -> N
     assert summary == analysis["analysis"]["summary"]
 
 
+def test_a_summary_read_after_the_root_went_out_becomes_a_span(harness: Harness) -> None:
+    """The webhook end came without the summary (Cartesia makes it later); the List Calls copy
+    read afterwards has it. It was dropped; it becomes the call's analysis span, as a late
+    post_call_analysis does, once."""
+    events = _events()
+    analysis = next(e for e in events if e.get("type") == "post_call_analysis")
+    mine = [e for e in events if e.get("call_id") == analysis["call_id"] and e is not analysis]
+    end = next(e for e in mine if e["type"] in ("call_completed", "call_failed"))
+    listed = copy.deepcopy(end["call"])
+    listed["summary"] = "Read from List Calls."
+    end["call"].pop("summary", None)
+    harness.put(*mine)
+    harness.run()
+    root = next(s for s in harness.spans() if not s.parent_span_id)
+    for _ in range(2):  # polled again: nothing more
+        harness.processor.take_calls([(parse_call(listed), listed)], "poll", [], time.time_ns())
+    spans = [s for s in harness.spans() if s.name == c.SPAN_CALL_ANALYSIS]
+    assert len(spans) == 1
+    assert spans[0].parent_span_id == root.span_id
+    assert attributes(spans[0].attributes)[c.CALL_SUMMARY] == "Read from List Calls."
+
+
 def test_post_call_analysis_adds_nothing_when_the_root_had_the_summary(harness: Harness) -> None:
     events = _events()
     analysis = next(e for e in events if e.get("type") == "post_call_analysis")
