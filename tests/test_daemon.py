@@ -26,7 +26,7 @@ from otelbridge.cartesia.webhooks import parse_webhook_event
 from otelbridge.daemon import Daemon, Endpoints
 from otelbridge.ingest.assembly import CallAssembler
 from otelbridge.mapping import conventions as c
-from otelbridge.mapping import map_call
+from otelbridge.mapping import ids, map_call
 from otelbridge.settings import Settings, load_settings
 from otelbridge.store import state_path
 from tests.support.otlp_receiver import HttpOtlpReceiver
@@ -416,4 +416,15 @@ def test_webhooks_and_polling_on_the_same_calls_each_span_once(
             time.sleep(1.0)  # more polls: still nothing twice
             ready = run.admin("/readyz").json()
             assert ready["checks"]["polling"]["reason"] == "polling"
-        _exactly_once(receiver, expected)
+        # A call whose webhook end lacks the summary its listed copy has: where the end went out
+        # first, the summary read later is a call_analysis span of its own (else on the root)
+        ended = {parse_webhook_event(e).resolved_call_id: e for e in events
+                 if e["type"] in ("call_completed", "call_failed")}  # fmt: skip
+        late = {
+            ids.span_id(call["id"], ids.analysis_key()).to_bytes(8, "big")
+            for call in calls
+            if call.get("summary") and not (ended.get(call["id"], {}).get("call") or {}).get("summary")
+        }
+        counts = Counter(s.span_id for s in receiver.spans())
+        assert {k.hex(): n for k, n in counts.items() if n > 1} == {}
+        assert expected <= set(counts) <= expected | late
