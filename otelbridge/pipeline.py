@@ -132,7 +132,11 @@ class Pipeline:
         self._state_reader = self.engine.state_reader()
         self._inbox = self.engine.inbox()
         self._acks = self.engine.acks()  # the sender's record of acknowledged exports
-        self.spool = Spool(max_bytes=settings.spool_max_bytes, max_age_ns=int(settings.spool_max_age * 1e9))
+        self.spool = Spool(
+            max_bytes=settings.spool_max_bytes,
+            max_age_ns=int(settings.spool_max_age * 1e9),
+            delivered=self._delivered,
+        )
         self.environment = OtelEnvironment()
         self.exporters = self.environment.exporters(settings.exporter)
         self.telemetry = Telemetry(
@@ -257,6 +261,11 @@ class Pipeline:
         with self._state_reader.reading() as tx:
             held = tx.spool_bytes()
         return max(0, held - self.sender.acknowledged_bytes())
+
+    def _delivered(self) -> list[int]:
+        """The spool ids the backend acknowledged that may still be spooled (the spool's caps
+        do not count them as dropped)."""
+        return self.sender.acknowledged_ids()
 
     def poke(self) -> None:
         """New inbox rows (webhooks, polled calls): wake the processor."""

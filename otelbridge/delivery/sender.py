@@ -147,6 +147,10 @@ class Sender:
         self._unswept_since: dict[Signal, float] = dict.fromkeys(SIGNALS, 0.0)
         self._unswept_bytes: dict[Signal, int] = dict.fromkeys(SIGNALS, 0)
         self._sweeping = {s: anyio.Lock() for s in SIGNALS}
+        #: acknowledged spool ids a sweep is deleting, per signal (still in the spool meanwhile)
+        self._being_swept: dict[Signal, list[int]] = {s: [] for s in SIGNALS}
+        #: spool ids acknowledged in the relay under way (not yet in ``_unswept``), per signal
+        self._relayed: dict[Signal, list[int]] = {s: [] for s in SIGNALS}
         self.recovered = 0
         if recover:
             self.recover()
@@ -267,6 +271,7 @@ class Sender:
         self, signal: Signal, request: Outgoing, reads: Executor | None
     ) -> tuple[list[tuple[Outgoing, SendResult, int]], Outgoing | None]:
         forget, self._forget = self._forget, []
+        self._relayed[signal] = []  # the last relay's are in _unswept by now
         # no further than a delete of what it acknowledged would be due
         relayed, following = await anyio.to_thread.run_sync(
             self._relay_sends, signal, request, forget, reads, self._sweep_room(signal)
@@ -298,6 +303,8 @@ class Sender:
             result = self._send_and_record(signal, request, forget)
             forget = []
             relayed.append((request, result, self._clock()))
+            if result.outcome == "ok":
+                self._relayed[signal].extend(request.ids)
             if following is None:
                 return relayed, None
             try:
@@ -315,6 +322,12 @@ class Sender:
     def acknowledged_bytes(self) -> int:
         """Body bytes still in the spool that the backend has acknowledged (not yet deleted)."""
         return sum(self._unswept_bytes.values())
+
+    def acknowledged_ids(self) -> list[int]:
+        """Spool ids the backend has acknowledged that may still be in the spool (their delete
+        not yet committed). Read from another thread: a snapshot, maybe missing the newest."""
+        lists = [ids for s in SIGNALS for ids in (self._relayed[s], self._unswept[s], self._being_swept[s])]
+        return [i for ids in lists for i in ids]
 
     def _sweep_room(self, signal: Signal) -> tuple[int, int]:
         """Acknowledged body bytes and rows still to come before a delete is due."""
@@ -334,6 +347,7 @@ class Sender:
             if not ids:
                 return
             size, self._unswept_bytes[signal] = self._unswept_bytes[signal], 0
+            self._being_swept[signal] = ids
 
             def delete() -> None:
                 with self._db.transaction() as tx:
@@ -345,6 +359,8 @@ class Sender:
                 self._unswept[signal][:0] = ids  # deleted by a later sweep, or by recover()
                 self._unswept_bytes[signal] += size
                 raise
+            finally:
+                self._being_swept[signal] = []
             if self._acks is not None:
                 self._forget += ids
 

@@ -10,23 +10,32 @@ are dropped); every drop is counted and logged loudly by the caller.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from otelbridge.store import DROP_REASONS, Dropped, DropReason, SpoolEntry, SpoolStats, StateTx
 
 __all__ = ["DROP_REASONS", "DropReason", "Dropped", "Spool", "SpoolEntry", "SpoolStats"]
 
 
 class Spool:
-    """The spool's caps (the rows themselves are the state store's)."""
+    """The spool's caps (the rows themselves are the state store's). ``delivered`` gives the
+    spool ids the backend has acknowledged whose rows the sender has not deleted yet."""
 
-    def __init__(self, *, max_bytes: int, max_age_ns: int) -> None:
+    def __init__(self, *, max_bytes: int, max_age_ns: int, delivered: Callable[[], list[int]] = list) -> None:
         self.max_bytes = max_bytes
         self.max_age_ns = max_age_ns
+        self._delivered = delivered
 
     def enforce_caps(self, tx: StateTx, now_ns: int) -> Dropped:
         dropped = Dropped()
         for signal, items in tx.spool_expire(now_ns - self.max_age_ns):
             dropped.add(signal, "age", items)
         excess = tx.spool_bytes() - self.max_bytes
+        if excess > 0 and (delivered := self._delivered()):
+            # delivered, not dropped: deleted here (the sender's delete of them finds nothing),
+            # never counted as requests lost to the cap
+            tx.spool_delete(delivered)
+            excess = tx.spool_bytes() - self.max_bytes
         if excess > 0:
             for signal, items in tx.spool_drop_oldest(excess):
                 dropped.add(signal, "size", items)

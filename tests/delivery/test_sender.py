@@ -23,6 +23,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from otelbridge.delivery.environment import Signal
 from otelbridge.delivery.meter import MetricRecorder
 from otelbridge.delivery.sender import SWEEP_BYTES, Sender
+from otelbridge.delivery.spool import Spool
 from otelbridge.delivery.telemetry import Gauges, SelfMetrics
 from otelbridge.delivery.transport import SendResult
 from otelbridge.logs import active_redactor
@@ -277,6 +278,49 @@ def test_a_full_disk_keeps_the_backoff(tmp_path: Path) -> None:
         assert bodies[-1] == b"2" and set(bodies[:-1]) == {b"1"}
         assert _dead(state) == [(b"1", "400")]  # moved once space came back
         state.close()
+
+
+def test_the_size_cap_does_not_count_delivered_requests_as_dropped(tmp_path: Path) -> None:
+    """Rows the backend acknowledged wait for the sender's delete. The size cap dropped them
+    first, as the oldest, and counted them as requests lost ("SPOOL CAP REACHED: dropped N
+    unsent"), though nothing unsent was lost: they are deleted now, not counted."""
+    state = open_state(tmp_path)
+    _fill(state, *[b"x" * 100] * 9, b"last" * 25)
+    in_flight, release = threading.Event(), threading.Event()
+
+    def judge(body: bytes) -> SendResult | None:
+        if body == b"last" * 25:  # the last one stays in flight: no empty spool, no sweep yet
+            in_flight.set()
+            release.wait(10)
+        return None
+
+    transport = ScriptedTransport(judge=judge)
+    sender = _sender(state, transport, InMemoryMetricReader())
+    dropped: list[object] = []
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sender.run, "traces")
+            await anyio.to_thread.run_sync(in_flight.wait, 10)
+
+            def process() -> None:  # the processor spools one more, then enforces the cap
+                with state.transaction() as tx:
+                    tx.spool_add("traces", b"y" * 100, 1, 0)
+                    spool = Spool(max_bytes=600, max_age_ns=1 << 62, delivered=sender.acknowledged_ids)
+                    dropped.append(spool.enforce_caps(tx, time.time_ns()).by)
+
+            await anyio.to_thread.run_sync(process)
+            release.set()
+            with anyio.fail_after(5):
+                while _depth(state):
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert dropped == [{}]  # 9 delivered, 2 unsent (one in flight, one new): 204 bytes, under the cap
+    bodies = [b for _, b, _ in transport.sent]
+    assert bodies == [b"x" * 100] * 9 + [b"last" * 25, b"y" * 100]  # each once, none dropped
+    state.close()
 
 
 def test_a_backlog_goes_out_merged_up_to_the_byte_cap(tmp_path: Path) -> None:
