@@ -28,8 +28,6 @@ from otelbridge.store.sqlite import open_state_reader
 
 EXIT_OK, EXIT_FAILED, EXIT_IN_USE = 0, 1, 3
 
-#: the drain's ``call_timeout``: every open call is past it, whatever its age
-RETIRING_CALL_TIMEOUT_S = 1e-9
 #: the kinds of dead letters (signal, status, reason) a drain names, the most frequent first
 DEAD_LETTER_KINDS_SHOWN = 5
 REASON_CHARS_SHOWN = 200
@@ -69,9 +67,7 @@ class Leftovers:
 
 async def run_drain(settings: Settings, stall_s: float, out: TextIO, err: TextIO) -> int:
     # the SQLite state whatever OTELBRIDGE_DATABASE_URL says: draining it is the point
-    local = settings.model_copy(
-        update={"database_url": None, "database_url_file": None, "call_timeout": RETIRING_CALL_TIMEOUT_S}
-    )
+    local = settings.model_copy(update={"database_url": None, "database_url_file": None})
     where = local.state_dir.absolute()
     pipeline = Pipeline(local, service_resource(local), prometheus=False)  # no admin port: no /metrics
     try:
@@ -87,7 +83,7 @@ async def run_drain(settings: Settings, stall_s: float, out: TextIO, err: TextIO
             backlog = await anyio.to_thread.run_sync(pipeline.inbox_backlog)
             await pipeline.process_all()  # every stored webhook first: a call's end may be one
             closed = 0
-            while swept := (await pipeline.sweep()).calls_closed:  # at most 500 a sweep
+            while swept := (await pipeline.sweep(every_open_call=True)).calls_closed:  # 500 a sweep
                 closed += swept
             left = await pipeline.flush(stall_s)
             leftovers = await anyio.to_thread.run_sync(_leftovers, where, started_ns)

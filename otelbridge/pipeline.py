@@ -371,11 +371,13 @@ class Pipeline:
             with anyio.move_on_after(0.5):
                 await self.wake.wait()
 
-    async def sweep(self) -> BatchResult:
-        """One processor sweep (calls silent for ``call_timeout`` exported as they stand, at most
-        500; old state forgotten), never beside the processing loop or the poller."""
+    async def sweep(self, *, every_open_call: bool = False) -> BatchResult:
+        """One processor sweep (calls silent for ``call_timeout``, or ``every_open_call``,
+        exported as they stand, at most 500; old state forgotten), never beside the processing
+        loop or the poller."""
+        sweep = functools.partial(self.processor.sweep, every_open_call=every_open_call)
         async with self._processing:  # the poller's take_calls uses the processor too
-            result = await anyio.to_thread.run_sync(self.processor.sweep)
+            result = await anyio.to_thread.run_sync(sweep)
         self._account(result)
         return result
 

@@ -41,7 +41,7 @@ from otelbridge.cartesia.client import CallsPage, CartesiaAuthError, CartesiaCli
 from otelbridge.cartesia.errors import describe_validation_error
 from otelbridge.cartesia.models import parse_call, parse_evaluation, timestamp_ns
 from otelbridge.cartesia.webhooks import synthetic_body, synthetic_event
-from otelbridge.ingest.processor import EVALUATION_EVENT, BatchResult, ListedCall, Processor
+from otelbridge.ingest.processor import EVALUATION_EVENT, POLL, BatchResult, ListedCall, Processor
 from otelbridge.store import BackfillCursor, InboxStore, NewRow, RunningCall, StateStore
 
 log = logging.getLogger("otelbridge.poller")
@@ -270,7 +270,7 @@ class Poller:
                         break
                     fresh.append(raw)
                 if fresh:
-                    stored = await self._store(fresh, "poll", True, self._clock())
+                    stored = await self._store(fresh, POLL, True, self._clock())
                     total += stored.calls
                     self._on_stored()
                 if reached or page.next_page is None or not page.calls:
@@ -363,7 +363,7 @@ class Poller:
                 log.warning("call %s: re-read answer skipped: %s", call_id, describe_validation_error(exc))
                 continue
             if final:
-                await self._store([raw], "poll", False, now)
+                await self._store([raw], POLL, False, now)
                 await anyio.to_thread.run_sync(self._forget_running, call_id)
                 self._on_stored()
 

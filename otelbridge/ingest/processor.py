@@ -299,22 +299,27 @@ class Processor:
             self._spool_batch(tx, spans, points, now_ns, result)
         return result
 
-    def sweep(self) -> BatchResult:
-        """Export calls silent for ``call_timeout``; forget calls closed before the retention, and
-        the ledger rows of no call older than it."""
+    def sweep(self, *, every_open_call: bool = False) -> BatchResult:
+        """Export calls silent for ``call_timeout`` (``every_open_call``: every call still open,
+        as a drain retiring the volume does); forget calls closed before the retention, and the
+        ledger rows of no call older than it."""
         now = self._clock()
         result = self._new_batch()
         spans: list[SpanRecord] = []
         points: list[MetricPoint] = []
+        silent_since = now if every_open_call else now - self._call_timeout_ns
         with self._state.transaction() as tx:
-            for call_id in tx.stale_calls(now - self._call_timeout_ns, 500):
+            for call_id in tx.stale_calls(silent_since, 500):
                 call = tx.load_call(call_id)
                 assert call is not None
-                log.info(
-                    "call %s: no news for %ds, exporting it as it stands",
-                    call_id,
-                    self._call_timeout_ns // 1_000_000_000,
-                )
+                if every_open_call:
+                    log.info("call %s: still open, exporting it as it stands", call_id)
+                else:
+                    log.info(
+                        "call %s: no news for %ds, exporting it as it stands",
+                        call_id,
+                        self._call_timeout_ns // 1_000_000_000,
+                    )
                 increment = self._sync(tx, call, None, with_root=True)
                 self._taken(tx, call, increment, now)
                 self._close(tx, call, now)
